@@ -1,0 +1,172 @@
+"""HTTP ⇄ record service. JSON in, JSON out; every error is `{"error": code, "message": ...}`.
+
+A request reads top-down: the error middleware wraps everything; a handler authenticates the
+caller, parses and validates the body, checks the name against the token's `allow` patterns,
+then calls the service, which only answers once Vault has the change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .auth import Authenticator
+from .config import Config, TokenConfig
+from .errors import BadRequest, DnsapiError, PayloadTooLarge
+from .names import validate_value
+from .records import Outcome, Record
+from .service import RecordService
+
+log = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("service", RecordService)
+AUTH = web.AppKey("auth", Authenticator)
+MAX_BODY = web.AppKey("max_body_bytes", int)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="dnsapi"'} if status == 401 else None
+    return web.json_response({"error": code, "message": message, **extra}, status=status,
+                             headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DnsapiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error; see the dnsapi log")
+
+
+# -- request parsing ------------------------------------------------------------------------------
+
+async def read_json(request: web.Request) -> dict[str, Any] | None:
+    """The body as a JSON object whatever the Content-Type (so `curl -d` works); None if empty."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body is larger than {request.app[MAX_BODY]} bytes") \
+            from None
+    if not raw.strip():
+        return None
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadRequest("request body is not valid JSON", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", "invalid_json")
+    return body
+
+
+def fields(body: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()
+           ) -> dict[str, Any]:
+    """Check a body has every required field and nothing unknown (a typo must not pass)."""
+    unknown = sorted(set(body) - set(required) - set(optional))
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}", "unknown_field")
+    for name in required:
+        if name not in body:
+            raise BadRequest(f"missing field {name!r}", "missing_field")
+    return body
+
+
+def caller(request: web.Request) -> TokenConfig:
+    return request.app[AUTH].authenticate(request.headers.get("Authorization", ""))
+
+
+def record_json(record: Record) -> dict[str, Any]:
+    return {"fqdn": record.fqdn, "value": record.value, "ttl": record.ttl,
+            "created_at": record.created_at}
+
+
+# -- handlers ------------------------------------------------------------------------------------
+
+async def add_record(request: web.Request) -> web.Response:
+    token = caller(request)
+    body = fields(await read_json(request) or {}, ("fqdn", "value"), ("ttl",))
+    service = request.app[SERVICE]
+    record = service.make_record(body["fqdn"], body["value"], body.get("ttl"))
+    request.app[AUTH].authorize(token, record.fqdn)
+    outcome = await service.add(record)
+    created = outcome is Outcome.CREATED
+    return web.json_response({"fqdn": record.fqdn, "value": record.value, "ttl": record.ttl,
+                              "created": created}, status=201 if created else 200)
+
+
+async def delete_record(request: web.Request) -> web.Response:
+    token = caller(request)
+    body = await read_json(request)
+    if body is not None and request.query:
+        raise BadRequest("send fqdn and value either in the JSON body or in the query, not both")
+    params = fields(body if body is not None else dict(request.query), ("fqdn", "value"))
+    service = request.app[SERVICE]
+    fqdn = service.challenge_name(params["fqdn"])
+    value = validate_value(params["value"])
+    request.app[AUTH].authorize(token, fqdn)
+    outcome = await service.remove(fqdn, value)
+    return web.json_response({"fqdn": fqdn, "value": value, "existed": outcome is Outcome.REMOVED})
+
+
+async def list_records(request: web.Request) -> web.Response:
+    token = caller(request)
+    fields(dict(request.query), (), ("fqdn",))
+    service, auth = request.app[SERVICE], request.app[AUTH]
+    fqdn = None
+    if "fqdn" in request.query:
+        fqdn = service.challenge_name(request.query["fqdn"])
+        auth.authorize(token, fqdn)
+    records = [r for r in await service.list(fqdn) if auth.allows(token, r.fqdn)]
+    return web.json_response({"records": [record_json(r) for r in records]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = await request.app[SERVICE].readiness()
+    failing = {name: result for name, result in checks.items() if result != "ok"}
+    if failing:
+        message = "; ".join(f"{name}: {result}" for name, result in failing.items())
+        return error_response(503, "not_ready", message, checks=checks)
+    return web.json_response({"status": "ready", "checks": checks})
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+def create_app(config: Config, service: RecordService | None = None) -> web.Application:
+    """The aiohttp application. The service starts with the app and stops with it, finishing
+    every queued change first."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    app[SERVICE] = service or RecordService(config)
+    app[AUTH] = Authenticator(config.tokens, config.challenge_label)
+    app[MAX_BODY] = config.max_body_bytes
+    app.router.add_post("/v1/records", add_record)
+    app.router.add_delete("/v1/records", delete_record)
+    app.router.add_get("/v1/records", list_records)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await app[SERVICE].start()
+        yield
+        await app[SERVICE].close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

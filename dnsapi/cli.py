@@ -1,0 +1,112 @@
+"""The `dnsapi` command: run the service, make tokens, start a local dev stack."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, ZoneError
+
+DESCRIPTION = """\
+dnsapi keeps ACME DNS-01 challenge records (_acme-challenge TXT) in Vault KV v2 and writes them
+into the zone files that CoreDNS's `file` plugin serves, so an internal ACME CA (Vault/OpenBao
+PKI) can validate names in internal zones.
+"""
+
+EPILOG = """\
+examples:
+  dnsapi dev                                  start OpenBao + CoreDNS + dnsapi locally
+  dnsapi hash-token                           new API token and the sha256 for the config
+  dnsapi serve -c /etc/dnsapi/dnsapi.yaml     run the service
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dnsapi", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dnsapi {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the HTTP API and zone writer",
+        description="Run the HTTP API. Zone files are checked first (dnsapi refuses to start on "
+                    "one that does not parse) and re-rendered from Vault at start and every "
+                    "reconcile_interval. Secrets may come from the environment: "
+                    "DNSAPI_VAULT_TOKEN, DNSAPI_VAULT_SECRET_ID.")
+    serve.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"], help="default: info")
+
+    hash_token = commands.add_parser(
+        "hash-token", help="create an API token (or hash one from stdin) and print its sha256",
+        description="Without --stdin: create a random token and print it with its sha256. "
+                    "With --stdin: read a token from standard input and print only its sha256. "
+                    "Put the sha256 in the config's tokens[].sha256; give the token to the client.")
+    hash_token.add_argument("--stdin", action="store_true", help="hash the token read from stdin")
+
+    dev = commands.add_parser(
+        "dev", help="run a throwaway local stack: OpenBao dev server, CoreDNS and dnsapi",
+        description="Start an in-memory OpenBao dev server, CoreDNS serving dev.local and dnsapi, "
+                    "all on 127.0.0.1, using the example files in the checkout's coredns/ "
+                    "directory. Runs in the foreground until Ctrl-C. Nothing here is for "
+                    "production: the Vault is in memory and its records vanish on exit.")
+    dev.add_argument("--dir", type=Path, default=Path(".dnsapi-dev"),
+                     help="where to put the config, zone, tokens and logs (default: .dnsapi-dev)")
+    dev.add_argument("--vault-port", type=int, default=18200, help="default: 18200")
+    dev.add_argument("--dns-port", type=int, default=1053, help="default: 1053")
+    dev.add_argument("--api-port", type=int, default=8053, help="default: 8053")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "hash-token":
+            return _hash_token(args)
+        if args.command == "dev":
+            from .devstack import StackError, run_dev
+            try:
+                return run_dev(args.dir, args.vault_port, args.dns_port, args.api_port)
+            except StackError as exc:
+                raise SystemExit(f"dnsapi dev: {exc}") from None
+    except ConfigError as exc:
+        raise SystemExit(f"dnsapi: configuration error: {exc}") from None
+    except ZoneError as exc:
+        raise SystemExit(f"dnsapi: {exc.message}") from None
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from . import config as config_module
+    from .api import create_app
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_module.load(args.config)
+    app = create_app(config)
+    logging.getLogger("dnsapi").info("listening on %s:%d, zones: %s", config.listen_host,
+                                     config.listen_port, ", ".join(z.name for z in config.zones))
+    web.run_app(app, host=config.listen_host, port=config.listen_port, print=None,
+                access_log_format='%a "%r" %s %b %Tfs')
+    return 0
+
+
+def _hash_token(args: argparse.Namespace) -> int:
+    from .auth import hash_token, new_token
+
+    if args.stdin:
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise SystemExit("dnsapi hash-token: no token on stdin")
+        print(hash_token(token))
+    else:
+        token = new_token()
+        print(f"token:  {token}\nsha256: {hash_token(token)}")
+    return 0

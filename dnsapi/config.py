@@ -1,0 +1,334 @@
+"""Load the YAML configuration (plus secrets from the environment) into frozen dataclasses.
+
+Every problem is reported as a ConfigError whose message starts with the dotted key, so a
+wrong or missing setting fails at start with `vault.addr: must be an http:// or https:// URL`
+rather than somewhere deep in a request. Unknown keys are errors too: a typo must not silently
+fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BadRequest, ConfigError
+from .names import normalize_name, normalize_pattern
+
+ENV_VAULT_TOKEN = "DNSAPI_VAULT_TOKEN"
+ENV_APPROLE_SECRET_ID = "DNSAPI_VAULT_SECRET_ID"
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+@dataclass(frozen=True)
+class AppRoleConfig:
+    role_id: str | None
+    role_id_file: Path | None
+    secret_id: str | None
+    secret_id_file: Path | None
+    mount: str
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    addr: str
+    token: str | None
+    token_file: Path | None
+    approle: AppRoleConfig | None
+    ca_cert: Path | None
+    kv_mount: str
+    prefix: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    name: str
+    file: Path
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    name: str
+    sha256: str
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str
+    listen_port: int
+    vault: VaultConfig
+    zones: tuple[ZoneConfig, ...]
+    dns_servers: tuple[tuple[str, int], ...]
+    tokens: tuple[TokenConfig, ...]
+    challenge_label: str
+    default_ttl: int
+    min_ttl: int
+    max_ttl: int
+    reconcile_interval: float
+    max_records_per_zone: int
+    max_body_bytes: int
+
+    def zone(self, name: str) -> ZoneConfig:
+        return next(z for z in self.zones if z.name == name)
+
+
+class _Section:
+    """A mapping being read: remembers its dotted path and which keys were consumed."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path or 'config'}: must be a mapping")
+        self.data = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self.used.add(name)
+        return self.data.get(name, default)
+
+    def optional_text(self, name: str) -> str | None:
+        value = self.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{self.key(name)}: must be a string")
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.optional_text(name) or default
+
+    def required_text(self, name: str) -> str:
+        value = self.optional_text(name)
+        if value is None:
+            raise ConfigError(f"{self.key(name)}: is required")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise ConfigError(f"{self.key(name)}: must be an integer from {minimum} to {maximum}")
+        return value
+
+    def duration(self, name: str, default: str) -> float:
+        value = self.get(name, default)
+        seconds = parse_duration(value)
+        if seconds is None or seconds <= 0:
+            raise ConfigError(f"{self.key(name)}: must be a positive duration such as 30s, 5m or 1h")
+        return seconds
+
+    def optional_path(self, name: str, base: Path) -> Path | None:
+        value = self.optional_text(name)
+        return None if value is None else (base / value).resolve()
+
+    def required_path(self, name: str, base: Path) -> Path:
+        return (base / self.required_text(name)).resolve()
+
+    def section(self, name: str) -> _Section:
+        self.used.add(name)
+        return _Section(self.data.get(name), self.key(name))
+
+    def finish(self) -> None:
+        unknown = sorted(set(map(str, self.data)) - self.used)
+        if unknown:
+            raise ConfigError(f"{self.key(unknown[0])}: unknown setting")
+
+
+def parse_duration(value: object) -> float | None:
+    """`30`, `30s`, `500ms`, `5m`, `1h`, `1d` → seconds; None when it is not a duration."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    match = _DURATION_RE.fullmatch(value.strip())
+    if not match:
+        return None
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_hostport(text: object, key: str) -> tuple[str, int]:
+    """`127.0.0.1:8053` or `[::1]:8053` → (host, port), requiring a literal IP address."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{key}: must be a string like 127.0.0.1:8053")
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text.strip())
+    if not match:
+        raise ConfigError(f"{key}: {text!r} is not IP:PORT (IPv6 as [addr]:port)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{key}: {host!r} is not an IP address") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{key}: port {port} is out of range")
+    return host, port
+
+
+def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    """Read and validate the YAML file at `path`; relative file paths in it are relative to it."""
+    env = dict(os.environ) if env is None else env
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+    return from_dict(raw, base=path.parent.resolve(), env=env)
+
+
+def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
+    root = _Section(raw, "")
+    listen_host, listen_port = parse_hostport(root.get("listen", "127.0.0.1:8053"), "listen")
+    vault = _vault(root.section("vault"), base, env)
+    zones = _zones(root.get("zones"), base)
+    dns_servers = _dns_servers(root.get("dns_servers", []))
+    challenge_label = root.text("challenge_label", "_acme-challenge")
+    try:
+        challenge_label = normalize_name(challenge_label, "challenge_label")
+    except BadRequest as exc:
+        raise ConfigError(f"challenge_label: {exc.message}") from None
+    if "." in challenge_label:
+        raise ConfigError("challenge_label: must be a single label")
+    tokens = _tokens(root.get("tokens"))
+
+    ttl = root.section("ttl")
+    max_ttl = ttl.integer("max", 3600, 1, 2**31 - 1)
+    min_ttl = ttl.integer("min", 1, 0, max_ttl)
+    default_ttl = ttl.integer("default", 60, min_ttl, max_ttl)
+    ttl.finish()
+
+    config = Config(
+        listen_host=listen_host,
+        listen_port=listen_port,
+        vault=vault,
+        zones=zones,
+        dns_servers=dns_servers,
+        tokens=tokens,
+        challenge_label=challenge_label,
+        default_ttl=default_ttl,
+        min_ttl=min_ttl,
+        max_ttl=max_ttl,
+        reconcile_interval=root.duration("reconcile_interval", "10s"),
+        max_records_per_zone=root.integer("max_records_per_zone", 2000, 1, 100_000),
+        max_body_bytes=root.integer("max_body_bytes", 16384, 256, 1 << 20),
+    )
+    root.finish()
+    return config
+
+
+def _vault(section: _Section, base: Path, env: dict[str, str]) -> VaultConfig:
+    addr = section.required_text("addr")
+    if not re.fullmatch(r"https?://[^\s/]+/?", addr):
+        raise ConfigError(f"{section.key('addr')}: must be an http:// or https:// URL without a path")
+    token = section.optional_text("token") or env.get(ENV_VAULT_TOKEN) or None
+    token_file = section.optional_path("token_file", base)
+    approle = None
+    if section.get("approle") is not None:
+        approle = _approle(section.section("approle"), base, env)
+    given = [k for k, v in (("token", token), ("token_file", token_file), ("approle", approle)) if v]
+    if len(given) != 1:
+        raise ConfigError(f"{section.key('token')}: set exactly one of vault.token (or the "
+                          f"{ENV_VAULT_TOKEN} environment variable), vault.token_file or "
+                          f"vault.approle" + (f"; got {', '.join(given)}" if given else ""))
+    kv_mount = section.text("kv_mount", "secret").strip("/")
+    prefix = section.text("prefix", "dnsapi").strip("/")
+    for key, value in (("kv_mount", kv_mount), ("prefix", prefix)):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", value):
+            raise ConfigError(f"{section.key(key)}: {value!r} is not a valid Vault path")
+    config = VaultConfig(
+        addr=addr.rstrip("/"),
+        token=token,
+        token_file=token_file,
+        approle=approle,
+        ca_cert=section.optional_path("ca_cert", base),
+        kv_mount=kv_mount,
+        prefix=prefix,
+        timeout=section.duration("timeout", "10s"),
+    )
+    section.finish()
+    return config
+
+
+def _approle(section: _Section, base: Path, env: dict[str, str]) -> AppRoleConfig:
+    config = AppRoleConfig(
+        role_id=section.optional_text("role_id"),
+        role_id_file=section.optional_path("role_id_file", base),
+        secret_id=section.optional_text("secret_id") or env.get(ENV_APPROLE_SECRET_ID) or None,
+        secret_id_file=section.optional_path("secret_id_file", base),
+        mount=section.text("mount", "approle").strip("/"),
+    )
+    section.finish()
+    if (config.role_id is None) == (config.role_id_file is None):
+        raise ConfigError(f"{section.key('role_id')}: set exactly one of role_id or role_id_file")
+    if (config.secret_id is None) == (config.secret_id_file is None):
+        raise ConfigError(f"{section.key('secret_id')}: set exactly one of secret_id (or the "
+                          f"{ENV_APPROLE_SECRET_ID} environment variable) or secret_id_file")
+    return config
+
+
+def _zones(raw: Any, base: Path) -> tuple[ZoneConfig, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("zones: must be a non-empty list of {name, file}")
+    zones: list[ZoneConfig] = []
+    for i, item in enumerate(raw):
+        section = _Section(item, f"zones[{i}]")
+        name = section.required_text("name")
+        try:
+            name = normalize_name(name, "zone name")
+        except BadRequest as exc:
+            raise ConfigError(f"{section.key('name')}: {exc.message}") from None
+        zone = ZoneConfig(name=name, file=section.required_path("file", base))
+        section.finish()
+        if any(z.name == zone.name for z in zones):
+            raise ConfigError(f"{section.key('name')}: zone {name!r} is listed twice")
+        if any(z.file == zone.file for z in zones):
+            raise ConfigError(f"{section.key('file')}: {zone.file} is used by two zones")
+        zones.append(zone)
+    return tuple(zones)
+
+
+def _dns_servers(raw: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("dns_servers: must be a list of IP:PORT strings")
+    return tuple(parse_hostport(item, f"dns_servers[{i}]") for i, item in enumerate(raw))
+
+
+def _tokens(raw: Any) -> tuple[TokenConfig, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("tokens: must be a non-empty list of {name, sha256, allow}")
+    tokens: list[TokenConfig] = []
+    for i, item in enumerate(raw):
+        section = _Section(item, f"tokens[{i}]")
+        name = section.required_text("name")
+        digest = section.required_text("sha256").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ConfigError(f"{section.key('sha256')}: must be 64 hex digits "
+                              "(the SHA-256 of the token; `dnsapi hash-token` prints it)")
+        allow = section.get("allow")
+        if not isinstance(allow, list) or not allow or not all(isinstance(p, str) for p in allow):
+            raise ConfigError(f"{section.key('allow')}: must be a non-empty list of name patterns")
+        try:
+            patterns = tuple(normalize_pattern(p) for p in allow)
+        except BadRequest as exc:
+            raise ConfigError(f"{section.key('allow')}: {exc.message}") from None
+        section.finish()
+        if any(t.name == name for t in tokens):
+            raise ConfigError(f"{section.key('name')}: token name {name!r} is used twice")
+        if any(t.sha256 == digest for t in tokens):
+            raise ConfigError(f"{section.key('sha256')}: the same token hash is listed twice")
+        tokens.append(TokenConfig(name=name, sha256=digest, allow=patterns))
+    return tuple(tokens)

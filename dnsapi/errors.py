@@ -1,0 +1,74 @@
+"""One exception type per kind of failure, each carrying its HTTP status and error code.
+
+The API's error middleware turns any of these into `{"error": code, "message": ...}`; the CLI
+prints the message. Messages are meant for the caller: they name the problem, never a secret.
+"""
+
+from __future__ import annotations
+
+
+class DnsapiError(Exception):
+    """Base class: `status` is the HTTP status, `code` the machine-readable error code."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(DnsapiError):
+    """The request itself is wrong: a bad name, value, TTL or body."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Unauthorized(DnsapiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(DnsapiError):
+    status = 403
+    code = "forbidden"
+
+
+class TooManyRecords(DnsapiError):
+    """A zone already holds the configured maximum of managed records."""
+
+    status = 409
+    code = "too_many_records"
+
+
+class PayloadTooLarge(DnsapiError):
+    status = 413
+    code = "body_too_large"
+
+
+class ZoneError(DnsapiError):
+    """The zone file could not be read, parsed or written; Vault may already hold the change."""
+
+    status = 500
+    code = "zone_error"
+
+
+class VaultUnavailable(DnsapiError):
+    """Vault could not be reached or refused our credentials; nothing was acknowledged."""
+
+    status = 503
+    code = "vault_unavailable"
+
+
+class PropagationTimeout(DnsapiError):
+    status = 504
+    code = "propagation_timeout"
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message starts with the offending key."""

@@ -1,0 +1,128 @@
+"""Normalise and validate the names, values and TTLs that callers send, and match names to zones
+and token patterns.
+
+Everything here is pure and strict on purpose: whatever passes these checks is later written into a
+live zone file, so a value must never be able to leave its quoted TXT string and a name must never
+be anything but a plain DNS name below one of our zones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from .errors import BadRequest
+
+MAX_NAME_LENGTH = 253  # presentation form without the trailing dot (RFC 1035: 255 octets on the wire)
+MAX_LABEL_LENGTH = 63
+MAX_VALUE_LENGTH = 255  # one TXT character-string; longer strings would be split by parsers
+
+# Letters, digits, hyphen, and underscore (for _acme-challenge and other service labels).
+_LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
+
+
+def normalize_name(name: object, what: str = "fqdn") -> str:
+    """Return `name` lower-cased without its trailing dot, or raise BadRequest naming the problem.
+
+    Only ASCII host-name characters and `_` are accepted; internationalised names must arrive in
+    their IDNA (`xn--`) form, which is what ACME clients send anyway.
+    """
+    if not isinstance(name, str):
+        raise BadRequest(f"{what} must be a string", "invalid_name")
+    if not name:
+        raise BadRequest(f"{what} is empty", "invalid_name")
+    if not name.isascii():
+        raise BadRequest(f"{what} contains non-ASCII characters; send internationalised names in "
+                         "their IDNA form (xn--...)", "invalid_name")
+    text = name.lower()
+    text = text.removesuffix(".")
+    if len(text) > MAX_NAME_LENGTH:
+        raise BadRequest(f"{what} is longer than {MAX_NAME_LENGTH} characters", "invalid_name")
+    for label in text.split("."):
+        if not label:
+            raise BadRequest(f"{what} has an empty label", "invalid_name")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise BadRequest(f"{what} has a label longer than {MAX_LABEL_LENGTH} characters",
+                             "invalid_name")
+        if not _LABEL_RE.fullmatch(label):
+            raise BadRequest(f"{what} label {label[:MAX_LABEL_LENGTH]!r} may only contain letters, "
+                             "digits, '-' and '_', and may not start or end with '-'",
+                             "invalid_name")
+    return text
+
+
+def is_below(name: str, parent: str) -> bool:
+    """True when normalised `name` is `parent` itself or lies beneath it (label-wise, not string-wise)."""
+    return name == parent or name.endswith("." + parent)
+
+
+def zone_for(name: str, zones: Iterable[str]) -> str | None:
+    """The zone with the longest suffix match for `name` (zones may be nested), or None."""
+    best: str | None = None
+    for zone in zones:
+        if is_below(name, zone) and (best is None or len(zone) > len(best)):
+            best = zone
+    return best
+
+
+def validate_challenge_name(fqdn: object, zones: Iterable[str], challenge_label: str) -> tuple[str, str]:
+    """Normalise `fqdn` and check it is `<challenge_label>.<something>` below a configured zone.
+
+    Returns (fqdn, zone).
+    """
+    name = normalize_name(fqdn)
+    if name.split(".", 1)[0] != challenge_label:
+        raise BadRequest(f"fqdn must start with the label {challenge_label!r}", "invalid_name")
+    zone = zone_for(name, zones)
+    if zone is None:
+        raise BadRequest(f"fqdn {name!r} is not below any zone this service manages", "unknown_zone")
+    if name == zone:
+        raise BadRequest(f"fqdn {name!r} is a zone apex, not a challenge name", "invalid_name")
+    return name, zone
+
+
+def validate_value(value: object) -> str:
+    """Accept 1..255 characters of printable ASCII (space to '~').
+
+    Quotes and backslashes are allowed here because the zone renderer escapes them; control
+    characters (newline, CR, NUL, tab, ...) and non-ASCII are refused outright.
+    """
+    if not isinstance(value, str):
+        raise BadRequest("value must be a string", "invalid_value")
+    if not value:
+        raise BadRequest("value is empty", "invalid_value")
+    if len(value) > MAX_VALUE_LENGTH or len(value.encode("utf-8")) > MAX_VALUE_LENGTH:
+        raise BadRequest(f"value is longer than {MAX_VALUE_LENGTH} bytes", "invalid_value")
+    for ch in value:
+        if not " " <= ch <= "~":
+            raise BadRequest(f"value contains a character that is not printable ASCII "
+                             f"(U+{ord(ch):04X})", "invalid_value")
+    return value
+
+
+def validate_ttl(ttl: object, minimum: int, maximum: int) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise BadRequest("ttl must be an integer number of seconds", "invalid_ttl")
+    if not minimum <= ttl <= maximum:
+        raise BadRequest(f"ttl must be between {minimum} and {maximum} seconds", "invalid_ttl")
+    return ttl
+
+
+def normalize_pattern(pattern: str) -> str:
+    """Normalise a token `allow` pattern: `*.zone` (anything strictly below zone) or a plain name."""
+    if pattern.startswith("*."):
+        return "*." + normalize_name(pattern[2:], "pattern")
+    return normalize_name(pattern, "pattern")
+
+
+def pattern_allows(pattern: str, fqdn: str, challenge_label: str) -> bool:
+    """Does a normalised `allow` pattern cover the normalised challenge name `fqdn`?
+
+    `*.dev.local` covers every name strictly below dev.local, including the apex's own challenge
+    name `_acme-challenge.dev.local`. A plain `www.dev.local` covers the name itself and its
+    challenge name `_acme-challenge.www.dev.local`, so a pattern can be written as the domain
+    being certified.
+    """
+    if pattern.startswith("*."):
+        return fqdn.endswith(pattern[1:])
+    return fqdn == pattern or fqdn == f"{challenge_label}.{pattern}"

@@ -1,0 +1,251 @@
+"""The record service: validated changes go to Vault first, then into the zone file.
+
+Each zone has one writer task. Requests put their change on the zone's queue and await a future;
+the writer takes everything queued, applies it to the zone's last known state, writes the result
+to Vault with check-and-set (on conflict: re-read, re-apply, retry), then rewrites the zone file
+once and resolves the futures. Concurrent requests thus cost one Vault write and one zone rewrite,
+and nothing is acknowledged before Vault has it.
+
+Reconciliation is the same path with a forced Vault read: at start and on a timer the writer
+re-reads the zone secret and re-renders the file if it differs. That one mechanism repairs a
+crash between Vault and the file, a hand-damaged or replaced file, and changes made by another
+dnsapi instance sharing the Vault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from .config import Config, ZoneConfig
+from .errors import DnsapiError, TooManyRecords, VaultUnavailable, ZoneError
+from .names import validate_challenge_name, validate_ttl, validate_value, zone_for
+from .records import Change, Outcome, Record, apply_changes
+from .store import CasConflict, VaultStore, ZoneState
+from .zonefile import ZoneFile
+
+log = logging.getLogger(__name__)
+
+MAX_CAS_ATTEMPTS = 20
+
+
+@dataclass
+class _Job:
+    """A queued change (or, with change=None, a request to reconcile) and its caller's future."""
+
+    change: Change | None
+    future: asyncio.Future[Outcome | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class ZoneWriter:
+    """Serialises and batches all writes for one zone."""
+
+    def __init__(self, zone: ZoneConfig, store: VaultStore, limit: int) -> None:
+        self.zone = zone
+        self.store = store
+        self.file = ZoneFile(zone.file, zone.name)
+        self.limit = limit
+        self.state: ZoneState | None = None  # last state read from or written to Vault
+        self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self.last_error: str | None = None
+
+    async def submit(self, change: Change | None) -> Outcome | None:
+        job = _Job(change)
+        await self.queue.put(job)
+        return await job.future
+
+    async def run(self) -> None:
+        """Take whatever is queued, apply it as one batch; stop at the None sentinel."""
+        while True:
+            first = await self.queue.get()
+            batch = [first]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            stop = None in batch
+            jobs = [job for job in batch if job is not None]
+            if jobs:
+                await self._process(jobs)
+            if stop:
+                return
+
+    async def _process(self, jobs: list[_Job]) -> None:
+        changes = [job.change for job in jobs if job.change is not None]
+        reconcile = len(changes) < len(jobs)
+        try:
+            outcomes = await self._apply_to_vault(changes, reconcile)
+        except DnsapiError as exc:
+            self.last_error = exc.message
+            for job in jobs:
+                _settle(job.future, exc)
+            return
+        try:
+            assert self.state is not None
+            serial = await asyncio.to_thread(self.file.sync, self.state.records.values())
+            if serial is not None:
+                log.info("zone %s rewritten: %d records, serial %d",
+                         self.zone.name, len(self.state.records), serial)
+            self.last_error = None
+        except ZoneError as exc:
+            # Vault already has the change; reconciliation (or the client's retry) brings the file
+            # up to date once the problem is fixed.
+            self.last_error = exc.message
+            error = ZoneError(f"{exc.message} (the change is stored in Vault and will be written "
+                              "to the zone file once this is fixed)")
+            outcomes_iter = iter(outcomes)
+            for job in jobs:
+                if job.change is None:
+                    _settle(job.future, error)
+                    continue
+                outcome = next(outcomes_iter)
+                _settle(job.future, outcome if outcome is Outcome.FULL else error)
+            return
+        outcomes_iter = iter(outcomes)
+        for job in jobs:
+            _settle(job.future, None if job.change is None else next(outcomes_iter))
+
+    async def _apply_to_vault(self, changes: list[Change], reconcile: bool) -> list[Outcome]:
+        """Apply `changes` on top of Vault's current state and store the result with CAS."""
+        fresh = False
+        if self.state is None or reconcile:
+            self.state, fresh = await self.store.read_zone(self.zone.name), True
+        for _ in range(MAX_CAS_ATTEMPTS):
+            records = dict(self.state.records)
+            outcomes = apply_changes(records, changes, self.limit)
+            if records == self.state.records and not fresh:
+                # A no-op against a cached state might be stale (another instance may have
+                # changed the zone): confirm against Vault before answering.
+                self.state, fresh = await self.store.read_zone(self.zone.name), True
+                continue
+            if records == self.state.records:
+                return outcomes
+            try:
+                version = await self.store.write_zone(self.zone.name, records, self.state.version)
+            except CasConflict:
+                self.state, fresh = await self.store.read_zone(self.zone.name), True
+                continue
+            self.state = ZoneState(records=records, version=version)
+            return outcomes
+        raise VaultUnavailable(f"gave up writing zone {self.zone.name} after {MAX_CAS_ATTEMPTS} "
+                               "check-and-set conflicts with other writers")
+
+
+def _settle(future: asyncio.Future[Outcome | None], result: Outcome | None | Exception) -> None:
+    if future.done():
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+class RecordService:
+    """What the API (and anything else) calls: validate, then add, remove, list, reconcile."""
+
+    def __init__(self, config: Config, store: VaultStore | None = None) -> None:
+        self.config = config
+        self.store = store or VaultStore(config.vault)
+        self.writers = {zone.name: ZoneWriter(zone, self.store, config.max_records_per_zone)
+                        for zone in config.zones}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check every zone file (refusing to start on one that does not parse), start the
+        writers, and reconcile each zone from Vault in the background."""
+        for writer in self.writers.values():
+            await asyncio.to_thread(writer.file.check)
+        self._tasks = [asyncio.create_task(w.run(), name=f"writer:{n}")
+                       for n, w in self.writers.items()]
+        self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
+
+    async def close(self) -> None:
+        """Finish every queued change, then stop."""
+        for task in self._tasks[len(self.writers):]:
+            task.cancel()
+        for writer in self.writers.values():
+            await writer.queue.put(None)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self.reconcile()
+            await asyncio.sleep(self.config.reconcile_interval)
+
+    async def reconcile(self) -> None:
+        """Re-read every zone from Vault and re-render its file where it differs."""
+        results = await asyncio.gather(*(w.submit(None) for w in self.writers.values()),
+                                       return_exceptions=True)
+        for zone, result in zip(self.writers, results):
+            if isinstance(result, Exception):
+                log.warning("reconciling zone %s failed: %s", zone, result)
+
+    # -- validation ------------------------------------------------------------------------
+
+    def challenge_name(self, fqdn: object) -> str:
+        """A caller's name, normalised and checked to be a challenge name in one of our zones."""
+        return validate_challenge_name(fqdn, self.writers, self.config.challenge_label)[0]
+
+    def make_record(self, fqdn: object, value: object, ttl: object = None) -> Record:
+        return Record(
+            fqdn=self.challenge_name(fqdn),
+            value=validate_value(value),
+            ttl=validate_ttl(self.config.default_ttl if ttl is None else ttl,
+                             self.config.min_ttl, self.config.max_ttl),
+            created_at=time.time(),
+        )
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def add(self, record: Record) -> Outcome:
+        """Store a validated record; CREATED or EXISTED once Vault has it."""
+        outcome = await self._writer(record.fqdn).submit(Change("add", record))
+        if outcome is Outcome.FULL:
+            raise TooManyRecords(f"zone {zone_for(record.fqdn, self.writers)} already holds "
+                                 f"{self.config.max_records_per_zone} challenge records")
+        assert outcome is not None
+        return outcome
+
+    async def remove(self, fqdn: str, value: str) -> Outcome:
+        """Remove exactly this value at this name; REMOVED or ABSENT."""
+        outcome = await self._writer(fqdn).submit(Change("remove", Record(fqdn, value, 0, 0.0)))
+        assert outcome is not None
+        return outcome
+
+    async def list(self, fqdn: str | None = None) -> list[Record]:
+        """Records as Vault holds them now, for one name or for every zone."""
+        zones = [zone_for(fqdn, self.writers)] if fqdn else list(self.writers)
+        states = await asyncio.gather(*(self.store.read_zone(z) for z in zones if z))
+        records = [r for state in states for r in state.records.values()
+                   if fqdn is None or r.fqdn == fqdn]
+        return sorted(records, key=lambda r: r.key)
+
+    async def readiness(self) -> dict[str, str]:
+        """Each check → "ok" or what is wrong: Vault reachable with write access to each zone
+        secret, and each zone file parseable with a writable directory."""
+        checks: dict[str, str] = {}
+        for zone, writer in self.writers.items():
+            try:
+                caps = await self.store.capabilities(zone)
+                missing = {"read", "create", "update"} - set(caps)
+                checks[f"vault:{zone}"] = ("ok" if "root" in caps or not missing else
+                                           f"token lacks {', '.join(sorted(missing))} on the zone secret")
+            except VaultUnavailable as exc:
+                checks[f"vault:{zone}"] = exc.message
+            try:
+                await asyncio.to_thread(writer.file.check)
+                writable = os.access(writer.file.path.parent, os.W_OK)
+                checks[f"zone:{zone}"] = "ok" if writable else \
+                    f"directory {writer.file.path.parent} is not writable"
+            except ZoneError as exc:
+                checks[f"zone:{zone}"] = exc.message
+        return checks
+
+    def _writer(self, fqdn: str) -> ZoneWriter:
+        zone = zone_for(fqdn, self.writers)
+        assert zone is not None, "names are validated before they reach the writers"
+        return self.writers[zone]

@@ -1,0 +1,247 @@
+"""Vault KV v2 as the source of truth: one secret per zone, written with check-and-set.
+
+Layout: `<kv_mount>/data/<prefix>/zones/<zone>` holds `{"records": [...]}`. One secret per zone
+means one read renders a zone and one check-and-set write applies a whole batch atomically; a
+concurrent writer (another request batch, another dnsapi instance) makes the write fail with a
+CAS mismatch instead of silently losing an update.
+
+hvac is synchronous, so every call runs in a worker thread and the event loop never blocks.
+Authentication is a token, a token file (re-read when it changes, as Vault Agent rewrites it), or
+AppRole (logged in, renewed at half its TTL, logged in again when renewal fails or max TTL nears).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+
+from .config import VaultConfig
+from .errors import VaultUnavailable
+from .records import Record
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FORMAT_VERSION = 1
+
+
+class CasConflict(Exception):
+    """Another writer changed the zone secret since we read it: re-read, re-apply, retry."""
+
+
+@dataclass
+class ZoneState:
+    """A zone's records as Vault holds them, and the KV version they were read at (0 = none)."""
+
+    records: dict[tuple[str, str], Record]
+    version: int
+
+
+class VaultAuth:
+    """Keeps the hvac client holding a valid token. All methods run in worker threads."""
+
+    def __init__(self, config: VaultConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._token_file_mtime: float | None = None
+        self._renew_at: float | None = None  # monotonic time to renew (None: never)
+        self._ttl = 0
+        self._renewable = False
+        self._logged_in = False
+
+    def prepare(self, client: hvac.Client) -> None:
+        """Before each call: load or refresh the token if needed."""
+        with self._lock:
+            if self.config.token_file is not None:
+                self._load_token_file(client)
+            elif self.config.approle is not None and not self._logged_in:
+                self._approle_login(client)
+            elif self.config.token is not None and not self._logged_in:
+                client.token = self.config.token
+                self._schedule_from_lookup(client)
+                self._logged_in = True
+            if self._renew_at is not None and time.monotonic() >= self._renew_at:
+                self._renew(client)
+
+    def recover(self, client: hvac.Client) -> bool:
+        """After a 403: get a fresh token if the method allows it. True when worth retrying."""
+        with self._lock:
+            if self.config.approle is not None:
+                self._approle_login(client)
+                return True
+            if self.config.token_file is not None:
+                self._token_file_mtime = None
+                return self._load_token_file(client)
+            return False
+
+    def _load_token_file(self, client: hvac.Client) -> bool:
+        path = self.config.token_file
+        assert path is not None
+        try:
+            mtime = path.stat().st_mtime
+            if mtime == self._token_file_mtime:
+                return False
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise VaultUnavailable(f"cannot read the Vault token file {path}: {exc.strerror}") from None
+        if not token:
+            raise VaultUnavailable(f"the Vault token file {path} is empty")
+        client.token = token
+        self._token_file_mtime = mtime
+        log.info("loaded Vault token from %s", path)
+        return True
+
+    def _approle_login(self, client: hvac.Client) -> None:
+        approle = self.config.approle
+        assert approle is not None
+        role_id = approle.role_id or _read_secret_file(approle.role_id_file, "AppRole role_id")
+        secret_id = approle.secret_id or _read_secret_file(approle.secret_id_file, "AppRole secret_id")
+        response = client.auth.approle.login(role_id=role_id, secret_id=secret_id,
+                                             mount_point=approle.mount)
+        auth = response["auth"]
+        self._logged_in = True
+        self._schedule(auth.get("lease_duration", 0), auth.get("renewable", False))
+        log.info("logged in to Vault with AppRole (token TTL %ss)", auth.get("lease_duration"))
+
+    def _schedule_from_lookup(self, client: hvac.Client) -> None:
+        data = client.auth.token.lookup_self()["data"]
+        self._schedule(data.get("ttl") or 0, data.get("renewable", False))
+
+    def _schedule(self, ttl: int, renewable: bool) -> None:
+        """Renew at half the TTL; a token without TTL (root, periodic-less) needs nothing."""
+        self._renew_at = time.monotonic() + ttl / 2 if ttl > 0 else None
+        self._ttl = ttl
+        self._renewable = renewable
+
+    def _renew(self, client: hvac.Client) -> None:
+        """Renew our token; when that fails or the granted TTL shrinks (max TTL near), log in again."""
+        if self._renewable:
+            try:
+                auth = client.auth.token.renew_self()["auth"]
+                granted = auth.get("lease_duration", 0)
+                if granted >= self._ttl / 2 or self.config.approle is None:
+                    self._schedule(granted, auth.get("renewable", False))
+                    return
+            except (hvac.exceptions.VaultError, requests.RequestException) as exc:
+                log.warning("Vault token renewal failed: %s", type(exc).__name__)
+        if self.config.approle is not None:
+            self._approle_login(client)
+        else:
+            self._renew_at = None  # nothing more we can do; a 403 will surface in /readyz
+
+
+def _read_secret_file(path: Path | None, what: str) -> str:
+    assert path is not None
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise VaultUnavailable(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    if not value:
+        raise VaultUnavailable(f"the {what} file {path} is empty")
+    return value
+
+
+class VaultStore:
+    """Async facade over hvac for the zone secrets."""
+
+    def __init__(self, config: VaultConfig) -> None:
+        self.config = config
+        verify: bool | str = str(config.ca_cert) if config.ca_cert else True
+        self.client = hvac.Client(url=config.addr, verify=verify, timeout=config.timeout)
+        self.auth = VaultAuth(config)
+
+    def secret_path(self, zone: str) -> str:
+        return f"{self.config.prefix}/zones/{zone}"
+
+    async def read_zone(self, zone: str) -> ZoneState:
+        return await self._call(lambda: self._read_zone(zone))
+
+    async def write_zone(self, zone: str, records: dict[tuple[str, str], Record], cas: int) -> int:
+        """Write all of a zone's records if the secret is still at version `cas`; returns the new
+        version. Raises CasConflict when someone else wrote first."""
+        payload = {"format": FORMAT_VERSION,
+                   "records": [r.to_dict() for r in sorted(records.values(), key=lambda r: r.key)]}
+
+        def write() -> int:
+            try:
+                response = self.client.secrets.kv.v2.create_or_update_secret(
+                    path=self.secret_path(zone), secret=payload, cas=cas,
+                    mount_point=self.config.kv_mount)
+            except hvac.exceptions.InvalidRequest as exc:
+                if "check-and-set" in str(exc):
+                    raise CasConflict() from None
+                raise
+            return int(response["data"]["version"])
+
+        return await self._call(write)
+
+    async def capabilities(self, zone: str) -> list[str]:
+        """What our token may do on the zone secret (for /readyz): e.g. ["create", "read", ...]."""
+        path = f"{self.config.kv_mount}/data/{self.secret_path(zone)}"
+
+        def lookup() -> list[str]:
+            response = self.client.adapter.post("/v1/sys/capabilities-self", json={"paths": [path]})
+            data = response.get("data", response) if isinstance(response, dict) else {}
+            return list(data.get(path) or data.get("capabilities") or [])
+
+        return await self._call(lookup)
+
+    def _read_zone(self, zone: str) -> ZoneState:
+        try:
+            response = self.client.secrets.kv.v2.read_secret_version(
+                path=self.secret_path(zone), mount_point=self.config.kv_mount,
+                raise_on_deleted_version=False)
+        except hvac.exceptions.InvalidPath:
+            return ZoneState(records={}, version=0)
+        body = response["data"]
+        version = int(body["metadata"]["version"])
+        data = body.get("data") or {}  # None when the latest version was deleted by hand
+        records = {}
+        for item in data.get("records", []):
+            record = Record.from_dict(item)
+            records[record.key] = record
+        return ZoneState(records=records, version=version)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.to_thread(self._run, fn)
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        """Run `fn` with a prepared token; retry once after a 403 if a fresh token can be had.
+        Vault-side failures become VaultUnavailable with a message that names no secret."""
+        try:
+            self.auth.prepare(self.client)
+            try:
+                return fn()
+            except hvac.exceptions.Forbidden:
+                if not self.auth.recover(self.client):
+                    raise
+                return fn()
+        except (CasConflict, VaultUnavailable):
+            raise
+        except hvac.exceptions.Forbidden:
+            raise VaultUnavailable("Vault refused dnsapi's token (permission denied or token "
+                                   "expired/revoked)") from None
+        except hvac.exceptions.VaultError as exc:
+            raise VaultUnavailable(f"Vault error: {_vault_message(exc)}") from None
+        except requests.exceptions.SSLError:
+            raise VaultUnavailable(f"TLS to Vault at {self.config.addr} failed "
+                                   "(check vault.ca_cert)") from None
+        except requests.RequestException:
+            raise VaultUnavailable(f"Vault at {self.config.addr} is unreachable") from None
+
+
+def _vault_message(exc: hvac.exceptions.VaultError) -> str:
+    errors: Any = getattr(exc, "errors", None)
+    if isinstance(errors, list) and errors:
+        return "; ".join(str(e) for e in errors)[:300]
+    return type(exc).__name__

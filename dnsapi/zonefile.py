@@ -1,0 +1,297 @@
+"""Render dnsapi's records into the operator's zone file, bump the SOA serial, write atomically.
+
+The operator owns the file. dnsapi owns exactly two things in it: the lines between its BEGIN
+and END markers, and the digits of the SOA serial. Everything else is kept byte for byte.
+
+Why so careful: CoreDNS's `file` plugin polls the file and reloads it whenever the SOA serial
+differs from the loaded one (plugin/file/reload.go). A half-written file that already carries a
+new serial may be loaded and never re-read, and a file that fails to parse silently keeps the
+old zone serving. So every new text is parsed before it is written, our own records are checked
+to come back exactly as intended, and the file is replaced by rename, never written in place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import stat
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.rdatatype
+import dns.zone
+
+from .errors import ZoneError
+from .records import Record
+
+BEGIN_MARKER = "; BEGIN dnsapi managed records - rewritten from Vault, edits here are lost"
+END_MARKER = "; END dnsapi managed records"
+_BEGIN_RE = re.compile(r"^; BEGIN dnsapi managed records\b.*?$", re.MULTILINE)
+_END_RE = re.compile(r"^; END dnsapi managed records\b.*?$", re.MULTILINE)
+
+SERIAL_MODULUS = 2**32
+_HALF = 2**31
+
+
+# ---------------------------------------------------------------------------------------------
+# Serial numbers (RFC 1982 arithmetic)
+
+def serial_gt(a: int, b: int) -> bool:
+    """RFC 1982: is serial `a` greater than serial `b`?"""
+    return a != b and ((a > b and a - b < _HALF) or (a < b and b - a > _HALF))
+
+
+def next_serial(old: int, today: dt.date) -> int:
+    """`max(old + 1, YYYYMMDD00)` in serial arithmetic: strictly greater than `old`, never equal.
+
+    The date form keeps serials readable; falling back to old + 1 keeps them increasing past 99
+    changes a day, and the modulus handles wrap-around (secondaries refuse serials that go back).
+    """
+    dated = today.year * 1_000_000 + today.month * 10_000 + today.day * 100
+    if serial_gt(dated, old):
+        return dated
+    return (old + 1) % SERIAL_MODULUS
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering and reading the managed block
+
+def quote_txt(value: str) -> str:
+    """A validated value as a zone-file string: always quoted, `"` and `\\` escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_block(records: Iterable[Record], newline: str = "\n") -> str:
+    """The managed block, markers included, sorted so equal record sets render identically.
+
+    Names are absolute (trailing dot) so no `$ORIGIN` in the operator's part can move them, and
+    every TTL is explicit. All values at one name share the smallest requested TTL, because an
+    RRset has one TTL (RFC 2181 5.2).
+    """
+    by_name: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        by_name[record.fqdn].append(record)
+    lines = [BEGIN_MARKER]
+    for fqdn in sorted(by_name):
+        ttl = min(r.ttl for r in by_name[fqdn])
+        for record in sorted(by_name[fqdn], key=lambda r: r.value):
+            lines.append(f"{fqdn}. {ttl} IN TXT {quote_txt(record.value)}")
+    lines.append(END_MARKER)
+    return newline.join(lines) + newline
+
+
+@dataclass(frozen=True)
+class ZoneText:
+    """A zone file's text split around the managed block (block is '' when there is none yet)."""
+
+    before: str
+    block: str
+    after: str
+
+    @classmethod
+    def split(cls, text: str) -> ZoneText:
+        begins = list(_BEGIN_RE.finditer(text))
+        ends = list(_END_RE.finditer(text))
+        if not begins and not ends:
+            return cls(text, "", "")
+        if len(begins) != 1 or len(ends) != 1 or ends[0].start() < begins[0].end():
+            raise ZoneError("the zone file's dnsapi markers are damaged (expected one BEGIN line "
+                            "followed by one END line); fix or remove them by hand")
+        end = ends[0].end()
+        if text.startswith("\r\n", end):
+            end += 2
+        elif text.startswith("\n", end):
+            end += 1
+        return cls(text[:begins[0].start()], text[begins[0].start():end], text[end:])
+
+    def join(self, block: str) -> str:
+        before = self.before
+        if before and not before.endswith("\n"):
+            before += "\r\n" if "\r\n" in before else "\n"
+        return before + block + self.after
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating the SOA serial in the operator's text
+
+def _tokens(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of the zone-file tokens in `text`: comments skipped, quoted strings and `\\x`
+    escapes kept whole, parentheses dropped (they only join lines)."""
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in " \t\r\n()":
+            i += 1
+        elif ch == ";":
+            while i < n and text[i] != "\n":
+                i += 1
+        else:
+            start = i
+            quoted = ch == '"'
+            i += 1 if quoted else 0
+            while i < n:
+                ch = text[i]
+                if ch == "\\":
+                    i += 2
+                    continue
+                if quoted:
+                    i += 1
+                    if ch == '"':
+                        break
+                elif ch in " \t\r\n();":
+                    break
+                else:
+                    i += 1
+            yield start, min(i, n)
+
+
+def serial_span(text: str, serial: int) -> tuple[int, int]:
+    """Where in `text` the digits of the SOA serial are: the third token after the first `SOA`
+    token whose third token is that serial. The SOA may span lines and carry comments."""
+    spans = list(_tokens(text))
+    for i, (start, end) in enumerate(spans):
+        if text[start:end].upper() == "SOA" and i + 3 < len(spans):
+            s_start, s_end = spans[i + 3]
+            candidate = text[s_start:s_end]
+            if candidate.isdigit() and int(candidate) == serial:
+                return s_start, s_end
+    raise ZoneError("cannot find the SOA serial in the zone file's own text (is the SOA in an "
+                    "$INCLUDE file?); dnsapi must be able to bump it")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+def parse_zone(text: str, origin: str, what: str = "zone file") -> dns.zone.Zone:
+    """Parse with dnspython the way CoreDNS will load it; raise ZoneError naming the problem."""
+    try:
+        return dns.zone.from_text(text, origin=origin + ".", relativize=False, check_origin=True)
+    except dns.exception.DNSException as exc:
+        raise ZoneError(f"{what} for {origin} does not parse: {exc}") from None
+
+
+def block_records(block: str, origin: str) -> dict[tuple[str, str], int]:
+    """The TXT records in a managed block as {(fqdn, value): ttl}; ZoneError if it is not only
+    TXT records below `origin`."""
+    if not block:
+        return {}
+    try:
+        zone = dns.zone.from_text(block, origin=origin + ".", relativize=False, check_origin=False)
+    except dns.exception.DNSException as exc:
+        raise ZoneError(f"the managed block for {origin} does not parse: {exc}") from None
+    found: dict[tuple[str, str], int] = {}
+    for name, node in zone.nodes.items():
+        for rdataset in node.rdatasets:
+            if rdataset.rdtype != dns.rdatatype.TXT:
+                raise ZoneError(f"the managed block for {origin} holds a non-TXT record at {name}")
+            fqdn = name.to_text(omit_final_dot=True)
+            for rdata in rdataset:
+                found[(fqdn, b"".join(rdata.strings).decode("ascii"))] = rdataset.ttl
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# The file
+
+class ZoneFile:
+    """One operator zone file and the operations dnsapi performs on it."""
+
+    def __init__(self, path: Path, origin: str) -> None:
+        self.path = path
+        self.origin = origin
+
+    def read_text(self) -> str:
+        try:
+            # surrogateescape: any non-UTF-8 byte in the operator's comments is written back as is.
+            return self.path.read_bytes().decode("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            raise ZoneError(f"zone file {self.path} for {self.origin} does not exist") from None
+        except OSError as exc:
+            raise ZoneError(f"cannot read zone file {self.path}: {exc.strerror}") from None
+
+    def check(self) -> int:
+        """Validate the file as it is now; returns its serial. Used at start and by /readyz."""
+        text = self.read_text()
+        zone = parse_zone(text, self.origin)
+        ZoneText.split(text)
+        serial = zone.get_soa().serial
+        serial_span(text, serial)
+        return serial
+
+    def sync(self, records: Iterable[Record], today: dt.date | None = None) -> int | None:
+        """Make the managed block hold exactly `records`.
+
+        Returns the new serial when the file was rewritten, None when it already matched (a
+        file without a block matches an empty record set, so the operator's file is not touched
+        until there is something to add). Raises ZoneError, leaving the file untouched, when the
+        operator's file or the result does not parse.
+        """
+        records = list(records)
+        text = self.read_text()
+        parts = ZoneText.split(text)
+        newline = "\r\n" if "\r\n" in text else "\n"
+        block = render_block(records, newline) if records or parts.block else ""
+        if block == parts.block:
+            return None
+
+        old_serial = parse_zone(text, self.origin).get_soa().serial
+        serial = next_serial(old_serial, today or dt.datetime.now(dt.UTC).date())
+        new_text = parts.join(block)
+        start, end = serial_span(new_text, old_serial)
+        new_text = new_text[:start] + str(serial) + new_text[end:]
+
+        self._verify(new_text, block, records, serial)
+        self._write_atomic(new_text.encode("utf-8", "surrogateescape"))
+        return serial
+
+    def _verify(self, text: str, block: str, records: list[Record], serial: int) -> None:
+        """The whole new text parses, carries the new serial, and the block holds exactly our
+        records with their values byte for byte: nothing more can have been injected."""
+        zone = parse_zone(text, self.origin, "the rewritten zone")
+        if zone.get_soa().serial != serial:
+            raise ZoneError(f"internal check failed: the rewritten zone for {self.origin} does not "
+                            "carry the new serial; not written")
+        ttls: dict[str, int] = {}
+        for record in records:
+            ttls[record.fqdn] = min(record.ttl, ttls.get(record.fqdn, record.ttl))
+        expected = {record.key: ttls[record.fqdn] for record in records}
+        if block_records(block, self.origin) != expected:
+            raise ZoneError(f"internal check failed: the managed block for {self.origin} does not "
+                            "parse back to the requested records; not written")
+
+    def _write_atomic(self, data: bytes) -> None:
+        """Temp file in the same directory, fsync, keep mode/owner, rename, fsync the directory."""
+        directory = self.path.parent
+        try:
+            current = self.path.stat()
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise ZoneError(f"cannot write zone file {self.path}: {exc.strerror}") from None
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, stat.S_IMODE(current.st_mode))
+            if hasattr(os, "chown") and (current.st_uid, current.st_gid) != (os.getuid(), os.getgid()):
+                try:
+                    os.chown(tmp, current.st_uid, current.st_gid)
+                except PermissionError:
+                    pass  # not root: the file keeps our ownership and its original mode
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise ZoneError(f"cannot write zone file {self.path}: {exc.strerror}") from None
+        dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
