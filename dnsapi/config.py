@@ -163,7 +163,7 @@ def parse_hostport(text: object, key: str) -> tuple[str, int]:
     """`127.0.0.1:8053` or `[::1]:8053` → (host, port), requiring a literal IP address."""
     if not isinstance(text, str):
         raise ConfigError(f"{key}: must be a string like 127.0.0.1:8053")
-    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text.strip())
+    match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
     if not match:
         raise ConfigError(f"{key}: {text!r} is not IP:PORT (IPv6 as [addr]:port)")
     host = match.group(1) or match.group(3)

@@ -180,7 +180,7 @@ class RecordService:
         """Re-read every zone from Vault and re-render its file where it differs."""
         results = await asyncio.gather(*(w.submit(None) for w in self.writers.values()),
                                        return_exceptions=True)
-        for zone, result in zip(self.writers, results):
+        for zone, result in zip(self.writers, results, strict=True):
             if isinstance(result, Exception):
                 log.warning("reconciling zone %s failed: %s", zone, result)
 

@@ -55,7 +55,7 @@ class VaultAuth:
         self._lock = threading.Lock()
         self._token_file_mtime: float | None = None
         self._renew_at: float | None = None  # monotonic time to renew (None: never)
-        self._ttl = 0
+        self._login_ttl = 0  # TTL granted at login: renewals granting much less mean max TTL is near
         self._renewable = False
         self._logged_in = False
 
@@ -110,17 +110,18 @@ class VaultAuth:
                                              mount_point=approle.mount)
         auth = response["auth"]
         self._logged_in = True
-        self._schedule(auth.get("lease_duration", 0), auth.get("renewable", False))
+        self._login_ttl = auth.get("lease_duration", 0)
+        self._schedule(self._login_ttl, auth.get("renewable", False))
         log.info("logged in to Vault with AppRole (token TTL %ss)", auth.get("lease_duration"))
 
     def _schedule_from_lookup(self, client: hvac.Client) -> None:
         data = client.auth.token.lookup_self()["data"]
-        self._schedule(data.get("ttl") or 0, data.get("renewable", False))
+        self._login_ttl = data.get("ttl") or 0
+        self._schedule(self._login_ttl, data.get("renewable", False))
 
     def _schedule(self, ttl: int, renewable: bool) -> None:
         """Renew at half the TTL; a token without TTL (root, periodic-less) needs nothing."""
         self._renew_at = time.monotonic() + ttl / 2 if ttl > 0 else None
-        self._ttl = ttl
         self._renewable = renewable
 
     def _renew(self, client: hvac.Client) -> None:
@@ -129,11 +130,11 @@ class VaultAuth:
             try:
                 auth = client.auth.token.renew_self()["auth"]
                 granted = auth.get("lease_duration", 0)
-                if granted >= self._ttl / 2 or self.config.approle is None:
+                if granted > self._login_ttl / 2 or self.config.approle is None:
                     self._schedule(granted, auth.get("renewable", False))
                     return
             except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-                log.warning("Vault token renewal failed: %s", type(exc).__name__)
+                log.warning("Vault token renewal failed (%s)", type(exc).__name__)
         if self.config.approle is not None:
             self._approle_login(client)
         else:

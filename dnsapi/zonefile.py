@@ -12,6 +12,7 @@ to come back exactly as intended, and the file is replaced by rename, never writ
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -279,16 +280,13 @@ class ZoneFile:
                 os.fsync(handle.fileno())
             os.chmod(tmp, stat.S_IMODE(current.st_mode))
             if hasattr(os, "chown") and (current.st_uid, current.st_gid) != (os.getuid(), os.getgid()):
-                try:
+                # not root: the file keeps our ownership and its original mode
+                with contextlib.suppress(PermissionError):
                     os.chown(tmp, current.st_uid, current.st_gid)
-                except PermissionError:
-                    pass  # not root: the file keeps our ownership and its original mode
             os.replace(tmp, self.path)
         except OSError as exc:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise ZoneError(f"cannot write zone file {self.path}: {exc.strerror}") from None
         dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:

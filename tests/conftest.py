@@ -1,0 +1,166 @@
+"""Fixtures that run the real things on loopback: an OpenBao dev server per session, and per test
+a CoreDNS and a `dnsapi serve` process built from the shipped example files (coredns/)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import hvac
+import pytest
+import requests
+import yaml
+
+from dnsapi.auth import hash_token, new_token
+from dnsapi.devstack import Process, free_port, prepare, start_coredns, start_dnsapi, start_openbao
+
+ZONE = "dev.local"
+
+
+@dataclass
+class Vault:
+    addr: str
+    root_token: str
+    process: Process
+    client: hvac.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = hvac.Client(url=self.addr, token=self.root_token)
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
+    port = free_port()
+    token = new_token()
+    logs = tmp_path_factory.mktemp("openbao")
+    proc = start_openbao(port, token, logs / "openbao.log")
+    yield Vault(f"http://127.0.0.1:{port}", token, proc)
+    proc.stop()
+
+
+@dataclass
+class Stack:
+    """One CoreDNS + one dnsapi, sharing the session's OpenBao under a prefix of their own."""
+
+    dir: Path
+    vault: Vault
+    prefix: str
+    dns_port: int
+    api_port: int
+    token: str
+    env: dict[str, str]
+    coredns: Process | None = None
+    dnsapi: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def zone_path(self) -> Path:
+        return self.dir / "db.dev.local"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "dnsapi.yaml"
+
+    def start_dnsapi(self) -> None:
+        self.dnsapi = start_dnsapi(self.config_path, self.api_port, self.dir / "dnsapi.log", self.env)
+
+    def stop_dnsapi(self) -> None:
+        assert self.dnsapi is not None
+        self.dnsapi.stop()
+
+    def call(self, method: str, path: str, token: str | None | bool = True, **kwargs: Any
+             ) -> requests.Response:
+        headers = kwargs.pop("headers", {})
+        if token is True:
+            token = self.token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def add(self, fqdn: str, value: str, **extra: Any) -> requests.Response:
+        return self.call("POST", "/v1/records", json={"fqdn": fqdn, "value": value, **extra})
+
+    def remove(self, fqdn: str, value: str) -> requests.Response:
+        return self.call("DELETE", "/v1/records", json={"fqdn": fqdn, "value": value})
+
+    def query(self, fqdn: str) -> tuple[str, set[str]]:
+        """Ask CoreDNS (TCP, so large answers are whole): (rcode name, TXT values)."""
+        response = dns.query.tcp(dns.message.make_query(fqdn + ".", dns.rdatatype.TXT),
+                                 "127.0.0.1", port=self.dns_port, timeout=2)
+        values = {b"".join(rd.strings).decode() for rrset in response.answer
+                  if rrset.rdtype == dns.rdatatype.TXT for rd in rrset}
+        return dns.rcode.to_text(response.rcode()), values
+
+    def wait_served(self, fqdn: str, values: set[str], timeout: float = 5) -> float:
+        """Poll CoreDNS until `fqdn` answers exactly `values` (empty set: NXDOMAIN); returns the
+        seconds it took. Fails the test with what was served instead."""
+        start = time.monotonic()
+        while True:
+            rcode, served = self.query(fqdn)
+            if served == values and (values or rcode == "NXDOMAIN"):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                pytest.fail(f"CoreDNS served {rcode} {served} for {fqdn}, expected {values or 'NXDOMAIN'}")
+            time.sleep(0.02)
+
+    def vault_records(self, zone: str = ZONE) -> set[tuple[str, str]]:
+        try:
+            secret = self.vault.client.secrets.kv.v2.read_secret_version(
+                path=f"{self.prefix}/zones/{zone}", mount_point="secret", raise_on_deleted_version=False)
+        except hvac.exceptions.InvalidPath:
+            return set()
+        return {(r["fqdn"], r["value"]) for r in (secret["data"]["data"] or {}).get("records", [])}
+
+
+@pytest.fixture
+def make_stack(openbao: Vault, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Build and start a stack. `edit(config_dict)` may change the generated dnsapi.yaml;
+    `prefix` lets two stacks share one set of records; `start=False` leaves dnsapi stopped."""
+    stacks: list[Stack] = []
+
+    def make(edit: Callable[[dict[str, Any]], None] | None = None, prefix: str | None = None,
+             env: dict[str, str] | None = None, start: bool = True) -> Stack:
+        directory = tmp_path / f"stack{len(stacks)}"
+        prefix = prefix or f"test-{uuid.uuid4().hex[:12]}"
+        dns_port, api_port = free_port(), free_port()
+        token = prepare(directory, vault_addr=openbao.addr, vault_token=openbao.root_token,
+                        dns_port=dns_port, api_port=api_port, prefix=prefix)
+        if edit is not None:
+            config = yaml.safe_load((directory / "dnsapi.yaml").read_text())
+            edit(config)
+            (directory / "dnsapi.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        stack = Stack(directory, openbao, prefix, dns_port, api_port, token, env or {})
+        stacks.append(stack)
+        stack.coredns = start_coredns(directory, dns_port, [ZONE], directory / "coredns.log")
+        if start:
+            stack.start_dnsapi()
+        return stack
+
+    yield make
+    for stack in stacks:
+        for proc in (stack.dnsapi, stack.coredns):
+            if proc is not None:
+                proc.stop()
+
+
+@pytest.fixture
+def stack(make_stack: Callable[..., Stack]) -> Stack:
+    return make_stack()
+
+
+def add_token(config: dict[str, Any], name: str, allow: list[str]) -> str:
+    """Add a second API token to a config dict; returns the token."""
+    token = new_token()
+    config["tokens"].append({"name": name, "sha256": hash_token(token), "allow": allow})
+    return token

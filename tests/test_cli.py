@@ -1,0 +1,108 @@
+"""The `dnsapi` command as a user runs it: dev stack with curl and dig, serve errors, hash-token."""
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dnsapi.devstack import free_port
+
+
+def run(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "dnsapi", *args], capture_output=True, text=True,
+                          timeout=60, **kwargs)
+
+
+def test_dev_stack_answers_curl_and_dig_then_stops_cleanly(tmp_path):
+    ports = {"vault": free_port(), "dns": free_port(), "api": free_port()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dnsapi", "dev", "--dir", str(tmp_path / "dev"),
+         "--vault-port", str(ports["vault"]), "--dns-port", str(ports["dns"]),
+         "--api-port", str(ports["api"])],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("  dig "):
+                break
+        output = "".join(lines)
+        assert "dnsapi dev stack is up" in output, output
+        token = (tmp_path / "dev" / "token").read_text().strip()
+        assert token not in output  # the token is only in its 0600 file
+        assert (tmp_path / "dev" / "token").stat().st_mode & 0o077 == 0
+        # run the two commands exactly as printed, from where the user started `dnsapi dev`
+        commands = output.split("Try:\n")[1]
+        curl, dig = commands.split("\n  dig ")
+        result = subprocess.run(["bash", "-c", curl], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=30)
+        assert '"created": true' in result.stdout, result.stdout + result.stderr
+        deadline = time.monotonic() + 5
+        while True:
+            answer = subprocess.run(["bash", "-c", "dig " + dig], cwd=tmp_path, capture_output=True,
+                                    text=True, timeout=30).stdout.strip()
+            if answer == '"hello-dnsapi"' or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert answer == '"hello-dnsapi"'
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "dev")], capture_output=True, text=True)
+    assert leftovers.stdout == ""
+    for port in ports.values():
+        free = subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
+                              capture_output=True, timeout=10)
+        assert free.returncode != 0, f"port {port} still served after the dev stack stopped"
+
+
+def test_dev_refuses_a_busy_port(tmp_path):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("dev", "--dir", str(tmp_path), "--api-port", str(port),
+                     "--vault-port", str(free_port()), "--dns-port", str(free_port()))
+    assert result.returncode != 0
+    assert f"port {port} for dnsapi is already in use" in result.stderr
+
+
+def test_serve_with_a_bad_config_names_the_key(tmp_path):
+    config = tmp_path / "dnsapi.yaml"
+    config.write_text("vault: {addr: 'http://127.0.0.1:1', token: t}\nzones: []\ntokens: []\n")
+    result = run("serve", "-c", str(config))
+    assert result.returncode != 0
+    assert result.stderr.strip() == ("dnsapi: configuration error: zones: must be a non-empty "
+                                     "list of {name, file}")
+
+
+def test_serve_with_a_missing_zone_file(tmp_path):
+    config = tmp_path / "dnsapi.yaml"
+    config.write_text("vault: {addr: 'http://127.0.0.1:1', token: t}\n"
+                      "zones: [{name: dev.local, file: nope}]\n"
+                      f"tokens: [{{name: a, sha256: '{'0' * 64}', allow: ['*.dev.local']}}]\n")
+    result = run("serve", "-c", str(config))
+    assert result.returncode != 0
+    assert f"zone file {tmp_path / 'nope'} for dev.local does not exist" in result.stderr
+
+
+def test_hash_token():
+    created = run("hash-token")
+    token = created.stdout.split("token:")[1].split()[0]
+    digest = created.stdout.split("sha256:")[1].split()[0]
+    assert hashlib.sha256(token.encode()).hexdigest() == digest and len(token) >= 40
+    hashed = run("hash-token", "--stdin", input="secret\n")
+    assert hashed.stdout.strip() == hashlib.sha256(b"secret").hexdigest()
+    assert run("hash-token", "--stdin", input="").returncode != 0
+
+
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["dev", "--help"],
+                                  ["hash-token", "--help"]])
+def test_help_explains(args):
+    result = run(*args)
+    assert result.returncode == 0
+    assert "usage: dnsapi" in result.stdout and len(result.stdout) > 200

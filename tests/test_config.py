@@ -1,0 +1,141 @@
+"""Configuration loading: defaults, environment secrets, and errors that name the key."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dnsapi import config as cfg
+from dnsapi.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "coredns" / "dnsapi.yaml"
+BASE = {
+    "listen": "127.0.0.1:8053",
+    "vault": {"addr": "http://127.0.0.1:8200", "token": "t", "kv_mount": "secret", "prefix": "dnsapi"},
+    "zones": [{"name": "dev.local", "file": "db.dev.local"}],
+    "dns_servers": ["127.0.0.1:1053"],
+    "tokens": [{"name": "acme", "sha256": "a" * 64, "allow": ["*.dev.local"]}],
+}
+
+
+def load(data, env=None):
+    return cfg.from_dict(data, base=Path("/etc/dnsapi"), env=env or {})
+
+
+def changed(path: str, value):
+    """BASE with the dotted `path` set to `value` (or removed when value is ...)."""
+    data = copy.deepcopy(BASE)
+    keys = path.replace("]", "").replace("[", ".").split(".")
+    target = data
+    for key in keys[:-1]:
+        target = target[int(key)] if key.isdigit() else target[key]
+    last = int(keys[-1]) if keys[-1].isdigit() else keys[-1]
+    if value is ...:
+        del target[last]
+    else:
+        target[last] = value
+    return data
+
+
+def test_the_shipped_example_loads():
+    config = cfg.load(EXAMPLE, env={"DNSAPI_VAULT_TOKEN": "x"})
+    assert config.zones[0].file == EXAMPLE.parent / "db.dev.local"
+    assert config.dns_servers == (("127.0.0.1", 1053),)
+
+
+def test_defaults_and_relative_paths():
+    config = load(BASE)
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 8053)
+    assert config.zones[0].file == Path("/etc/dnsapi/db.dev.local")
+    assert config.challenge_label == "_acme-challenge"
+    assert (config.default_ttl, config.min_ttl, config.max_ttl) == (60, 1, 3600)
+    assert config.reconcile_interval == 10
+    assert config.tokens[0].allow == ("*.dev.local",)
+
+
+def test_vault_token_from_environment():
+    config = load(changed("vault.token", ...), env={"DNSAPI_VAULT_TOKEN": "from-env"})
+    assert config.vault.token == "from-env"
+
+
+def test_approle_with_files():
+    data = changed("vault.token", ...)
+    data["vault"]["approle"] = {"role_id_file": "role-id", "secret_id_file": "/run/secret-id"}
+    approle = load(data).vault.approle
+    assert approle.role_id_file == Path("/etc/dnsapi/role-id")
+    assert approle.secret_id_file == Path("/run/secret-id")
+    assert approle.mount == "approle"
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("listen", "localhost:8053", "listen: 'localhost' is not an IP address"),
+    ("listen", "127.0.0.1", "listen: '127.0.0.1' is not IP:PORT"),
+    ("listen", "127.0.0.1:70000", "listen: port 70000 is out of range"),
+    ("vault", ..., "vault.addr: is required"),
+    ("vault.addr", "127.0.0.1:8200", "vault.addr: must be an http:// or https:// URL"),
+    ("vault.addr", ..., "vault.addr: is required"),
+    ("vault.token", ..., "vault.token: set exactly one of"),
+    ("vault.token_file", "tok", "vault.token: set exactly one of vault.token"),
+    ("vault.kv_mount", "bad mount", "vault.kv_mount: 'bad mount' is not a valid Vault path"),
+    ("vault.prefix", 5, "vault.prefix: must be a string"),
+    ("vault.timeout", "soon", "vault.timeout: must be a positive duration"),
+    ("vault.tokn", "x", "vault.tokn: unknown setting"),
+    ("zones", [], "zones: must be a non-empty list"),
+    ("zones", ..., "zones: must be a non-empty list"),
+    ("zones.0.name", "bad..zone", "zones[0].name: zone name has an empty label"),
+    ("zones.0.file", ..., "zones[0].file: is required"),
+    ("zones.0.extra", 1, "zones[0].extra: unknown setting"),
+    ("dns_servers", "127.0.0.1:53", "dns_servers: must be a list"),
+    ("dns_servers", ["ns1:53"], "dns_servers[0]: 'ns1' is not an IP address"),
+    ("dns_servers", ["127.0.0.1"], "dns_servers[0]: '127.0.0.1' is not IP:PORT"),
+    ("tokens", ..., "tokens: must be a non-empty list"),
+    ("tokens.0.sha256", "abc", "tokens[0].sha256: must be 64 hex digits"),
+    ("tokens.0.sha256", ..., "tokens[0].sha256: is required"),
+    ("tokens.0.allow", [], "tokens[0].allow: must be a non-empty list"),
+    ("tokens.0.allow", ["*.dev..local"], "tokens[0].allow: pattern has an empty label"),
+    ("tokens.0.name", ..., "tokens[0].name: is required"),
+    ("challenge_label", "a.b", "challenge_label: must be a single label"),
+    ("ttl", {"default": 0}, "ttl.default: must be an integer from 1 to 3600"),
+    ("ttl", {"max": "1h"}, "ttl.max: must be an integer"),
+    ("reconcile_interval", "-1s", "reconcile_interval: must be a positive duration"),
+    ("max_records_per_zone", 0, "max_records_per_zone: must be an integer from 1"),
+    ("lisen", "127.0.0.1:1", "lisen: unknown setting"),
+])
+def test_errors_name_the_key(path, value, message):
+    with pytest.raises(ConfigError) as info:
+        load(changed(path, value))
+    assert str(info.value).startswith(message)
+
+
+def test_duplicates_are_refused():
+    data = copy.deepcopy(BASE)
+    data["zones"].append({"name": "DEV.local.", "file": "other"})
+    with pytest.raises(ConfigError, match=r"zones\[1\].name: zone 'dev.local' is listed twice"):
+        load(data)
+    data = copy.deepcopy(BASE)
+    data["tokens"].append({"name": "acme", "sha256": "b" * 64, "allow": ["x.dev.local"]})
+    with pytest.raises(ConfigError, match=r"tokens\[1\].name: token name 'acme' is used twice"):
+        load(data)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        cfg.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        cfg.load(bad)
+    bad.write_text(yaml.safe_dump(["a", "list"]))
+    with pytest.raises(ConfigError, match="config: must be a mapping"):
+        cfg.load(bad)
+
+
+@pytest.mark.parametrize("text, seconds", [("30", 30), (30, 30), ("500ms", 0.5), ("5m", 300),
+                                           ("1h", 3600), ("2d", 172800), ("1.5s", 1.5)])
+def test_durations(text, seconds):
+    assert cfg.parse_duration(text) == seconds
+
+
+def test_ipv6_listen():
+    assert load(changed("listen", "[::1]:8053")).listen_host == "::1"

@@ -1,0 +1,273 @@
+"""The record service through real processes: dnsapi's HTTP API, OpenBao KV v2, CoreDNS answers."""
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from dnsapi.zonefile import BEGIN_MARKER
+
+from .conftest import add_token
+
+WWW = "_acme-challenge.www.dev.local"
+V1 = "A" * 43
+V2 = "B" * 43
+
+
+def operator_part(text: str) -> str:
+    """The zone text outside the managed block, with the SOA serial digits blanked."""
+    head = text.split(BEGIN_MARKER)[0]
+    return head.replace(head.split("(")[1].split(";")[0].strip(), "SERIAL", 1)
+
+
+def test_add_is_stored_in_vault_and_served_by_coredns(stack):
+    response = stack.add(WWW, V1)
+    assert response.status_code == 201
+    assert response.json() == {"fqdn": WWW, "value": V1, "ttl": 60, "created": True}
+    assert stack.vault_records() == {(WWW, V1)}  # acknowledged only once Vault has it
+    stack.wait_served(WWW, {V1})
+
+
+def test_same_pair_again_is_200_and_changes_nothing(stack):
+    assert stack.add(WWW, V1).status_code == 201
+    before = stack.zone_path.read_bytes()
+    again = stack.add(WWW + ".", V1)  # trailing dot and case are normalised
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert stack.zone_path.read_bytes() == before
+
+
+def test_two_values_one_name_remove_one_then_all(stack):
+    assert stack.add(WWW, V1).status_code == 201
+    assert stack.add(WWW.upper(), V2).status_code == 201
+    stack.wait_served(WWW, {V1, V2})
+
+    response = stack.remove(WWW, V1)
+    assert response.status_code == 200 and response.json() == {"fqdn": WWW, "value": V1, "existed": True}
+    stack.wait_served(WWW, {V2})  # the other value stays
+    assert stack.vault_records() == {(WWW, V2)}
+
+    assert stack.remove(WWW, V1).json()["existed"] is False
+    assert stack.call("DELETE", "/v1/records", params={"fqdn": WWW, "value": V2}).json()["existed"]
+    stack.wait_served(WWW, set())  # name gone: NXDOMAIN
+    assert stack.vault_records() == set()
+
+
+def test_ttl_is_used(stack):
+    assert stack.add(WWW, V1, ttl=120).json()["ttl"] == 120
+    stack.wait_served(WWW, {V1})
+    assert f"{WWW}. 120 IN TXT" in stack.zone_path.read_text()
+
+
+def test_plain_curl_body_without_json_content_type(stack):
+    body = f'{{"fqdn":"{WWW}","value":"{V1}"}}'
+    response = stack.call("POST", "/v1/records", data=body,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 201
+
+
+def test_list_records_is_filtered_by_token(make_stack):
+    tokens = {}
+    stack = make_stack(edit=lambda c: tokens.update(www=add_token(c, "www-only", ["www.dev.local"])))
+    stack.add(WWW, V1)
+    stack.add("_acme-challenge.api.dev.local", V2)
+    everything = stack.call("GET", "/v1/records").json()["records"]
+    assert {(r["fqdn"], r["value"]) for r in everything} == {
+        (WWW, V1), ("_acme-challenge.api.dev.local", V2)}
+    assert all(r["ttl"] == 60 and r["created_at"] > 0 for r in everything)
+    one = stack.call("GET", "/v1/records", params={"fqdn": WWW}).json()["records"]
+    assert [(r["fqdn"], r["value"]) for r in one] == [(WWW, V1)]
+    scoped = stack.call("GET", "/v1/records", token=tokens["www"]).json()["records"]
+    assert [(r["fqdn"], r["value"]) for r in scoped] == [(WWW, V1)]
+    denied = stack.call("GET", "/v1/records", token=tokens["www"],
+                        params={"fqdn": "_acme-challenge.api.dev.local"})
+    assert denied.status_code == 403
+
+
+def test_authentication_and_scope(make_stack):
+    tokens = {}
+    stack = make_stack(edit=lambda c: tokens.update(www=add_token(c, "www-only", ["www.dev.local"])))
+    zone_before = stack.zone_path.read_bytes()
+    for token in (None, "wrong-token", ""):
+        response = stack.call("POST", "/v1/records", token=token, json={"fqdn": WWW, "value": V1})
+        assert response.status_code == 401
+        assert response.json()["error"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    basic = stack.call("GET", "/v1/records", token=False, headers={"Authorization": "Basic !!!"})
+    assert basic.status_code == 401
+    for name in ("_acme-challenge.api.dev.local", "_acme-challenge.x.www.dev.local"):
+        response = stack.call("POST", "/v1/records", token=tokens["www"], json={"fqdn": name, "value": V1})
+        assert response.status_code == 403
+        assert response.json() == {"error": "forbidden",
+                                   "message": f"token 'www-only' may not change {name}"}
+    assert stack.call("DELETE", "/v1/records", token=tokens["www"],
+                      json={"fqdn": "_acme-challenge.api.dev.local", "value": V1}).status_code == 403
+    assert stack.zone_path.read_bytes() == zone_before
+    assert stack.vault_records() == set()
+    allowed = stack.call("POST", "/v1/records", token=tokens["www"], json={"fqdn": WWW, "value": V1})
+    assert allowed.status_code == 201
+
+
+@pytest.mark.parametrize("body, code", [
+    ('{"fqdn": "_acme-challenge.www.dev.local"}', "missing_field"),
+    ('{"value": "x"}', "missing_field"),
+    ('{"fqdn": "_acme-challenge.www.dev.local", "value": "x", "extra": 1}', "unknown_field"),
+    ('not json', "invalid_json"),
+    ('["a list"]', "invalid_json"),
+    ('{"fqdn": "_acme-challenge.www.dev.local", "value": "x\\ny IN A 1.2.3.4"}', "invalid_value"),
+    ('{"fqdn": "_acme-challenge.www.dev.local", "value": ""}', "invalid_value"),
+    ('{"fqdn": "_acme-challenge.www.dev.local", "value": "x", "ttl": 0}', "invalid_ttl"),
+    ('{"fqdn": "_acme-challenge.www.dev.local", "value": "x", "ttl": "60"}', "invalid_ttl"),
+    ('{"fqdn": "www.dev.local", "value": "x"}', "invalid_name"),
+    ('{"fqdn": "_acme-challenge.www.example.com", "value": "x"}', "unknown_zone"),
+    ('{"fqdn": "_acme-challenge.w\\"w.dev.local", "value": "x"}', "invalid_name"),
+    ('[' * 5000 + ']' * 5000, "invalid_json"),
+])
+def test_bad_requests_are_400_and_change_nothing(stack, body, code):
+    stack.add(WWW, V1)
+    zone_before = stack.zone_path.read_bytes()
+    response = stack.call("POST", "/v1/records", data=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == code and response.json()["message"]
+    assert stack.zone_path.read_bytes() == zone_before
+    assert stack.vault_records() == {(WWW, V1)}
+    assert stack.call("GET", "/healthz").status_code == 200
+
+
+def test_other_http_errors_are_json(stack):
+    too_big = stack.call("POST", "/v1/records", data="x" * 20000)
+    assert too_big.status_code == 413 and too_big.json()["error"] == "body_too_large"
+    assert stack.call("GET", "/nope").json()["error"] == "not_found"
+    wrong_method = stack.call("PUT", "/v1/records")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
+    both = stack.call("DELETE", "/v1/records", params={"fqdn": WWW}, json={"fqdn": WWW, "value": V1})
+    assert both.status_code == 400
+
+
+def test_operator_lines_preserved_exactly(stack):
+    original = stack.zone_path.read_text()
+    for value in (V1, V2):
+        stack.add(WWW, value)
+    stack.remove(WWW, V1)
+    stack.add("_acme-challenge.dev.local", V1)
+    text = stack.zone_path.read_text()
+    assert operator_part(text) == operator_part(original + BEGIN_MARKER)
+    assert text.startswith(original.split("2026010100")[0])
+
+
+def test_restart_keeps_records_and_repairs_a_replaced_zone_file(stack):
+    original = stack.zone_path.read_text()
+    stack.add(WWW, V1)
+    stack.add(WWW, V2)
+    stack.stop_dnsapi()
+    stack.wait_served(WWW, {V1, V2})  # CoreDNS keeps serving without dnsapi
+    stack.zone_path.write_text(original.replace("2026010100", "2030010100"))  # records lost
+    stack.wait_served(WWW, set())
+    stack.start_dnsapi()  # reconciles from Vault at start
+    stack.wait_served(WWW, {V1, V2})
+    assert stack.vault_records() == {(WWW, V1), (WWW, V2)}
+    assert "2030010100" not in stack.zone_path.read_text()  # serial moved on, not back
+
+
+def test_reconcile_timer_repairs_file_and_picks_up_vault_changes(make_stack):
+    stack = make_stack(edit=lambda c: c.update(reconcile_interval="500ms"))
+    stack.add(WWW, V1)
+    # someone damages the block by hand
+    text = stack.zone_path.read_text()
+    stack.zone_path.write_text(text.replace(V1, "tampered").replace("2026", "2031", 1))
+    stack.wait_served(WWW, {V1}, timeout=5)
+    # a change written to Vault by another node shows up without any request here
+    stack.vault.client.secrets.kv.v2.create_or_update_secret(
+        path=f"{stack.prefix}/zones/dev.local", mount_point="secret",
+        secret={"format": 1, "records": [{"fqdn": WWW, "value": V2, "ttl": 60, "created_at": 1.0}]})
+    stack.wait_served(WWW, {V2}, timeout=5)
+
+
+def test_unparsable_zone_file_refuses_start_and_is_left_untouched(make_stack):
+    stack = make_stack(start=False)
+    broken = stack.zone_path.read_text().replace("60 )", "60")
+    stack.zone_path.write_text(broken)
+    with pytest.raises(Exception, match="does not parse"):
+        stack.start_dnsapi()
+    assert "does not parse" in (stack.dir / "dnsapi.log").read_text()
+    assert stack.zone_path.read_text() == broken
+
+
+def test_zone_broken_at_runtime_gives_500_then_converges(make_stack):
+    stack = make_stack(edit=lambda c: c.update(reconcile_interval="500ms"))
+    good = stack.zone_path.read_text()
+    broken = good + "oops IN A not-an-address\n"
+    stack.zone_path.write_text(broken)
+    response = stack.add(WWW, V1)
+    assert response.status_code == 500
+    assert response.json()["error"] == "zone_error"
+    assert "does not parse" in response.json()["message"]
+    assert stack.zone_path.read_text() == broken  # untouched
+    ready = stack.call("GET", "/readyz")
+    assert ready.status_code == 503 and "zone:dev.local" in ready.json()["checks"]
+    assert stack.vault_records() == {(WWW, V1)}  # Vault has it: nothing acknowledged is lost
+    stack.zone_path.write_text(good)
+    stack.wait_served(WWW, {V1}, timeout=5)
+    assert stack.call("GET", "/readyz").status_code == 200
+
+
+def test_readyz(stack):
+    response = stack.call("GET", "/readyz", token=None)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready",
+                               "checks": {"vault:dev.local": "ok", "zone:dev.local": "ok"}}
+
+
+async def test_concurrent_adds_and_removes_are_all_applied(stack):
+    names = [f"_acme-challenge.h{i % 10}.dev.local" for i in range(120)]
+    values = [f"value-{i:04d}" for i in range(120)]
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async def send(method, fqdn, value):
+            async with session.request(method, stack.url + "/v1/records",
+                                       json={"fqdn": fqdn, "value": value}) as response:
+                return response.status
+        statuses = await asyncio.gather(*(send("POST", n, v) for n, v in zip(names, values, strict=True)))
+        assert statuses == [201] * 120
+        statuses = await asyncio.gather(*(send("DELETE", n, v)
+                                          for n, v in list(zip(names, values, strict=True))[::2]))
+        assert statuses == [200] * 60
+    expected = set(list(zip(names, values, strict=True))[1::2])
+    assert stack.vault_records() == expected
+    for i in range(10):
+        name = f"_acme-challenge.h{i}.dev.local"
+        stack.wait_served(name, {v for n, v in expected if n == name})
+
+
+async def test_two_instances_on_one_vault_never_lose_an_update(make_stack):
+    prefix = "shared-" + str(id(make_stack))
+    def fast(config):
+        config.update(reconcile_interval="500ms")
+
+    first, second = make_stack(edit=fast, prefix=prefix), make_stack(edit=fast, prefix=prefix)
+    pairs = [(f"_acme-challenge.n{i % 5}.dev.local", f"v{i:03d}") for i in range(80)]
+
+    async def send(session, stack, fqdn, value):
+        async with session.post(stack.url + "/v1/records", json={"fqdn": fqdn, "value": value},
+                                headers={"Authorization": f"Bearer {stack.token}"}) as response:
+            return response.status
+
+    async with aiohttp.ClientSession() as session:
+        statuses = await asyncio.gather(*(send(session, (first, second)[i % 2], f, v)
+                                          for i, (f, v) in enumerate(pairs)))
+    assert statuses == [201] * 80
+    assert first.vault_records() == set(pairs)
+    for stack in (first, second):  # both zone files converge to Vault's state
+        for i in range(5):
+            name = f"_acme-challenge.n{i}.dev.local"
+            stack.wait_served(name, {v for f, v in pairs if f == name}, timeout=5)
+
+
+
+def test_zone_record_limit_is_409(make_stack):
+    stack = make_stack(edit=lambda c: c.update(max_records_per_zone=2))
+    assert stack.add(WWW, V1).status_code == 201
+    assert stack.add(WWW, V2).status_code == 201
+    full = stack.add(WWW, "third")
+    assert full.status_code == 409 and full.json()["error"] == "too_many_records"
+    assert stack.add(WWW, V1).status_code == 200  # an existing pair is still fine
+    assert stack.vault_records() == {(WWW, V1), (WWW, V2)}

@@ -1,0 +1,256 @@
+"""Zone rendering, serial arithmetic, operator-text preservation and atomic writing."""
+
+import datetime as dt
+import os
+import stat
+
+import dns.rdatatype
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnsapi.errors import ZoneError
+from dnsapi.records import Record
+from dnsapi.zonefile import (
+    END_MARKER,
+    ZoneFile,
+    block_records,
+    next_serial,
+    parse_zone,
+    render_block,
+    serial_gt,
+    serial_span,
+)
+
+DAY = dt.date(2026, 11, 28)
+
+OPERATOR_ZONE = """\
+; operator's comment, kept verbatim \u00e9
+$TTL 300
+$ORIGIN dev.local.
+@   IN SOA ns1.dev.local. hostmaster.dev.local. ( ; a multi-line SOA
+        2024010100 ; serial
+        3600 600 86400
+        60 )
+    IN NS ns1
+ns1 IN A 127.0.0.1
+www IN A 127.0.0.2   ; web
+txt IN TXT "SOA ns1 admin 2024010100" ; a decoy in a string
+$ORIGIN sub.dev.local.
+host IN A 127.0.0.3
+"""
+
+
+def rec(name: str, value: str, ttl: int = 60) -> Record:
+    return Record(f"_acme-challenge.{name}dev.local", value, ttl, 0.0)
+
+
+@pytest.fixture
+def zone(tmp_path):
+    path = tmp_path / "db.dev.local"
+    path.write_text(OPERATOR_ZONE)
+    path.chmod(0o644)
+    return ZoneFile(path, "dev.local")
+
+
+# -- serials -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("old, today, expected", [
+    (2024010100, DAY, 2026112800),          # older date: jump to today's first serial
+    (2026112800, DAY, 2026112801),          # same day: +1
+    (2026112899, DAY, 2026112900),          # more than 99 changes in a day: keep counting
+    (2026112950, DAY, 2026112951),          # already ahead of today's date: +1, never backwards
+    (2026113099, dt.date(2026, 12, 1), 2026120100),  # date rollover
+    (1, DAY, 2026112800),                   # small counter serial: date form is greater
+    (2**32 - 1, DAY, 2026112800),           # wrap-around: RFC 1982 says the date form is greater
+    (3_500_000_000, DAY, 3_500_000_001),    # far ahead (e.g. unix time): +1
+    (2**32 - 1, dt.date(2150, 1, 1), 0),    # date form not greater: wrap to 0 (= greater)
+])
+def test_next_serial(old, today, expected):
+    new = next_serial(old, today)
+    assert new == expected
+    assert serial_gt(new, old) and new != old
+
+
+@given(st.integers(0, 2**32 - 1), st.dates(dt.date(2000, 1, 1), dt.date(2099, 12, 31)))
+def test_next_serial_always_increases(old, today):
+    new = next_serial(old, today)
+    assert 0 <= new < 2**32
+    assert serial_gt(new, old)
+
+
+def test_serial_arithmetic():
+    assert serial_gt(1, 0) and not serial_gt(0, 1)
+    assert serial_gt(0, 2**32 - 1)
+    assert not serial_gt(5, 5)
+
+
+def test_serial_span_skips_comments_and_strings():
+    text = OPERATOR_ZONE
+    start, end = serial_span(text, 2024010100)
+    assert text[start:end] == "2024010100"
+    assert text[:start].count('"') == 0  # the real SOA, not the decoy TXT string
+    with pytest.raises(ZoneError):
+        serial_span(text, 1234)
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+def test_first_change_appends_block_and_keeps_operator_text(zone):
+    serial = zone.sync([rec("www.", "v1")], today=DAY)
+    assert serial == 2026112800
+    text = zone.path.read_text()
+    assert text.startswith(OPERATOR_ZONE.replace("2024010100 ; serial", "2026112800 ; serial"))
+    assert '_acme-challenge.www.dev.local. 60 IN TXT "v1"' in text
+    parsed = parse_zone(text, "dev.local")
+    assert parsed.get_soa().serial == 2026112800
+    # the operator's records are all still there, $ORIGIN included
+    assert parsed.get_rdataset("host.sub.dev.local.", "A") is not None
+
+
+def test_operator_lines_preserved_byte_for_byte_across_changes(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    zone.sync([rec("www.", "v1"), rec("www.", "v2"), rec("api.", "v3")], today=DAY)
+    zone.sync([rec("api.", "v3")], today=DAY)
+    text = zone.path.read_text()
+    before_block = text[:text.index("; BEGIN dnsapi")]
+    assert before_block == OPERATOR_ZONE.replace("2024010100", "2026112802", 1)
+    assert text.endswith(END_MARKER + "\n")
+
+
+def test_block_in_the_middle_stays_in_place(zone):
+    text = (OPERATOR_ZONE + "; BEGIN dnsapi managed records\n; END dnsapi managed records\n"
+            "last IN A 127.0.0.9\n")
+    zone.path.write_text(text)
+    zone.sync([rec("www.", "v1")], today=DAY)
+    new = zone.path.read_text()
+    assert new.endswith('TXT "v1"\n' + END_MARKER + "\nlast IN A 127.0.0.9\n")
+
+
+def test_unchanged_records_do_not_rewrite(zone):
+    assert zone.sync([], today=DAY) is None  # nothing to add: the operator's file is untouched
+    assert zone.path.read_text() == OPERATOR_ZONE
+    zone.sync([rec("www.", "v1")], today=DAY)
+    before = zone.path.read_bytes()
+    assert zone.sync([rec("www.", "v1")], today=DAY) is None
+    assert zone.path.read_bytes() == before
+
+
+def test_removing_everything_leaves_an_empty_block(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    assert zone.sync([], today=DAY) == 2026112801
+    assert block_records(zone.path.read_text().split("$ORIGIN sub.dev.local.\nhost IN A 127.0.0.3\n")[1],
+                         "dev.local") == {}
+
+
+def test_one_ttl_per_rrset(zone):
+    zone.sync([rec("www.", "a", 300), rec("www.", "b", 30)], today=DAY)
+    parsed = parse_zone(zone.path.read_text(), "dev.local")
+    rdataset = parsed.get_rdataset("_acme-challenge.www.dev.local.", dns.rdatatype.TXT)
+    assert rdataset.ttl == 30 and len(rdataset) == 2
+
+
+def test_write_is_atomic_and_keeps_mode(zone):
+    zone.path.chmod(0o640)
+    inode = zone.path.stat().st_ino
+    zone.sync([rec("www.", "v1")], today=DAY)
+    assert stat.S_IMODE(zone.path.stat().st_mode) == 0o640
+    assert zone.path.stat().st_ino != inode  # replaced by rename, not rewritten in place
+    assert [p.name for p in zone.path.parent.iterdir()] == ["db.dev.local"]  # no temp file left
+
+
+def test_crlf_files_keep_crlf(zone):
+    zone.path.write_bytes(OPERATOR_ZONE.replace("\n", "\r\n").encode())
+    zone.sync([rec("www.", "v1")], today=DAY)
+    data = zone.path.read_bytes()
+    assert b"\n" not in data.replace(b"\r\n", b"")
+
+
+def test_non_utf8_bytes_in_comments_survive(zone):
+    raw = OPERATOR_ZONE.encode().replace(b"kept verbatim", b"kept \xff\xfe verbatim")
+    zone.path.write_bytes(raw)
+    zone.sync([rec("www.", "v1")], today=DAY)
+    assert zone.path.read_bytes().startswith(raw.split(b"2024010100")[0])
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("broken", [
+    OPERATOR_ZONE.replace("60 )", "60"),                   # unbalanced parenthesis
+    OPERATOR_ZONE.replace("127.0.0.2", "not-an-address"),  # bad rdata
+    OPERATOR_ZONE.replace("@   IN SOA", "@   IN SOAX"),    # no SOA
+    "",                                                    # empty file
+])
+def test_operator_file_that_does_not_parse_is_refused_and_untouched(zone, broken):
+    zone.path.write_text(broken)
+    with pytest.raises(ZoneError) as info:
+        zone.sync([rec("www.", "v1")], today=DAY)
+    assert "does not parse" in info.value.message
+    assert zone.path.read_text() == broken
+    with pytest.raises(ZoneError):
+        zone.check()
+
+
+@pytest.mark.parametrize("markers", [
+    "; BEGIN dnsapi managed records\n",
+    "; END dnsapi managed records\n",
+    "; END dnsapi managed records\n; BEGIN dnsapi managed records\n",
+    "; BEGIN dnsapi managed records\n; END dnsapi managed records\n" * 2,
+])
+def test_damaged_markers_are_refused(zone, markers):
+    zone.path.write_text(OPERATOR_ZONE + markers)
+    with pytest.raises(ZoneError) as info:
+        zone.sync([rec("www.", "v1")], today=DAY)
+    assert "markers are damaged" in info.value.message
+    assert zone.path.read_text() == OPERATOR_ZONE + markers
+
+
+def test_missing_file_and_unwritable_directory(tmp_path):
+    missing = ZoneFile(tmp_path / "nope", "dev.local")
+    with pytest.raises(ZoneError, match="does not exist"):
+        missing.sync([rec("www.", "v1")], today=DAY)
+    if os.getuid() == 0:
+        return  # root writes anywhere; the real-process test covers unwritable directories
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "db").write_text(OPERATOR_ZONE)
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(ZoneError, match="cannot write"):
+            ZoneFile(locked / "db", "dev.local").sync([rec("www.", "v1")], today=DAY)
+    finally:
+        locked.chmod(0o755)
+
+
+def test_hand_added_records_in_the_block_are_replaced(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    text = zone.path.read_text().replace(END_MARKER, "evil IN A 10.0.0.1\n" + END_MARKER)
+    zone.path.write_text(text)
+    zone.sync([rec("www.", "v1")], today=DAY)
+    assert "evil" not in zone.path.read_text()
+
+
+# -- round trip ----------------------------------------------------------------------------------
+
+values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=255)
+labels = st.from_regex(r"[a-z0-9_]([a-z0-9_-]{0,20}[a-z0-9_])?", fullmatch=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(labels, values, st.integers(1, 86400)), max_size=8))
+def test_render_parse_round_trip(tmp_path_factory, items):
+    records = {(f"_acme-challenge.{label}.dev.local", value): Record(
+        f"_acme-challenge.{label}.dev.local", value, ttl, 0.0) for label, value, ttl in items}
+    block = render_block(records.values())
+    found = block_records(block, "dev.local")
+    assert set(found) == set(records)  # every value back byte for byte, nothing else
+    path = tmp_path_factory.mktemp("z") / "db"
+    path.write_text(OPERATOR_ZONE)
+    zone = ZoneFile(path, "dev.local")
+    zone.sync(records.values(), today=DAY)
+    parsed = parse_zone(path.read_text(), "dev.local")
+    served = {(name.to_text(omit_final_dot=True), b"".join(rd.strings).decode())
+              for name, node in parsed.nodes.items()
+              for rds in node.rdatasets if rds.rdtype == dns.rdatatype.TXT
+              for rd in rds if name.to_text().startswith("_acme")}
+    assert served == set(records)
