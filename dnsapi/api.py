@@ -97,16 +97,38 @@ def record_json(record: Record) -> dict[str, Any]:
 
 # -- handlers ------------------------------------------------------------------------------------
 
-async def add_record(request: web.Request) -> web.Response:
-    token = caller(request)
-    body = fields(await read_json(request) or {}, ("fqdn", "value"), ("ttl",))
+async def _add(request: web.Request, token: TokenConfig, fqdn: object, value: object,
+               ttl: object, wait: bool) -> dict[str, Any]:
     service = request.app[SERVICE]
-    record = service.make_record(body["fqdn"], body["value"], body.get("ttl"))
+    record = service.make_record(fqdn, value, ttl)
     request.app[AUTH].authorize(token, record.fqdn)
     outcome = await service.add(record)
-    created = outcome is Outcome.CREATED
-    return web.json_response({"fqdn": record.fqdn, "value": record.value, "ttl": record.ttl,
-                              "created": created}, status=201 if created else 200)
+    result: dict[str, Any] = {"fqdn": record.fqdn, "value": record.value, "ttl": record.ttl,
+                              "created": outcome is Outcome.CREATED}
+    if wait:
+        waited = await service.wait_served(record)
+        result["served_after_ms"] = round(waited * 1000)
+    return result
+
+
+async def _remove(request: web.Request, token: TokenConfig, fqdn: object, value: object
+                  ) -> dict[str, Any]:
+    service = request.app[SERVICE]
+    name = service.challenge_name(fqdn)
+    checked = validate_value(value)
+    request.app[AUTH].authorize(token, name)
+    outcome = await service.remove(name, checked)
+    return {"fqdn": name, "value": checked, "existed": outcome is Outcome.REMOVED}
+
+
+async def add_record(request: web.Request) -> web.Response:
+    token = caller(request)
+    body = fields(await read_json(request) or {}, ("fqdn", "value"), ("ttl", "wait"))
+    wait = body.get("wait", False)
+    if not isinstance(wait, bool):
+        raise BadRequest("wait must be true or false", "invalid_wait")
+    result = await _add(request, token, body["fqdn"], body["value"], body.get("ttl"), wait)
+    return web.json_response(result, status=201 if result["created"] else 200)
 
 
 async def delete_record(request: web.Request) -> web.Response:
@@ -115,12 +137,21 @@ async def delete_record(request: web.Request) -> web.Response:
     if body is not None and request.query:
         raise BadRequest("send fqdn and value either in the JSON body or in the query, not both")
     params = fields(body if body is not None else dict(request.query), ("fqdn", "value"))
-    service = request.app[SERVICE]
-    fqdn = service.challenge_name(params["fqdn"])
-    value = validate_value(params["value"])
-    request.app[AUTH].authorize(token, fqdn)
-    outcome = await service.remove(fqdn, value)
-    return web.json_response({"fqdn": fqdn, "value": value, "existed": outcome is Outcome.REMOVED})
+    return web.json_response(await _remove(request, token, params["fqdn"], params["value"]))
+
+
+async def lego_present(request: web.Request) -> web.Response:
+    """lego's httpreq provider: `{"fqdn": "_acme-challenge.x.", "value": ...}`; answers once the
+    DNS servers serve the value, since lego is then told not to check propagation itself."""
+    token = caller(request)
+    body = fields(await read_json(request) or {}, ("fqdn", "value"))
+    return web.json_response(await _add(request, token, body["fqdn"], body["value"], None, True))
+
+
+async def lego_cleanup(request: web.Request) -> web.Response:
+    token = caller(request)
+    body = fields(await read_json(request) or {}, ("fqdn", "value"))
+    return web.json_response(await _remove(request, token, body["fqdn"], body["value"]))
 
 
 async def list_records(request: web.Request) -> web.Response:
@@ -160,6 +191,8 @@ def create_app(config: Config, service: RecordService | None = None) -> web.Appl
     app.router.add_post("/v1/records", add_record)
     app.router.add_delete("/v1/records", delete_record)
     app.router.add_get("/v1/records", list_records)
+    app.router.add_post("/present", lego_present)
+    app.router.add_post("/cleanup", lego_cleanup)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 

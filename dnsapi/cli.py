@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 from pathlib import Path
 
@@ -21,6 +22,11 @@ examples:
   dnsapi dev                                  start OpenBao + CoreDNS + dnsapi locally
   dnsapi hash-token                           new API token and the sha256 for the config
   dnsapi serve -c /etc/dnsapi/dnsapi.yaml     run the service
+  dnsapi add _acme-challenge.www.dev.local VALUE --wait
+  dnsapi ls
+
+Client commands (add, rm, ls, certbot-*, lego) read DNSAPI_URL, DNSAPI_TOKEN and, for a
+private CA, DNSAPI_CA_BUNDLE. They exit non-zero with a one-line reason on any failure.
 """
 
 
@@ -47,6 +53,42 @@ def build_parser() -> argparse.ArgumentParser:
                     "Put the sha256 in the config's tokens[].sha256; give the token to the client.")
     hash_token.add_argument("--stdin", action="store_true", help="hash the token read from stdin")
 
+    add = commands.add_parser("add", help="add a TXT value", description="Add a TXT value at "
+                              "FQDN. With --wait, return only once every DNS server in the "
+                              "service's dns_servers answers it.")
+    add.add_argument("fqdn")
+    add.add_argument("value")
+    add.add_argument("--ttl", type=int, help="record TTL in seconds (default: the server's)")
+    add.add_argument("--wait", action="store_true", help="wait until the DNS servers answer it")
+
+    rm = commands.add_parser("rm", help="remove one TXT value",
+                             description="Remove exactly VALUE at FQDN; other values stay.")
+    rm.add_argument("fqdn")
+    rm.add_argument("value")
+
+    ls = commands.add_parser("ls", help="list records",
+                             description="List the records this token may see, one per line: "
+                                         "FQDN TTL VALUE.")
+    ls.add_argument("fqdn", nargs="?")
+
+    commands.add_parser(
+        "certbot-auth", help="certbot --manual-auth-hook",
+        description="For certbot --manual --preferred-challenges dns --manual-auth-hook "
+                    "'dnsapi certbot-auth': adds _acme-challenge.$CERTBOT_DOMAIN with "
+                    "$CERTBOT_VALIDATION and waits until the DNS servers answer it.")
+    commands.add_parser(
+        "certbot-cleanup", help="certbot --manual-cleanup-hook",
+        description="For certbot --manual-cleanup-hook 'dnsapi certbot-cleanup': removes the "
+                    "value certbot-auth added.")
+    lego = commands.add_parser(
+        "lego", help="lego exec provider: present|cleanup FQDN VALUE",
+        description="For lego --dns exec. lego runs EXEC_PATH with 'present FQDN VALUE', so point "
+                    "EXEC_PATH at hooks/lego-exec.sh, which runs 'dnsapi lego \"$@\"'. present waits "
+                    "until the DNS servers answer; run lego with --dns.disable-cp.")
+    lego.add_argument("action", choices=["present", "cleanup"])
+    lego.add_argument("fqdn")
+    lego.add_argument("value")
+
     dev = commands.add_parser(
         "dev", help="run a throwaway local stack: OpenBao dev server, CoreDNS and dnsapi",
         description="Start an in-memory OpenBao dev server, CoreDNS serving dev.local and dnsapi, "
@@ -68,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "hash-token":
             return _hash_token(args)
+        if args.command in CLIENT_COMMANDS:
+            return _client_command(args)
         if args.command == "dev":
             from .devstack import StackError, run_dev
             try:
@@ -81,6 +125,49 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+CLIENT_COMMANDS = {"add", "rm", "ls", "certbot-auth", "certbot-cleanup", "lego"}
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    """Run one client command; any failure becomes `dnsapi: <reason>` and exit status 1."""
+    import os
+
+    from .client import Client, ClientError
+
+    try:
+        with Client() as client:
+            if args.command == "ls":
+                for record in client.list(args.fqdn):
+                    print(f"{record['fqdn']} {record['ttl']} {record['value']}")
+                return 0
+            if args.command in ("certbot-auth", "certbot-cleanup"):
+                domain, value = os.environ.get("CERTBOT_DOMAIN"), os.environ.get("CERTBOT_VALIDATION")
+                if not domain or not value:
+                    raise ClientError("CERTBOT_DOMAIN and CERTBOT_VALIDATION must be set (run me "
+                                      "as a certbot --manual-auth-hook / --manual-cleanup-hook)")
+                fqdn = "_acme-challenge." + domain.removeprefix("*.")
+                adding = args.command == "certbot-auth"
+            elif args.command == "lego":
+                fqdn, value, adding = args.fqdn, args.value, args.action == "present"
+            else:
+                fqdn, value, adding = args.fqdn, args.value, args.command == "add"
+            if adding:
+                wait = args.command != "add" or args.wait
+                result = client.add(fqdn, value, ttl=getattr(args, "ttl", None), wait=wait)
+                served = (f", answered by the DNS servers after {result['served_after_ms']} ms"
+                          if "served_after_ms" in result else "")
+                state = "added" if result["created"] else "already present"
+                print(f"{state}: {result['fqdn']} TXT {result['value']}{served}")
+            else:
+                result = client.remove(fqdn, value)
+                state = "removed" if result["existed"] else "not present"
+                print(f"{state}: {result['fqdn']} TXT {result['value']}")
+            return 0
+    except ClientError as exc:
+        print(f"dnsapi: {exc}", file=sys.stderr)
+        return 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -90,11 +177,19 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_module.load(args.config)
+    ssl_context = None
+    if config.tls is not None:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ssl_context.load_cert_chain(config.tls.cert, config.tls.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"tls: cannot load {config.tls.cert} / {config.tls.key}: {exc}") from None
     app = create_app(config)
-    logging.getLogger("dnsapi").info("listening on %s:%d, zones: %s", config.listen_host,
+    logging.getLogger("dnsapi").info("listening on %s://%s:%d, zones: %s",
+                                     "https" if ssl_context else "http", config.listen_host,
                                      config.listen_port, ", ".join(z.name for z in config.zones))
-    web.run_app(app, host=config.listen_host, port=config.listen_port, print=None,
-                access_log_format='%a "%r" %s %b %Tfs')
+    web.run_app(app, host=config.listen_host, port=config.listen_port, ssl_context=ssl_context,
+                print=None, access_log_format='%a "%r" %s %b %Tfs')
     return 0
 
 

@@ -62,9 +62,16 @@ class TokenConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str
     listen_port: int
+    tls: TlsConfig | None
     vault: VaultConfig
     zones: tuple[ZoneConfig, ...]
     dns_servers: tuple[tuple[str, int], ...]
@@ -74,6 +81,7 @@ class Config:
     min_ttl: int
     max_ttl: int
     reconcile_interval: float
+    propagation_timeout: float
     max_records_per_zone: int
     max_body_bytes: int
 
@@ -193,6 +201,11 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
 def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
     root = _Section(raw, "")
     listen_host, listen_port = parse_hostport(root.get("listen", "127.0.0.1:8053"), "listen")
+    tls = None
+    if root.get("tls") is not None:
+        section = root.section("tls")
+        tls = TlsConfig(cert=section.required_path("cert", base), key=section.required_path("key", base))
+        section.finish()
     vault = _vault(root.section("vault"), base, env)
     zones = _zones(root.get("zones"), base)
     dns_servers = _dns_servers(root.get("dns_servers", []))
@@ -214,6 +227,7 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
     config = Config(
         listen_host=listen_host,
         listen_port=listen_port,
+        tls=tls,
         vault=vault,
         zones=zones,
         dns_servers=dns_servers,
@@ -223,6 +237,7 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
         min_ttl=min_ttl,
         max_ttl=max_ttl,
         reconcile_interval=root.duration("reconcile_interval", "10s"),
+        propagation_timeout=root.duration("propagation_timeout", "60s"),
         max_records_per_zone=root.integer("max_records_per_zone", 2000, 1, 100_000),
         max_body_bytes=root.integer("max_body_bytes", 16384, 256, 1 << 20),
     )

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -142,21 +143,27 @@ class Process:
             self.popen.wait()
 
 
-def http_status(url: str, timeout: float = 2) -> int:
+def http_status(url: str, timeout: float = 2, cafile: Path | None = None) -> int:
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
 
 
-def start_openbao(port: int, root_token: str, log_path: Path) -> Process:
-    """`bao server -dev` on 127.0.0.1:port with a known root token; KV v2 is mounted at secret/."""
-    proc = Process.start("openbao", [
-        openbao_binary(), "server", "-dev", f"-dev-root-token-id={root_token}",
-        f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"], log_path)
-    wait_for(lambda: http_status(f"http://127.0.0.1:{port}/v1/sys/health") == 200, 30,
-             "OpenBao", proc)
+def start_openbao(port: int, root_token: str, log_path: Path, tls_dir: Path | None = None) -> Process:
+    """`bao server -dev` on 127.0.0.1:port with a known root token; KV v2 is mounted at secret/.
+    With `tls_dir` it serves HTTPS with a CA written to tls_dir/vault-ca.pem."""
+    argv = [openbao_binary(), "server", "-dev", f"-dev-root-token-id={root_token}",
+            f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"]
+    if tls_dir is not None:
+        tls_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["-dev-tls", f"-dev-tls-cert-dir={tls_dir}"]
+    proc = Process.start("openbao", argv, log_path)
+    scheme, cafile = ("https", tls_dir / "vault-ca.pem") if tls_dir else ("http", None)
+    wait_for(lambda: http_status(f"{scheme}://127.0.0.1:{port}/v1/sys/health", cafile=cafile) == 200,
+             30, "OpenBao", proc)
     return proc
 
 
@@ -176,10 +183,12 @@ def start_coredns(directory: Path, port: int, zones: list[str], log_path: Path) 
 
 
 def start_dnsapi(config_path: Path, api_port: int, log_path: Path,
-                 env: dict[str, str] | None = None) -> Process:
+                 env: dict[str, str] | None = None, cafile: Path | None = None) -> Process:
+    """`dnsapi serve`; `cafile` means it serves HTTPS with a certificate that CA signed."""
     proc = Process.start("dnsapi", [sys.executable, "-m", "dnsapi", "serve", "-c", str(config_path)],
                          log_path, env={**os.environ, **(env or {})})
-    wait_for(lambda: http_status(f"http://127.0.0.1:{api_port}/healthz") == 200, 30, "dnsapi", proc)
+    url = f"{'https' if cafile else 'http'}://127.0.0.1:{api_port}/healthz"
+    wait_for(lambda: http_status(url, cafile=cafile) == 200, 30, "dnsapi", proc)
     return proc
 
 

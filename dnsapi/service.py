@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from .config import Config, ZoneConfig
 from .errors import DnsapiError, TooManyRecords, VaultUnavailable, ZoneError
+from .propagation import wait_until_served
 from .names import validate_challenge_name, validate_ttl, validate_value, zone_for
 from .records import Change, Outcome, Record, apply_changes
 from .store import CasConflict, VaultStore, ZoneState
@@ -215,6 +216,11 @@ class RecordService:
         outcome = await self._writer(fqdn).submit(Change("remove", Record(fqdn, value, 0, 0.0)))
         assert outcome is not None
         return outcome
+
+    async def wait_served(self, record: Record) -> float:
+        """Wait until every configured DNS server answers the record; the seconds it took."""
+        return await wait_until_served(self.config.dns_servers, record.fqdn, record.value,
+                                       self.config.propagation_timeout)
 
     async def list(self, fqdn: str | None = None) -> list[Record]:
         """Records as Vault holds them now, for one name or for every zone."""

@@ -3,6 +3,7 @@ a CoreDNS and a `dnsapi serve` process built from the shipped example files (cor
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -59,10 +60,11 @@ class Stack:
     env: dict[str, str]
     coredns: Process | None = None
     dnsapi: Process | None = None
+    cafile: Path | None = None  # set when dnsapi serves HTTPS
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{'https' if self.cafile else 'http'}://127.0.0.1:{self.api_port}"
 
     @property
     def zone_path(self) -> Path:
@@ -73,7 +75,8 @@ class Stack:
         return self.dir / "dnsapi.yaml"
 
     def start_dnsapi(self) -> None:
-        self.dnsapi = start_dnsapi(self.config_path, self.api_port, self.dir / "dnsapi.log", self.env)
+        self.dnsapi = start_dnsapi(self.config_path, self.api_port, self.dir / "dnsapi.log", self.env,
+                                   self.cafile)
 
     def stop_dnsapi(self) -> None:
         assert self.dnsapi is not None
@@ -86,7 +89,8 @@ class Stack:
             token = self.token
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+        return requests.request(method, self.url + path, headers=headers, timeout=30,
+                                verify=str(self.cafile) if self.cafile else True, **kwargs)
 
     def add(self, fqdn: str, value: str, **extra: Any) -> requests.Response:
         return self.call("POST", "/v1/records", json={"fqdn": fqdn, "value": value, **extra})
@@ -130,17 +134,21 @@ def make_stack(openbao: Vault, tmp_path: Path) -> Iterator[Callable[..., Stack]]
     stacks: list[Stack] = []
 
     def make(edit: Callable[[dict[str, Any]], None] | None = None, prefix: str | None = None,
-             env: dict[str, str] | None = None, start: bool = True) -> Stack:
+             env: dict[str, str] | None = None, start: bool = True, tls: TlsFiles | None = None
+             ) -> Stack:
         directory = tmp_path / f"stack{len(stacks)}"
         prefix = prefix or f"test-{uuid.uuid4().hex[:12]}"
         dns_port, api_port = free_port(), free_port()
         token = prepare(directory, vault_addr=openbao.addr, vault_token=openbao.root_token,
                         dns_port=dns_port, api_port=api_port, prefix=prefix)
+        config = yaml.safe_load((directory / "dnsapi.yaml").read_text())
+        if tls is not None:
+            config["tls"] = {"cert": str(tls.cert), "key": str(tls.key)}
         if edit is not None:
-            config = yaml.safe_load((directory / "dnsapi.yaml").read_text())
             edit(config)
-            (directory / "dnsapi.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        stack = Stack(directory, openbao, prefix, dns_port, api_port, token, env or {})
+        (directory / "dnsapi.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        stack = Stack(directory, openbao, prefix, dns_port, api_port, token, env or {},
+                      cafile=tls.ca if tls else None)
         stacks.append(stack)
         stack.coredns = start_coredns(directory, dns_port, [ZONE], directory / "coredns.log")
         if start:
@@ -152,6 +160,31 @@ def make_stack(openbao: Vault, tmp_path: Path) -> Iterator[Callable[..., Stack]]
         for proc in (stack.dnsapi, stack.coredns):
             if proc is not None:
                 proc.stop()
+
+
+@dataclass
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it (openssl)."""
+    d = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dnsapi test CA")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    return TlsFiles(ca=d / "ca.pem", cert=d / "server.pem", key=d / "server.key")
 
 
 @pytest.fixture

@@ -1,0 +1,121 @@
+#!/usr/bin/env sh
+# shellcheck disable=SC2034
+dns_internal_info='dnsapi - internal zones served by CoreDNS, records kept in Vault
+ Adds and removes _acme-challenge TXT records through a dnsapi service. The add returns only
+ once every DNS server dnsapi knows answers the value, so run acme.sh with --dnssleep 0.
+Options:
+ DNSAPI_URL URL of the dnsapi service, e.g. https://dnsapi.dev.local:8053
+ DNSAPI_TOKEN API token (the service config holds only its sha256)
+ DNSAPI_CA_BUNDLE CA bundle for the service TLS certificate. Optional.
+'
+
+# Install: copy to ~/.acme.sh/dnsapi/dns_internal.sh, export DNSAPI_URL and DNSAPI_TOKEN once, then
+#   acme.sh --issue --dns dns_internal --dnssleep 0 -d example.dev.local -d '*.example.dev.local' ...
+# The settings are saved in account.conf, so renewals from cron work without the variables.
+
+########  Public functions #####################
+
+# Usage: dns_internal_add _acme-challenge.www.dev.local "XKrxpRBosdIKFzxW_CT3KLZNf6q0HG9i01zxXp5CPBs"
+dns_internal_add() {
+  fulldomain="$1"
+  txtvalue="$2"
+  _dnsapi_settings || return 1
+  _info "Adding $fulldomain through dnsapi at $DNSAPI_URL (waiting until its DNS servers answer)"
+  _dnsapi_call POST "$(_dnsapi_body "$fulldomain" "$txtvalue" ',"wait":true')" || return 1
+  # Saved only after a success, so a mistyped URL or token is not kept for renewals.
+  _saveaccountconf_mutable DNSAPI_URL "$DNSAPI_URL"
+  _saveaccountconf_mutable DNSAPI_TOKEN "$DNSAPI_TOKEN"
+  if [ -n "$DNSAPI_CA_BUNDLE" ]; then
+    _saveaccountconf_mutable DNSAPI_CA_BUNDLE "$DNSAPI_CA_BUNDLE"
+  fi
+  _info "Added; the DNS servers answer it"
+  return 0
+}
+
+# Usage: dns_internal_rm _acme-challenge.www.dev.local "XKrxpRBosdIKFzxW_CT3KLZNf6q0HG9i01zxXp5CPBs"
+# Removes only this value: the apex and the wildcard of one certificate share a name.
+dns_internal_rm() {
+  fulldomain="$1"
+  txtvalue="$2"
+  _dnsapi_settings || return 1
+  _info "Removing $fulldomain value through dnsapi"
+  _dnsapi_call DELETE "$(_dnsapi_body "$fulldomain" "$txtvalue" "")" || return 1
+  return 0
+}
+
+####################  Private functions below ##################################
+
+# Environment first, then what an earlier run saved.
+_dnsapi_settings() {
+  DNSAPI_URL="${DNSAPI_URL:-$(_readaccountconf_mutable DNSAPI_URL)}"
+  DNSAPI_TOKEN="${DNSAPI_TOKEN:-$(_readaccountconf_mutable DNSAPI_TOKEN)}"
+  DNSAPI_CA_BUNDLE="${DNSAPI_CA_BUNDLE:-$(_readaccountconf_mutable DNSAPI_CA_BUNDLE)}"
+  if [ -z "$DNSAPI_URL" ] || [ -z "$DNSAPI_TOKEN" ]; then
+    _err "dnsapi: set DNSAPI_URL and DNSAPI_TOKEN (and DNSAPI_CA_BUNDLE for a private CA) once; they are saved for renewals"
+    return 1
+  fi
+  DNSAPI_URL="${DNSAPI_URL%/}"
+  return 0
+}
+
+# JSON body; quotes and backslashes escaped although acme.sh only passes names and base64url.
+_dnsapi_body() {
+  _dnsapi_fqdn="$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"
+  _dnsapi_value="$(printf '%s' "$2" | sed 's/\\/\\\\/g; s/"/\\"/g')"
+  printf '{"fqdn":"%s","value":"%s"%s}' "$_dnsapi_fqdn" "$_dnsapi_value" "$3"
+}
+
+# _dnsapi_call METHOD BODY: send it with acme.sh's own _post (curl or wget, acme.sh's proxy and
+# CA settings) and turn every failure into an _err message. _post returns 0 on HTTP errors, so
+# the status is read from $HTTP_HEADER.
+_dnsapi_call() {
+  export _H1="Authorization: Bearer $DNSAPI_TOKEN"
+  export _H2="Accept: application/json"
+  if [ -n "$DNSAPI_CA_BUNDLE" ]; then
+    # We run in acme.sh's subshell: this changes the CA for our requests only.
+    CA_BUNDLE="$DNSAPI_CA_BUNDLE"
+    CA_PATH=""
+    _resethttp
+  fi
+  if [ -n "$HTTP_HEADER" ]; then
+    : >"$HTTP_HEADER" # a transfer that fails must not leave an earlier request's status behind
+  fi
+  _dnsapi_response="$(_post "$2" "$DNSAPI_URL/v1/records" "" "$1" "application/json")"
+  _dnsapi_ret="$?"
+  _debug2 _dnsapi_response "$_dnsapi_response"
+  # wget exits non-zero on some HTTP errors (6 on a 401), so an HTTP status wins over the exit code.
+  _dnsapi_status="$(grep -i '^HTTP/' "$HTTP_HEADER" 2>/dev/null | tail -n 1 | tr -d '\r' | cut -d ' ' -f 2)"
+  _debug _dnsapi_status "$_dnsapi_status"
+  if [ -z "$_dnsapi_status" ] && [ "$_dnsapi_ret" != "0" ]; then
+    _err "dnsapi: cannot reach $DNSAPI_URL (curl/wget exit code $_dnsapi_ret)"
+    return 1
+  fi
+  _dnsapi_message="$(printf '%s' "$_dnsapi_response" | _egrep_o '"message": *"[^"]*"' | cut -d '"' -f 4)"
+  case "$_dnsapi_status" in
+    2??)
+      return 0
+      ;;
+    401)
+      _err "dnsapi: DNSAPI_TOKEN was refused (401): $_dnsapi_message"
+      ;;
+    403)
+      _err "dnsapi: this token may not change $fulldomain (403): $_dnsapi_message"
+      ;;
+    400)
+      _err "dnsapi: request refused (400): $_dnsapi_message"
+      ;;
+    504)
+      _err "dnsapi: stored, but the DNS servers did not answer it in time (504): $_dnsapi_message"
+      ;;
+    5??)
+      _err "dnsapi: server error ($_dnsapi_status): $_dnsapi_message"
+      ;;
+    "")
+      _err "dnsapi: no HTTP answer from $DNSAPI_URL"
+      ;;
+    *)
+      _err "dnsapi: unexpected HTTP $_dnsapi_status from $DNSAPI_URL: $_dnsapi_message"
+      ;;
+  esac
+  return 1
+}

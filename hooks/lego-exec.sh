@@ -1,0 +1,4 @@
+#!/bin/sh
+# lego's exec provider runs EXEC_PATH with "present|cleanup FQDN VALUE"; hand that to dnsapi.
+#   EXEC_PATH=/path/to/hooks/lego-exec.sh DNSAPI_URL=... DNSAPI_TOKEN=... lego --dns exec --dns.disable-cp ...
+exec dnsapi lego "$@"

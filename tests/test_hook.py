@@ -1,0 +1,160 @@
+"""hooks/dns_internal.sh under an acme.sh 3.x-like harness (tests/acmesh/harness.sh), run by dash
+(`sh` on Debian) and by bash, against a real dnsapi + CoreDNS + OpenBao."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import add_token
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOK = ROOT / "hooks" / "dns_internal.sh"
+HARNESS = ROOT / "tests" / "acmesh" / "harness.sh"
+NAME = "_acme-challenge.hooked.dev.local"
+APEX_VALUE = "X" * 43
+WILDCARD_VALUE = "Y" * 43
+SHELLS = ["sh", "bash"]
+
+
+def hook(shell: str, action: str, fqdn: str, value: str, conf: Path, env: dict[str, str]
+         ) -> subprocess.CompletedProcess[str]:
+    """Run dns_internal_<action> the way acme.sh does, with only `env` (plus PATH) set."""
+    return subprocess.run(
+        [shell, str(HARNESS), str(HOOK), action, fqdn, value],
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "ACCOUNT_CONF_PATH": str(conf), **env},
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+def settings(stack, token: str | None = None) -> dict[str, str]:
+    return {"DNSAPI_URL": stack.url, "DNSAPI_TOKEN": token or stack.token}
+
+
+def test_dash_is_what_sh_means_here():
+    assert Path(shutil.which("sh")).resolve().name == "dash"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_apex_and_wildcard_add_then_remove_only_own_value(stack, tmp_path, shell):
+    conf = tmp_path / "account.conf"
+    for value in (APEX_VALUE, WILDCARD_VALUE):
+        result = hook(shell, "add", NAME, value, conf, settings(stack))
+        assert result.returncode == 0, result.stderr
+        assert "the DNS servers answer it" in result.stderr
+    # the add returned only after CoreDNS served it: no waiting needed here
+    assert stack.query(NAME) == ("NOERROR", {APEX_VALUE, WILDCARD_VALUE})
+
+    result = hook(shell, "rm", NAME, APEX_VALUE, conf, settings(stack))
+    assert result.returncode == 0, result.stderr
+    assert stack.vault_records() == {(NAME, WILDCARD_VALUE)}
+    stack.wait_served(NAME, {WILDCARD_VALUE})
+    assert hook(shell, "rm", NAME, WILDCARD_VALUE, conf, settings(stack)).returncode == 0
+    stack.wait_served(NAME, set())
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_settings_are_saved_for_renewals(stack, tmp_path, shell):
+    conf = tmp_path / "account.conf"
+    assert hook(shell, "add", NAME, APEX_VALUE, conf, settings(stack)).returncode == 0
+    saved = conf.read_text()
+    assert f"SAVED_DNSAPI_URL='{stack.url}'" in saved
+    assert f"SAVED_DNSAPI_TOKEN='{stack.token}'" in saved
+    assert conf.stat().st_mode & 0o077 == 0
+    # a cron renewal: no variables in the environment, only account.conf
+    result = hook(shell, "add", NAME, WILDCARD_VALUE, conf, {})
+    assert result.returncode == 0, result.stderr
+    assert hook(shell, "rm", NAME, APEX_VALUE, conf, {}).returncode == 0
+    assert stack.vault_records() == {(NAME, WILDCARD_VALUE)}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_wrong_token_fails_clearly_and_is_not_saved(stack, tmp_path, shell):
+    conf = tmp_path / "account.conf"
+    result = hook(shell, "add", NAME, APEX_VALUE, conf, settings(stack, token="wrong"))
+    assert result.returncode != 0
+    assert "dnsapi: DNSAPI_TOKEN was refused (401): invalid token" in result.stderr
+    assert not conf.exists() or "wrong" not in conf.read_text()
+    assert stack.vault_records() == set()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_server_down(tmp_path, shell):
+    from dnsapi.devstack import free_port
+    env = {"DNSAPI_URL": f"http://127.0.0.1:{free_port()}", "DNSAPI_TOKEN": "t"}
+    result = hook(shell, "add", NAME, APEX_VALUE, tmp_path / "account.conf", env)
+    assert result.returncode != 0
+    assert "dnsapi: cannot reach http://127.0.0.1:" in result.stderr
+    assert "(curl/wget exit code 7)" in result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("fqdn, value, message", [
+    ("_acme-challenge.www.example.com", APEX_VALUE, "request refused (400): fqdn "
+     "'_acme-challenge.www.example.com' is not below any zone this service manages"),
+    (NAME, "", "request refused (400): value is empty"),
+    ("www.dev.local", APEX_VALUE, "request refused (400): fqdn must start with the label"),
+])
+def test_rejected_values(stack, tmp_path, shell, fqdn, value, message):
+    result = hook(shell, "add", fqdn, value, tmp_path / "account.conf", settings(stack))
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert stack.vault_records() == set()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_name_outside_the_tokens_scope_is_403(make_stack, tmp_path, shell):
+    tokens = {}
+    stack = make_stack(edit=lambda c: tokens.update(www=add_token(c, "www-only", ["www.dev.local"])))
+    result = hook(shell, "add", NAME, APEX_VALUE, tmp_path / "account.conf",
+                  settings(stack, tokens["www"]))
+    assert result.returncode != 0
+    assert f"dnsapi: this token may not change {NAME} (403)" in result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_missing_settings(tmp_path, shell):
+    result = hook(shell, "add", NAME, APEX_VALUE, tmp_path / "account.conf", {})
+    assert result.returncode != 0
+    assert "dnsapi: set DNSAPI_URL and DNSAPI_TOKEN" in result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_propagation_timeout_is_reported(make_stack, tmp_path, shell):
+    from dnsapi.devstack import free_port
+    silent = free_port()
+
+    def unreachable_dns(config):
+        config["dns_servers"] = [f"127.0.0.1:{silent}"]
+        config["propagation_timeout"] = "1s"
+    stack = make_stack(edit=unreachable_dns)
+    result = hook(shell, "add", NAME, APEX_VALUE, tmp_path / "account.conf", settings(stack))
+    assert result.returncode != 0
+    assert "did not answer it in time (504)" in result.stderr
+    assert f"127.0.0.1:{silent} did not answer it within 1s" in result.stderr
+
+
+def test_wget_instead_of_curl(stack, tmp_path):
+    conf = tmp_path / "account.conf"
+    env = {**settings(stack), "ACME_USE_WGET": "1"}
+    result = hook("sh", "add", NAME, APEX_VALUE, conf, env)
+    assert result.returncode == 0, result.stderr
+    assert stack.vault_records() == {(NAME, APEX_VALUE)}
+    bad = hook("sh", "add", NAME, APEX_VALUE, conf, {**env, "DNSAPI_TOKEN": "wrong"})
+    assert bad.returncode != 0 and "(401)" in bad.stderr
+    assert hook("sh", "rm", NAME, APEX_VALUE, conf, env).returncode == 0
+    assert stack.vault_records() == set()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_https_with_ca_bundle(make_stack, tls_files, tmp_path, shell):
+    stack = make_stack(tls=tls_files)
+    conf = tmp_path / "account.conf"
+    without = hook(shell, "add", NAME, APEX_VALUE, conf, settings(stack))
+    assert without.returncode != 0 and "cannot reach https://127.0.0.1" in without.stderr
+    env = {**settings(stack), "DNSAPI_CA_BUNDLE": str(tls_files.ca)}
+    result = hook(shell, "add", NAME, APEX_VALUE, conf, env)
+    assert result.returncode == 0, result.stderr
+    assert f"SAVED_DNSAPI_CA_BUNDLE='{tls_files.ca}'" in conf.read_text()
+    assert hook(shell, "rm", NAME, APEX_VALUE, conf, {}).returncode == 0  # renewal: all saved
+    assert stack.vault_records() == set()
