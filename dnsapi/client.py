@@ -83,7 +83,8 @@ class Client:
         self.settings = settings or Settings.from_env()
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Bearer {self.settings.token}"
-        self._session.verify = self.settings.ca_bundle or True
+        # Passed per request: a session-level verify would lose to REQUESTS_CA_BUNDLE in the env.
+        self._verify: str | bool = self.settings.ca_bundle or True
 
     def add(self, fqdn: str, value: str, ttl: int | None = None, wait: bool = False) -> dict[str, Any]:
         """Add a TXT value; with wait=True return only once every DNS server answers it."""
@@ -108,7 +109,8 @@ class Client:
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         url = self.settings.url + path
         try:
-            response = self._session.request(method, url, timeout=self.settings.timeout, **kwargs)
+            response = self._session.request(method, url, timeout=self.settings.timeout,
+                                             verify=self._verify, **kwargs)
         except requests.exceptions.SSLError as exc:
             raise ClientError(f"TLS to {self.settings.url} failed (set DNSAPI_CA_BUNDLE?): "
                               f"{_first_line(exc)}") from None

@@ -11,9 +11,11 @@ COREDNS_BIN="$CACHE/coredns-$COREDNS_VERSION/coredns"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: dig (bind9-dnsutils) for the README's commands and the tests.
+# Debian packages: dig, curl, wget (the hook under both), openssl, and the ACME clients lego and
+# certbot for the end-to-end issuance tests, shellcheck for the hooks.
 missing=()
-for pair in dig:bind9-dnsutils curl:curl; do
+for pair in dig:bind9-dnsutils curl:curl wget:wget openssl:openssl lego:lego certbot:certbot \
+            shellcheck:shellcheck; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

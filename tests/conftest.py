@@ -24,6 +24,14 @@ from dnsapi.auth import hash_token, new_token
 from dnsapi.devstack import Process, free_port, prepare, start_coredns, start_dnsapi, start_openbao
 
 ZONE = "dev.local"
+FIGURES: dict[str, str] = {}  # measurements tests report; printed in the summary, never asserted
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("measured")
+        for name, figure in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {figure}")
 
 
 @dataclass
@@ -31,10 +39,12 @@ class Vault:
     addr: str
     root_token: str
     process: Process
+    ca: Path | None = None  # set when OpenBao serves HTTPS
     client: hvac.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = hvac.Client(url=self.addr, token=self.root_token)
+        self.client = hvac.Client(url=self.addr, token=self.root_token,
+                                  verify=str(self.ca) if self.ca else True)
 
 
 @pytest.fixture(scope="session")

@@ -158,3 +158,11 @@ def test_https_with_ca_bundle(make_stack, tls_files, tmp_path, shell):
     assert f"SAVED_DNSAPI_CA_BUNDLE='{tls_files.ca}'" in conf.read_text()
     assert hook(shell, "rm", NAME, APEX_VALUE, conf, {}).returncode == 0  # renewal: all saved
     assert stack.vault_records() == set()
+
+
+@pytest.mark.parametrize("script", ["hooks/dns_internal.sh", "hooks/lego-exec.sh",
+                                    "tests/acmesh/harness.sh"])
+def test_posix_sh_without_bashisms(script):
+    result = subprocess.run(["shellcheck", "--shell=sh", "--severity=style", str(ROOT / script)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout

@@ -1,0 +1,168 @@
+"""Real certificates from a real ACME CA: OpenBao PKI with ACME enabled, validating DNS-01 against
+CoreDNS, with dnsapi writing the challenge records. One apex + wildcard certificate per client:
+lego (httpreq), lego (exec), certbot (manual hooks), and the acme.sh hook under the harness."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dnsapi.auth import new_token
+from dnsapi.devstack import free_port, prepare, start_coredns, start_dnsapi, start_openbao
+
+from .conftest import FIGURES, ZONE, Stack, Vault
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS = ROOT / "tests" / "acmesh" / "harness.sh"
+HOOK = ROOT / "hooks" / "dns_internal.sh"
+
+
+def setup_acme_pki(vault: Vault, dns_port: int) -> str:
+    """PKI mount with a root CA, a role for dev.local and ACME on, validating via CoreDNS.
+    Returns the root certificate PEM."""
+    client = vault.client
+    client.sys.enable_secrets_engine("pki", path="pki", config={"max_lease_ttl": "87600h"})
+    root = client.write_data("pki/root/generate/internal", data={
+        "common_name": "dnsapi test root", "ttl": "87600h", "key_type": "ec", "key_bits": 256})
+    client.write_data("pki/config/cluster", data={"path": f"{vault.addr}/v1/pki",
+                                                  "aia_path": f"{vault.addr}/v1/pki"})
+    client.write_data("pki/roles/acme", data={
+        "allowed_domains": ZONE, "allow_subdomains": True, "allow_wildcard_certificates": True,
+        "max_ttl": "72h", "key_type": "any"})
+    client.sys.tune_mount_configuration(
+        "pki", passthrough_request_headers=["If-Modified-Since"],
+        allowed_response_headers=["Last-Modified", "Location", "Replay-Nonce", "Link"])
+    client.write_data("pki/config/acme", data={"enabled": True,
+                                               "dns_resolver": f"127.0.0.1:{dns_port}"})
+    return root["data"]["certificate"]
+
+
+@dataclass
+class AcmeEnv:
+    stack: Stack
+    vault: Vault
+    directory: str
+    root_pem: Path
+    bin_dir: Path  # holds a `dnsapi` that runs this checkout's code
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "PATH": f"{self.bin_dir}:{os.environ['PATH']}",
+                "PYTHONPATH": str(ROOT), "DNSAPI_URL": self.stack.url,
+                "DNSAPI_TOKEN": self.stack.token, **extra}
+
+    def check_certificate(self, cert: Path, name: str) -> None:
+        """The certificate verifies against the OpenBao root, covers NAME and *.NAME, and no
+        challenge record is left in Vault, the zone file or DNS."""
+        leaf = cert.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+        (cert.parent / "leaf.pem").write_text(leaf)
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(self.root_pem),
+                                 str(cert.parent / "leaf.pem")], capture_output=True, text=True,
+                                check=False)
+        assert verify.returncode == 0 and verify.stdout.strip().endswith(": OK"), verify.stderr
+        sans = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName"],
+                              input=leaf, capture_output=True, text=True, check=True).stdout
+        assert f"DNS:{name}" in sans and f"DNS:*.{name}" in sans
+        fqdn = f"_acme-challenge.{name}"
+        assert not any(f == fqdn for f, _ in self.stack.vault_records())
+        assert f"{fqdn}." not in self.stack.zone_path.read_text()
+        self.stack.wait_served(fqdn, set())
+
+
+@pytest.fixture(scope="module")
+def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeEnv]:
+    base = tmp_path_factory.mktemp("acme")
+    vault_port, dns_port, api_port = free_port(), free_port(), free_port()
+    root_token = new_token()
+    procs = [start_openbao(vault_port, root_token, base / "openbao.log", tls_dir=base / "vault-tls")]
+    try:
+        vault = Vault(f"https://127.0.0.1:{vault_port}", root_token, procs[0],
+                      ca=base / "vault-tls" / "vault-ca.pem")
+        stack_dir = base / "stack"
+        token = prepare(stack_dir, vault_addr=vault.addr, vault_token=root_token,
+                        dns_port=dns_port, api_port=api_port, prefix="acme")
+        config = (stack_dir / "dnsapi.yaml").read_text()
+        (stack_dir / "dnsapi.yaml").write_text(
+            config.replace("  ca_cert: null", f"  ca_cert: {vault.ca}"))
+        stack = Stack(stack_dir, vault, "acme", dns_port, api_port, token, {})
+        procs.append(start_coredns(stack_dir, dns_port, [ZONE], stack_dir / "coredns.log"))
+        procs.append(start_dnsapi(stack_dir / "dnsapi.yaml", api_port, stack_dir / "dnsapi.log"))
+        root_pem = base / "root.pem"
+        root_pem.write_text(setup_acme_pki(vault, dns_port))
+        bin_dir = base / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "dnsapi").write_text(f'#!/bin/sh\nexec {sys.executable} -m dnsapi "$@"\n')
+        (bin_dir / "dnsapi").chmod(0o755)
+        yield AcmeEnv(stack, vault, f"{vault.addr}/v1/pki/roles/acme/acme/directory", root_pem, bin_dir)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def timed(name: str, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+    start = time.monotonic()
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300,
+                            check=False)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    FIGURES[f"issuance wall time, apex + wildcard, {name}"] = f"{elapsed:.1f} s"
+
+
+def lego_argv(acme: AcmeEnv, path: Path, provider: str, name: str) -> list[str]:
+    return ["lego", "--server", acme.directory, "--accept-tos", "--email", "admin@dev.local",
+            "--path", str(path), "--key-type", "ec256", "--dns", provider, "--dns.disable-cp",
+            "--dns.resolvers", f"127.0.0.1:{acme.stack.dns_port}", "-d", name, "-d", f"*.{name}", "run"]
+
+
+def test_lego_httpreq(acme, tmp_path):
+    name = "lego-httpreq.dev.local"
+    env = acme.env(HTTPREQ_ENDPOINT=acme.stack.url, HTTPREQ_USERNAME="lego",
+                   HTTPREQ_PASSWORD=acme.stack.token, LEGO_CA_CERTIFICATES=str(acme.vault.ca))
+    timed("lego httpreq", lego_argv(acme, tmp_path, "httpreq", name), env, tmp_path)
+    acme.check_certificate(tmp_path / "certificates" / f"{name}.crt", name)
+
+
+def test_lego_exec(acme, tmp_path):
+    name = "lego-exec.dev.local"
+    # EXEC_SEQUENCE_INTERVAL: lego's exec provider solves challenges one at a time, 60 s apart by
+    # default; dnsapi holds several values per name, so nothing needs the gap.
+    env = acme.env(EXEC_PATH=str(ROOT / "hooks" / "lego-exec.sh"), EXEC_SEQUENCE_INTERVAL="1",
+                   LEGO_CA_CERTIFICATES=str(acme.vault.ca))
+    timed("lego exec", lego_argv(acme, tmp_path, "exec", name), env, tmp_path)
+    acme.check_certificate(tmp_path / "certificates" / f"{name}.crt", name)
+
+
+def test_certbot_manual_hooks(acme, tmp_path):
+    name = "certbot.dev.local"
+    argv = ["certbot", "certonly", "--non-interactive", "--agree-tos", "--email", "admin@dev.local",
+            "--no-eff-email", "--server", acme.directory, "--manual", "--preferred-challenges", "dns",
+            "--manual-auth-hook", "dnsapi certbot-auth", "--manual-cleanup-hook", "dnsapi certbot-cleanup",
+            "--config-dir", str(tmp_path / "config"), "--work-dir", str(tmp_path / "work"),
+            "--logs-dir", str(tmp_path / "logs"), "--key-type", "ecdsa", "-d", name, "-d", f"*.{name}"]
+    timed("certbot manual hooks", argv, acme.env(REQUESTS_CA_BUNDLE=str(acme.vault.ca)), tmp_path)
+    acme.check_certificate(tmp_path / "config" / "live" / name / "fullchain.pem", name)
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_acmesh_hook_under_the_harness(acme, tmp_path, shell):
+    """lego drives the ACME protocol; each DNS step runs hooks/dns_internal.sh exactly as acme.sh
+    would (tests/acmesh/harness.sh), under dash and under bash."""
+    name = f"acmesh-{shell}.dev.local"
+    bridge = tmp_path / "acmesh-bridge.sh"
+    bridge.write_text(f"""#!/bin/sh
+case "$1" in present) action=add ;; cleanup) action=rm ;; *) exit 1 ;; esac
+exec {shell} {HARNESS} {HOOK} "$action" "${{2%.}}" "$3"
+""")
+    bridge.chmod(0o755)
+    env = acme.env(EXEC_PATH=str(bridge), EXEC_SEQUENCE_INTERVAL="1",
+                   LEGO_CA_CERTIFICATES=str(acme.vault.ca), ACCOUNT_CONF_PATH=str(tmp_path / "account.conf"))
+    timed(f"acme.sh hook under the harness ({shell})", lego_argv(acme, tmp_path, "exec", name), env,
+          tmp_path)
+    acme.check_certificate(tmp_path / "certificates" / f"{name}.crt", name)
+    assert "SAVED_DNSAPI_TOKEN=" in (tmp_path / "account.conf").read_text()
