@@ -89,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     lego.add_argument("fqdn")
     lego.add_argument("value")
 
+    init = commands.add_parser(
+        "vault-init", help="set up Vault/OpenBao for dnsapi and as the internal ACME CA",
+        description="Idempotently set up, from the same config file: the KV v2 mount and a "
+                    "least-privilege policy for dnsapi's prefix; an AppRole whose role_id and "
+                    "secret_id go to vault.approle.role_id_file / secret_id_file (mode 0600); a "
+                    "root CA (EC P-384 unless vault_init.pki says otherwise) and an intermediate "
+                    "issuing CA; a role for the zones; AIA/CRL/OCSP URLs, CRL auto-rebuild and "
+                    "auto-tidy; ACME with dns_resolver pointing at the zones' DNS server; and "
+                    "the root certificate exported to vault_init.pki.root_ca_file. A second run "
+                    "changes nothing. Needs an admin token: VAULT_TOKEN or BAO_TOKEN, or "
+                    "--token-file.")
+    init.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
+    init.add_argument("--token-file", type=Path, help="file holding an admin token")
+    init.add_argument("--root-only", action="store_true",
+                      help="no intermediate: the root CA on vault_init.pki.mount issues directly")
+
     dev = commands.add_parser(
         "dev", help="run a throwaway local stack: OpenBao dev server, CoreDNS and dnsapi",
         description="Start an in-memory OpenBao dev server, CoreDNS serving dev.local and dnsapi, "
@@ -110,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "hash-token":
             return _hash_token(args)
+        if args.command == "vault-init":
+            return _vault_init(args)
         if args.command in CLIENT_COMMANDS:
             return _client_command(args)
         if args.command == "dev":
@@ -166,6 +184,48 @@ def _client_command(args: argparse.Namespace) -> int:
     except ClientError as exc:
         print(f"dnsapi: {exc}", file=sys.stderr)
         return 1
+
+
+def _vault_init(args: argparse.Namespace) -> int:
+    import os
+
+    import hvac
+    import hvac.exceptions
+    import requests
+
+    from . import config as config_module
+    from .vault_init import Change, InitError, VaultInit
+
+    config = config_module.load(args.config)
+    token = (args.token_file.read_text().strip() if args.token_file
+             else os.environ.get("VAULT_TOKEN") or os.environ.get("BAO_TOKEN"))
+    if not token:
+        raise SystemExit("dnsapi vault-init: needs an admin token: set VAULT_TOKEN or BAO_TOKEN, "
+                         "or pass --token-file")
+    verify: bool | str = str(config.vault.ca_cert) if config.vault.ca_cert else True
+    client = hvac.Client(url=config.vault.addr, token=token, verify=verify,
+                         timeout=config.vault.timeout)
+    def show(change: Change) -> None:
+        detail = f" ({change.detail})" if change.detail else ""
+        print(f"  {change.status:<9} {change.what}{detail}", flush=True)
+
+    init = VaultInit(config, client, root_only=args.root_only, report=show)
+    try:
+        version = client.sys.read_health_status(method="GET").get("version", "?")
+        print(f"vault-init against {config.vault.addr} (server version {version})")
+        changes = [c for c in init.run() if c.status in ("created", "updated")]
+    except InitError as exc:
+        raise SystemExit(f"dnsapi vault-init: {exc}") from None
+    except hvac.exceptions.Forbidden:
+        raise SystemExit("dnsapi vault-init: permission denied: the token needs admin rights "
+                         "(sys/mounts, sys/policy, sys/auth, the PKI mounts)") from None
+    except hvac.exceptions.VaultError as exc:
+        raise SystemExit(f"dnsapi vault-init: Vault refused a step: {exc}") from None
+    except requests.RequestException:
+        raise SystemExit(f"dnsapi vault-init: cannot reach Vault at {config.vault.addr}") from None
+    print(f"{len(changes)} change(s)" if changes else "no changes: everything was already in place")
+    print(f"ACME directory: {init.directory_url()}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

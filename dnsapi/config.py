@@ -62,6 +62,37 @@ class TokenConfig:
 
 
 @dataclass(frozen=True)
+class PkiConfig:
+    """The private CA that `dnsapi vault-init` sets up (see README, "Vault as the ACME CA")."""
+
+    root_mount: str
+    mount: str  # the issuing mount; it serves ACME
+    intermediate: bool  # False: the root issues directly (root_mount == mount)
+    common_name: str
+    key_type: str
+    key_bits: int
+    root_ttl: float
+    intermediate_ttl: float
+    role: str
+    max_ttl: float
+    cluster_url: str  # how clients reach Vault (AIA, CRL and ACME URLs are built from it)
+    acme_dns_resolver: str | None  # IP:PORT of a DNS server for the zones; None: dns_servers[0]
+    eab_policy: str
+    crl_expiry: float
+    tidy_interval: float
+    root_ca_file: Path
+
+
+@dataclass(frozen=True)
+class VaultInitConfig:
+    policy: str
+    approle_role: str  # on the mount and with the credential files of vault.approle
+    token_ttl: float
+    token_max_ttl: float
+    pki: PkiConfig
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     cert: Path
     key: Path
@@ -84,6 +115,7 @@ class Config:
     propagation_timeout: float
     max_records_per_zone: int
     max_body_bytes: int
+    vault_init: VaultInitConfig
 
     def zone(self, name: str) -> ZoneConfig:
         return next(z for z in self.zones if z.name == name)
@@ -240,6 +272,7 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
         propagation_timeout=root.duration("propagation_timeout", "60s"),
         max_records_per_zone=root.integer("max_records_per_zone", 2000, 1, 100_000),
         max_body_bytes=root.integer("max_body_bytes", 16384, 256, 1 << 20),
+        vault_init=_vault_init(root.section("vault_init"), base, vault),
     )
     root.finish()
     return config
@@ -274,6 +307,63 @@ def _vault(section: _Section, base: Path, env: dict[str, str]) -> VaultConfig:
         prefix=prefix,
         timeout=section.duration("timeout", "10s"),
     )
+    section.finish()
+    return config
+
+
+EAB_POLICIES = ("not-required", "new-account-required", "always-required")
+
+
+def _vault_init(section: _Section, base: Path, vault: VaultConfig) -> VaultInitConfig:
+    approle = section.section("approle")
+    pki = section.section("pki")
+    intermediate = pki.get("intermediate", True)
+    if not isinstance(intermediate, bool):
+        raise ConfigError(f"{pki.key('intermediate')}: must be true or false")
+    mount = pki.text("mount", "pki").strip("/")
+    key_type = pki.text("key_type", "ec")
+    if key_type not in ("ec", "rsa", "ed25519"):
+        raise ConfigError(f"{pki.key('key_type')}: must be ec, rsa or ed25519")
+    default_bits = {"ec": 384, "rsa": 4096, "ed25519": 0}[key_type]
+    resolver = pki.optional_text("acme_dns_resolver")
+    if resolver is not None:
+        parse_hostport(resolver, pki.key("acme_dns_resolver"))
+    eab_policy = pki.text("eab_policy", "not-required")
+    if eab_policy not in EAB_POLICIES:
+        raise ConfigError(f"{pki.key('eab_policy')}: must be one of {', '.join(EAB_POLICIES)}")
+    cluster_url = pki.text("cluster_url", vault.addr).rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+", cluster_url):
+        raise ConfigError(f"{pki.key('cluster_url')}: must be an http:// or https:// URL without a path")
+    pki_config = PkiConfig(
+        root_mount=pki.text("root_mount", "pki_root" if intermediate else mount).strip("/"),
+        mount=mount,
+        intermediate=intermediate,
+        common_name=pki.text("common_name", "dnsapi internal root CA"),
+        key_type=key_type,
+        key_bits=pki.integer("key_bits", default_bits, 0, 8192),
+        root_ttl=pki.duration("root_ttl", "87600h"),
+        intermediate_ttl=pki.duration("intermediate_ttl", "43800h"),
+        role=pki.text("role", "acme"),
+        max_ttl=pki.duration("max_ttl", "720h"),
+        cluster_url=cluster_url,
+        acme_dns_resolver=resolver,
+        eab_policy=eab_policy,
+        crl_expiry=pki.duration("crl_expiry", "72h"),
+        tidy_interval=pki.duration("tidy_interval", "12h"),
+        root_ca_file=pki.optional_path("root_ca_file", base) or base / "root-ca.pem",
+    )
+    pki.finish()
+    if pki_config.intermediate and pki_config.root_mount == pki_config.mount:
+        raise ConfigError(f"{pki.key('root_mount')}: must differ from pki.mount when "
+                          "intermediate is true")
+    config = VaultInitConfig(
+        policy=section.text("policy", "dnsapi"),
+        approle_role=approle.text("role", "dnsapi"),
+        token_ttl=approle.duration("token_ttl", "1h"),
+        token_max_ttl=approle.duration("token_max_ttl", "24h"),
+        pki=pki_config,
+    )
+    approle.finish()
     section.finish()
     return config
 

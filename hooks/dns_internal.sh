@@ -21,7 +21,15 @@ dns_internal_add() {
   txtvalue="$2"
   _dnsapi_settings || return 1
   _info "Adding $fulldomain through dnsapi at $DNSAPI_URL (waiting until its DNS servers answer)"
-  _dnsapi_call POST "$(_dnsapi_body "$fulldomain" "$txtvalue" ',"wait":true')" || return 1
+  if ! _dnsapi_call POST "$(_dnsapi_body "$fulldomain" "$txtvalue" ',"wait":true')"; then
+    if [ "$_dnsapi_status" = "504" ]; then
+      # Stored but not served in time. acme.sh never calls _rm after a failed _add, so take the
+      # value out again here rather than leave it behind.
+      _info "Removing the value again"
+      _dnsapi_call DELETE "$(_dnsapi_body "$fulldomain" "$txtvalue" "")"
+    fi
+    return 1
+  fi
   # Saved only after a success, so a mistyped URL or token is not kept for renewals.
   _saveaccountconf_mutable DNSAPI_URL "$DNSAPI_URL"
   _saveaccountconf_mutable DNSAPI_TOKEN "$DNSAPI_TOKEN"

@@ -1,0 +1,352 @@
+"""`dnsapi vault-init`: make a Vault/OpenBao ready for dnsapi and be its internal ACME CA.
+
+Idempotent by construction: every step reads what is there, writes only what differs, and reports
+`created`, `updated` or `unchanged`; a second run reports no change. Secrets (the AppRole
+secret_id, tokens) are written only to 0600 files, never printed.
+
+The steps follow the order Vault needs: KV v2 mount and the service policy; AppRole; the root CA
+and (by default) an intermediate issuing CA signed by it; the issuing role for the zones; cluster,
+AIA/CRL/OCSP URLs, CRL auto-rebuild and auto-tidy; the mount tuned for ACME's headers; ACME
+enabled with `dns_resolver` pointing at the DNS server that serves the zones; the root exported.
+The API calls are those Vault ≥ 1.14 and OpenBao share (both serve ACME from the PKI mount).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac
+import hvac.exceptions
+
+from .config import Config, parse_duration
+
+ACME_RESPONSE_HEADERS = ["Last-Modified", "Location", "Replay-Nonce", "Link"]
+ACME_REQUEST_HEADERS = ["If-Modified-Since"]
+
+
+class InitError(Exception):
+    """vault-init cannot go on; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Change:
+    status: str  # created | updated | unchanged | skipped
+    what: str
+    detail: str = ""
+
+
+def render_policy(kv_mount: str, prefix: str) -> str:
+    """The service's least-privilege policy: its own prefix of the KV v2 mount, nothing else.
+    (`vault/dnsapi-policy.hcl` is this text for the default mount and prefix.)"""
+    return (
+        f"# dnsapi: challenge records under {kv_mount}/{prefix}/ only (written by `dnsapi vault-init`)\n"
+        f'path "{kv_mount}/data/{prefix}/*" {{\n  capabilities = ["create", "read", "update", "delete"]\n}}\n'
+        f'path "{kv_mount}/metadata/{prefix}/*" {{\n  capabilities = ["list", "read", "delete"]\n}}\n'
+    )
+
+
+def differences(desired: dict[str, Any], current: dict[str, Any] | None,
+                durations: tuple[str, ...] = ()) -> list[str]:
+    """Keys of `desired` whose value `current` does not have (durations compared in seconds,
+    lists as sets). Keys Vault adds on its own are ignored."""
+    if current is None:
+        return list(desired)
+    changed = []
+    for key, want in desired.items():
+        have = current.get(key)
+        if key in durations:
+            want, have = parse_duration(want), parse_duration(have)
+        elif isinstance(want, list):
+            want, have = sorted(want), sorted(have or [])
+        if want != have:
+            changed.append(key)
+    return changed
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` with mode 0600 from the first byte (then rename into place); a
+    directory created for it is 0700."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+class VaultInit:
+    def __init__(self, config: Config, client: hvac.Client, root_only: bool = False,
+                 report: Callable[[Change], None] = lambda change: None) -> None:
+        approle = config.vault.approle
+        if approle is not None and (approle.role_id_file is None or approle.secret_id_file is None):
+            raise InitError("vault.approle: vault-init writes dnsapi's AppRole credentials to "
+                            "vault.approle.role_id_file and vault.approle.secret_id_file; use "
+                            "those two instead of literal role_id / secret_id")
+        self.config = config
+        self.client = client
+        self.pki = config.vault_init.pki
+        self.root_mount = self.pki.mount if root_only else self.pki.root_mount
+        self.intermediate = self.pki.intermediate and not root_only
+        self.report = report
+        self.changes: list[Change] = []
+
+    def run(self) -> list[Change]:
+        """Every step in order; returns what each one found or did."""
+        self.kv_mount()
+        self.policy()
+        self.approle()
+        self.pki_mounts()
+        root_pem = self.root_ca()
+        if self.intermediate:
+            self.intermediate_ca()
+        self.issuing_role()
+        for mount in dict.fromkeys([self.root_mount, self.pki.mount]):
+            self.mount_urls(mount)
+            self.crl_and_tidy(mount)
+        self.acme()
+        self.export_root(root_pem)
+        return self.changes
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _note(self, status: str, what: str, detail: str = "") -> None:
+        change = Change(status, what, detail)
+        self.changes.append(change)
+        self.report(change)
+
+    def _read(self, path: str) -> dict[str, Any] | None:
+        try:
+            response = self.client.read(path)
+        except hvac.exceptions.InvalidPath:
+            return None
+        return None if response is None else response.get("data")
+
+    def _ensure(self, path: str, desired: dict[str, Any], what: str,
+                durations: tuple[str, ...] = ()) -> None:
+        current = self._read(path)
+        changed = differences(desired, current, durations)
+        if not changed:
+            self._note("unchanged", what)
+            return
+        self.client.write_data(path, data=desired)
+        self._note("created" if current is None else "updated", what,
+                   "" if current is None else "set " + ", ".join(changed))
+
+    def _mounts(self) -> dict[str, Any]:
+        return self.client.sys.list_mounted_secrets_engines()["data"]
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def kv_mount(self) -> None:
+        mount = self.config.vault.kv_mount
+        found = self._mounts().get(f"{mount}/")
+        if found is None:
+            self.client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+            self._note("created", f"KV v2 secrets engine at {mount}/")
+        elif found["type"] not in ("kv", "generic") or (found.get("options") or {}).get("version") != "2":
+            raise InitError(f"vault.kv_mount: {mount}/ exists but is not a KV version 2 mount "
+                            f"(type {found['type']}, options {found.get('options')})")
+        else:
+            self._note("unchanged", f"KV v2 secrets engine at {mount}/")
+
+    def policy(self) -> None:
+        name = self.config.vault_init.policy
+        text = render_policy(self.config.vault.kv_mount, self.config.vault.prefix)
+        try:
+            current = self.client.sys.read_policy(name)["data"]["rules"]
+        except hvac.exceptions.InvalidPath:
+            current = None
+        if current == text:
+            self._note("unchanged", f"policy {name}")
+            return
+        self.client.sys.create_or_update_acl_policy(name=name, policy=text)
+        self._note("created" if current is None else "updated", f"policy {name}")
+
+    def approle(self) -> None:
+        approle = self.config.vault.approle
+        if approle is None:
+            self._note("skipped", "AppRole", "vault.approle is not set: dnsapi authenticates with a "
+                       f"token; give that token the {self.config.vault_init.policy} policy")
+            return
+        assert approle.role_id_file and approle.secret_id_file
+        init = self.config.vault_init
+        if f"{approle.mount}/" not in self.client.sys.list_auth_methods()["data"]:
+            self.client.sys.enable_auth_method("approle", path=approle.mount)
+            self._note("created", f"AppRole auth method at {approle.mount}/")
+        else:
+            self._note("unchanged", f"AppRole auth method at {approle.mount}/")
+        role_path = f"auth/{approle.mount}/role/{init.approle_role}"
+        self._ensure(role_path, {
+            "token_policies": [init.policy], "token_ttl": f"{int(init.token_ttl)}s",
+            "token_max_ttl": f"{int(init.token_max_ttl)}s", "token_type": "service",
+            "secret_id_ttl": "0s", "bind_secret_id": True,
+        }, f"AppRole role {init.approle_role}", durations=("token_ttl", "token_max_ttl", "secret_id_ttl"))
+
+        role_id = self.client.read(f"{role_path}/role-id")["data"]["role_id"]
+        if _read_file(approle.role_id_file) == role_id:
+            self._note("unchanged", f"role_id file {approle.role_id_file}")
+        else:
+            write_private(approle.role_id_file, role_id + "\n")
+            self._note("created", f"role_id file {approle.role_id_file}", "mode 0600")
+
+        secret_id = _read_file(approle.secret_id_file)
+        if secret_id and self._secret_id_valid(role_path, secret_id):
+            self._note("unchanged", f"secret_id file {approle.secret_id_file}")
+            return
+        fresh = self.client.write_data(f"{role_path}/secret-id", data={})["data"]["secret_id"]
+        write_private(approle.secret_id_file, fresh + "\n")
+        self._note("created", f"secret_id file {approle.secret_id_file}", "new secret_id, mode 0600")
+
+    def _secret_id_valid(self, role_path: str, secret_id: str) -> bool:
+        try:
+            response = self.client.write_data(f"{role_path}/secret-id/lookup",
+                                              data={"secret_id": secret_id})
+        except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest):
+            return False
+        # An unknown secret_id is answered with 204 No Content, which hvac hands back as a bare
+        # requests.Response rather than a dict.
+        return isinstance(response, dict) and bool(response.get("data"))
+
+    def pki_mounts(self) -> None:
+        mounts = self._mounts()
+        wanted = {self.root_mount: self.pki.root_ttl, self.pki.mount: self.pki.intermediate_ttl}
+        if not self.intermediate:
+            wanted = {self.root_mount: self.pki.root_ttl}
+        for mount, ttl in wanted.items():
+            found = mounts.get(f"{mount}/")
+            if found is None:
+                self.client.sys.enable_secrets_engine("pki", path=mount,
+                                                      config={"max_lease_ttl": f"{int(ttl)}s"})
+                self._note("created", f"PKI secrets engine at {mount}/")
+                continue
+            if found["type"] != "pki":
+                raise InitError(f"vault_init.pki: {mount}/ exists but is a {found['type']} mount")
+            tune = self._read(f"sys/mounts/{mount}/tune") or {}
+            if (parse_duration(tune.get("max_lease_ttl")) or 0) < ttl:
+                self.client.sys.tune_mount_configuration(mount, max_lease_ttl=f"{int(ttl)}s")
+                self._note("updated", f"PKI secrets engine at {mount}/", "raised max_lease_ttl")
+            else:
+                self._note("unchanged", f"PKI secrets engine at {mount}/")
+
+    def _issuer_pem(self, mount: str) -> str | None:
+        if not self.client.list(f"{mount}/issuers"):
+            return None
+        return str(self.client.read(f"{mount}/issuer/default")["data"]["certificate"])
+
+    def root_ca(self) -> str:
+        existing = self._issuer_pem(self.root_mount)
+        if existing:
+            self._note("unchanged", f"root CA in {self.root_mount}/")
+            return existing
+        response = self.client.write_data(f"{self.root_mount}/root/generate/internal", data={
+            "common_name": self.pki.common_name, "issuer_name": "root",
+            "key_type": self.pki.key_type, "key_bits": self.pki.key_bits,
+            "ttl": f"{int(self.pki.root_ttl)}s"})
+        self._note("created", f"root CA in {self.root_mount}/",
+                   f"{self.pki.key_type}{self.pki.key_bits or ''} {self.pki.common_name!r}")
+        return str(response["data"]["certificate"])
+
+    def intermediate_ca(self) -> None:
+        if self._issuer_pem(self.pki.mount):
+            self._note("unchanged", f"intermediate CA in {self.pki.mount}/")
+            return
+        name = f"{self.pki.common_name} - issuing"
+        csr = self.client.write_data(f"{self.pki.mount}/intermediate/generate/internal", data={
+            "common_name": name, "key_type": self.pki.key_type,
+            "key_bits": self.pki.key_bits})["data"]["csr"]
+        signed = self.client.write_data(f"{self.root_mount}/root/sign-intermediate", data={
+            "csr": csr, "common_name": name, "ttl": f"{int(self.pki.intermediate_ttl)}s",
+            "format": "pem"})["data"]["certificate"]
+        # Only the intermediate: the chain clients get is then leaf + intermediate, without the
+        # root, which they must already trust and servers should not send.
+        self.client.write_data(f"{self.pki.mount}/intermediate/set-signed",
+                               data={"certificate": signed})
+        self._note("created", f"intermediate CA in {self.pki.mount}/", f"signed by {self.root_mount}/")
+
+    def issuing_role(self) -> None:
+        self._ensure(f"{self.pki.mount}/roles/{self.pki.role}", {
+            "allowed_domains": [zone.name for zone in self.config.zones],
+            "allow_subdomains": True, "allow_bare_domains": True,
+            "allow_wildcard_certificates": True, "allow_ip_sans": True,
+            "key_type": "any", "max_ttl": f"{int(self.pki.max_ttl)}s", "no_store": False,
+            "server_flag": True, "client_flag": False,
+        }, f"PKI role {self.pki.mount}/roles/{self.pki.role}", durations=("max_ttl",))
+
+    def mount_urls(self, mount: str) -> None:
+        base = f"{self.pki.cluster_url}/v1/{mount}"
+        self._ensure(f"{mount}/config/cluster", {"path": base, "aia_path": base},
+                     f"cluster path of {mount}/")
+        self._ensure(f"{mount}/config/urls", {
+            "issuing_certificates": ["{{cluster_aia_path}}/issuer/{{issuer_id}}/der"],
+            "crl_distribution_points": ["{{cluster_aia_path}}/issuer/{{issuer_id}}/crl/der"],
+            "ocsp_servers": ["{{cluster_path}}/ocsp"],
+            "enable_templating": True,
+        }, f"AIA, CRL and OCSP URLs of {mount}/")
+
+    def crl_and_tidy(self, mount: str) -> None:
+        self._ensure(f"{mount}/config/crl", {
+            "expiry": f"{int(self.pki.crl_expiry)}s", "auto_rebuild": True, "enable_delta": True,
+        }, f"CRL auto-rebuild of {mount}/", durations=("expiry",))
+        self._ensure(f"{mount}/config/auto-tidy", {
+            "enabled": True, "interval_duration": f"{int(self.pki.tidy_interval)}s",
+            "tidy_cert_store": True, "tidy_revoked_certs": True,
+            "tidy_revoked_cert_issuer_associations": True, "tidy_expired_issuers": True,
+            "tidy_acme": True,
+        }, f"auto-tidy of {mount}/", durations=("interval_duration",))
+
+    def acme(self) -> None:
+        mount = self.pki.mount
+        tune_path = f"sys/mounts/{mount}/tune"
+        tune = self._read(tune_path) or {}
+        if differences({"allowed_response_headers": ACME_RESPONSE_HEADERS,
+                        "passthrough_request_headers": ACME_REQUEST_HEADERS}, tune):
+            self.client.sys.tune_mount_configuration(
+                mount, allowed_response_headers=ACME_RESPONSE_HEADERS,
+                passthrough_request_headers=ACME_REQUEST_HEADERS)
+            self._note("updated", f"{mount}/ tuned for ACME headers")
+        else:
+            self._note("unchanged", f"{mount}/ tuned for ACME headers")
+        resolver = self.pki.acme_dns_resolver
+        if resolver is None:
+            if not self.config.dns_servers:
+                raise InitError("vault_init.pki.acme_dns_resolver: set it (or dns_servers) to the "
+                                "IP:PORT of a DNS server that serves the zones; Vault's ACME "
+                                "validates DNS-01 there")
+            host, port = self.config.dns_servers[0]
+            resolver = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if self._read(f"{mount}/config/acme") is None:
+            raise InitError(f"{mount}/config/acme does not exist: this server has no ACME "
+                            "(HashiCorp Vault needs 1.14 or later; OpenBao has it)")
+        self._ensure(f"{mount}/config/acme", {
+            "enabled": True, "dns_resolver": resolver, "eab_policy": self.pki.eab_policy,
+            "allowed_roles": [self.pki.role], "default_directory_policy": f"role:{self.pki.role}",
+        }, f"ACME on {mount}/ (DNS-01 checked at {resolver})")
+
+    def export_root(self, root_pem: str) -> None:
+        path = self.pki.root_ca_file
+        text = root_pem.strip() + "\n"
+        if _read_file(path, strip=False) == text:
+            self._note("unchanged", f"root CA certificate at {path}")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o644)
+        self._note("created", f"root CA certificate at {path}", "for trust distribution")
+
+    def directory_url(self) -> str:
+        return f"{self.pki.cluster_url}/v1/{self.pki.mount}/acme/directory"
+
+
+def _read_file(path: Path | None, strip: bool = True) -> str | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    return text.strip() if strip else text

@@ -1,0 +1,246 @@
+"""From a blank OpenBao to nginx serving a certificate a client trusts with only the exported root:
+`dnsapi vault-init` (twice) → `dnsapi serve` on AppRole → ACME DNS-01 through CoreDNS with lego →
+nginx on a loopback port → verification → forced renewal and nginx reload. Also the policy."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import hvac
+import hvac.exceptions
+import pytest
+import yaml
+
+from dnsapi.auth import new_token
+from dnsapi.devstack import Process, free_port, prepare, start_coredns, start_dnsapi, start_openbao
+from dnsapi.vault_init import render_policy
+
+from .conftest import ZONE, Stack, Vault
+
+ROOT = Path(__file__).resolve().parent.parent
+NAME = "web.dev.local"
+
+
+def vault_init(config: Path, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dnsapi", "vault-init", "-c", str(config), *extra],
+                          env={**os.environ, "VAULT_TOKEN": token}, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+@dataclass
+class Setup:
+    vault: Vault
+    stack: Stack
+    first_run: str
+    second_run: str
+    dnsapi: Process
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    base = tmp_path_factory.mktemp("vault-init")
+    vault_port, dns_port, api_port = free_port(), free_port(), free_port()
+    root_token = new_token()
+    procs = [start_openbao(vault_port, root_token, base / "openbao.log")]
+    try:
+        vault = Vault(f"http://127.0.0.1:{vault_port}", root_token, procs[0])
+        directory = base / "stack"
+        api_token = prepare(directory, vault_addr=vault.addr, vault_token="unused",
+                            dns_port=dns_port, api_port=api_port)
+        (directory / "vault-token").unlink()
+        config = yaml.safe_load((directory / "dnsapi.yaml").read_text())
+        del config["vault"]["token_file"]
+        config["vault"]["approle"] = {"role_id_file": "creds/role-id", "secret_id_file": "creds/secret-id"}
+        config["vault_init"] = {"pki": {"common_name": "dev.local test root", "root_ca_file": "root-ca.pem"}}
+        (directory / "dnsapi.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+        first = vault_init(directory / "dnsapi.yaml", root_token)
+        assert first.returncode == 0, first.stderr
+        second = vault_init(directory / "dnsapi.yaml", root_token)
+        assert second.returncode == 0, second.stderr
+
+        stack = Stack(directory, vault, "dnsapi", dns_port, api_port, api_token, {})
+        procs.append(start_coredns(directory, dns_port, [ZONE], directory / "coredns.log"))
+        env = {k: v for k, v in os.environ.items() if "TOKEN" not in k}  # AppRole only
+        dnsapi = start_dnsapi(directory / "dnsapi.yaml", api_port, directory / "dnsapi.log", env)
+        procs.append(dnsapi)
+        yield Setup(vault, stack, first.stdout, second.stdout, dnsapi)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def test_first_run_creates_everything(setup):
+    out = setup.first_run
+    for line in ("created   policy dnsapi", "created   AppRole role dnsapi",
+                 "created   root CA in pki_root/ (ec384 'dev.local test root')",
+                 "created   intermediate CA in pki/ (signed by pki_root/)",
+                 "created   PKI role pki/roles/acme", "ACME on pki/ (DNS-01 checked at 127.0.0.1:"):
+        assert line in out, out
+    creds = setup.stack.dir / "creds"
+    for name in ("role-id", "secret-id"):
+        assert (creds / name).stat().st_mode & 0o777 == 0o600
+        assert (creds / name).read_text().strip() not in out  # never printed
+    assert creds.stat().st_mode & 0o777 == 0o700
+    root = (setup.stack.dir / "root-ca.pem").read_text()
+    subject = subprocess.run(["openssl", "x509", "-noout", "-subject", "-text"], input=root,
+                             capture_output=True, text=True, check=True).stdout
+    assert "CN = dev.local test root" in subject and "NIST CURVE: P-384" in subject
+
+
+def test_second_run_changes_nothing(setup):
+    assert setup.second_run.rstrip().splitlines()[-2] == "no changes: everything was already in place"
+    assert "created" not in setup.second_run and "updated" not in setup.second_run
+    assert setup.second_run.count("  unchanged ") == setup.first_run.count("\n  ")
+
+
+def test_a_stale_secret_id_is_replaced(setup, tmp_path):
+    """A secret_id file left from another Vault (or revoked) gets a fresh secret_id; nothing else
+    changes."""
+    config = yaml.safe_load((setup.stack.dir / "dnsapi.yaml").read_text())
+    config["vault"]["approle"] = {"role_id_file": str(tmp_path / "role-id"),
+                                  "secret_id_file": str(tmp_path / "secret-id")}
+    config["zones"][0]["file"] = str(setup.stack.zone_path)
+    config["vault_init"]["pki"]["root_ca_file"] = str(setup.stack.dir / "root-ca.pem")
+    (tmp_path / "dnsapi.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "role-id").write_text((setup.stack.dir / "creds" / "role-id").read_text())
+    (tmp_path / "secret-id").write_text("00000000-0000-0000-0000-000000000000\n")
+    result = vault_init(tmp_path / "dnsapi.yaml", setup.vault.root_token)
+    assert result.returncode == 0, result.stderr
+    changed = [line for line in result.stdout.splitlines() if line.startswith(("  created", "  updated"))]
+    assert changed == [f"  created   secret_id file {tmp_path / 'secret-id'} (new secret_id, mode 0600)"]
+    fresh = (tmp_path / "secret-id").read_text().strip()
+    assert fresh != "00000000-0000-0000-0000-000000000000"
+    assert hvac.Client(url=setup.vault.addr).auth.approle.login(
+        role_id=(tmp_path / "role-id").read_text().strip(), secret_id=fresh)["auth"]["client_token"]
+
+
+def test_shipped_policy_is_what_vault_init_writes(setup):
+    assert (ROOT / "vault" / "dnsapi-policy.hcl").read_text() == render_policy("secret", "dnsapi")
+    rules = setup.vault.client.sys.read_policy("dnsapi")["data"]["rules"]
+    assert rules == render_policy("secret", "dnsapi")
+
+
+def test_service_runs_on_approle_and_its_token_is_confined(setup):
+    stack = setup.stack
+    assert stack.call("GET", "/readyz").status_code == 200
+    log = (stack.dir / "dnsapi.log").read_text()
+    assert "logged in to Vault with AppRole" in log
+    creds = stack.dir / "creds"
+    login = hvac.Client(url=setup.vault.addr).auth.approle.login(
+        role_id=(creds / "role-id").read_text().strip(), secret_id=(creds / "secret-id").read_text().strip())
+    assert login["auth"]["policies"] == ["default", "dnsapi"]
+    service = hvac.Client(url=setup.vault.addr, token=login["auth"]["client_token"])
+    kv = service.secrets.kv.v2
+    kv.create_or_update_secret("dnsapi/zones/probe", secret={"a": 1}, mount_point="secret")
+    forbidden = [
+        lambda: kv.read_secret_version("other/x", mount_point="secret", raise_on_deleted_version=False),
+        lambda: kv.create_or_update_secret("other/x", secret={"a": 1}, mount_point="secret"),
+        lambda: kv.create_or_update_secret("dnsapi2/x", secret={"a": 1}, mount_point="secret"),
+        lambda: service.write_data("pki/issue/acme", data={"common_name": "x.dev.local"}),
+        lambda: service.sys.list_policies(),
+        lambda: service.sys.enable_secrets_engine("kv", path="mine"),
+    ]
+    for attempt in forbidden:
+        with pytest.raises(hvac.exceptions.Forbidden):
+            attempt()
+
+
+def nginx_conf(directory: Path, port: int) -> Path:
+    for sub in ("logs", "tmp"):
+        (directory / sub).mkdir(exist_ok=True)
+    conf = directory / "nginx.conf"
+    conf.write_text(f"""user root;
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/logs/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {directory}/tmp;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name {NAME};
+        ssl_certificate {directory}/fullchain.pem;
+        ssl_certificate_key {directory}/key.pem;
+        location / {{ return 200 "hello from {NAME}\\n"; }}
+    }}
+}}
+""")
+    return conf
+
+
+def served_certificate(port: int, root: Path) -> dict:
+    """Connect trusting only the exported root and checking the name; the peer certificate."""
+    context = ssl.create_default_context(cafile=str(root))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=NAME) as tls:
+        tls.sendall(f"GET / HTTP/1.0\r\nHost: {NAME}\r\n\r\n".encode())
+        assert b"hello from web.dev.local" in tls.recv(4096)
+        return tls.getpeercert()
+
+
+def test_acme_certificate_served_by_nginx_and_renewed(setup, tmp_path):
+    stack, root = setup.stack, setup.stack.dir / "root-ca.pem"
+    directory_url = f"{setup.vault.addr}/v1/pki/acme/directory"
+    env = {**os.environ, "HTTPREQ_ENDPOINT": stack.url, "HTTPREQ_USERNAME": "lego",
+           "HTTPREQ_PASSWORD": stack.token}
+    lego = ["lego", "--server", directory_url, "--accept-tos", "--email", "admin@dev.local",
+            "--path", str(tmp_path / "lego"), "--key-type", "ec256", "--dns", "httpreq",
+            "--dns.disable-cp", "--dns.resolvers", f"127.0.0.1:{stack.dns_port}", "-d", NAME,
+            "-d", f"*.{NAME}"]
+    issued = subprocess.run([*lego, "run"], env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert issued.returncode == 0, issued.stderr[-3000:]
+    cert_dir = tmp_path / "lego" / "certificates"
+    chain = (cert_dir / f"{NAME}.crt").read_text()
+    assert chain.count("BEGIN CERTIFICATE") == 2  # leaf + intermediate
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(root), "-untrusted",
+                             str(cert_dir / f"{NAME}.crt"), str(cert_dir / f"{NAME}.crt")],
+                            capture_output=True, text=True, check=False)
+    assert verify.returncode == 0, verify.stderr
+
+    site = tmp_path / "nginx"
+    site.mkdir()
+    port = free_port()
+    conf = nginx_conf(site, port)
+
+    def install() -> None:
+        (site / "fullchain.pem").write_text((cert_dir / f"{NAME}.crt").read_text())
+        (site / "key.pem").write_text((cert_dir / f"{NAME}.key").read_text())
+
+    install()
+    nginx = ["nginx", "-c", str(conf), "-p", str(site), "-e", str(site / "logs" / "error.log")]
+    subprocess.run(nginx, check=True, capture_output=True, timeout=30)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                first = served_certificate(port, root)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not come up"
+                time.sleep(0.1)
+        assert ("DNS", f"*.{NAME}") in first["subjectAltName"]
+
+        renewed = subprocess.run([*lego, "renew", "--days", "1000", "--no-random-sleep"], env=env,
+                                 capture_output=True, text=True, timeout=300, check=False)
+        assert renewed.returncode == 0, renewed.stderr[-3000:]
+        install()
+        subprocess.run([*nginx, "-s", "reload"], check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while (second := served_certificate(port, root))["serialNumber"] == first["serialNumber"]:
+            assert time.monotonic() < deadline, "nginx still serves the old certificate"
+            time.sleep(0.1)
+        assert ("DNS", NAME) in second["subjectAltName"]
+    finally:
+        subprocess.run([*nginx, "-s", "quit"], capture_output=True, timeout=30, check=False)
+    assert not any(f == f"_acme-challenge.{NAME}" for f, _ in stack.vault_records())
