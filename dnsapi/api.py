@@ -14,10 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
+from .audit import AuditLog, value_hash
 from .auth import Authenticator
 from .config import Config, TokenConfig
-from .errors import BadRequest, DnsapiError, PayloadTooLarge
+from .errors import BadRequest, DnsapiError, PayloadTooLarge, TooManyRequests
 from .names import validate_value
+from .ratelimit import RateLimiter
 from .records import Outcome, Record
 from .service import RecordService
 
@@ -26,31 +28,71 @@ log = logging.getLogger(__name__)
 SERVICE = web.AppKey("service", RecordService)
 AUTH = web.AppKey("auth", Authenticator)
 MAX_BODY = web.AppKey("max_body_bytes", int)
+LIMITER = web.AppKey("limiter", RateLimiter)
+AUDIT = web.AppKey("audit", AuditLog)
+NOTES = web.RequestKey("audit_notes", dict)  # what handlers learned, for the audit line
+
+# The routes the audit trail covers: every change, and every refused request, on these.
+AUDITED = {("POST", "/v1/records"): "add", ("DELETE", "/v1/records"): "remove",
+           ("GET", "/v1/records"): "list", ("POST", "/present"): "add",
+           ("POST", "/cleanup"): "remove"}
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="dnsapi"'} if status == 401 else None
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   **extra: Any) -> web.Response:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="dnsapi"'
     return web.json_response({"error": code, "message": message, **extra}, status=status,
                              headers=headers)
 
 
+def note(request: web.Request, **facts: Any) -> None:
+    """Remember facts about this request for its audit line."""
+    request[NOTES].update(facts)
+
+
 @web.middleware
-async def error_middleware(request: web.Request,
-                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> web.StreamResponse:
+async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: after the error middleware has made a response, write the audit line for a
+    change or a refusal."""
+    request[NOTES] = {}
+    response = await handler(request)
+    action = AUDITED.get((request.method, request.path))
+    notes = request[NOTES]
+    if action is not None and (response.status >= 400 or action != "list"):
+        request.app[AUDIT].write(
+            token=notes.get("token"), remote=request.remote, action=action,
+            fqdn=notes.get("fqdn"), value_sha256=notes.get("value_sha256"),
+            result=notes.get("result", "refused" if response.status >= 400 else None),
+            status=response.status, error=notes.get("error"))
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except DnsapiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        note(request, error=exc.code)
+        headers = None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return error_response(exc.status, exc.code, exc.message, headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
+        note(request, error=code)
         return error_response(exc.status, code, exc.reason)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
+        note(request, error="internal")
         return error_response(500, "internal", "internal error; see the dnsapi log")
 
 
@@ -87,7 +129,22 @@ def fields(body: dict[str, Any], required: tuple[str, ...], optional: tuple[str,
 
 
 def caller(request: web.Request) -> TokenConfig:
-    return request.app[AUTH].authenticate(request.headers.get("Authorization", ""))
+    """The authenticated token, within its rate limit."""
+    token = request.app[AUTH].authenticate(request.headers.get("Authorization", ""))
+    note(request, token=token.name)
+    wait = request.app[LIMITER].allow(token.name)
+    if wait:
+        raise TooManyRequests(f"token {token.name!r} is over its rate limit; retry in "
+                              f"{max(wait, 0.1):.1f}s", wait)
+    return token
+
+
+def note_target(request: web.Request, fqdn: object, value: object = None) -> None:
+    """What a change is about, before validation, so a refusal is audited with it too."""
+    if isinstance(fqdn, str):
+        note(request, fqdn=fqdn[:300])
+    if isinstance(value, str):
+        note(request, value_sha256=value_hash(value))
 
 
 def record_json(record: Record) -> dict[str, Any]:
@@ -100,9 +157,12 @@ def record_json(record: Record) -> dict[str, Any]:
 async def _add(request: web.Request, token: TokenConfig, fqdn: object, value: object,
                ttl: object, wait: bool) -> dict[str, Any]:
     service = request.app[SERVICE]
+    note_target(request, fqdn, value)
     record = service.make_record(fqdn, value, ttl)
+    note(request, fqdn=record.fqdn)
     request.app[AUTH].authorize(token, record.fqdn)
     outcome = await service.add(record)
+    note(request, result=outcome.value)
     result: dict[str, Any] = {"fqdn": record.fqdn, "value": record.value, "ttl": record.ttl,
                               "created": outcome is Outcome.CREATED}
     if wait:
@@ -114,10 +174,13 @@ async def _add(request: web.Request, token: TokenConfig, fqdn: object, value: ob
 async def _remove(request: web.Request, token: TokenConfig, fqdn: object, value: object
                   ) -> dict[str, Any]:
     service = request.app[SERVICE]
+    note_target(request, fqdn, value)
     name = service.challenge_name(fqdn)
     checked = validate_value(value)
+    note(request, fqdn=name)
     request.app[AUTH].authorize(token, name)
     outcome = await service.remove(name, checked)
+    note(request, result=outcome.value)
     return {"fqdn": name, "value": checked, "existed": outcome is Outcome.REMOVED}
 
 
@@ -160,6 +223,7 @@ async def list_records(request: web.Request) -> web.Response:
     service, auth = request.app[SERVICE], request.app[AUTH]
     fqdn = None
     if "fqdn" in request.query:
+        note_target(request, request.query["fqdn"])
         fqdn = service.challenge_name(request.query["fqdn"])
         auth.authorize(token, fqdn)
     records = [r for r in await service.list(fqdn) if auth.allows(token, r.fqdn)]
@@ -181,12 +245,17 @@ async def readyz(request: web.Request) -> web.Response:
 
 # -- the app -------------------------------------------------------------------------------------
 
-def create_app(config: Config, service: RecordService | None = None) -> web.Application:
+def create_app(config: Config, service: RecordService | None = None,
+               audit: AuditLog | None = None) -> web.Application:
     """The aiohttp application. The service starts with the app and stops with it, finishing
     every queued change first."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
-    app[SERVICE] = service or RecordService(config)
-    app[AUTH] = Authenticator(config.tokens, config.challenge_label)
+    app = web.Application(middlewares=[audit_middleware, error_middleware],
+                          client_max_size=config.max_body_bytes)
+    app[AUDIT] = audit or AuditLog(config.audit_file)
+    app[SERVICE] = service or RecordService(config, audit=app[AUDIT])
+    app[AUTH] = Authenticator(config.tokens, config.challenge_label,
+                              tuple(z.name for z in config.zones) if config.open_on_loopback else None)
+    app[LIMITER] = RateLimiter(config.rate_limit, config.rate_burst)
     app[MAX_BODY] = config.max_body_bytes
     app.router.add_post("/v1/records", add_record)
     app.router.add_delete("/v1/records", delete_record)
@@ -200,6 +269,7 @@ def create_app(config: Config, service: RecordService | None = None) -> web.Appl
         await app[SERVICE].start()
         yield
         await app[SERVICE].close()
+        app[AUDIT].close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -46,11 +46,18 @@ def credential_from_header(header: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, tokens: tuple[TokenConfig, ...], challenge_label: str) -> None:
+    def __init__(self, tokens: tuple[TokenConfig, ...], challenge_label: str,
+                 open_zones: tuple[str, ...] | None = None) -> None:
+        """`open_zones`: with open_on_loopback, a request without credentials acts as an anonymous
+        token allowed everything below these zones."""
         self.tokens = tokens
         self.challenge_label = challenge_label
+        self.anonymous = None if open_zones is None else TokenConfig(
+            name="anonymous", sha256="", allow=tuple(f"*.{zone}" for zone in open_zones))
 
     def authenticate(self, header: str) -> TokenConfig:
+        if not header.strip() and self.anonymous is not None:
+            return self.anonymous
         digest = hash_token(credential_from_header(header))
         found: TokenConfig | None = None
         for token in self.tokens:

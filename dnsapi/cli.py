@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add = commands.add_parser("add", help="add a TXT value", description="Add a TXT value at "
                               "FQDN. With --wait, return only once every DNS server in the "
-                              "service's dns_servers answers it.")
+                              "service's dns_servers answers it. A value starting with '-' "
+                              "goes after '--': dnsapi add --wait -- FQDN -VALUE.")
     add.add_argument("fqdn")
     add.add_argument("value")
     add.add_argument("--ttl", type=int, help="record TTL in seconds (default: the server's)")

@@ -115,6 +115,11 @@ class Config:
     propagation_timeout: float
     max_records_per_zone: int
     max_body_bytes: int
+    max_age: float  # challenge records older than this are removed
+    rate_limit: float  # requests per second per token (0: no limit)
+    rate_burst: int
+    audit_file: Path | None  # None: audit lines go to stderr
+    open_on_loopback: bool  # no tokens at all: anyone who can reach the loopback listener
     vault_init: VaultInitConfig
 
     def zone(self, name: str) -> ZoneConfig:
@@ -248,7 +253,25 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
         raise ConfigError(f"challenge_label: {exc.message}") from None
     if "." in challenge_label:
         raise ConfigError("challenge_label: must be a single label")
-    tokens = _tokens(root.get("tokens"))
+    open_on_loopback = root.get("open_on_loopback", False)
+    if not isinstance(open_on_loopback, bool):
+        raise ConfigError("open_on_loopback: must be true or false")
+    if open_on_loopback:
+        if not ipaddress.ip_address(listen_host).is_loopback:
+            raise ConfigError(f"open_on_loopback: only allowed when listen is a loopback address, "
+                              f"not {listen_host}")
+        tokens = _tokens(root.get("tokens") or [], required=False)
+    else:
+        tokens = _tokens(root.get("tokens"), required=True)
+    rate = root.section("rate_limit")
+    rate_limit = rate.get("per_second", 50)
+    if isinstance(rate_limit, bool) or not isinstance(rate_limit, (int, float)) or rate_limit < 0:
+        raise ConfigError(f"{rate.key('per_second')}: must be a number >= 0 (0 turns the limit off)")
+    rate_burst = rate.integer("burst", 200, 1, 1_000_000)
+    rate.finish()
+    audit = root.section("audit")
+    audit_file = audit.optional_path("file", base)
+    audit.finish()
 
     ttl = root.section("ttl")
     max_ttl = ttl.integer("max", 3600, 1, 2**31 - 1)
@@ -272,6 +295,11 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
         propagation_timeout=root.duration("propagation_timeout", "60s"),
         max_records_per_zone=root.integer("max_records_per_zone", 2000, 1, 100_000),
         max_body_bytes=root.integer("max_body_bytes", 16384, 256, 1 << 20),
+        max_age=root.duration("max_age", "1h"),
+        rate_limit=float(rate_limit),
+        rate_burst=rate_burst,
+        audit_file=audit_file,
+        open_on_loopback=open_on_loopback,
         vault_init=_vault_init(root.section("vault_init"), base, vault),
     )
     root.finish()
@@ -412,9 +440,10 @@ def _dns_servers(raw: Any) -> tuple[tuple[str, int], ...]:
     return tuple(parse_hostport(item, f"dns_servers[{i}]") for i, item in enumerate(raw))
 
 
-def _tokens(raw: Any) -> tuple[TokenConfig, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("tokens: must be a non-empty list of {name, sha256, allow}")
+def _tokens(raw: Any, required: bool) -> tuple[TokenConfig, ...]:
+    if not isinstance(raw, list) or (required and not raw):
+        raise ConfigError("tokens: must be a non-empty list of {name, sha256, allow} (to run "
+                          "without tokens on a loopback listener, set open_on_loopback: true)")
     tokens: list[TokenConfig] = []
     for i, item in enumerate(raw):
         section = _Section(item, f"tokens[{i}]")

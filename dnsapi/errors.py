@@ -46,6 +46,17 @@ class TooManyRecords(DnsapiError):
     code = "too_many_records"
 
 
+class TooManyRequests(DnsapiError):
+    """The token's rate limit is exhausted; `retry_after` says for how long."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PayloadTooLarge(DnsapiError):
     status = 413
     code = "body_too_large"

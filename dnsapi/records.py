@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,14 +18,6 @@ class Record:
     @property
     def key(self) -> tuple[str, str]:
         return (self.fqdn, self.value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Record:
-        return cls(fqdn=str(data["fqdn"]), value=str(data["value"]), ttl=int(data["ttl"]),
-                   created_at=float(data["created_at"]))
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ once and resolves the futures. Concurrent requests thus cost one Vault write and
 and nothing is acknowledged before Vault has it.
 
 Reconciliation is the same path with a forced Vault read: at start and on a timer the writer
-re-reads the zone secret and re-renders the file if it differs. That one mechanism repairs a
-crash between Vault and the file, a hand-damaged or replaced file, and changes made by another
-dnsapi instance sharing the Vault.
+re-reads the zone secret, drops records older than max_age, and re-renders the file if it
+differs. That one mechanism repairs a crash between Vault and the file, a hand-damaged or
+replaced file, and changes made by another dnsapi instance sharing the Vault.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 
+from .audit import AuditLog, value_hash
 from .config import Config, ZoneConfig
 from .errors import DnsapiError, TooManyRecords, VaultUnavailable, ZoneError
 from .propagation import wait_until_served
@@ -30,7 +32,7 @@ from .zonefile import ZoneFile
 
 log = logging.getLogger(__name__)
 
-MAX_CAS_ATTEMPTS = 20
+CAS_RETRY_SECONDS = 10.0  # keep retrying check-and-set conflicts this long before giving up
 
 
 @dataclass
@@ -45,11 +47,14 @@ class _Job:
 class ZoneWriter:
     """Serialises and batches all writes for one zone."""
 
-    def __init__(self, zone: ZoneConfig, store: VaultStore, limit: int) -> None:
+    def __init__(self, zone: ZoneConfig, store: VaultStore, limit: int, max_age: float,
+                 audit: AuditLog | None = None) -> None:
         self.zone = zone
         self.store = store
         self.file = ZoneFile(zone.file, zone.name)
         self.limit = limit
+        self.max_age = max_age
+        self.audit = audit
         self.state: ZoneState | None = None  # last state read from or written to Vault
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self.last_error: str | None = None
@@ -113,8 +118,11 @@ class ZoneWriter:
         fresh = False
         if self.state is None or reconcile:
             self.state, fresh = await self.store.read_zone(self.zone.name), True
-        for _ in range(MAX_CAS_ATTEMPTS):
+        deadline = time.monotonic() + CAS_RETRY_SECONDS
+        conflicts = 0
+        while time.monotonic() < deadline:
             records = dict(self.state.records)
+            expired = self._expire(records) if reconcile else []
             outcomes = apply_changes(records, changes, self.limit)
             if records == self.state.records and not fresh:
                 # A no-op against a cached state might be stale (another instance may have
@@ -126,12 +134,37 @@ class ZoneWriter:
             try:
                 version = await self.store.write_zone(self.zone.name, records, self.state.version)
             except CasConflict:
+                # Another instance wrote first. Back off with jitter so two busy writers stop
+                # colliding in lockstep, then re-read and re-apply.
+                conflicts += 1
+                await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2**conflicts)))
                 self.state, fresh = await self.store.read_zone(self.zone.name), True
                 continue
             self.state = ZoneState(records=records, version=version)
+            self._report_expired(expired)
             return outcomes
-        raise VaultUnavailable(f"gave up writing zone {self.zone.name} after {MAX_CAS_ATTEMPTS} "
-                               "check-and-set conflicts with other writers")
+        log.warning("zone %s: gave up after %d check-and-set conflicts in %gs", self.zone.name,
+                    conflicts, CAS_RETRY_SECONDS)
+        raise VaultUnavailable(f"gave up writing zone {self.zone.name} after {conflicts} "
+                               f"check-and-set conflicts with other writers in {CAS_RETRY_SECONDS:g}s")
+
+
+    def _expire(self, records: dict[tuple[str, str], Record]) -> list[Record]:
+        """Take records older than max_age out of `records` (ACME clients that crash, or acme.sh
+        after a failed add, never remove theirs); returns them."""
+        cutoff = time.time() - self.max_age
+        expired = [r for r in records.values() if r.created_at < cutoff]
+        for record in expired:
+            del records[record.key]
+        return expired
+
+    def _report_expired(self, expired: list[Record]) -> None:
+        if expired:
+            log.info("zone %s: removed %d record(s) older than max_age", self.zone.name, len(expired))
+        for record in expired:
+            if self.audit is not None:
+                self.audit.write(action="expire", fqdn=record.fqdn,
+                                 value_sha256=value_hash(record.value), result="removed")
 
 
 def _settle(future: asyncio.Future[Outcome | None], result: Outcome | None | Exception) -> None:
@@ -146,10 +179,12 @@ def _settle(future: asyncio.Future[Outcome | None], result: Outcome | None | Exc
 class RecordService:
     """What the API (and anything else) calls: validate, then add, remove, list, reconcile."""
 
-    def __init__(self, config: Config, store: VaultStore | None = None) -> None:
+    def __init__(self, config: Config, store: VaultStore | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.config = config
         self.store = store or VaultStore(config.vault)
-        self.writers = {zone.name: ZoneWriter(zone, self.store, config.max_records_per_zone)
+        self.writers = {zone.name: ZoneWriter(zone, self.store, config.max_records_per_zone,
+                                              config.max_age, audit)
                         for zone in config.zones}
         self._tasks: list[asyncio.Task[None]] = []
 

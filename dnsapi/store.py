@@ -1,9 +1,12 @@
 """Vault KV v2 as the source of truth: one secret per zone, written with check-and-set.
 
-Layout: `<kv_mount>/data/<prefix>/zones/<zone>` holds `{"records": [...]}`. One secret per zone
-means one read renders a zone and one check-and-set write applies a whole batch atomically; a
-concurrent writer (another request batch, another dnsapi instance) makes the write fail with a
-CAS mismatch instead of silently losing an update.
+Layout: `<kv_mount>/data/<prefix>/zones/<zone>` holds `{"format": 2, "records": TEXT}`, TEXT having
+one line `fqdn value ttl created_at` per record. One secret per zone means one read renders a zone
+and one check-and-set write applies a whole batch atomically; a concurrent writer (another request
+batch, another dnsapi instance) makes the write fail with a CAS mismatch instead of silently
+losing an update. The records are one string, not a JSON list, because Vault and OpenBao cap the
+number of strings in a request's JSON (a list of objects hit it at a few hundred records); names
+and values are validated to hold no whitespace, so the line format is unambiguous.
 
 hvac is synchronous, so every call runs in a worker thread and the event loop never blocks.
 Authentication is a token, a token file (re-read when it changes, as Vault Agent rewrites it), or
@@ -32,7 +35,29 @@ from .records import Record
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+def encode_records(records: dict[tuple[str, str], Record]) -> dict[str, Any]:
+    """The zone secret's data for `records` (sorted, so equal sets store identically)."""
+    lines = [f"{r.fqdn} {r.value} {r.ttl} {r.created_at:.3f}"
+             for r in sorted(records.values(), key=lambda r: r.key)]
+    return {"format": FORMAT_VERSION, "records": "\n".join(lines)}
+
+
+def decode_records(data: dict[str, Any]) -> dict[tuple[str, str], Record]:
+    """Records from a zone secret's data; a line that is not a record is skipped with a warning
+    (only dnsapi writes here, but a hand edit must not stop the service)."""
+    records: dict[tuple[str, str], Record] = {}
+    for line in str(data.get("records") or "").splitlines():
+        try:
+            fqdn, value, ttl, created_at = line.split()
+            record = Record(fqdn=fqdn, value=value, ttl=int(ttl), created_at=float(created_at))
+        except ValueError:
+            log.warning("ignoring a malformed record line in Vault: %r", line[:200])
+            continue
+        records[record.key] = record
+    return records
 
 
 class CasConflict(Exception):
@@ -170,8 +195,7 @@ class VaultStore:
     async def write_zone(self, zone: str, records: dict[tuple[str, str], Record], cas: int) -> int:
         """Write all of a zone's records if the secret is still at version `cas`; returns the new
         version. Raises CasConflict when someone else wrote first."""
-        payload = {"format": FORMAT_VERSION,
-                   "records": [r.to_dict() for r in sorted(records.values(), key=lambda r: r.key)]}
+        payload = encode_records(records)
 
         def write() -> int:
             try:
@@ -207,11 +231,7 @@ class VaultStore:
         body = response["data"]
         version = int(body["metadata"]["version"])
         data = body.get("data") or {}  # None when the latest version was deleted by hand
-        records = {}
-        for item in data.get("records", []):
-            record = Record.from_dict(item)
-            records[record.key] = record
-        return ZoneState(records=records, version=version)
+        return ZoneState(records=decode_records(data), version=version)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         return await asyncio.to_thread(self._run, fn)

@@ -22,6 +22,7 @@ import yaml
 
 from dnsapi.auth import hash_token, new_token
 from dnsapi.devstack import Process, free_port, prepare, start_coredns, start_dnsapi, start_openbao
+from dnsapi.store import decode_records
 
 ZONE = "dev.local"
 FIGURES: dict[str, str] = {}  # measurements tests report; printed in the summary, never asserted
@@ -134,7 +135,7 @@ class Stack:
                 path=f"{self.prefix}/zones/{zone}", mount_point="secret", raise_on_deleted_version=False)
         except hvac.exceptions.InvalidPath:
             return set()
-        return {(r["fqdn"], r["value"]) for r in (secret["data"]["data"] or {}).get("records", [])}
+        return set(decode_records(secret["data"]["data"] or {}))
 
 
 @pytest.fixture

@@ -90,6 +90,8 @@ def test_cli_add_ls_rm(stack):
     removed = cli(stack, "rm", NAME, "cli-value")
     assert removed.returncode == 0 and removed.stdout == f"removed: {NAME} TXT cli-value\n"
     assert cli(stack, "rm", NAME, "cli-value").stdout == f"not present: {NAME} TXT cli-value\n"
+    dashed = cli(stack, "add", "--", NAME, "-starts-with-a-dash")  # "--" as with any command
+    assert dashed.returncode == 0 and stack.vault_records() == {(NAME, "-starts-with-a-dash")}
 
 
 @pytest.mark.parametrize("args, env, message", [
@@ -121,11 +123,12 @@ def test_lego_exec_commands_through_the_wrapper(stack, tmp_path):
     (shim / "dnsapi").chmod(0o755)
     env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "DNSAPI_URL": stack.url,
            "DNSAPI_TOKEN": stack.token, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
-    present = subprocess.run([wrapper, "present", NAME + ".", "lego-value"], env=env,
+    value = "-lego-value"  # base64url may start with "-": it must not be taken for an option
+    present = subprocess.run([wrapper, "present", NAME + ".", value], env=env,
                              capture_output=True, text=True, timeout=60, check=False)
     assert present.returncode == 0, present.stderr
-    assert stack.query(NAME) == ("NOERROR", {"lego-value"})
-    cleanup = subprocess.run([wrapper, "cleanup", NAME + ".", "lego-value"], env=env,
+    assert stack.query(NAME) == ("NOERROR", {value})
+    cleanup = subprocess.run([wrapper, "cleanup", NAME + ".", value], env=env,
                              capture_output=True, text=True, timeout=60, check=False)
     assert cleanup.returncode == 0, cleanup.stderr
     assert stack.vault_records() == set()

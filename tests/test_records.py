@@ -1,6 +1,7 @@
 """Applying a batch of changes to a zone's record set (pure logic)."""
 
 from dnsapi.records import Change, Outcome, Record, apply_changes
+from dnsapi.store import decode_records, encode_records
 
 
 def rec(value: str, name: str = "_acme-challenge.www.dev.local") -> Record:
@@ -34,5 +35,12 @@ def test_limit_refuses_adds_but_not_removes():
 
 
 def test_vault_form_round_trip():
-    record = rec("v")
-    assert Record.from_dict(record.to_dict()) == record
+    records = {r.key: r for r in (rec("v"), rec("w"), rec("v", "_acme-challenge.x.dev.local"))}
+    data = encode_records(records)
+    assert data["format"] == 2 and data["records"].count("\n") == 2
+    assert decode_records(data) == records
+
+
+def test_malformed_vault_lines_are_skipped():
+    data = {"format": 2, "records": "only-two fields\n_acme-challenge.x.dev.local v 60 1.5\n\nx y z w"}
+    assert list(decode_records(data)) == [("_acme-challenge.x.dev.local", "v")]

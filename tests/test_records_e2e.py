@@ -1,10 +1,13 @@
 """The record service through real processes: dnsapi's HTTP API, OpenBao KV v2, CoreDNS answers."""
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
 
+from dnsapi.records import Record
+from dnsapi.store import encode_records
 from dnsapi.zonefile import BEGIN_MARKER
 
 from .conftest import add_token
@@ -178,7 +181,7 @@ def test_reconcile_timer_repairs_file_and_picks_up_vault_changes(make_stack):
     # a change written to Vault by another node shows up without any request here
     stack.vault.client.secrets.kv.v2.create_or_update_secret(
         path=f"{stack.prefix}/zones/dev.local", mount_point="secret",
-        secret={"format": 1, "records": [{"fqdn": WWW, "value": V2, "ttl": 60, "created_at": 1.0}]})
+        secret=encode_records({(WWW, V2): Record(WWW, V2, 60, time.time())}))
     stack.wait_served(WWW, {V2}, timeout=5)
 
 

@@ -159,3 +159,25 @@ def test_vault_client_sees_only_hashes_never_tokens(stack):
         path=f"{stack.prefix}/zones/dev.local", mount_point="secret", raise_on_deleted_version=False)
     assert stack.token not in str(secret)
     assert stack.token not in stack.config_path.read_text()
+
+
+async def test_a_full_zone_fits_in_one_vault_write(openbao):
+    """Vault/OpenBao cap the strings in a request's JSON and the length of one string (1 MiB):
+    a zone at the default max_records_per_zone (2,000 records of 255-byte names) must still be
+    one check-and-set write and one read."""
+    from dnsapi.config import VaultConfig
+    from dnsapi.records import Record
+    from dnsapi.store import VaultStore
+
+    store = VaultStore(VaultConfig(addr=openbao.addr, token=openbao.root_token, token_file=None,
+                                   approle=None, ca_cert=None, kv_mount="secret",
+                                   prefix="full-zone", timeout=10))
+    label = "a" * 63
+    records = {}
+    for i in range(2000):
+        fqdn = f"_acme-challenge.{label}.{label}.{i:0>48}.dev.local"
+        record = Record(fqdn, "V" * 43, 60, 1.0)
+        records[record.key] = record
+    version = await store.write_zone("dev.local", records, cas=0)
+    state = await store.read_zone("dev.local")
+    assert state.version == version == 1 and state.records == records
