@@ -1,8 +1,9 @@
 """HTTP ⇄ record service. JSON in, JSON out; every error is `{"error": code, "message": ...}`.
 
-A request reads top-down: the error middleware wraps everything; a handler authenticates the
-caller, parses and validates the body, checks the name against the token's `allow` patterns,
-then calls the service, which only answers once Vault has the change.
+A request reads top-down: the audit middleware (outermost) writes a line for every change and
+refusal; the error middleware turns exceptions into JSON errors; a handler authenticates the caller
+(within its rate limit), parses and validates the body, checks the name against the token's
+`allow` patterns, then calls the service, which only answers once Vault has the change.
 """
 
 from __future__ import annotations

@@ -122,9 +122,6 @@ class Config:
     open_on_loopback: bool  # no tokens at all: anyone who can reach the loopback listener
     vault_init: VaultInitConfig
 
-    def zone(self, name: str) -> ZoneConfig:
-        return next(z for z in self.zones if z.name == name)
-
 
 class _Section:
     """A mapping being read: remembers its dotted path and which keys were consumed."""

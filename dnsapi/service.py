@@ -57,7 +57,6 @@ class ZoneWriter:
         self.audit = audit
         self.state: ZoneState | None = None  # last state read from or written to Vault
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
-        self.last_error: str | None = None
 
     async def submit(self, change: Change | None) -> Outcome | None:
         job = _Job(change)
@@ -82,36 +81,28 @@ class ZoneWriter:
         changes = [job.change for job in jobs if job.change is not None]
         reconcile = len(changes) < len(jobs)
         try:
-            outcomes = await self._apply_to_vault(changes, reconcile)
+            outcomes = iter(await self._apply_to_vault(changes, reconcile))
         except DnsapiError as exc:
-            self.last_error = exc.message
             for job in jobs:
                 _settle(job.future, exc)
             return
+        results = [None if job.change is None else next(outcomes) for job in jobs]
         try:
             assert self.state is not None
             serial = await asyncio.to_thread(self.file.sync, self.state.records.values())
             if serial is not None:
                 log.info("zone %s rewritten: %d records, serial %d",
                          self.zone.name, len(self.state.records), serial)
-            self.last_error = None
         except ZoneError as exc:
             # Vault already has the change; reconciliation (or the client's retry) brings the file
             # up to date once the problem is fixed.
-            self.last_error = exc.message
             error = ZoneError(f"{exc.message} (the change is stored in Vault and will be written "
                               "to the zone file once this is fixed)")
-            outcomes_iter = iter(outcomes)
-            for job in jobs:
-                if job.change is None:
-                    _settle(job.future, error)
-                    continue
-                outcome = next(outcomes_iter)
-                _settle(job.future, outcome if outcome is Outcome.FULL else error)
+            for job, result in zip(jobs, results, strict=True):
+                _settle(job.future, result if result is Outcome.FULL else error)
             return
-        outcomes_iter = iter(outcomes)
-        for job in jobs:
-            _settle(job.future, None if job.change is None else next(outcomes_iter))
+        for job, result in zip(jobs, results, strict=True):
+            _settle(job.future, result)
 
     async def _apply_to_vault(self, changes: list[Change], reconcile: bool) -> list[Outcome]:
         """Apply `changes` on top of Vault's current state and store the result with CAS."""
@@ -147,7 +138,6 @@ class ZoneWriter:
                     conflicts, CAS_RETRY_SECONDS)
         raise VaultUnavailable(f"gave up writing zone {self.zone.name} after {conflicts} "
                                f"check-and-set conflicts with other writers in {CAS_RETRY_SECONDS:g}s")
-
 
     def _expire(self, records: dict[tuple[str, str], Record]) -> list[Record]:
         """Take records older than max_age out of `records` (ACME clients that crash, or acme.sh

@@ -113,3 +113,20 @@ def test_open_mode_only_on_loopback_and_only_when_asked(make_stack):
         wide.start_dnsapi()
     assert "open_on_loopback: only allowed when listen is a loopback address, not 0.0.0.0" in \
         (wide.dir / "dnsapi.log").read_text()
+
+
+@pytest.mark.parametrize("fqdn", [
+    "_ACME-CHALLENGE.API.DEV.LOCAL.", "_acme-challenge.api.dev.local.", "_Acme-Challenge.Api.Dev.Local",
+    "_acme-challenge.www.dev.local.api.dev.local", "_acme-challenge.wwwx.dev.local",
+    "_acme-challenge.x.www.dev.local", "_acme-challenge.dev.local",
+])
+def test_scope_cannot_be_tricked(make_stack, fqdn):
+    tokens = {}
+    stack = make_stack(edit=lambda c: tokens.update(www=add_token(c, "www-only", ["www.dev.local"])))
+    response = stack.call("POST", "/v1/records", token=tokens["www"], json={"fqdn": fqdn, "value": VALUE})
+    assert response.status_code == 403 and response.json()["error"] == "forbidden"
+    for variant in ("_ACME-CHALLENGE.WWW.DEV.LOCAL.", "_acme-challenge.www.dev.local"):
+        allowed = stack.call("POST", "/v1/records", token=tokens["www"],
+                             json={"fqdn": variant, "value": VALUE})
+        assert allowed.status_code in (200, 201)
+    assert stack.vault_records() == {("_acme-challenge.www.dev.local", VALUE)}

@@ -122,6 +122,30 @@ def test_approle_login_renewal_and_relogin_past_max_ttl(make_stack, openbao, app
     assert stack.call("GET", "/readyz").status_code == 200
 
 
+def test_revoked_approle_token_is_replaced_by_logging_in_again(make_stack, openbao, approle_mount):
+    stack = make_stack(start=False)
+    policy = least_privilege_policy(openbao, stack.prefix)
+    role = f"revoke-{stack.prefix}"
+    openbao.client.auth.approle.create_or_update_approle(
+        role_name=role, token_policies=[policy], token_ttl="1h", mount_point=approle_mount)
+    role_id = openbao.client.auth.approle.read_role_id(role, mount_point=approle_mount)["data"]["role_id"]
+    secret_id = openbao.client.auth.approle.generate_secret_id(
+        role, mount_point=approle_mount)["data"]["secret_id"]
+    (stack.dir / "role-id").write_text(role_id)
+    (stack.dir / "secret-id").write_text(secret_id)
+    config = stack.config_path.read_text().replace(
+        "  token_file: vault-token\n",
+        f"  approle: {{role_id_file: role-id, secret_id_file: secret-id, mount: {approle_mount}}}\n")
+    stack.config_path.write_text(config)
+    stack.start_dnsapi()
+    assert stack.add(WWW, "before").status_code == 201
+    # revoke every token this AppRole has handed out, dnsapi's included
+    openbao.client.sys.revoke_prefix(f"auth/{approle_mount}/login")
+    assert stack.add(WWW, "after").status_code == 201
+    assert stack.call("GET", "/readyz").status_code == 200
+    assert (stack.dir / "dnsapi.log").read_text().count("logged in to Vault with AppRole") == 2
+
+
 def test_vault_down_is_503_then_recovers_without_restart(make_stack, tmp_path):
     port = free_port()
     root = new_token()
