@@ -91,24 +91,30 @@ def approle_mount(openbao):
     return mount
 
 
-def test_approle_login_renewal_and_relogin_past_max_ttl(make_stack, openbao, approle_mount):
-    stack = make_stack(start=False)
+def start_on_approle(stack, openbao, mount: str, **token_settings: str) -> tuple[str, str]:
+    """An AppRole role (with the prefix policy) for this stack, its credentials in files, and
+    dnsapi started on them; returns (role_id, secret_id)."""
     policy = least_privilege_policy(openbao, stack.prefix)
-    role = "dnsapi"
-    openbao.client.auth.approle.create_or_update_approle(
-        role_name=role, token_policies=[policy], token_ttl="2s", token_max_ttl="5s",
-        mount_point=approle_mount)
-    role_id = openbao.client.auth.approle.read_role_id(role, mount_point=approle_mount)["data"]["role_id"]
-    secret_id = openbao.client.auth.approle.generate_secret_id(
-        role, mount_point=approle_mount)["data"]["secret_id"]
+    role = f"role-{stack.prefix}"
+    approle = openbao.client.auth.approle
+    approle.create_or_update_approle(role_name=role, token_policies=[policy], mount_point=mount,
+                                     **token_settings)
+    role_id = approle.read_role_id(role, mount_point=mount)["data"]["role_id"]
+    secret_id = approle.generate_secret_id(role, mount_point=mount)["data"]["secret_id"]
     (stack.dir / "role-id").write_text(role_id)
     (stack.dir / "secret-id").write_text(secret_id)
     config = stack.config_path.read_text().replace(
         "  token_file: vault-token\n",
-        f"  approle: {{role_id_file: role-id, secret_id_file: secret-id, mount: {approle_mount}}}\n")
+        f"  approle: {{role_id_file: role-id, secret_id_file: secret-id, mount: {mount}}}\n")
     stack.config_path.write_text(config)
     stack.start_dnsapi()
+    return role_id, secret_id
 
+
+def test_approle_login_renewal_and_relogin_past_max_ttl(make_stack, openbao, approle_mount):
+    stack = make_stack(start=False)
+    role_id, secret_id = start_on_approle(stack, openbao, approle_mount, token_ttl="2s",
+                                          token_max_ttl="5s")
     deadline = time.monotonic() + 9  # well past the 5 s max TTL of any one token
     count = 0
     while time.monotonic() < deadline:
@@ -124,22 +130,9 @@ def test_approle_login_renewal_and_relogin_past_max_ttl(make_stack, openbao, app
 
 def test_revoked_approle_token_is_replaced_by_logging_in_again(make_stack, openbao, approle_mount):
     stack = make_stack(start=False)
-    policy = least_privilege_policy(openbao, stack.prefix)
-    role = f"revoke-{stack.prefix}"
-    openbao.client.auth.approle.create_or_update_approle(
-        role_name=role, token_policies=[policy], token_ttl="1h", mount_point=approle_mount)
-    role_id = openbao.client.auth.approle.read_role_id(role, mount_point=approle_mount)["data"]["role_id"]
-    secret_id = openbao.client.auth.approle.generate_secret_id(
-        role, mount_point=approle_mount)["data"]["secret_id"]
-    (stack.dir / "role-id").write_text(role_id)
-    (stack.dir / "secret-id").write_text(secret_id)
-    config = stack.config_path.read_text().replace(
-        "  token_file: vault-token\n",
-        f"  approle: {{role_id_file: role-id, secret_id_file: secret-id, mount: {approle_mount}}}\n")
-    stack.config_path.write_text(config)
-    stack.start_dnsapi()
+    start_on_approle(stack, openbao, approle_mount, token_ttl="1h")
     assert stack.add(WWW, "before").status_code == 201
-    # revoke every token this AppRole has handed out, dnsapi's included
+    # revoke every token this AppRole mount has handed out, dnsapi's included
     openbao.client.sys.revoke_prefix(f"auth/{approle_mount}/login")
     assert stack.add(WWW, "after").status_code == 201
     assert stack.call("GET", "/readyz").status_code == 200
