@@ -199,12 +199,41 @@ def block_records(block: str, origin: str) -> dict[tuple[str, str], int]:
 # ---------------------------------------------------------------------------------------------
 # The file
 
+@dataclass(frozen=True)
+class _Validated:
+    """The operator's text as last validated, split around the SOA serial digits."""
+
+    head: str  # up to the serial digits
+    tail: str  # after them, up to dnsapi's block
+    after: str  # after dnsapi's block
+
+    def serial_of(self, parts: ZoneText) -> int | None:
+        """The serial in `parts` if everything else of the operator's text is unchanged."""
+        before = parts.before
+        if parts.after != self.after or len(before) <= len(self.head) + len(self.tail) \
+                or not before.startswith(self.head) or not before.endswith(self.tail):
+            return None
+        digits = before[len(self.head):len(before) - len(self.tail)]
+        return int(digits) if digits.isdigit() else None
+
+
+# A record line with no owner name (leading blank) takes the previous record's owner: right after
+# dnsapi's block that would be one of dnsapi's names.
+_OWNERLESS_FIRST_LINE = re.compile(r"(?:[ \t]*(?:;[^\n]*)?\r?\n)*[ \t]+[^\s;]")
+
+
 class ZoneFile:
-    """One operator zone file and the operations dnsapi performs on it."""
+    """One operator zone file and the operations dnsapi performs on it.
+
+    The whole file is parsed when dnsapi first meets the operator's text and again whenever the
+    operator changes it; as long as only the block and the serial digits change, that validation
+    stands and a rewrite parses just the block, so its cost does not grow with the zone.
+    """
 
     def __init__(self, path: Path, origin: str) -> None:
         self.path = path
         self.origin = origin
+        self._validated: _Validated | None = None
 
     def read_text(self) -> str:
         try:
@@ -217,12 +246,7 @@ class ZoneFile:
 
     def check(self) -> int:
         """Validate the file as it is now; returns its serial. Used at start and by /readyz."""
-        text = self.read_text()
-        zone = parse_zone(text, self.origin)
-        ZoneText.split(text)
-        serial = zone.get_soa().serial
-        serial_span(text, serial)
-        return serial
+        return self._operator_serial(ZoneText.split(self.read_text()))[0]
 
     def sync(self, records: Iterable[Record], today: dt.date | None = None) -> int | None:
         """Make the managed block hold exactly `records`.
@@ -239,24 +263,38 @@ class ZoneFile:
         block = render_block(records, newline) if records or parts.block else ""
         if block == parts.block:
             return None
-
-        old_serial = parse_zone(text, self.origin).get_soa().serial
+        old_serial, fresh = self._operator_serial(parts)
         serial = next_serial(old_serial, today or dt.datetime.now(dt.UTC).date())
-        new_text = parts.join(block)
-        start, end = serial_span(new_text, old_serial)
-        new_text = new_text[:start] + str(serial) + new_text[end:]
-
-        self._verify(new_text, block, records, serial)
+        valid = self._validated
+        assert valid is not None
+        new_text = ZoneText(valid.head + str(serial) + valid.tail, "", valid.after).join(block)
+        self._verify_block(block, records)
+        if fresh:
+            self._verify_in_context(new_text, parts, len(records), serial)
         self._write_atomic(new_text.encode("utf-8", "surrogateescape"))
         return serial
 
-    def _verify(self, text: str, block: str, records: list[Record], serial: int) -> None:
-        """The whole new text parses, carries the new serial, and the block holds exactly our
-        records with their values byte for byte: nothing more can have been injected."""
-        zone = parse_zone(text, self.origin, "the rewritten zone")
-        if zone.get_soa().serial != serial:
-            raise ZoneError(f"internal check failed: the rewritten zone for {self.origin} does not "
-                            "carry the new serial; not written")
+    def _operator_serial(self, parts: ZoneText) -> tuple[int, bool]:
+        """The operator's SOA serial, and whether the operator's text was (re)validated now.
+
+        Validation parses the operator's text without dnsapi's block (so a damaged block never
+        stops its own repair), locates the serial digits, and remembers the result.
+        """
+        known = self._validated.serial_of(parts) if self._validated else None
+        if known is not None:
+            return known, False
+        self._validated = None
+        operator_text = parts.join("")
+        serial = parse_zone(operator_text, self.origin).get_soa().serial
+        start, end = serial_span(parts.before, serial)
+        if parts.after and _OWNERLESS_FIRST_LINE.match(parts.after):
+            raise ZoneError("the first record after dnsapi's END marker has no owner name and "
+                            "would inherit one of dnsapi's names; give it an owner name")
+        self._validated = _Validated(parts.before[:start], parts.before[end:], parts.after)
+        return serial, True
+
+    def _verify_block(self, block: str, records: list[Record]) -> None:
+        """The block holds exactly our records, values byte for byte: nothing can be injected."""
         ttls: dict[str, int] = {}
         for record in records:
             ttls[record.fqdn] = min(record.ttl, ttls.get(record.fqdn, record.ttl))
@@ -264,6 +302,19 @@ class ZoneFile:
         if block_records(block, self.origin) != expected:
             raise ZoneError(f"internal check failed: the managed block for {self.origin} does not "
                             "parse back to the requested records; not written")
+
+    def _verify_in_context(self, text: str, parts: ZoneText, count: int, serial: int) -> None:
+        """Once per validated operator text: the whole new file parses, carries the new serial,
+        and holds the operator's records plus exactly `count` of ours (so the block sits where
+        the parser is between records, not inside someone's parentheses)."""
+        zone = parse_zone(text, self.origin, "the rewritten zone")
+        if zone.get_soa().serial != serial:
+            raise ZoneError(f"internal check failed: the rewritten zone for {self.origin} does not "
+                            "carry the new serial; not written")
+        operator = parse_zone(parts.join(""), self.origin)
+        if _rdata_count(zone) != _rdata_count(operator) + count:
+            raise ZoneError(f"dnsapi's block in {self.path} sits inside another record (its markers "
+                            "were moved?); put the BEGIN/END lines between records")
 
     def _write_atomic(self, data: bytes) -> None:
         """Temp file in the same directory, fsync, keep mode/owner, rename, fsync the directory."""
@@ -293,3 +344,7 @@ class ZoneFile:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _rdata_count(zone: dns.zone.Zone) -> int:
+    return sum(len(rdataset) for node in zone.nodes.values() for rdataset in node.rdatasets)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from dnsapi.errors import ZoneError
 from dnsapi.records import Record
 from dnsapi.zonefile import (
+    ZoneText,
     END_MARKER,
     ZoneFile,
     block_records,
@@ -254,3 +255,48 @@ def test_render_parse_round_trip(tmp_path_factory, items):
               for rds in node.rdatasets if rds.rdtype == dns.rdatatype.TXT
               for rd in rds if name.to_text().startswith("_acme")}
     assert served == set(records)
+
+
+# -- validation is remembered, and redone whenever the operator's text changes -----------------
+
+def test_operator_edits_are_revalidated(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    text = zone.path.read_text()
+    zone.path.write_text(text.replace("ns1 IN A 127.0.0.1", "ns1 IN A 127.0.0.1\nnew IN A 127.0.0.5"))
+    zone.sync([rec("www.", "v2")], today=DAY)
+    parsed = parse_zone(zone.path.read_text(), "dev.local")
+    assert parsed.get_rdataset("new.dev.local.", "A") is not None  # the edit is kept
+    broken = zone.path.read_text().replace("127.0.0.5", "not-an-address")
+    zone.path.write_text(broken)
+    with pytest.raises(ZoneError, match="does not parse"):
+        zone.sync([rec("www.", "v3")], today=DAY)
+    assert zone.path.read_text() == broken
+    with pytest.raises(ZoneError, match="does not parse"):
+        zone.check()
+
+
+def test_a_damaged_block_is_repaired(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    text = zone.path.read_text().replace('TXT "v1"', 'TXT "v1')  # unbalanced quote in our block
+    zone.path.write_text(text)
+    zone.sync([rec("www.", "v2")], today=DAY)
+    assert block_records(ZoneText.split(zone.path.read_text()).block, "dev.local") == {
+        ("_acme-challenge.www.dev.local", "v2"): 60}
+
+
+def test_ownerless_line_after_the_block_is_refused(zone):
+    text = OPERATOR_ZONE + ("; BEGIN dnsapi managed records\n; END dnsapi managed records\n"
+                            "\n; a comment\n    IN A 127.0.0.9\n")
+    zone.path.write_text(text)
+    with pytest.raises(ZoneError, match="no owner name"):
+        zone.sync([rec("www.", "v1")], today=DAY)
+    assert zone.path.read_text() == text
+
+
+def test_markers_inside_a_record_are_refused(zone):
+    text = OPERATOR_ZONE + ('multi IN TXT ( "a"\n; BEGIN dnsapi managed records\n'
+                            '; END dnsapi managed records\n"b" )\n')
+    zone.path.write_text(text)
+    with pytest.raises(ZoneError):
+        zone.sync([rec("www.", "v1")], today=DAY)
+    assert zone.path.read_text() == text
