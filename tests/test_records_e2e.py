@@ -6,6 +6,7 @@ import time
 import aiohttp
 import pytest
 
+from dnsapi.devstack import start_coredns
 from dnsapi.records import Record
 from dnsapi.store import encode_records
 from dnsapi.zonefile import BEGIN_MARKER
@@ -274,3 +275,27 @@ def test_zone_record_limit_is_409(make_stack):
     assert full.status_code == 409 and full.json()["error"] == "too_many_records"
     assert stack.add(WWW, V1).status_code == 200  # an existing pair is still fine
     assert stack.vault_records() == {(WWW, V1), (WWW, V2)}
+
+
+def test_several_zones_longest_suffix_wins(make_stack):
+    """dev.local and the nested corp.dev.local, one file each, one dnsapi, one CoreDNS."""
+    def two_zones(config):
+        config["zones"].append({"name": "corp.dev.local", "file": "db.corp.dev.local"})
+    stack = make_stack(edit=two_zones, start=False)
+    corp = stack.dir / "db.corp.dev.local"
+    corp.write_text(stack.zone_path.read_text().replace("dev.local.", "corp.dev.local."))
+    corefile = stack.dir / "Corefile"
+    corefile.write_text(corefile.read_text() + "corp.dev.local {\n    bind 127.0.0.1\n"
+                        "    file db.corp.dev.local {\n        reload 250ms\n    }\n}\n")
+    stack.coredns.stop()
+    stack.coredns = start_coredns(stack.dir, stack.dns_port, ["dev.local", "corp.dev.local"],
+                                  stack.dir / "coredns2.log")
+    stack.start_dnsapi()
+    assert stack.add("_acme-challenge.www.corp.dev.local", V1).status_code == 201
+    assert stack.add("_acme-challenge.www.dev.local", V2).status_code == 201
+    stack.wait_served("_acme-challenge.www.corp.dev.local", {V1})
+    stack.wait_served("_acme-challenge.www.dev.local", {V2})
+    assert "_acme-challenge.www.corp.dev.local" in corp.read_text()
+    assert "_acme-challenge.www.corp.dev.local" not in stack.zone_path.read_text()
+    assert stack.vault_records("corp.dev.local") == {("_acme-challenge.www.corp.dev.local", V1)}
+    assert stack.vault_records("dev.local") == {("_acme-challenge.www.dev.local", V2)}
