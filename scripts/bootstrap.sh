@@ -11,11 +11,12 @@ COREDNS_BIN="$CACHE/coredns-$COREDNS_VERSION/coredns"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: dig, curl, wget (the hook under both), openssl, and the ACME clients lego and
-# certbot for the end-to-end issuance tests, shellcheck for the hooks.
+# Debian packages: dig, curl, wget (the hook under both), openssl, the ACME clients lego and
+# certbot and nginx for the end-to-end tests, shellcheck for the hooks, chattr and pgrep for the
+# fault tests.
 missing=()
 for pair in dig:bind9-dnsutils curl:curl wget:wget openssl:openssl lego:lego certbot:certbot \
-            shellcheck:shellcheck; do
+            nginx:nginx-light shellcheck:shellcheck chattr:e2fsprogs pgrep:procps; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
