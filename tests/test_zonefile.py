@@ -1,8 +1,8 @@
 """Zone rendering, serial arithmetic, operator-text preservation and atomic writing."""
 
 import datetime as dt
-import os
 import stat
+import subprocess
 
 import dns.rdatatype
 import pytest
@@ -210,17 +210,17 @@ def test_missing_file_and_unwritable_directory(tmp_path):
     missing = ZoneFile(tmp_path / "nope", "dev.local")
     with pytest.raises(ZoneError, match="does not exist"):
         missing.sync([rec("www.", "v1")], today=DAY)
-    if os.getuid() == 0:
-        return  # root writes anywhere; the real-process test covers unwritable directories
     locked = tmp_path / "locked"
     locked.mkdir()
     (locked / "db").write_text(OPERATOR_ZONE)
-    locked.chmod(0o555)
+    subprocess.run(["chattr", "+i", str(locked)], check=True)  # unwritable even for root
     try:
         with pytest.raises(ZoneError, match="cannot write"):
             ZoneFile(locked / "db", "dev.local").sync([rec("www.", "v1")], today=DAY)
     finally:
-        locked.chmod(0o755)
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert (locked / "db").read_text() == OPERATOR_ZONE
+    assert [p.name for p in locked.iterdir()] == ["db"]  # no temp file left behind
 
 
 def test_hand_added_records_in_the_block_are_replaced(zone):
