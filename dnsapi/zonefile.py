@@ -234,6 +234,8 @@ class ZoneFile:
         self.path = path
         self.origin = origin
         self._validated: _Validated | None = None
+        # block lines already parsed back, with what they parsed to
+        self._proven: dict[str, dict[tuple[str, str], int]] = {}
 
     def read_text(self) -> str:
         try:
@@ -294,14 +296,33 @@ class ZoneFile:
         return serial, True
 
     def _verify_block(self, block: str, records: list[Record]) -> None:
-        """The block holds exactly our records, values byte for byte: nothing can be injected."""
+        """The block holds exactly our records, values byte for byte: nothing can be injected.
+
+        Each record line is parsed on its own and must yield exactly its one TXT record; a line
+        stands alone (absolute name, explicit TTL, one quoted string, no parentheses), so lines
+        proven before need no second parse and a rewrite's cost does not grow with the block.
+        """
+        lines = block.splitlines()[1:-1]  # between the BEGIN and END markers
+        if len(lines) != len(records):
+            raise ZoneError(f"internal check failed: the managed block for {self.origin} has "
+                            f"{len(lines)} lines for {len(records)} records; not written")
         ttls: dict[str, int] = {}
         for record in records:
             ttls[record.fqdn] = min(record.ttl, ttls.get(record.fqdn, record.ttl))
         expected = {record.key: ttls[record.fqdn] for record in records}
-        if block_records(block, self.origin) != expected:
+        proven: dict[str, dict[tuple[str, str], int]] = {}
+        found: dict[tuple[str, str], int] = {}
+        for line in lines:
+            parsed = self._proven.get(line) or block_records(line, self.origin)
+            if len(parsed) != 1:
+                raise ZoneError(f"internal check failed: a managed line for {self.origin} does not "
+                                "parse back to one record; not written")
+            proven[line] = parsed
+            found.update(parsed)
+        if found != expected:
             raise ZoneError(f"internal check failed: the managed block for {self.origin} does not "
                             "parse back to the requested records; not written")
+        self._proven = proven  # only the lines in this block: bounded by the block's size
 
     def _verify_in_context(self, text: str, parts: ZoneText, count: int, serial: int) -> None:
         """Once per validated operator text: the whole new file parses, carries the new serial,

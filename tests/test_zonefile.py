@@ -300,3 +300,14 @@ def test_markers_inside_a_record_are_refused(zone):
     with pytest.raises(ZoneError):
         zone.sync([rec("www.", "v1")], today=DAY)
     assert zone.path.read_text() == text
+
+
+def test_escaped_values_from_vault_survive_repeated_rewrites(zone):
+    """Records read back from Vault are not re-validated; whatever they hold is quoted, escaped
+    and checked on every rewrite, including lines remembered from the previous one."""
+    odd = Record("_acme-challenge.www.dev.local", 'a"b\\c', 60, 0.0)
+    zone.sync([odd], today=DAY)
+    zone.sync([odd, rec("api.", "v2")], today=DAY)
+    zone.sync([odd, rec("api.", "v3")], today=DAY)
+    found = block_records(ZoneText.split(zone.path.read_text()).block, "dev.local")
+    assert found == {odd.key: 60, ("_acme-challenge.api.dev.local", "v3"): 60}
