@@ -18,10 +18,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 
-from dnsapi.auth import new_token
-from dnsapi.devstack import free_port, prepare, start_coredns, start_dnsapi, start_openbao
+from dnsapi.devstack import local_stack
 
 LEVELS = ((1, 300), (16, 1000), (64, 2000))
 
@@ -40,25 +38,13 @@ async def adds_per_second(url: str, token: str, concurrency: int, count: int) ->
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        vault_port, dns_port, api_port = free_port(), free_port(), free_port()
-        root = new_token()
-        procs = [start_openbao(vault_port, root, directory / "openbao.log")]
-        try:
-            token = prepare(directory, vault_addr=f"http://127.0.0.1:{vault_port}", vault_token=root,
-                            dns_port=dns_port, api_port=api_port)
-            config = yaml.safe_load((directory / "dnsapi.yaml").read_text())
-            config["rate_limit"] = {"per_second": 0}
-            config["max_records_per_zone"] = 10_000
-            (directory / "dnsapi.yaml").write_text(yaml.safe_dump(config))
-            procs.append(start_coredns(directory, dns_port, ["dev.local"], directory / "coredns.log"))
-            procs.append(start_dnsapi(directory / "dnsapi.yaml", api_port, directory / "dnsapi.log"))
-            results = {f"c{c}": asyncio.run(adds_per_second(f"http://127.0.0.1:{api_port}", token, c, n))
-                       for c, n in LEVELS}
-        finally:
-            for proc in reversed(procs):
-                proc.stop()
+    def unlimited(config: dict) -> None:
+        config["rate_limit"] = {"per_second": 0}
+        config["max_records_per_zone"] = 10_000
+
+    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), unlimited) as stack:
+        results = {f"c{c}": asyncio.run(adds_per_second(stack.api_url, stack.api_token, c, n))
+                   for c, n in LEVELS}
     print("| concurrency | acknowledged adds/s |")
     print("|---|---|")
     for level, rate in results.items():

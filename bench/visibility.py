@@ -23,8 +23,7 @@ import dns.query
 import dns.rdatatype
 import requests
 
-from dnsapi.auth import new_token
-from dnsapi.devstack import free_port, prepare, start_coredns, start_dnsapi, start_openbao
+from dnsapi.devstack import local_stack
 
 
 def served(port: int, fqdn: str, value: str) -> bool:
@@ -44,37 +43,25 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=30, help="number of adds (default 30)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        vault_port, dns_port, api_port = free_port(), free_port(), free_port()
-        root = new_token()
-        procs = [start_openbao(vault_port, root, directory / "openbao.log")]
-        try:
-            token = prepare(directory, vault_addr=f"http://127.0.0.1:{vault_port}", vault_token=root,
-                            dns_port=dns_port, api_port=api_port)
-            procs.append(start_coredns(directory, dns_port, ["dev.local"], directory / "coredns.log"))
-            procs.append(start_dnsapi(directory / "dnsapi.yaml", api_port, directory / "dnsapi.log"))
-            session = requests.Session()
-            session.headers["Authorization"] = f"Bearer {token}"
-            acked, visible = [], []
-            for i in range(args.n):
-                fqdn, value = f"_acme-challenge.host{i}.dev.local", f"bench-value-{i:04d}"
-                start = time.perf_counter()
-                response = session.post(f"http://127.0.0.1:{api_port}/v1/records",
-                                        json={"fqdn": fqdn, "value": value}, timeout=30)
-                response.raise_for_status()
-                acked.append(time.perf_counter() - start)
-                while not served(dns_port, fqdn, value):
-                    if time.perf_counter() - start > 10:
-                        raise SystemExit(f"{fqdn} not served after 10 s")
-                    time.sleep(0.005)
-                visible.append(time.perf_counter() - start)
-                # a random gap, so adds land at every phase of CoreDNS's reload ticker instead of
-                # locking onto one
-                time.sleep(random.uniform(0, 0.3))
-        finally:
-            for proc in reversed(procs):
-                proc.stop()
+    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp)) as stack:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {stack.api_token}"
+        acked, visible = [], []
+        for i in range(args.n):
+            fqdn, value = f"_acme-challenge.host{i}.dev.local", f"bench-value-{i:04d}"
+            start = time.perf_counter()
+            response = session.post(f"{stack.api_url}/v1/records", json={"fqdn": fqdn, "value": value},
+                                    timeout=30)
+            response.raise_for_status()
+            acked.append(time.perf_counter() - start)
+            while not served(stack.dns_port, fqdn, value):
+                if time.perf_counter() - start > 10:
+                    raise SystemExit(f"{fqdn} not served after 10 s")
+                time.sleep(0.005)
+            visible.append(time.perf_counter() - start)
+            # a random gap, so adds land at every phase of CoreDNS's reload ticker instead of
+            # locking onto one
+            time.sleep(random.uniform(0, 0.3))
     corefile = Path(__file__).resolve().parent.parent / "coredns" / "Corefile"
     reload_line = next(line.strip() for line in corefile.read_text().splitlines()
                        if line.strip().startswith("reload"))
