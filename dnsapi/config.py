@@ -112,6 +112,7 @@ class Config:
     min_ttl: int
     max_ttl: int
     reconcile_interval: float
+    watch_interval: float
     propagation_timeout: float
     max_records_per_zone: int
     max_body_bytes: int
@@ -289,6 +290,7 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
         min_ttl=min_ttl,
         max_ttl=max_ttl,
         reconcile_interval=root.duration("reconcile_interval", "10s"),
+        watch_interval=root.duration("watch_interval", "500ms"),
         propagation_timeout=root.duration("propagation_timeout", "60s"),
         max_records_per_zone=root.integer("max_records_per_zone", 2000, 1, 100_000),
         max_body_bytes=root.integer("max_body_bytes", 16384, 256, 1 << 20),

@@ -188,6 +188,7 @@ class RecordService:
         self._tasks = [asyncio.create_task(w.run(), name=f"writer:{n}")
                        for n, w in self.writers.items()]
         self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
+        self._tasks.append(asyncio.create_task(self._watch_loop(), name="watch"))
 
     async def close(self) -> None:
         """Finish every queued change, then stop."""
@@ -201,6 +202,23 @@ class RecordService:
         while True:
             await self.reconcile()
             await asyncio.sleep(self.config.reconcile_interval)
+
+    async def _watch_loop(self) -> None:
+        """Notice writes by other instances sharing the Vault within watch_interval: a zone whose
+        secret version moved past the one this writer knows is reconciled at once."""
+        while True:
+            await asyncio.sleep(self.config.watch_interval)
+            for zone, writer in self.writers.items():
+                try:
+                    version = await self.store.current_version(zone)
+                except VaultUnavailable:
+                    continue  # reported by requests and /readyz; the reconcile timer retries
+                if writer.state is None or version != writer.state.version:
+                    try:
+                        await writer.submit(None)
+                    except DnsapiError as exc:
+                        log.warning("reconciling zone %s after a change in Vault failed: %s",
+                                    zone, exc.message)
 
     async def reconcile(self) -> None:
         """Re-read every zone from Vault and re-render its file where it differs."""

@@ -210,6 +210,19 @@ class VaultStore:
 
         return await self._call(write)
 
+    async def current_version(self, zone: str) -> int:
+        """The zone secret's current KV version (0 when it does not exist): one small metadata
+        read, so other instances' writes can be noticed cheaply."""
+        def read() -> int:
+            try:
+                response = self.client.secrets.kv.v2.read_secret_metadata(
+                    path=self.secret_path(zone), mount_point=self.config.kv_mount)
+            except hvac.exceptions.InvalidPath:
+                return 0
+            return int(response["data"]["current_version"])
+
+        return await self._call(read)
+
     async def capabilities(self, zone: str) -> list[str]:
         """What our token may do on the zone secret (for /readyz): e.g. ["create", "read", ...]."""
         path = f"{self.config.kv_mount}/data/{self.secret_path(zone)}"
