@@ -32,11 +32,8 @@ def operator_zone(lines: int) -> str:
     return HEADER + "\n".join(hosts) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+def measure(runs: int) -> dict[str, float]:
+    """Median milliseconds of one rewrite, per zone size."""
     today = dt.date(2026, 11, 28)
     challenges = [Record(f"_acme-challenge.h{i}.dev.local", f"value{i:03d}", 60, 0.0) for i in range(100)]
     figures = {}
@@ -47,12 +44,20 @@ def main() -> None:
             zone = ZoneFile(path, "dev.local")
             zone.sync(challenges, today)  # first write adds the block
             times = []
-            for run in range(args.runs):
+            for run in range(runs):
                 changed = challenges[:-1] + [Record(challenges[-1].fqdn, f"changed{run}", 60, 0.0)]
                 start = time.perf_counter()
                 assert zone.sync(changed, today) is not None
                 times.append((time.perf_counter() - start) * 1000)
             figures[label] = statistics.median(times)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    figures = measure(parser.parse_args().runs)
     print("| zone lines | one rewrite (median) |")
     print("|---|---|")
     for label, ms in figures.items():

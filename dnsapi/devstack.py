@@ -221,6 +221,9 @@ class LocalStack:
     api_url: str
     api_token: str
     dns_port: int
+    vault_addr: str
+    vault_token: str
+    dnsapi_pid: int
 
 
 @contextlib.contextmanager
@@ -240,7 +243,8 @@ def local_stack(directory: Path, edit: Callable[[dict[str, Any]], None] | None =
             (directory / "dnsapi.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         procs.append(start_coredns(directory, dns_port, ["dev.local"], directory / "coredns.log"))
         procs.append(start_dnsapi(directory / "dnsapi.yaml", api_port, directory / "dnsapi.log"))
-        yield LocalStack(f"http://127.0.0.1:{api_port}", token, dns_port)
+        yield LocalStack(f"http://127.0.0.1:{api_port}", token, dns_port,
+                         f"http://127.0.0.1:{vault_port}", root, procs[-1].popen.pid)
     finally:
         for proc in reversed(procs):
             proc.stop()
