@@ -13,10 +13,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: dig, curl, wget (the hook under both), openssl, the ACME clients lego and
 # certbot and nginx for the end-to-end tests, shellcheck for the hooks, chattr and pgrep for the
-# fault tests.
+# fault tests, and BIND (named) for bench/compare.py.
 missing=()
 for pair in dig:bind9-dnsutils curl:curl wget:wget openssl:openssl lego:lego certbot:certbot \
-            nginx:nginx-light shellcheck:shellcheck chattr:e2fsprogs pgrep:procps; do
+            nginx:nginx-light shellcheck:shellcheck chattr:e2fsprogs pgrep:procps named:bind9; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
