@@ -206,6 +206,7 @@ class _Validated:
     head: str  # up to the serial digits
     tail: str  # after them, up to dnsapi's block
     after: str  # after dnsapi's block
+    rdatas: int  # how many records the operator's text holds (SOA included)
 
     def serial_of(self, parts: ZoneText) -> int | None:
         """The serial in `parts` if everything else of the operator's text is unchanged."""
@@ -265,35 +266,36 @@ class ZoneFile:
         block = render_block(records, newline) if records or parts.block else ""
         if block == parts.block:
             return None
-        old_serial, fresh = self._operator_serial(parts)
+        old_serial, valid, fresh = self._operator_serial(parts)
         serial = next_serial(old_serial, today or dt.datetime.now(dt.UTC).date())
-        valid = self._validated
-        assert valid is not None
         new_text = ZoneText(valid.head + str(serial) + valid.tail, "", valid.after).join(block)
         self._verify_block(block, records)
         if fresh:
-            self._verify_in_context(new_text, parts, len(records), serial)
+            self._verify_in_context(new_text, valid.rdatas + len(records), serial)
         self._write_atomic(new_text.encode("utf-8", "surrogateescape"))
         return serial
 
-    def _operator_serial(self, parts: ZoneText) -> tuple[int, bool]:
-        """The operator's SOA serial, and whether the operator's text was (re)validated now.
+    def _operator_serial(self, parts: ZoneText) -> tuple[int, _Validated, bool]:
+        """The operator's SOA serial, the validation it rests on, and whether that validation
+        was made now (rather than remembered).
 
         Validation parses the operator's text without dnsapi's block (so a damaged block never
-        stops its own repair), locates the serial digits, and remembers the result.
+        stops its own repair), locates the serial digits, and is remembered. The caller gets the
+        validation itself: /readyz may revalidate from another thread meanwhile.
         """
-        known = self._validated.serial_of(parts) if self._validated else None
-        if known is not None:
-            return known, False
-        self._validated = None
-        operator_text = parts.join("")
-        serial = parse_zone(operator_text, self.origin).get_soa().serial
+        remembered = self._validated
+        known = remembered.serial_of(parts) if remembered else None
+        if remembered is not None and known is not None:
+            return known, remembered, False
+        operator = parse_zone(parts.join(""), self.origin)
+        serial = operator.get_soa().serial
         start, end = serial_span(parts.before, serial)
         if parts.after and _OWNERLESS_FIRST_LINE.match(parts.after):
             raise ZoneError("the first record after dnsapi's END marker has no owner name and "
                             "would inherit one of dnsapi's names; give it an owner name")
-        self._validated = _Validated(parts.before[:start], parts.before[end:], parts.after)
-        return serial, True
+        valid = _Validated(parts.before[:start], parts.before[end:], parts.after, _rdata_count(operator))
+        self._validated = valid
+        return serial, valid, True
 
     def _verify_block(self, block: str, records: list[Record]) -> None:
         """The block holds exactly our records, values byte for byte: nothing can be injected.
@@ -324,16 +326,15 @@ class ZoneFile:
                             "parse back to the requested records; not written")
         self._proven = proven  # only the lines in this block: bounded by the block's size
 
-    def _verify_in_context(self, text: str, parts: ZoneText, count: int, serial: int) -> None:
+    def _verify_in_context(self, text: str, rdatas: int, serial: int) -> None:
         """Once per validated operator text: the whole new file parses, carries the new serial,
-        and holds the operator's records plus exactly `count` of ours (so the block sits where
-        the parser is between records, not inside someone's parentheses)."""
+        and holds exactly `rdatas` records, the operator's plus ours (so the block sits where the
+        parser is between records, not inside someone's parentheses)."""
         zone = parse_zone(text, self.origin, "the rewritten zone")
         if zone.get_soa().serial != serial:
             raise ZoneError(f"internal check failed: the rewritten zone for {self.origin} does not "
                             "carry the new serial; not written")
-        operator = parse_zone(parts.join(""), self.origin)
-        if _rdata_count(zone) != _rdata_count(operator) + count:
+        if _rdata_count(zone) != rdatas:
             raise ZoneError(f"dnsapi's block in {self.path} sits inside another record (its markers "
                             "were moved?); put the BEGIN/END lines between records")
 
