@@ -106,6 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--root-only", action="store_true",
                       help="no intermediate: the root CA on vault_init.pki.mount issues directly")
 
+    watch = commands.add_parser(
+        "pki-watch", help="watch PKI mounts: revocations, stale CRLs, OCSP, expiry; push events",
+        description="Poll the PKI mounts in pki_watch.mounts (default: the ones vault-init creates) "
+                    "every pki_watch.interval and push an event to every pki_watch.sinks entry "
+                    "for: each new revocation (once); a CRL past its nextUpdate, unsigned, "
+                    "unreachable, or missing a revocation for longer than crl_grace; an OCSP "
+                    "responder that does not answer or disagrees with the CRL; and certificates "
+                    "crossing an expiry_warn threshold (once per threshold). What was reported and "
+                    "what is still to deliver is kept in Vault KV (<prefix>/pki-watch/state), so "
+                    "restarts neither repeat nor drop events; failed deliveries are retried with "
+                    "backoff. Revocations that exist on the first run are recorded, not reported.",
+        epilog="sink types: webhook (the event as JSON), slack, wecom, dingtalk, feishu (their "
+               "incoming-webhook formats; dingtalk/feishu sign with `secret`), command (argv; the "
+               "event as JSON on stdin, exit 0 = delivered).")
+    watch.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
+    watch.add_argument("--once", action="store_true",
+                       help="check once, try every pending delivery, and exit (for cron): exit "
+                            "status 1 when a mount could not be checked or a delivery is pending")
+    watch.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"], help="default: info")
+
     dev = commands.add_parser(
         "dev", help="run a throwaway local stack: OpenBao dev server, CoreDNS and dnsapi",
         description="Start an in-memory OpenBao dev server, CoreDNS serving dev.local and dnsapi, "
@@ -129,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return _hash_token(args)
         if args.command == "vault-init":
             return _vault_init(args)
+        if args.command == "pki-watch":
+            return _pki_watch(args)
         if args.command in CLIENT_COMMANDS:
             return _client_command(args)
         if args.command == "dev":
@@ -251,6 +274,35 @@ def _serve(args: argparse.Namespace) -> int:
                                      config.listen_port, ", ".join(z.name for z in config.zones))
     web.run_app(app, host=config.listen_host, port=config.listen_port, ssl_context=ssl_context,
                 print=None, access_log_format='%a "%r" %s %b %Tfs')
+    return 0
+
+
+def _pki_watch(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from . import config as config_module
+    from .errors import VaultUnavailable
+    from .pki_watch import PkiWatch
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_module.load(args.config)
+    if not config.pki_watch.sinks:
+        raise ConfigError("pki_watch.sinks: no sinks configured: events would go nowhere")
+    watch = PkiWatch(config)
+    if args.once:
+        try:
+            return watch.run_once()
+        except VaultUnavailable as exc:
+            raise SystemExit(f"dnsapi pki-watch: {exc.message}") from None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    logging.getLogger("dnsapi").info("pki-watch: watching %s every %gs, sinks: %s",
+                                     ", ".join(config.pki_watch.mounts), config.pki_watch.interval,
+                                     ", ".join(s.name for s in config.pki_watch.sinks))
+    watch.run(stop)
     return 0
 
 

@@ -92,6 +92,36 @@ class VaultInitConfig:
     pki: PkiConfig
 
 
+SINK_TYPES = ("webhook", "slack", "wecom", "dingtalk", "feishu", "command")
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """Where pki-watch pushes events. `url` and `secret` are secrets (webhook keys live in the
+    URL for WeCom and DingTalk), so only `name` ever appears in logs."""
+
+    name: str
+    type: str  # one of SINK_TYPES
+    url: str | None  # every type but command
+    secret: str | None  # dingtalk / feishu: the robot's signing secret
+    headers: tuple[tuple[str, str], ...]  # webhook: extra headers, e.g. Authorization
+    command: tuple[str, ...]  # command: argv; the event arrives as JSON on stdin
+    timeout: float
+
+
+@dataclass(frozen=True)
+class PkiWatchConfig:
+    mounts: tuple[str, ...]
+    interval: float
+    expiry_warn: tuple[float, ...]  # thresholds in seconds, largest first
+    crl_grace: float  # a revocation missing from every CRL for longer than this: stale CRL
+    ocsp: bool
+    retry_initial: float  # delivery backoff: first retry after this, doubling...
+    retry_max: float  # ...up to this
+    give_up: float  # an event still undelivered after this long is dropped (logged)
+    sinks: tuple[SinkConfig, ...]
+
+
 @dataclass(frozen=True)
 class TlsConfig:
     cert: Path
@@ -122,6 +152,7 @@ class Config:
     audit_file: Path | None  # None: audit lines go to stderr
     open_on_loopback: bool  # no tokens at all: anyone who can reach the loopback listener
     vault_init: VaultInitConfig
+    pki_watch: PkiWatchConfig
 
 
 class _Section:
@@ -277,6 +308,7 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
     default_ttl = ttl.integer("default", 60, min_ttl, max_ttl)
     ttl.finish()
 
+    vault_init = _vault_init(root.section("vault_init"), base, vault)
     config = Config(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -299,7 +331,8 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
         rate_burst=rate_burst,
         audit_file=audit_file,
         open_on_loopback=open_on_loopback,
-        vault_init=_vault_init(root.section("vault_init"), base, vault),
+        vault_init=vault_init,
+        pki_watch=_pki_watch(root.section("pki_watch"), vault_init.pki),
     )
     root.finish()
     return config
@@ -393,6 +426,81 @@ def _vault_init(section: _Section, base: Path, vault: VaultConfig) -> VaultInitC
     approle.finish()
     section.finish()
     return config
+
+
+def _pki_watch(section: _Section, pki: PkiConfig) -> PkiWatchConfig:
+    mounts = section.get("mounts")
+    if mounts is None:  # the mounts vault-init creates
+        mounts = [pki.root_mount, pki.mount] if pki.intermediate else [pki.mount]
+    if (not isinstance(mounts, list) or not mounts
+            or not all(isinstance(m, str) and re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*",
+                                                           m.strip("/")) for m in mounts)):
+        raise ConfigError(f"{section.key('mounts')}: must be a non-empty list of PKI mount paths")
+    warn = section.get("expiry_warn", ["14d", "3d"])
+    thresholds = [parse_duration(w) for w in warn] if isinstance(warn, list) else [None]
+    if not all(t is not None and t > 0 for t in thresholds):
+        raise ConfigError(f"{section.key('expiry_warn')}: must be a list of durations such as "
+                          "[14d, 3d] (empty: no expiry warnings)")
+    ocsp = section.get("ocsp", True)
+    if not isinstance(ocsp, bool):
+        raise ConfigError(f"{section.key('ocsp')}: must be true or false")
+    retry = section.section("retry")
+    config = PkiWatchConfig(
+        mounts=tuple(dict.fromkeys(m.strip("/") for m in mounts)),
+        interval=section.duration("interval", "60s"),
+        expiry_warn=tuple(sorted({t for t in thresholds if t}, reverse=True)),
+        crl_grace=section.duration("crl_grace", "20m"),
+        ocsp=ocsp,
+        retry_initial=retry.duration("initial", "5s"),
+        retry_max=retry.duration("max", "5m"),
+        give_up=retry.duration("give_up", "7d"),
+        sinks=_sinks(section.get("sinks", [])),
+    )
+    retry.finish()
+    section.finish()
+    return config
+
+
+def _sinks(raw: Any) -> tuple[SinkConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("pki_watch.sinks: must be a list of {type, url} or {type: command, command}")
+    sinks: list[SinkConfig] = []
+    for i, item in enumerate(raw):
+        section = _Section(item, f"pki_watch.sinks[{i}]")
+        kind = section.required_text("type")
+        if kind not in SINK_TYPES:
+            raise ConfigError(f"{section.key('type')}: must be one of {', '.join(SINK_TYPES)}")
+        name = section.text("name", f"{kind}-{i}")
+        url = section.optional_text("url")
+        command = section.get("command")
+        if kind == "command":
+            if (not isinstance(command, list) or not command
+                    or not all(isinstance(a, str) and a for a in command)):
+                raise ConfigError(f"{section.key('command')}: must be a non-empty list: the "
+                                  "program and its arguments (no shell)")
+            if url is not None:
+                raise ConfigError(f"{section.key('url')}: a command sink has no url")
+        else:
+            if url is None or not re.fullmatch(r"https?://[^\s]+", url):
+                raise ConfigError(f"{section.key('url')}: must be an http:// or https:// URL")
+            if command is not None:
+                raise ConfigError(f"{section.key('command')}: only for type: command")
+        secret = section.optional_text("secret")
+        if secret is not None and kind not in ("dingtalk", "feishu"):
+            raise ConfigError(f"{section.key('secret')}: only dingtalk and feishu sign requests")
+        headers = section.get("headers") or {}
+        if (not isinstance(headers, dict) or kind != "webhook" and headers
+                or not all(isinstance(k, str) and isinstance(v, str) and "\n" not in k + v
+                           for k, v in headers.items())):
+            raise ConfigError(f"{section.key('headers')}: a mapping of header: value strings, "
+                              "for type: webhook only")
+        sinks.append(SinkConfig(name=name, type=kind, url=url, secret=secret,
+                                headers=tuple(headers.items()), command=tuple(command or ()),
+                                timeout=section.duration("timeout", "10s")))
+        section.finish()
+        if [s.name for s in sinks].count(name) > 1:
+            raise ConfigError(f"{section.key('name')}: sink name {name!r} is used twice")
+    return tuple(sinks)
 
 
 def _approle(section: _Section, base: Path, env: dict[str, str]) -> AppRoleConfig:

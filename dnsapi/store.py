@@ -177,14 +177,48 @@ def _read_secret_file(path: Path | None, what: str) -> str:
     return value
 
 
-class VaultStore:
-    """Async facade over hvac for the zone secrets."""
+class VaultSession:
+    """An hvac client whose token VaultAuth keeps valid; `run` makes every failure a
+    VaultUnavailable whose message names no secret. Synchronous: call it from a worker thread
+    in async code."""
 
     def __init__(self, config: VaultConfig) -> None:
         self.config = config
         verify: bool | str = str(config.ca_cert) if config.ca_cert else True
         self.client = hvac.Client(url=config.addr, verify=verify, timeout=config.timeout)
         self.auth = VaultAuth(config)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run `fn` with a prepared token; retry once after a 403 if a fresh token can be had."""
+        try:
+            self.auth.prepare(self.client)
+            try:
+                return fn()
+            except hvac.exceptions.Forbidden:
+                if not self.auth.recover(self.client):
+                    raise
+                return fn()
+        except (CasConflict, VaultUnavailable):
+            raise
+        except hvac.exceptions.Forbidden:
+            raise VaultUnavailable("Vault refused dnsapi's token (permission denied or token "
+                                   "expired/revoked)") from None
+        except hvac.exceptions.VaultError as exc:
+            raise VaultUnavailable(f"Vault error: {_vault_message(exc)}") from None
+        except requests.exceptions.SSLError:
+            raise VaultUnavailable(f"TLS to Vault at {self.config.addr} failed "
+                                   "(check vault.ca_cert)") from None
+        except requests.RequestException:
+            raise VaultUnavailable(f"Vault at {self.config.addr} is unreachable") from None
+
+
+class VaultStore:
+    """Async facade over hvac for the zone secrets."""
+
+    def __init__(self, config: VaultConfig) -> None:
+        self.config = config
+        self.session = VaultSession(config)
+        self.client = self.session.client
 
     def secret_path(self, zone: str) -> str:
         return f"{self.config.prefix}/zones/{zone}"
@@ -247,31 +281,7 @@ class VaultStore:
         return ZoneState(records=decode_records(data), version=version)
 
     async def _call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.to_thread(self._run, fn)
-
-    def _run(self, fn: Callable[[], T]) -> T:
-        """Run `fn` with a prepared token; retry once after a 403 if a fresh token can be had.
-        Vault-side failures become VaultUnavailable with a message that names no secret."""
-        try:
-            self.auth.prepare(self.client)
-            try:
-                return fn()
-            except hvac.exceptions.Forbidden:
-                if not self.auth.recover(self.client):
-                    raise
-                return fn()
-        except (CasConflict, VaultUnavailable):
-            raise
-        except hvac.exceptions.Forbidden:
-            raise VaultUnavailable("Vault refused dnsapi's token (permission denied or token "
-                                   "expired/revoked)") from None
-        except hvac.exceptions.VaultError as exc:
-            raise VaultUnavailable(f"Vault error: {_vault_message(exc)}") from None
-        except requests.exceptions.SSLError:
-            raise VaultUnavailable(f"TLS to Vault at {self.config.addr} failed "
-                                   "(check vault.ca_cert)") from None
-        except requests.RequestException:
-            raise VaultUnavailable(f"Vault at {self.config.addr} is unreachable") from None
+        return await asyncio.to_thread(self.session.run, fn)
 
 
 def _vault_message(exc: hvac.exceptions.VaultError) -> str:

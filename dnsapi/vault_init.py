@@ -49,6 +49,16 @@ def render_policy(kv_mount: str, prefix: str) -> str:
     )
 
 
+def render_pki_watch_policy(mounts: tuple[str, ...]) -> str:
+    """`dnsapi pki-watch`'s extra rights: listing the watched mounts' certificates. Certificates,
+    CRLs and OCSP are public; its state lives under the prefix the service policy covers.
+    (`vault/dnsapi-pki-watch-policy.hcl` is this text for the default mounts.)"""
+    rules = "".join(f'path "{mount}/{path}" {{\n  capabilities = ["list"]\n}}\n'
+                    for mount in mounts for path in ("certs", "certs/detailed", "certs/revoked"))
+    header = f"# dnsapi pki-watch: list certificates of {', '.join(mounts)} (written by `dnsapi vault-init`)"
+    return f"{header}\n{rules}"
+
+
 def differences(desired: dict[str, Any], current: dict[str, Any] | None,
                 durations: tuple[str, ...] = ()) -> list[str]:
     """Keys of `desired` whose value `current` does not have (durations compared in seconds,
@@ -156,7 +166,10 @@ class VaultInit:
 
     def policy(self) -> None:
         name = self.config.vault_init.policy
-        text = render_policy(self.config.vault.kv_mount, self.config.vault.prefix)
+        self._policy(name, render_policy(self.config.vault.kv_mount, self.config.vault.prefix))
+        self._policy(f"{name}-pki-watch", render_pki_watch_policy(self.config.pki_watch.mounts))
+
+    def _policy(self, name: str, text: str) -> None:
         try:
             current = self.client.sys.read_policy(name)["data"]["rules"]
         except hvac.exceptions.InvalidPath:
@@ -171,7 +184,8 @@ class VaultInit:
         approle = self.config.vault.approle
         if approle is None:
             self._note("skipped", "AppRole", "vault.approle is not set: dnsapi authenticates with a "
-                       f"token; give that token the {self.config.vault_init.policy} policy")
+                       f"token; give that token the {self.config.vault_init.policy} policy (and "
+                       f"{self.config.vault_init.policy}-pki-watch for pki-watch)")
             return
         assert approle.role_id_file and approle.secret_id_file
         init = self.config.vault_init
@@ -182,7 +196,8 @@ class VaultInit:
             self._note("unchanged", f"AppRole auth method at {approle.mount}/")
         role_path = f"auth/{approle.mount}/role/{init.approle_role}"
         self._ensure(role_path, {
-            "token_policies": [init.policy], "token_ttl": f"{int(init.token_ttl)}s",
+            "token_policies": [init.policy, f"{init.policy}-pki-watch"],
+            "token_ttl": f"{int(init.token_ttl)}s",
             "token_max_ttl": f"{int(init.token_max_ttl)}s", "token_type": "service",
             "secret_id_ttl": "0s", "bind_secret_id": True,
         }, f"AppRole role {init.approle_role}", durations=("token_ttl", "token_max_ttl", "secret_id_ttl"))

@@ -1,6 +1,7 @@
 """Real certificates from a real ACME CA: OpenBao PKI with ACME enabled, validating DNS-01 against
 CoreDNS, with dnsapi writing the challenge records. One apex + wildcard certificate per client:
-lego (httpreq), lego (exec), certbot (manual hooks), and the acme.sh hook under the harness."""
+lego (httpreq), lego (exec), certbot (manual hooks), and the acme.sh hook under the harness; and
+an ACME revocation, which pki-watch must report."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from dnsapi.auth import new_token
 from dnsapi.devstack import free_port, prepare, start_coredns, start_dnsapi, start_openbao
+from dnsapi.pki_client import serial_text
 
 from .conftest import FIGURES, ZONE, Stack, Vault
+from .watch_helpers import Receiver, start_watch, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "tests" / "acmesh" / "harness.sh"
@@ -166,3 +170,32 @@ exec {shell} {HARNESS} {HOOK} "$action" "${{2%.}}" "$3"
           tmp_path)
     acme.check_certificate(tmp_path / "certificates" / f"{name}.crt", name)
     assert "SAVED_DNSAPI_TOKEN=" in (tmp_path / "account.conf").read_text()
+
+
+def test_acme_revocation_reaches_pki_watch_once(acme, tmp_path):
+    """A certificate issued and then revoked over ACME (lego revoke) is reported exactly once."""
+    receiver = Receiver()
+    receiver.start()
+    config = write_config(tmp_path / "watch", acme.vault.addr, acme.vault.root_token, ["pki"],
+                          [{"type": "webhook", "url": receiver.url}], ca=acme.vault.ca)
+    watch = start_watch(config, tmp_path / "watch" / "pki-watch.log")
+    try:
+        name = "acme-revoked.dev.local"
+        env = acme.env(HTTPREQ_ENDPOINT=acme.stack.url, HTTPREQ_USERNAME="lego",
+                       HTTPREQ_PASSWORD=acme.stack.token, LEGO_CA_CERTIFICATES=str(acme.vault.ca))
+        argv = lego_argv(acme, tmp_path, "httpreq", name)
+        subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, timeout=300, check=True)
+        pem = (tmp_path / "certificates" / f"{name}.crt").read_bytes()
+        serial = serial_text(x509.load_pem_x509_certificate(pem).serial_number)
+        # lego revokes per -d, and the wildcard has no certificate file of its own
+        assert argv[-5:] == ["-d", name, "-d", f"*.{name}", "run"]
+        revoked = subprocess.run([*argv[:-5], "-d", name, "revoke"], env=env, cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=120, check=False)
+        assert revoked.returncode == 0, revoked.stderr[-2000:]
+        got = receiver.wait_for("certificate_revoked", serial=serial)
+        time.sleep(1.5)
+    finally:
+        watch.stop()
+        receiver.stop()
+    assert got["common_name"] == name and sorted(got["dns_names"]) == sorted([name, f"*.{name}"])
+    assert len(receiver.events("certificate_revoked", serial=serial)) == 1

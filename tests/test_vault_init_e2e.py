@@ -21,7 +21,7 @@ import yaml
 
 from dnsapi.auth import new_token
 from dnsapi.devstack import Process, free_port, prepare, start_coredns, start_dnsapi, start_openbao
-from dnsapi.vault_init import render_policy
+from dnsapi.vault_init import render_pki_watch_policy, render_policy
 
 from .conftest import ZONE, Stack, Vault
 
@@ -80,7 +80,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 def test_first_run_creates_everything(setup):
     out = setup.first_run
-    for line in ("created   policy dnsapi", "created   AppRole role dnsapi",
+    for line in ("created   policy dnsapi", "created   policy dnsapi-pki-watch",
+                 "created   AppRole role dnsapi",
                  "created   root CA in pki_root/ (ec384 'dev.local test root')",
                  "created   intermediate CA in pki/ (signed by pki_root/)",
                  "created   PKI role pki/roles/acme", "ACME on pki/ (DNS-01 checked at 127.0.0.1:"):
@@ -127,6 +128,9 @@ def test_shipped_policy_is_what_vault_init_writes(setup):
     assert (ROOT / "vault" / "dnsapi-policy.hcl").read_text() == render_policy("secret", "dnsapi")
     rules = setup.vault.client.sys.read_policy("dnsapi")["data"]["rules"]
     assert rules == render_policy("secret", "dnsapi")
+    watch_policy = render_pki_watch_policy(("pki_root", "pki"))
+    assert (ROOT / "vault" / "dnsapi-pki-watch-policy.hcl").read_text() == watch_policy
+    assert setup.vault.client.sys.read_policy("dnsapi-pki-watch")["data"]["rules"] == watch_policy
 
 
 def test_service_runs_on_approle_and_its_token_is_confined(setup):
@@ -137,7 +141,7 @@ def test_service_runs_on_approle_and_its_token_is_confined(setup):
     creds = stack.dir / "creds"
     login = hvac.Client(url=setup.vault.addr).auth.approle.login(
         role_id=(creds / "role-id").read_text().strip(), secret_id=(creds / "secret-id").read_text().strip())
-    assert login["auth"]["policies"] == ["default", "dnsapi"]
+    assert login["auth"]["policies"] == ["default", "dnsapi", "dnsapi-pki-watch"]
     service = hvac.Client(url=setup.vault.addr, token=login["auth"]["client_token"])
     kv = service.secrets.kv.v2
     kv.create_or_update_secret("dnsapi/zones/probe", secret={"a": 1}, mount_point="secret")
@@ -148,10 +152,15 @@ def test_service_runs_on_approle_and_its_token_is_confined(setup):
         lambda: service.write_data("pki/issue/acme", data={"common_name": "x.dev.local"}),
         lambda: service.sys.list_policies(),
         lambda: service.sys.enable_secrets_engine("kv", path="mine"),
+        lambda: service.write_data("pki/revoke", data={"serial_number": "01"}),
+        lambda: service.read("pki/config/crl"),
     ]
     for attempt in forbidden:
         with pytest.raises(hvac.exceptions.Forbidden):
             attempt()
+    # What pki-watch needs: listing the certificates (here the intermediate signed by the root).
+    assert service.list("pki_root/certs/revoked") is None  # nothing revoked: an empty listing
+    assert len(service.list("pki_root/certs")["data"]["keys"]) == 2
 
 
 def nginx_conf(directory: Path, port: int) -> Path:

@@ -1,0 +1,254 @@
+"""pki-watch logic without servers: configuration, event detection against a fake PKI mount, the
+state's round trip, delivery backoff and the chat robots' signatures. The same behaviours run
+against a real OpenBao in test_pki_watch_e2e.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from dnsapi import config as cfg
+from dnsapi.config import SinkConfig
+from dnsapi.errors import ConfigError
+from dnsapi.notify import _payload
+from dnsapi.pki_client import CertInfo, Crl, Issuer, PkiUnavailable, StoredCert
+from dnsapi.pki_watch import MountCheck, MountState, Pending, PkiWatch, WatchState, days
+
+from .test_config import BASE, changed
+
+DAY = 86400.0
+NOW = 1_800_000_000.0
+
+
+def load(data):
+    return cfg.from_dict(data, base=Path("/etc/dnsapi"), env={})
+
+
+def watch_settings(**pki_watch):
+    return load({**BASE, "pki_watch": pki_watch}).pki_watch
+
+
+def test_defaults_watch_the_mounts_vault_init_creates():
+    assert watch_settings().mounts == ("pki_root", "pki")
+    root_only = load({**BASE, "vault_init": {"pki": {"intermediate": False, "mount": "ca"}}})
+    assert root_only.pki_watch.mounts == ("ca",)
+    settings = watch_settings(expiry_warn=["3d", "14d"], interval="30s")
+    assert settings.expiry_warn == (14 * DAY, 3 * DAY) and settings.interval == 30
+
+
+@pytest.mark.parametrize(("sinks", "key"), [
+    ([{"type": "pager"}], "pki_watch.sinks[0].type"),
+    ([{"type": "webhook"}], "pki_watch.sinks[0].url"),
+    ([{"type": "webhook", "url": "ftp://x"}], "pki_watch.sinks[0].url"),
+    ([{"type": "command", "command": "notify-send"}], "pki_watch.sinks[0].command"),
+    ([{"type": "command", "command": ["x"], "url": "http://x"}], "pki_watch.sinks[0].url"),
+    ([{"type": "wecom", "url": "http://x", "secret": "s"}], "pki_watch.sinks[0].secret"),
+    ([{"type": "slack", "url": "http://x", "headers": {"A": "b"}}], "pki_watch.sinks[0].headers"),
+    ([{"type": "webhook", "url": "http://x", "headers": {"A": "b\nInjected: 1"}}],
+     "pki_watch.sinks[0].headers"),
+    ([{"type": "slack", "url": "http://x"}, {"type": "slack", "url": "http://y", "name": "slack-0"}],
+     "pki_watch.sinks[1].name"),
+    ([{"type": "slack", "url": "http://x", "colour": "red"}], "pki_watch.sinks[0].colour"),
+])
+def test_bad_sinks_are_refused_naming_the_key(sinks, key):
+    with pytest.raises(ConfigError) as info:
+        load({**BASE, "pki_watch": {"sinks": sinks}})
+    assert str(info.value).startswith(key + ":")
+
+
+@pytest.mark.parametrize("warn", ["14d", ["14d", "soon"], [0]])
+def test_bad_expiry_thresholds_are_refused(warn):
+    with pytest.raises(ConfigError, match=r"^pki_watch\.expiry_warn:"):
+        load(changed("vault", BASE["vault"]) | {"pki_watch": {"expiry_warn": warn}})
+
+
+def test_days():
+    assert [days(s) for s in (3 * DAY, 2.5 * DAY, 5 * 3600)] == ["3d", "2.5d", "5h"]
+
+
+@dataclass
+class FakePki:
+    """A PKI mount as PkiClient shows it; tests change the fields between cycles."""
+
+    mount: str = "pki"
+    certs: dict[str, CertInfo] = field(default_factory=dict)
+    listed_revoked: set[str] = field(default_factory=set)
+    crl_serials: set[str] = field(default_factory=set)
+    revoked_at: dict[str, float] = field(default_factory=dict)
+    next_update: float = NOW + 3 * DAY
+    crl_down: bool = False
+    ocsp: dict[str, str] = field(default_factory=dict)  # serial → answer; missing: "good"
+    ocsp_down: bool = False
+
+    def add(self, serial: str, name: str, not_after: float) -> None:
+        self.certs[serial] = CertInfo(serial, name, (name,), not_after)
+
+    def certificates(self):
+        return dict(self.certs)
+
+    def revoked(self):
+        return set(self.listed_revoked)
+
+    def issuers(self):
+        return {"i1": Issuer("i1", "CN=root", "00:01", "PEM")}
+
+    def crls(self, issuer):
+        if self.crl_down:
+            raise PkiUnavailable("pki/issuer/i1/crl/der: HTTP 500")
+        return [Crl("i1", False, 7, NOW - 60, self.next_update, frozenset(self.crl_serials), True)]
+
+    def stored(self, serial, refresh=False):
+        return StoredCert(self.certs[serial], "PEM", "i1", self.revoked_at.get(serial))
+
+    def issuer_of(self, stored, issuers):
+        return issuers["i1"]
+
+    def ocsp_status(self, stored, issuer):
+        if self.ocsp_down:
+            raise PkiUnavailable("pki/ocsp: HTTP 401")
+        return self.ocsp.get(stored.info.serial, "good")
+
+
+def cycle(pki: FakePki, state: MountState, now: float = NOW, baseline: bool = False, **settings):
+    check = MountCheck(pki, state, watch_settings(**settings), now)  # type: ignore[arg-type]
+    check.run(baseline)
+    return [(e["type"], e.get("reason") or e.get("serial") or "") for e in check.events]
+
+
+def test_revocation_once_and_baseline_is_silent():
+    pki, state = FakePki(), MountState()
+    pki.add("01", "old.dev.local", NOW + 30 * DAY)
+    pki.add("02", "new.dev.local", NOW + 30 * DAY)
+    pki.listed_revoked = pki.crl_serials = {"01"}
+    pki.revoked_at = {"01": NOW - 100}
+    pki.ocsp = {"01": "revoked"}
+    assert cycle(pki, state, baseline=True) == []
+    pki.listed_revoked = pki.crl_serials = {"01", "02"}
+    pki.revoked_at["02"], pki.ocsp["02"] = NOW, "revoked"
+    assert cycle(pki, state) == [("certificate_revoked", "02")]
+    assert cycle(pki, state) == []
+
+
+def test_conditions_are_reported_once_and_rearmed_when_they_clear():
+    pki, state = FakePki(), MountState()
+    pki.add("01", "a.dev.local", NOW + 30 * DAY)
+    cycle(pki, state, baseline=True)
+    pki.ocsp_down = True
+    assert cycle(pki, state) == [("ocsp_unreachable", "")]
+    assert cycle(pki, state) == []
+    pki.ocsp_down = False
+    assert cycle(pki, state) == []
+    pki.ocsp_down = True
+    assert cycle(pki, state) == [("ocsp_unreachable", "")]
+
+
+def test_stale_crl_reasons():
+    pki, state = FakePki(), MountState()
+    pki.add("01", "a.dev.local", NOW + 30 * DAY)
+    cycle(pki, state, baseline=True)
+    pki.next_update = NOW - 1
+    assert cycle(pki, state) == [("crl_stale", "next_update_passed")]
+    pki.next_update = NOW + DAY
+    pki.listed_revoked, pki.revoked_at = {"01"}, {"01": NOW - 60}
+    pki.ocsp = {"01": "revoked"}
+    assert cycle(pki, state, crl_grace="5m") == [("certificate_revoked", "01")]  # within grace
+    assert cycle(pki, state, now=NOW + 600, crl_grace="5m") == [("crl_stale", "revocation_not_published")]
+    pki.crl_down = True
+    assert cycle(pki, state, now=NOW + 700) == [("crl_stale", "unavailable")]  # missing one stays known
+    pki.crl_down, pki.crl_serials = False, {"01"}
+    assert cycle(pki, state, now=NOW + 800) == []
+
+
+def test_ocsp_disagreeing_with_the_crl():
+    pki, state = FakePki(), MountState()
+    pki.add("01", "a.dev.local", NOW + 30 * DAY)
+    pki.add("02", "b.dev.local", NOW + 40 * DAY)
+    cycle(pki, state, baseline=True)
+    pki.listed_revoked = pki.crl_serials = {"01"}
+    pki.revoked_at = {"01": NOW}
+    assert cycle(pki, state) == [("certificate_revoked", "01"), ("ocsp_mismatch", "01")]
+    pki.ocsp = {"01": "revoked", "02": "revoked"}  # now right for 01, wrong for the valid 02
+    assert cycle(pki, state) == [("ocsp_mismatch", "02")]
+    assert "01" in state.ocsp_agrees
+
+
+def test_expiry_once_per_threshold_tightest_first_and_not_for_renewed():
+    pki, state = FakePki(next_update=NOW + 100 * DAY), MountState()
+    pki.add("01", "a.dev.local", NOW + 20 * DAY)
+    pki.add("02", "b.dev.local", NOW + 1 * DAY)
+    pki.add("03", "c.dev.local", NOW + 2 * DAY)
+    pki.add("04", "c.dev.local", NOW + 60 * DAY)  # renewed: 03 needs no warning
+    assert cycle(pki, state, baseline=True) == [("certificate_expiring", "02")]
+    assert state.expiry == {"02": [14 * DAY, 3 * DAY]}
+    assert cycle(pki, state, now=NOW + 7 * DAY) == [("certificate_expiring", "01")]  # 13 days left
+    assert cycle(pki, state, now=NOW + 8 * DAY) == []
+    assert cycle(pki, state, now=NOW + 17.5 * DAY) == [("certificate_expiring", "01")]  # 2.5 days
+    del pki.certs["02"]  # tidied away: forgotten
+    cycle(pki, state, now=NOW + 18 * DAY)
+    assert "02" not in state.expiry
+
+
+def test_state_round_trip():
+    state = WatchState(mounts={"pki": MountState({"01"}, {"02": [DAY]}, {"ocsp_unreachable"}, {"01"})},
+                       outbox=[Pending({"id": "x"}, "hook", 2, NOW, NOW - 5)], version=3)
+    again = WatchState.from_data(state.to_data(), 3)
+    assert again == state
+    assert set(state.to_data()) == {"format", "state"}  # one string: Vault caps JSON strings
+
+
+def test_delivery_backoff_then_give_up(tmp_path):
+    config = load({**BASE, "pki_watch": {
+        "sinks": [{"type": "command", "command": ["false"], "name": "broken"}],
+        "retry": {"initial": "10s", "max": "40s", "give_up": "1h"}}})
+    watch = PkiWatch(config)
+    state = WatchState(outbox=[Pending({"id": "e1"}, "broken", 0, NOW, NOW)])
+    delays = []
+    now = NOW
+    for _ in range(5):
+        assert watch.deliver(state, now)
+        delays.append(state.outbox[0].next_at - now)
+        now = state.outbox[0].next_at
+    for delay, expected in zip(delays, [10, 20, 40, 40, 40], strict=True):  # doubling, capped, jittered
+        assert 0.8 * expected <= delay <= expected
+    assert not watch.deliver(state, now - 1)  # not due yet
+    assert watch.deliver(state, NOW + 3601)  # past give_up: dropped
+    assert state.outbox == []
+
+
+def sink(kind: str, **extra) -> SinkConfig:
+    return SinkConfig(name=kind, type=kind, url=extra.pop("url", "https://hooks.example/x?k=1"),
+                      secret=extra.pop("secret", None), headers=(), command=(), timeout=5)
+
+
+EVENT = {"id": "abc", "type": "certificate_revoked", "severity": "warning", "mount": "pki",
+         "summary": "pki: certificate a.dev.local was revoked", "serial": "01", "dns_names": ["a", "b"]}
+
+
+def test_dingtalk_signature_verifies_as_documented():
+    url, body = _payload(sink("dingtalk", secret="SECabc"), EVENT)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    stamp, sign = query["timestamp"][0], query["sign"][0]
+    expected = hmac.new(b"SECabc", f"{stamp}\nSECabc".encode(), hashlib.sha256).digest()
+    assert base64.b64decode(sign) == expected and query["k"] == ["1"]
+    assert body["msgtype"] == "markdown" and "a, b" in body["markdown"]["text"]
+
+
+def test_feishu_signature_verifies_as_documented():
+    _, body = _payload(sink("feishu", secret="fs"), EVENT)
+    expected = hmac.new(f"{body['timestamp']}\nfs".encode(), b"", hashlib.sha256).digest()
+    assert base64.b64decode(body["sign"]) == expected
+    assert body["msg_type"] == "text" and body["content"]["text"].startswith("[WARNING] pki: certificate")
+
+
+def test_unsigned_formats():
+    assert _payload(sink("webhook"), EVENT) == ("https://hooks.example/x?k=1", EVENT)
+    assert _payload(sink("slack"), EVENT)[1]["text"].startswith("[WARNING]")
+    assert _payload(sink("wecom"), EVENT)[1]["markdown"]["content"].startswith("**dnsapi pki-watch")
+    assert "sign" not in _payload(sink("feishu"), EVENT)[1]
+    assert "timestamp" not in _payload(sink("dingtalk"), EVENT)[0]
