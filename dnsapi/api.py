@@ -10,27 +10,40 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
+
+from . import logs
 
 from .audit import AuditLog, value_hash
 from .auth import Authenticator
 from .config import Config, TokenConfig
 from .errors import BadRequest, DnsapiError, PayloadTooLarge, TooManyRequests
+from .metrics import CONTENT_TYPE
 from .names import validate_value
+from .openapi import document
 from .ratelimit import RateLimiter
 from .records import Outcome, Record
 from .service import RecordService
 
 log = logging.getLogger(__name__)
 
+@dataclass
+class Runtime:
+    """What a SIGHUP reload replaces while the app runs (aiohttp freezes the app's own keys)."""
+
+    auth: Authenticator
+    limiter: RateLimiter
+    audit: AuditLog
+
+
 SERVICE = web.AppKey("service", RecordService)
-AUTH = web.AppKey("auth", Authenticator)
+RUNTIME = web.AppKey("runtime", Runtime)
 MAX_BODY = web.AppKey("max_body_bytes", int)
-LIMITER = web.AppKey("limiter", RateLimiter)
-AUDIT = web.AppKey("audit", AuditLog)
 NOTES = web.RequestKey("audit_notes", dict)  # what handlers learned, for the audit line
 
 # The routes the audit trail covers: every change, and every refused request, on these.
@@ -59,6 +72,23 @@ def note(request: web.Request, **facts: Any) -> None:
 
 
 @web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: give the request its id (for every log line and the audit trail, and back to
+    the caller in X-Request-Id) and count and time it."""
+    rid = logs.request_id(request.headers.get("X-Request-Id"))
+    logs.REQUEST_ID.set(rid)
+    start = time.perf_counter()
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics = request.app[SERVICE].metrics
+    metrics.requests.labels(route, request.method, str(response.status)).inc()
+    metrics.request_seconds.labels(route, request.method).observe(time.perf_counter() - start)
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+@web.middleware
 async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: after the error middleware has made a response, write the audit line for a
     change or a refusal."""
@@ -67,8 +97,8 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     action = AUDITED.get((request.method, request.path))
     notes = request[NOTES]
     if action is not None and (response.status >= 400 or action != "list"):
-        request.app[AUDIT].write(
-            token=notes.get("token"), remote=request.remote, action=action,
+        request.app[RUNTIME].audit.write(
+            request_id=logs.REQUEST_ID.get(), token=notes.get("token"), remote=request.remote, action=action,
             fqdn=notes.get("fqdn"), value_sha256=notes.get("value_sha256"),
             result=notes.get("result", "refused" if response.status >= 400 else None),
             status=response.status, error=notes.get("error"))
@@ -90,7 +120,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         note(request, error=code)
-        return error_response(exc.status, code, exc.reason)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, code, exc.reason, allow)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         note(request, error="internal")
@@ -131,9 +162,9 @@ def fields(body: dict[str, Any], required: tuple[str, ...], optional: tuple[str,
 
 def caller(request: web.Request) -> TokenConfig:
     """The authenticated token, within its rate limit."""
-    token = request.app[AUTH].authenticate(request.headers.get("Authorization", ""))
+    token = request.app[RUNTIME].auth.authenticate(request.headers.get("Authorization", ""))
     note(request, token=token.name)
-    wait = request.app[LIMITER].allow(token.name)
+    wait = request.app[RUNTIME].limiter.allow(token.name)
     if wait:
         raise TooManyRequests(f"token {token.name!r} is over its rate limit; retry in "
                               f"{max(wait, 0.1):.1f}s", wait)
@@ -161,7 +192,7 @@ async def _add(request: web.Request, token: TokenConfig, fqdn: object, value: ob
     note_target(request, fqdn, value)
     record = service.make_record(fqdn, value, ttl)
     note(request, fqdn=record.fqdn)
-    request.app[AUTH].authorize(token, record.fqdn)
+    request.app[RUNTIME].auth.authorize(token, record.fqdn)
     outcome = await service.add(record)
     note(request, result=outcome.value)
     result: dict[str, Any] = {"fqdn": record.fqdn, "value": record.value, "ttl": record.ttl,
@@ -179,7 +210,7 @@ async def _remove(request: web.Request, token: TokenConfig, fqdn: object, value:
     name = service.challenge_name(fqdn)
     checked = validate_value(value)
     note(request, fqdn=name)
-    request.app[AUTH].authorize(token, name)
+    request.app[RUNTIME].auth.authorize(token, name)
     outcome = await service.remove(name, checked)
     note(request, result=outcome.value)
     return {"fqdn": name, "value": checked, "existed": outcome is Outcome.REMOVED}
@@ -191,6 +222,8 @@ async def add_record(request: web.Request) -> web.Response:
     wait = body.get("wait", False)
     if not isinstance(wait, bool):
         raise BadRequest("wait must be true or false", "invalid_wait")
+    if "ttl" in body and body["ttl"] is None:  # leave it out for the default
+        raise BadRequest("ttl must be an integer number of seconds", "invalid_ttl")
     result = await _add(request, token, body["fqdn"], body["value"], body.get("ttl"), wait)
     return web.json_response(result, status=201 if result["created"] else 200)
 
@@ -221,7 +254,7 @@ async def lego_cleanup(request: web.Request) -> web.Response:
 async def list_records(request: web.Request) -> web.Response:
     token = caller(request)
     fields(dict(request.query), (), ("fqdn",))
-    service, auth = request.app[SERVICE], request.app[AUTH]
+    service, auth = request.app[SERVICE], request.app[RUNTIME].auth
     fqdn = None
     if "fqdn" in request.query:
         note_target(request, request.query["fqdn"])
@@ -244,19 +277,55 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "checks": checks})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVICE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document(request.app[SERVICE].config))
+
+
 # -- the app -------------------------------------------------------------------------------------
+
+def _authenticator(config: Config) -> Authenticator:
+    return Authenticator(config.tokens, config.challenge_label,
+                         tuple(z.name for z in config.zones) if config.open_on_loopback else None)
+
+
+# Settings a running instance cannot change (its listener, Vault session and zone writers are
+# built from them): a reload keeps the running values and reports the key.
+_RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "tls": "tls", "vault": "vault",
+                 "zones": "zones", "max_body_bytes": "max_body_bytes"}
+
+
+def reconfigure(app: web.Application, config: Config) -> list[str]:
+    """Apply a reloaded config: tokens, rate limits, audit file (reopened, for log rotation), TTLs,
+    intervals, limits. Returns the keys that changed but need a restart."""
+    service = app[SERVICE]
+    running = service.config
+    changed = sorted({key for field, key in _RESTART_ONLY.items()
+                      if getattr(running, field) != getattr(config, field)})
+    config = replace(config, **{field: getattr(running, field) for field in _RESTART_ONLY})
+    runtime = app[RUNTIME]
+    old_audit, runtime.audit = runtime.audit, AuditLog(config.audit_file)
+    runtime.auth = _authenticator(config)
+    runtime.limiter = RateLimiter(config.rate_limit, config.rate_burst)
+    service.reconfigure(config, runtime.audit)
+    old_audit.close()
+    return changed
+
 
 def create_app(config: Config, service: RecordService | None = None,
                audit: AuditLog | None = None) -> web.Application:
     """The aiohttp application. The service starts with the app and stops with it, finishing
     every queued change first."""
-    app = web.Application(middlewares=[audit_middleware, error_middleware],
+    app = web.Application(middlewares=[request_middleware, audit_middleware, error_middleware],
                           client_max_size=config.max_body_bytes)
-    app[AUDIT] = audit or AuditLog(config.audit_file)
-    app[SERVICE] = service or RecordService(config, audit=app[AUDIT])
-    app[AUTH] = Authenticator(config.tokens, config.challenge_label,
-                              tuple(z.name for z in config.zones) if config.open_on_loopback else None)
-    app[LIMITER] = RateLimiter(config.rate_limit, config.rate_burst)
+    audit = audit or AuditLog(config.audit_file)
+    app[RUNTIME] = Runtime(_authenticator(config), RateLimiter(config.rate_limit, config.rate_burst),
+                           audit)
+    app[SERVICE] = service or RecordService(config, audit=audit)
     app[MAX_BODY] = config.max_body_bytes
     app.router.add_post("/v1/records", add_record)
     app.router.add_delete("/v1/records", delete_record)
@@ -265,12 +334,14 @@ def create_app(config: Config, service: RecordService | None = None,
     app.router.add_post("/cleanup", lego_cleanup)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
 
     async def lifecycle(app: web.Application) -> Any:
         await app[SERVICE].start()
         yield
         await app[SERVICE].close()
-        app[AUDIT].close()
+        app[RUNTIME].audit.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

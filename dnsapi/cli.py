@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import ssl
 import sys
 from pathlib import Path
 
@@ -41,10 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the HTTP API. Zone files are checked first (dnsapi refuses to start on "
                     "one that does not parse) and re-rendered from Vault at start and every "
                     "reconcile_interval. Secrets may come from the environment: "
-                    "DNSAPI_VAULT_TOKEN, DNSAPI_VAULT_SECRET_ID.")
+                    "DNSAPI_VAULT_TOKEN, DNSAPI_VAULT_SECRET_ID. SIGHUP re-reads the config file "
+                    "(tokens, limits, TTLs, audit file; listen, tls, vault and zones need a "
+                    "restart); SIGTERM finishes in-flight requests and queued writes, then exits. "
+                    "Under systemd (Type=notify) it reports READY, RELOADING and STOPPING.")
     serve.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"], help="default: info")
+    _log_options(serve)
 
     hash_token = commands.add_parser(
         "hash-token", help="create an API token (or hash one from stdin) and print its sha256",
@@ -124,8 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--once", action="store_true",
                        help="check once, try every pending delivery, and exit (for cron): exit "
                             "status 1 when a mount could not be checked or a delivery is pending")
-    watch.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"], help="default: info")
+    _log_options(watch)
 
     dev = commands.add_parser(
         "dev", help="run a throwaway local stack: OpenBao dev server, CoreDNS and dnsapi",
@@ -139,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--dns-port", type=int, default=1053, help="default: 1053")
     dev.add_argument("--api-port", type=int, default=8053, help="default: 8053")
     return parser
+
+
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"], help="default: info")
+    parser.add_argument("--log-format", default="plain", choices=["plain", "json"],
+                        help="plain text, or one JSON object per line (with request_id); "
+                             "default: plain")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,57 +261,58 @@ def _vault_init(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    import asyncio
 
-    from . import config as config_module
-    from .api import create_app
+    from . import logs
+    from .server import serve
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_module.load(args.config)
-    ssl_context = None
-    if config.tls is not None:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            ssl_context.load_cert_chain(config.tls.cert, config.tls.key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"tls: cannot load {config.tls.cert} / {config.tls.key}: {exc}") from None
-    app = create_app(config)
-    logging.getLogger("dnsapi").info("listening on %s://%s:%d, zones: %s",
-                                     "https" if ssl_context else "http", config.listen_host,
-                                     config.listen_port, ", ".join(z.name for z in config.zones))
-    web.run_app(app, host=config.listen_host, port=config.listen_port, ssl_context=ssl_context,
-                print=None, access_log_format='%a "%r" %s %b %Tfs')
+    logs.setup(args.log_level, args.log_format)
+    asyncio.run(serve(args.config))
     return 0
 
 
 def _pki_watch(args: argparse.Namespace) -> int:
+    """Run pki-watch; SIGHUP re-reads the config (a broken file keeps the running one)."""
     import signal
     import threading
 
     from . import config as config_module
+    from . import logs, systemd
     from .errors import VaultUnavailable
     from .pki_watch import PkiWatch
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_module.load(args.config)
-    if not config.pki_watch.sinks:
-        raise ConfigError("pki_watch.sinks: no sinks configured: events would go nowhere")
-    watch = PkiWatch(config)
+    def load() -> PkiWatch:
+        config = config_module.load(args.config)
+        if not config.pki_watch.sinks:
+            raise ConfigError("pki_watch.sinks: no sinks configured: events would go nowhere")
+        return PkiWatch(config)
+
+    logs.setup(args.log_level, args.log_format)
+    watch = load()
     if args.once:
         try:
             return watch.run_once()
         except VaultUnavailable as exc:
             raise SystemExit(f"dnsapi pki-watch: {exc.message}") from None
-    stop = threading.Event()
+    wake, stopping = threading.Event(), threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    logging.getLogger("dnsapi").info("pki-watch: watching %s every %gs, sinks: %s",
-                                     ", ".join(config.pki_watch.mounts), config.pki_watch.interval,
-                                     ", ".join(s.name for s in config.pki_watch.sinks))
-    watch.run(stop)
-    return 0
+        signal.signal(signum, lambda *_: (stopping.set(), wake.set()))
+    signal.signal(signal.SIGHUP, lambda *_: wake.set())
+    log = logging.getLogger("dnsapi")
+    while True:
+        settings = watch.settings
+        log.info("pki-watch: watching %s every %gs, sinks: %s", ", ".join(settings.mounts),
+                 settings.interval, ", ".join(s.name for s in settings.sinks))
+        watch.run(wake, ready=lambda: systemd.notify("READY=1", "STATUS=watching"))
+        if stopping.is_set():
+            systemd.notify("STOPPING=1")
+            return 0
+        systemd.reloading()
+        wake.clear()
+        try:
+            watch = load()
+        except ConfigError as exc:
+            log.error("reload: configuration error, keeping the running configuration: %s", exc)
 
 
 def _hash_token(args: argparse.Namespace) -> int:

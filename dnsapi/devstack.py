@@ -185,10 +185,11 @@ def start_coredns(directory: Path, port: int, zones: list[str], log_path: Path) 
 
 
 def start_dnsapi(config_path: Path, api_port: int, log_path: Path,
-                 env: dict[str, str] | None = None, cafile: Path | None = None) -> Process:
-    """`dnsapi serve`; `cafile` means it serves HTTPS with a certificate that CA signed."""
-    proc = Process.start("dnsapi", [sys.executable, "-m", "dnsapi", "serve", "-c", str(config_path)],
-                         log_path, env={**os.environ, **(env or {})})
+                 env: dict[str, str] | None = None, cafile: Path | None = None,
+                 args: tuple[str, ...] = ()) -> Process:
+    """`dnsapi serve [args]`; `cafile` means it serves HTTPS with a certificate that CA signed."""
+    proc = Process.start("dnsapi", [sys.executable, "-m", "dnsapi", "serve", "-c", str(config_path),
+                                    *args], log_path, env={**os.environ, **(env or {})})
     url = f"{'https' if cafile else 'http'}://127.0.0.1:{api_port}/healthz"
     wait_for(lambda: http_status(url, cafile=cafile) == 200, 30, "dnsapi", proc)
     return proc

@@ -19,6 +19,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from typing import Any
@@ -366,7 +367,9 @@ class PkiWatch:
         unchecked = [m for m in self.clients if m not in state.mounts]
         return 1 if state.outbox or unchecked else 0
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, ready: Callable[[], object] = lambda: None) -> None:
+        """Check every interval and deliver when due until `stop` is set; `ready` is called once
+        the first check is done."""
         state: WatchState | None = None
         next_check = 0.0
         while not stop.is_set():
@@ -379,6 +382,7 @@ class PkiWatch:
                     self.store.save(state)
                     if not next_check:
                         log.info("pki-watch: first check done: %d event(s)", len(events))
+                        ready()
                     next_check = now + self.settings.interval
                 if self.deliver(state, time.time()):
                     self.store.save(state)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .audit import AuditLog, value_hash
 from .config import Config, ZoneConfig
-from .errors import DnsapiError, TooManyRecords, VaultUnavailable, ZoneError
+from .errors import DnsapiError, PropagationTimeout, TooManyRecords, VaultUnavailable, ZoneError
 from .propagation import wait_until_served
 from .names import validate_challenge_name, validate_ttl, validate_value, zone_for
 from .records import Change, Outcome, Record, apply_changes
@@ -51,6 +51,7 @@ class ZoneWriter:
                  audit: AuditLog | None = None) -> None:
         self.zone = zone
         self.store = store
+        self.metrics = store.metrics
         self.file = ZoneFile(zone.file, zone.name)
         self.limit = limit
         self.max_age = max_age
@@ -89,11 +90,15 @@ class ZoneWriter:
         results = [None if job.change is None else next(outcomes) for job in jobs]
         try:
             assert self.state is not None
+            self.metrics.zone_records.labels(self.zone.name).set(len(self.state.records))
             serial = await asyncio.to_thread(self.file.sync, self.state.records.values())
             if serial is not None:
                 log.info("zone %s rewritten: %d records, serial %d",
                          self.zone.name, len(self.state.records), serial)
+                self.metrics.zone_rewrites.labels(self.zone.name).inc()
+                self.metrics.zone_serial.labels(self.zone.name).set(serial)
         except ZoneError as exc:
+            self.metrics.zone_errors.labels(self.zone.name).inc()
             # Vault already has the change; reconciliation (or the client's retry) brings the file
             # up to date once the problem is fixed.
             error = ZoneError(f"{exc.message} (the change is stored in Vault and will be written "
@@ -128,10 +133,12 @@ class ZoneWriter:
                 # Another instance wrote first. Back off with jitter so two busy writers stop
                 # colliding in lockstep, then re-read and re-apply.
                 conflicts += 1
+                self.metrics.cas_conflicts.labels(self.zone.name).inc()
                 await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2**conflicts)))
                 self.state, fresh = await self.store.read_zone(self.zone.name), True
                 continue
             self.state = ZoneState(records=records, version=version)
+            self.metrics.batch_changes.observe(len(changes))
             self._report_expired(expired)
             return outcomes
         log.warning("zone %s: gave up after %d check-and-set conflicts in %gs", self.zone.name,
@@ -173,6 +180,7 @@ class RecordService:
                  audit: AuditLog | None = None) -> None:
         self.config = config
         self.store = store or VaultStore(config.vault)
+        self.metrics = self.store.metrics
         self.writers = {zone.name: ZoneWriter(zone, self.store, config.max_records_per_zone,
                                               config.max_age, audit)
                         for zone in config.zones}
@@ -180,11 +188,18 @@ class RecordService:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def reconfigure(self, config: Config, audit: AuditLog) -> None:
+        """Take a reloaded config (same zones and Vault; see api.reconfigure)."""
+        self.config = config
+        for writer in self.writers.values():
+            writer.limit, writer.max_age, writer.audit = config.max_records_per_zone, config.max_age, audit
+
     async def start(self) -> None:
         """Check every zone file (refusing to start on one that does not parse), start the
         writers, and reconcile each zone from Vault in the background."""
-        for writer in self.writers.values():
-            await asyncio.to_thread(writer.file.check)
+        for zone, writer in self.writers.items():
+            serial = await asyncio.to_thread(writer.file.check)
+            self.metrics.zone_serial.labels(zone).set(serial)
         self._tasks = [asyncio.create_task(w.run(), name=f"writer:{n}")
                        for n, w in self.writers.items()]
         self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
@@ -262,8 +277,14 @@ class RecordService:
 
     async def wait_served(self, record: Record) -> float:
         """Wait until every configured DNS server answers the record; the seconds it took."""
-        return await wait_until_served(self.config.dns_servers, record.fqdn, record.value,
-                                       self.config.propagation_timeout)
+        try:
+            waited = await wait_until_served(self.config.dns_servers, record.fqdn, record.value,
+                                             self.config.propagation_timeout)
+        except PropagationTimeout:
+            self.metrics.propagation_timeouts.inc()
+            raise
+        self.metrics.propagation_seconds.observe(waited)
+        return waited
 
     async def list(self, fqdn: str | None = None) -> list[Record]:
         """Records as Vault holds them now, for one name or for every zone."""

@@ -30,6 +30,7 @@ import requests
 
 from .config import VaultConfig
 from .errors import VaultUnavailable
+from .metrics import Metrics
 from .records import Record
 
 log = logging.getLogger(__name__)
@@ -215,16 +216,17 @@ class VaultSession:
 class VaultStore:
     """Async facade over hvac for the zone secrets."""
 
-    def __init__(self, config: VaultConfig) -> None:
+    def __init__(self, config: VaultConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.session = VaultSession(config)
         self.client = self.session.client
+        self.metrics = metrics or Metrics()
 
     def secret_path(self, zone: str) -> str:
         return f"{self.config.prefix}/zones/{zone}"
 
     async def read_zone(self, zone: str) -> ZoneState:
-        return await self._call(lambda: self._read_zone(zone))
+        return await self._call("read_zone", lambda: self._read_zone(zone))
 
     async def write_zone(self, zone: str, records: dict[tuple[str, str], Record], cas: int) -> int:
         """Write all of a zone's records if the secret is still at version `cas`; returns the new
@@ -242,7 +244,7 @@ class VaultStore:
                 raise
             return int(response["data"]["version"])
 
-        return await self._call(write)
+        return await self._call("write_zone", write)
 
     async def current_version(self, zone: str) -> int:
         """The zone secret's current KV version (0 when it does not exist): one small metadata
@@ -255,7 +257,7 @@ class VaultStore:
                 return 0
             return int(response["data"]["current_version"])
 
-        return await self._call(read)
+        return await self._call("current_version", read)
 
     async def capabilities(self, zone: str) -> list[str]:
         """What our token may do on the zone secret (for /readyz): e.g. ["create", "read", ...]."""
@@ -266,7 +268,7 @@ class VaultStore:
             data = response.get("data", response) if isinstance(response, dict) else {}
             return list(data.get(path) or data.get("capabilities") or [])
 
-        return await self._call(lookup)
+        return await self._call("capabilities", lookup)
 
     def _read_zone(self, zone: str) -> ZoneState:
         try:
@@ -280,8 +282,17 @@ class VaultStore:
         data = body.get("data") or {}  # None when the latest version was deleted by hand
         return ZoneState(records=decode_records(data), version=version)
 
-    async def _call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.to_thread(self.session.run, fn)
+    async def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        try:
+            return await asyncio.to_thread(self.session.run, fn)
+        except CasConflict:
+            raise  # counted per zone by the writer
+        except Exception:
+            self.metrics.vault_errors.labels(operation).inc()
+            raise
+        finally:
+            self.metrics.vault_seconds.labels(operation).observe(time.perf_counter() - start)
 
 
 def _vault_message(exc: hvac.exceptions.VaultError) -> str:

@@ -85,9 +85,9 @@ class Stack:
     def config_path(self) -> Path:
         return self.dir / "dnsapi.yaml"
 
-    def start_dnsapi(self) -> None:
-        self.dnsapi = start_dnsapi(self.config_path, self.api_port, self.dir / "dnsapi.log", self.env,
-                                   self.cafile)
+    def start_dnsapi(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.dnsapi = start_dnsapi(self.config_path, self.api_port, self.dir / "dnsapi.log",
+                                   {**self.env, **(env or {})}, self.cafile, args)
 
     def stop_dnsapi(self) -> None:
         assert self.dnsapi is not None

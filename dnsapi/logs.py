@@ -1,0 +1,68 @@
+"""Log setup: plain text for a terminal, or one JSON object per line for a log pipeline, each
+line carrying the id of the HTTP request it belongs to.
+
+The request id comes from the caller's `X-Request-Id` header when it is a sane token (so a
+client's id follows the change through dnsapi's logs and audit trail), otherwise it is made
+here; either way it is returned in the response's `X-Request-Id`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+import re
+import uuid
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+FORMATS = ("plain", "json")
+
+
+def request_id(header: str | None) -> str:
+    """The id for a request: the client's, when well-formed, else a fresh one."""
+    if header is not None and _CLIENT_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex[:16]
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if getattr(record, "request_id", None):
+            entry["request_id"] = record.request_id
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class PlainFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        rid = getattr(record, "request_id", None)
+        return f"{text} [request {rid}]" if rid else text
+
+
+def setup(level: str = "info", fmt: str = "plain") -> None:
+    """Configure the root logger once, for `dnsapi serve` and `dnsapi pki-watch`."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,59 @@
+"""Prometheus metrics, served at `/metrics`.
+
+Each service instance has its own registry (tests and benchmarks run several in one process).
+Labels are bounded: routes are the registered route patterns (anything else is `unmatched`),
+zones are the configured zones, Vault operations a fixed set of names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST as CONTENT_TYPE,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+disable_created_metrics()  # no `_created` series: they double the output and nobody graphs them
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_SLOW = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("dnsapi_http_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.request_seconds = Histogram("dnsapi_http_request_duration_seconds",
+                                         "HTTP request latency (including any propagation wait)",
+                                         ["route", "method"], buckets=_SLOW, registry=r)
+        self.vault_seconds = Histogram("dnsapi_vault_operation_duration_seconds",
+                                       "Vault operation latency", ["operation"], buckets=_FAST, registry=r)
+        self.vault_errors = Counter("dnsapi_vault_errors", "Vault operations that failed "
+                                    "(unreachable, refused, or errored)", ["operation"], registry=r)
+        self.cas_conflicts = Counter("dnsapi_vault_cas_conflicts", "check-and-set conflicts with "
+                                     "other writers", ["zone"], registry=r)
+        self.batch_changes = Histogram("dnsapi_batch_changes", "changes applied by one Vault write",
+                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.zone_rewrites = Counter("dnsapi_zone_rewrites", "zone file rewrites", ["zone"], registry=r)
+        self.zone_errors = Counter("dnsapi_zone_write_errors", "zone file writes that failed",
+                                   ["zone"], registry=r)
+        self.zone_serial = Gauge("dnsapi_zone_serial", "SOA serial of the zone file dnsapi last wrote",
+                                 ["zone"], registry=r)
+        self.zone_records = Gauge("dnsapi_zone_records", "challenge records in the zone (as in Vault)",
+                                  ["zone"], registry=r)
+        self.propagation_seconds = Histogram("dnsapi_propagation_wait_seconds", "time from a stored "
+                                             "add until every DNS server answered it", buckets=_SLOW,
+                                             registry=r)
+        self.propagation_timeouts = Counter("dnsapi_propagation_timeouts", "waits that hit "
+                                            "propagation_timeout", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

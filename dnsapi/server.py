@@ -1,0 +1,82 @@
+"""`dnsapi serve`: run the app until SIGTERM/SIGINT, reload on SIGHUP, tell systemd about each.
+
+Shutdown order matters for "nothing acknowledged is lost": stop accepting connections, let
+in-flight requests finish (their changes are already queued to the zone writers), then close the
+service, which drains every writer queue into Vault and the zone files before returning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+from . import config as config_module
+from . import systemd
+from .api import SERVICE, create_app, reconfigure
+from .config import Config
+from .errors import ConfigError
+
+log = logging.getLogger("dnsapi")
+
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+SHUTDOWN_TIMEOUT = 60.0  # in-flight requests (a `wait` may take propagation_timeout) get this long
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls.cert, config.tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls: cannot load {config.tls.cert} / {config.tls.key}: {exc}") from None
+    return context
+
+
+async def serve(path: Path) -> None:
+    config = config_module.load(path)
+    context = ssl_context(config)
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT)
+    await runner.setup()  # starts the service: zone files are checked here
+    site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=context,
+                       shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await site.start()
+    status = (f"serving {'https' if context else 'http'}://{config.listen_host}:{config.listen_port}, "
+              f"zones: {', '.join(z.name for z in config.zones)}")
+    log.info("%s", status)
+    systemd.notify("READY=1", f"STATUS={status}")
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, path))
+    await stop.wait()
+
+    log.info("stopping: finishing in-flight requests and queued writes")
+    systemd.notify("STOPPING=1", "STATUS=finishing in-flight writes")
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def _reload(app: web.Application, path: Path) -> None:
+    """SIGHUP: re-read the config file and apply what can change while running (tokens, limits,
+    TTLs, intervals, audit file, ...). A broken file changes nothing."""
+    systemd.reloading()
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        log.error("reload: configuration error, keeping the running configuration: %s", exc)
+    else:
+        needs_restart = reconfigure(app, config)
+        log.info("reload: applied %s (%d token(s))", path, len(config.tokens))
+        if needs_restart:
+            log.warning("reload: %s changed; restart dnsapi to apply", ", ".join(needs_restart))
+    running = app[SERVICE].config
+    systemd.notify("READY=1", f"STATUS=serving, zones: {', '.join(z.name for z in running.zones)}")
