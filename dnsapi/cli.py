@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--root-only", action="store_true",
                       help="no intermediate: the root CA on vault_init.pki.mount issues directly")
 
+    check = commands.add_parser(
+        "check", help="check the config, Vault, zone files, Corefile and DNS servers",
+        description="Check everything dnsapi needs and print a checklist, a fix under each ✗: the "
+                    "config file; Vault reachable and unsealed, dnsapi's credentials accepted, "
+                    "the KV v2 mount, read/write access to each zone's secret; each zone file "
+                    "parses and its directory is writable by this user (run it as the service "
+                    "user); the Corefile serves each zone from the same file with a `file` "
+                    "reload interval and no cache; each dns_servers entry answers the zone's SOA "
+                    "authoritatively with the file's serial. Exit status 0 only when all pass.")
+    check.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
+    check.add_argument("--corefile", type=Path, default=Path("/etc/coredns/Corefile"),
+                       help="the Corefile CoreDNS runs with (default: /etc/coredns/Corefile)")
+
     watch = commands.add_parser(
         "pki-watch", help="watch PKI mounts: revocations, stale CRLs, OCSP, expiry; push events",
         description="Poll the PKI mounts in pki_watch.mounts (default: the ones vault-init creates) "
@@ -160,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             return _vault_init(args)
         if args.command == "pki-watch":
             return _pki_watch(args)
+        if args.command == "check":
+            from .check import run
+
+            checklist = run(args.config, args.corefile)
+            print(f"dnsapi check: {args.config}\n{checklist.render()}")
+            return 0 if checklist.passed else 1
         if args.command in CLIENT_COMMANDS:
             return _client_command(args)
         if args.command == "dev":

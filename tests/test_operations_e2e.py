@@ -264,3 +264,49 @@ def test_pki_watch_notifies_ready_reloading_and_stopping(openbao, tmp_path):
     finally:
         proc.kill()
         receiver.stop()
+
+
+def run_check(stack, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["dnsapi", "check", "-c", str(stack.config_path), "--corefile",
+                           str(stack.dir / "Corefile"), *extra], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_check_passes_on_a_working_stack(stack):
+    result = run_check(stack)
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "9 checks, all passed" and not any("✗" in line for line in lines)
+    assert any(f"127.0.0.1:{stack.dns_port} answers the SOA of dev.local authoritatively" in line
+               for line in lines)
+
+
+def test_check_names_each_problem_with_a_fix(make_stack, openbao):
+    def broken(config):
+        config["dns_servers"].append("127.0.0.1:9")  # nothing answers there
+
+    stack = make_stack(broken, start=False)
+    weak = openbao.client.auth.token.create(policies=["default"], ttl="10m")["auth"]["client_token"]
+    (stack.dir / "vault-token").write_text(weak + "\n")
+    corefile = stack.dir / "Corefile"
+    corefile.write_text(corefile.read_text().replace("reload 250ms", "reload 0"))
+    result = run_check(stack)
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if "✗" in line]
+    assert len(failed) == 4, result.stdout
+    assert "secret/ is a KV version 2 mount" in failed[0]  # a token without access cannot see it
+    assert "may read and write secret/data/" in failed[1]
+    assert "reload 0" in failed[2]
+    assert "127.0.0.1:9 answers the SOA of dev.local" in failed[3]
+    assert result.stdout.count("fix:") == 4 and weak not in result.stdout
+
+    stack.zone_path.write_text("not a zone\n")
+    (stack.dir / "vault-token").write_text("wrong-token\n")
+    result = run_check(stack)
+    assert result.returncode == 1
+    assert "✗ Vault accepts dnsapi's token file" in result.stdout
+    assert "✗ zone file" in result.stdout
+
+    stack.config_path.write_text(stack.config_path.read_text().replace("vault:", "vaults:"))
+    result = run_check(stack)
+    assert result.returncode == 1 and "✗ configuration" in result.stdout and "vault" in result.stdout

@@ -1,0 +1,306 @@
+"""`dnsapi check -c FILE`: everything dnsapi needs, checked the way it will be used, as a list of
+✓/✗ lines with a fix for each ✗. Exit status 0 only when every item passes.
+
+It checks, in order: the config file; Vault (reachable, unsealed, our credentials work, the KV
+mount is version 2, the token may read and write each zone's secret); each zone file (parses,
+its directory is writable by this user); the Corefile (serves each zone from the same file with
+a `file` reload interval, no cache in front of it); and each DNS server in `dns_servers`
+(answers the zone's SOA authoritatively, with the serial the file has).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from . import config as config_module
+from .config import Config, ZoneConfig, parse_duration
+from .errors import ConfigError, VaultUnavailable, ZoneError
+from .store import VaultSession
+from .zonefile import ZoneFile
+
+
+@dataclass
+class Item:
+    ok: bool
+    text: str
+    fix: str = ""
+
+
+@dataclass
+class Checklist:
+    items: list[Item] = field(default_factory=list)
+
+    def add(self, ok: bool, text: str, fix: str = "") -> bool:
+        self.items.append(Item(ok, text, "" if ok else fix))
+        return ok
+
+    def render(self) -> str:
+        lines = []
+        for item in self.items:
+            lines.append(f"  {'✓' if item.ok else '✗'} {item.text}")
+            if item.fix:
+                lines.append(f"      fix: {item.fix}")
+        failed = sum(not item.ok for item in self.items)
+        lines.append(f"{len(self.items)} checks, {failed} failed" if failed else
+                     f"{len(self.items)} checks, all passed")
+        return "\n".join(lines)
+
+    @property
+    def passed(self) -> bool:
+        return all(item.ok for item in self.items)
+
+
+def run(path: Path, corefile: Path) -> Checklist:
+    checks = Checklist()
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        checks.add(False, f"configuration {path}: {exc}", "correct the key the message names")
+        return checks
+    checks.add(True, f"configuration {path} is valid ({len(config.zones)} zone(s), "
+                     f"{len(config.tokens)} token(s))")
+    serials: dict[str, int] = {}
+    _vault(config, checks)
+    for zone in config.zones:
+        serial = _zone_file(zone, checks)
+        if serial is not None:
+            serials[zone.name] = serial
+    _corefile(config, corefile, checks)
+    _dns(config, serials, checks)
+    return checks
+
+
+# -- Vault ----------------------------------------------------------------------------------------
+
+def _vault(config: Config, checks: Checklist) -> None:
+    session = VaultSession(config.vault)
+    addr = config.vault.addr
+    try:
+        health = session.client.sys.read_health_status(method="GET")
+    except Exception as exc:
+        checks.add(False, f"Vault at {addr} is reachable: {type(exc).__name__}",
+                   "start Vault, or correct vault.addr (and vault.ca_cert for a private CA)")
+        return
+    if not isinstance(health, dict) or health.get("sealed", False):
+        checks.add(False, f"Vault at {addr} is unsealed", "unseal Vault (bao/vault operator unseal)")
+        return
+    checks.add(True, f"Vault at {addr} is reachable and unsealed (version {health.get('version', '?')})")
+    method = "AppRole" if config.vault.approle else "token file" if config.vault.token_file else "token"
+    try:
+        session.run(lambda: session.client.auth.token.lookup_self())
+    except VaultUnavailable as exc:
+        checks.add(False, f"Vault accepts dnsapi's {method}: {exc.message}",
+                   "`dnsapi vault-init` writes the AppRole files; a static token must be valid "
+                   "and not expired")
+        return
+    checks.add(True, f"Vault accepts dnsapi's {method}")
+    kv = config.vault.kv_mount
+    try:
+        mount = session.run(lambda: session.client.read(f"sys/internal/ui/mounts/{kv}"))
+        data = (mount or {}).get("data") or {}
+        is_v2 = data.get("type") in ("kv", "generic") and (data.get("options") or {}).get("version") == "2"
+    except VaultUnavailable:
+        is_v2 = False
+    checks.add(is_v2, f"{kv}/ is a KV version 2 mount",
+               f"`dnsapi vault-init` creates it, or: vault secrets enable -path={kv} kv-v2")
+    for zone in config.zones:
+        path = f"{kv}/data/{config.vault.prefix}/zones/{zone.name}"
+        try:
+            caps = session.run(lambda p=path: _capabilities(session, p))
+        except VaultUnavailable as exc:
+            caps, reason = [], exc.message
+        else:
+            reason = f"has {', '.join(caps) or 'nothing'}"
+        ok = "root" in caps or {"read", "create", "update"} <= set(caps)
+        checks.add(ok, f"the token may read and write {path}" + ("" if ok else f" ({reason})"),
+                   f"give it the {config.vault_init.policy} policy (vault/dnsapi-policy.hcl; "
+                   "`dnsapi vault-init` writes it)")
+
+
+def _capabilities(session: VaultSession, path: str) -> list[str]:
+    response = session.client.adapter.post("/v1/sys/capabilities-self", json={"paths": [path]})
+    data = response.get("data", response) if isinstance(response, dict) else {}
+    return list(data.get(path) or data.get("capabilities") or [])
+
+
+# -- zone files -----------------------------------------------------------------------------------
+
+def _zone_file(zone: ZoneConfig, checks: Checklist) -> int | None:
+    try:
+        serial = ZoneFile(zone.file, zone.name).check()
+    except ZoneError as exc:
+        checks.add(False, f"zone file {zone.file} for {zone.name}: {exc.message}",
+                   "fix the file (dnsapi refuses to start on a zone file that does not parse)")
+        return None
+    checks.add(True, f"zone file {zone.file} parses as {zone.name} (serial {serial})")
+    writable = os.access(zone.file.parent, os.W_OK | os.X_OK) and os.access(zone.file, os.R_OK)
+    checks.add(writable, f"{zone.file.parent} is writable by this user (uid {os.getuid()})",
+               "dnsapi replaces the file by rename: make the directory writable by its user "
+               "(e.g. chown dnsapi:coredns, chmod 2770) and the file readable by CoreDNS")
+    return serial
+
+
+# -- Corefile -------------------------------------------------------------------------------------
+
+@dataclass
+class Directive:
+    name: str
+    args: list[str]
+    block: list[Directive] = field(default_factory=list)
+
+
+@dataclass
+class ServerBlock:
+    zones: list[str]  # normalised: no scheme, port or trailing dot; "." for the root
+    directives: list[Directive]
+
+
+def _tokens(text: str) -> list[str | None]:
+    """Corefile tokens; None marks a line end. Quotes group words; # starts a comment."""
+    tokens: list[str | None] = []
+    for line in text.splitlines():
+        for match in re.finditer(r'"([^"]*)"|(#.*)|([{}])|([^\s{}"#]+)', line):
+            if match.group(2):
+                break
+            tokens.append(match.group(1) if match.group(1) is not None else match.group(3) or match.group(4))
+        tokens.append(None)
+    return tokens
+
+
+def parse_corefile(text: str) -> list[ServerBlock]:
+    """Server blocks with their directives (one level of sub-blocks, as `file ... { reload }`)."""
+    tokens = _tokens(text)
+    blocks: list[ServerBlock] = []
+    i = 0
+
+    def directives_until_close() -> list[Directive]:
+        nonlocal i
+        found: list[Directive] = []
+        line: list[str] = []
+        while i < len(tokens):
+            token = tokens[i]
+            i += 1
+            if token == "}":
+                if line:
+                    found.append(Directive(line[0], line[1:]))
+                return found
+            if token == "{":
+                found.append(Directive(line[0] if line else "", line[1:], directives_until_close()))
+                line = []
+            elif token is None:
+                if line:
+                    found.append(Directive(line[0], line[1:]))
+                line = []
+            else:
+                line.append(token)
+        raise ValueError("unbalanced braces")
+
+    keys: list[str] = []
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if token == "{":
+            blocks.append(ServerBlock([_zone_key(k) for k in keys], directives_until_close()))
+            keys = []
+        elif token == "}":
+            raise ValueError("unbalanced braces")
+        elif token is not None:
+            keys.append(token)
+    return blocks
+
+
+def _zone_key(key: str) -> str:
+    key = re.sub(r"^[a-z]+://", "", key.lower())
+    key = re.sub(r":\d+$", "", key)
+    return key.rstrip(".") or "."
+
+
+def _corefile(config: Config, path: Path, checks: Checklist) -> None:
+    try:
+        blocks = parse_corefile(path.read_text())
+    except OSError as exc:
+        checks.add(False, f"Corefile {path} is readable: {exc.strerror}",
+                   "pass the Corefile CoreDNS runs with: dnsapi check --corefile PATH")
+        return
+    except ValueError as exc:
+        checks.add(False, f"Corefile {path} parses: {exc}", "fix the Corefile")
+        return
+    for zone in config.zones:
+        _corefile_zone(zone, blocks, path, checks)
+
+
+def _corefile_zone(zone: ZoneConfig, blocks: list[ServerBlock], path: Path, checks: Checklist) -> None:
+    for block in blocks:
+        root = next((Path(d.args[0]) for d in block.directives if d.name == "root" and d.args), path.parent)
+        for directive in block.directives:
+            if directive.name != "file" or not directive.args:
+                continue
+            served = [_zone_key(z) for z in directive.args[1:]] or block.zones
+            if zone.name not in served:
+                continue
+            db = Path(directive.args[0])
+            db = db if db.is_absolute() else (root / db)
+            what = f"Corefile {path} serves {zone.name} with the file plugin"
+            if db.resolve() != zone.file.resolve():
+                checks.add(False, f"{what} from {zone.file} (it serves {db})",
+                           f"point `file` at {zone.file} (relative paths are relative to "
+                           "CoreDNS's working directory or `root`)")
+                return
+            reload = next((d.args[0] for d in directive.block if d.name == "reload" and d.args), "1m")
+            seconds = parse_duration(reload)
+            ok = bool(seconds)
+            checks.add(ok, f"{what} from {db}, reload {reload}",
+                       "set `reload 1s` (or similar) in the file block: CoreDNS only picks up "
+                       "dnsapi's changes when it re-reads the file")
+            if any(d.name == "cache" for d in block.directives):
+                checks.add(False, f"no cache in front of {zone.name}",
+                           "remove `cache` from this server block: a cached NXDOMAIN hides a new "
+                           "_acme-challenge record from the CA")
+            return
+    checks.add(False, f"Corefile {path} serves {zone.name} with the file plugin",
+               f"add a server block: {zone.name} {{ file {zone.file} {{ reload 1s }} }}")
+
+
+# -- DNS servers ----------------------------------------------------------------------------------
+
+def _dns(config: Config, serials: dict[str, int], checks: Checklist) -> None:
+    if not config.dns_servers:
+        checks.add(False, "dns_servers lists the servers that serve the zones",
+                   "list them (IP:PORT): adds with wait, acme.sh --dnssleep 0 and lego "
+                   "--dns.disable-cp rely on dnsapi checking them")
+        return
+    for host, port in config.dns_servers:
+        for zone in config.zones:
+            _soa(host, port, zone.name, serials.get(zone.name), checks)
+
+
+def _soa(host: str, port: int, zone: str, expected: int | None, checks: Checklist) -> None:
+    what = f"{host}:{port} answers the SOA of {zone}"
+    try:
+        response = dns.query.udp(dns.message.make_query(zone + ".", dns.rdatatype.SOA), host, port=port,
+                                 timeout=2)
+    except (dns.exception.DNSException, OSError) as exc:
+        checks.add(False, f"{what}: {type(exc).__name__}", "is CoreDNS running and listening there?")
+        return
+    soa = [rd for rrset in response.answer if rrset.rdtype == dns.rdatatype.SOA for rd in rrset]
+    if not soa or not response.flags & dns.flags.AA:
+        checks.add(False, f"{what} authoritatively (got rcode {response.rcode()}, "
+                          f"{'no SOA' if not soa else 'not authoritative'})",
+                   "this server does not serve the zone: check its Corefile")
+        return
+    serial = soa[0].serial
+    if expected is not None and serial != expected:
+        checks.add(False, f"{what} with the file's serial (serves {serial}, file has {expected})",
+                   "CoreDNS has not loaded the current file: check its `reload` and its log")
+        return
+    checks.add(True, f"{what} authoritatively (serial {serial})")
+

@@ -1,0 +1,67 @@
+"""`dnsapi check`'s Corefile reading and checklist, without servers (the live checks are in
+test_operations_e2e.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dnsapi.check import Checklist, _corefile_zone, parse_corefile
+from dnsapi.config import ZoneConfig
+
+ZONE = ZoneConfig("dev.local", Path("/var/lib/dnsapi/zones/db.dev.local"))
+COREFILE = Path("/etc/coredns/Corefile")
+
+
+def check(text: str) -> list[tuple[bool, str]]:
+    checks = Checklist()
+    _corefile_zone(ZONE, parse_corefile(text), COREFILE, checks)
+    return [(item.ok, item.text) for item in checks.items]
+
+
+def test_parses_blocks_comments_quotes_and_sub_blocks():
+    blocks = parse_corefile('''
+# comment { not a block
+dns://dev.local:53 other.local. {   # trailing comment
+    bind 127.0.0.1 ::1
+    file "/var/lib/dnsapi/zones/db.dev.local" dev.local {
+        reload 2s
+    }
+    log
+}
+.:53 { forward . 127.0.0.1:5300 }
+''')
+    assert [b.zones for b in blocks] == [["dev.local", "other.local"], ["."]]
+    file = blocks[0].directives[1]
+    assert (file.name, file.args, file.block[0].args) == ("file", ["/var/lib/dnsapi/zones/db.dev.local",
+                                                                   "dev.local"], ["2s"])
+    assert blocks[1].directives[0].args == [".", "127.0.0.1:5300"]
+
+
+@pytest.mark.parametrize("text", ["dev.local {", "dev.local { file x } }"])
+def test_unbalanced_braces_are_an_error(text):
+    with pytest.raises(ValueError, match="unbalanced"):
+        parse_corefile(text)
+
+
+def test_a_good_block_passes():
+    assert check("dev.local { file /var/lib/dnsapi/zones/db.dev.local { reload 1s } }") == [
+        (True, "Corefile /etc/coredns/Corefile serves dev.local with the file plugin from "
+               "/var/lib/dnsapi/zones/db.dev.local, reload 1s")]
+    # relative to `root`; reload defaults to CoreDNS's 1m
+    assert check("dev.local {\n root /var/lib/dnsapi/zones\n file db.dev.local\n}")[0][0]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("other.local { file /var/lib/dnsapi/zones/db.dev.local }", "serves dev.local with the file plugin"),
+    ("dev.local { file /etc/coredns/db.dev.local }", "it serves /etc/coredns/db.dev.local"),
+    ("dev.local { file /var/lib/dnsapi/zones/db.dev.local { reload 0 } }", "reload 0"),
+    ("dev.local {\n file /var/lib/dnsapi/zones/db.dev.local\n cache 30\n}", "no cache in front"),
+])
+def test_problems_are_failed_items_with_a_fix(text, problem):
+    checks = Checklist()
+    _corefile_zone(ZONE, parse_corefile(text), COREFILE, checks)
+    failed = [item for item in checks.items if not item.ok]
+    assert len(failed) == 1 and problem in failed[0].text and failed[0].fix
+    assert not checks.passed and "1 failed" in checks.render()
