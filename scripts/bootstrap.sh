@@ -13,10 +13,12 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: dig, curl, wget (the hook under both), openssl, the ACME clients lego and
 # certbot and nginx for the end-to-end tests, shellcheck for the hooks, chattr and pgrep for the
-# fault tests, and BIND (named) for bench/compare.py.
+# fault tests, BIND (named) for bench/compare.py, systemd-analyze for the unit files, and
+# update-ca-certificates for the tutorial's trust step.
 missing=()
 for pair in dig:bind9-dnsutils curl:curl wget:wget openssl:openssl lego:lego certbot:certbot \
-            nginx:nginx-light shellcheck:shellcheck chattr:e2fsprogs pgrep:procps named:bind9; do
+            nginx:nginx-light shellcheck:shellcheck chattr:e2fsprogs pgrep:procps named:bind9 \
+            systemd-analyze:systemd update-ca-certificates:ca-certificates; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -29,6 +31,7 @@ fi
 # the OpenBao server. -I keeps the current directory off sys.path, so this sees the installed copy.
 installed_here() {
   python3 -I -c 'import os, sys, dnsapi, hvac, aiohttp, dns, yaml, pytest, pytest_asyncio, hypothesis
+import cryptography, prometheus_client, schemathesis
 sys.exit(os.path.dirname(os.path.realpath(dnsapi.__file__)) != os.path.realpath("dnsapi"))' 2>/dev/null
 }
 if ! installed_here || ! command -v bao >/dev/null 2>&1 || ! command -v dnsapi >/dev/null 2>&1; then

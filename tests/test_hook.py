@@ -162,7 +162,7 @@ def test_https_with_ca_bundle(make_stack, tls_files, tmp_path, shell):
 
 
 @pytest.mark.parametrize("script", ["hooks/dns_internal.sh", "hooks/lego-exec.sh",
-                                    "tests/acmesh/harness.sh"])
+                                    "tests/acmesh/harness.sh", "tests/acmesh/acme.sh"])
 def test_posix_sh_without_bashisms(script):
     result = subprocess.run(["shellcheck", "--shell=sh", "--severity=style", str(ROOT / script)],
                             capture_output=True, text=True, check=False)
