@@ -63,17 +63,27 @@ def openbao_binary() -> str:
     return found
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free on 127.0.0.1 for both TCP and UDP (DNS needs both)."""
-    for _ in range(100):
+    """A port free on 127.0.0.1 for both TCP and UDP (DNS needs both), whose next port is free
+    too: an OpenBao dev server also listens on port + 1 (its cluster port). Ports handed out
+    before, and their next ports, are never handed out again by this process."""
+    for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind(("127.0.0.1", 0))
             port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            if {port, port + 1} & _HANDED_OUT or port >= 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as neighbour:
                 try:
                     udp.bind(("127.0.0.1", port))
+                    neighbour.bind(("127.0.0.1", port + 1))
                 except OSError:
                     continue
+                _HANDED_OUT.update((port, port + 1))
                 return port
     raise StackError("no free port on 127.0.0.1")
 

@@ -311,3 +311,31 @@ def test_escaped_values_from_vault_survive_repeated_rewrites(zone):
     zone.sync([odd, rec("api.", "v3")], today=DAY)
     found = block_records(ZoneText.split(zone.path.read_text()).block, "dev.local")
     assert found == {odd.key: 60, ("_acme-challenge.api.dev.local", "v3"): 60}
+
+
+@pytest.mark.parametrize("bad", [
+    '_acme-challenge.www.dev.local. 60 IN TXT "other"',                # another value
+    '_acme-challenge.www.dev.local. 60 IN TXT "abc"\nevil.dev.local. 60 IN A 10.0.0.1',  # injected
+    'evil.dev.local. 60 IN TXT "abc"',                                 # another name
+    '_acme-challenge.www.dev.local. 3600 IN TXT "abc"',               # another TTL
+])
+def test_a_line_that_does_not_parse_back_to_its_record_is_never_written(zone, monkeypatch, bad):
+    """The check that guards the renderer: were it ever to emit a wrong line, nothing is written."""
+    from dnsapi import zonefile
+
+    zone.sync([rec("www.", "first")])
+    before = zone.path.read_text()
+    monkeypatch.setattr(zonefile, "_txt_line", lambda fqdn, ttl, value: bad)
+    with pytest.raises(ZoneError, match="managed"):
+        zone.sync([rec("www.", "abc")])
+    assert zone.path.read_text() == before
+
+
+def test_two_records_rendering_to_one_line_are_refused(zone, monkeypatch):
+    from dnsapi import zonefile
+
+    line = '_acme-challenge.www.dev.local. 60 IN TXT "a"'
+    monkeypatch.setattr(zonefile, "_txt_line", lambda fqdn, ttl, value: line)
+    with pytest.raises(ZoneError, match="internal check failed"):
+        zone.sync([rec("www.", "a"), rec("www.", "b")])
+    assert zone.path.read_text() == OPERATOR_ZONE
