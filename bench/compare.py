@@ -46,7 +46,7 @@ from dnsapi.devstack import Process, free_port, local_stack, soa_answered, wait_
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = ((1, 300), (16, 1000), (64, 2000))
 VISIBLE_SAMPLES = 60
-ISSUANCE_RUNS = 3
+ISSUANCE_RUNS = 7  # OpenBao ACME now and then validates 5.5 s late, on both paths: see README
 
 
 def percentile(values: list[float], p: float) -> float:

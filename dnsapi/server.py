@@ -14,6 +14,7 @@ import ssl
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from . import config as config_module
 from . import systemd
@@ -23,8 +24,16 @@ from .errors import ConfigError
 
 log = logging.getLogger("dnsapi")
 
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 SHUTDOWN_TIMEOUT = 60.0  # in-flight requests (a `wait` may take propagation_timeout) get this long
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, `127.0.0.1 "POST /v1/records" 201 1.2ms` (plus the request id, added
+    by the log filter). aiohttp's configurable formatter cost ~10 % of an add's throughput."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s" %d %.1fms', request.remote, request.method, request.path_qs,
+                         response.status, time * 1000)
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -42,7 +51,7 @@ async def serve(path: Path) -> None:
     config = config_module.load(path)
     context = ssl_context(config)
     app = create_app(config)
-    runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT)
+    runner = web.AppRunner(app, access_log_class=AccessLogger)
     await runner.setup()  # starts the service: zone files are checked here
     site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=context,
                        shutdown_timeout=SHUTDOWN_TIMEOUT)
