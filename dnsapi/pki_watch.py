@@ -172,9 +172,17 @@ class MountCheck:
         """Conditions that could not be evaluated this cycle stay as they were."""
         self.active |= {key for key in self.state.alerts if key.startswith(prefix)}
 
+    def _revoked_at(self, serial: str) -> float | None:
+        """When `serial` was revoked: read again only while the remembered copy predates it."""
+        stored = self.pki.stored(serial)
+        if stored.revocation_time is None:
+            stored = self.pki.stored(serial, refresh=True)
+        return stored.revocation_time
+
     def _describe(self, serial: str) -> dict[str, Any]:
         try:
-            stored = self.pki.stored(serial, refresh=True)
+            self._revoked_at(serial)
+            stored = self.pki.stored(serial)
         except PkiUnavailable:  # tidied away: the serial is all there is
             return {"serial": serial}
         info = stored.info
@@ -222,7 +230,7 @@ class MountCheck:
             return
         for serial in sorted(missing):
             try:
-                revoked_at = self.pki.stored(serial, refresh=True).revocation_time
+                revoked_at = self._revoked_at(serial)
             except PkiUnavailable:
                 continue
             if revoked_at is not None and self.now - revoked_at > self.settings.crl_grace:
