@@ -8,11 +8,12 @@ refusal; the error middleware turns exceptions into JSON errors; a handler authe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +23,7 @@ from . import logs
 from .audit import AuditLog, value_hash
 from .auth import Authenticator
 from .config import Config, TokenConfig
-from .errors import BadRequest, DnsapiError, PayloadTooLarge, TooManyRequests
+from .errors import BadRequest, DnsapiError, PayloadTooLarge, ShuttingDown, TooManyRequests
 from .metrics import CONTENT_TYPE
 from .names import validate_value
 from .openapi import document
@@ -39,6 +40,7 @@ class Runtime:
     auth: Authenticator
     limiter: RateLimiter
     audit: AuditLog
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set when shutdown begins
 
 
 SERVICE = web.AppKey("service", RecordService)
@@ -122,6 +124,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         note(request, error=code)
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, exc.reason, allow)
+    except ConnectionResetError:  # the client went away mid-request; nothing was changed
+        note(request, error="client_disconnected")
+        return error_response(400, "client_disconnected", "the client closed the connection")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         note(request, error="internal")
@@ -130,10 +135,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 # -- request parsing ------------------------------------------------------------------------------
 
+async def read_body(request: web.Request) -> bytes:
+    """The whole body. Once shutdown begins aiohttp stops reading from connections, so a body
+    still arriving then never completes: such a request is given up at once (it changed nothing)
+    instead of holding the shutdown until its timeout."""
+    if request.content.is_eof():  # the usual case: the body came with the headers
+        return await request.read()
+    reading = asyncio.ensure_future(request.read())
+    stopping = asyncio.ensure_future(request.app[RUNTIME].stopping.wait())
+    await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not reading.done():
+        reading.cancel()
+        raise ShuttingDown("dnsapi is shutting down; nothing was changed, retry shortly")
+    return reading.result()
+
+
 async def read_json(request: web.Request) -> dict[str, Any] | None:
     """The body as a JSON object whatever the Content-Type (so `curl -d` works); None if empty."""
     try:
-        raw = await request.read()
+        raw = await read_body(request)
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body is larger than {request.app[MAX_BODY]} bytes") \
             from None

@@ -76,6 +76,13 @@ class VaultUnavailable(DnsapiError):
     code = "vault_unavailable"
 
 
+class ShuttingDown(DnsapiError):
+    """dnsapi is stopping and the request's body had not fully arrived; nothing was changed."""
+
+    status = 503
+    code = "shutting_down"
+
+
 class PropagationTimeout(DnsapiError):
     status = 504
     code = "propagation_timeout"

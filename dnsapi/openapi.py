@@ -38,7 +38,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "request body larger than max_body_bytes",
         429: "over the token's rate limit (see Retry-After)",
         500: "the zone file could not be written (the change is in Vault and will be written)",
-        503: "Vault is unreachable or refused dnsapi's token; nothing was changed",
+        503: "Vault is unreachable or refused dnsapi's token, or dnsapi is shutting down; nothing "
+             "was changed",
         504: "stored, but the DNS servers did not answer it within propagation_timeout",
     }
     return {str(s): _json(_ref("Error"), meaning[s]) for s in statuses}

@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import config as config_module
 from . import systemd
-from .api import SERVICE, create_app, reconfigure
+from .api import RUNTIME, SERVICE, create_app, reconfigure
 from .config import Config
 from .errors import ConfigError
 
@@ -70,6 +70,7 @@ async def serve(path: Path) -> None:
 
     log.info("stopping: finishing in-flight requests and queued writes")
     systemd.notify("STOPPING=1", "STATUS=finishing in-flight writes")
+    app[RUNTIME].stopping.set()
     await runner.cleanup()
     log.info("stopped")
 
