@@ -24,7 +24,7 @@ import dns.rdatatype
 from . import config as config_module
 from .config import Config, ZoneConfig, parse_duration
 from .errors import ConfigError, VaultUnavailable, ZoneError
-from .store import VaultSession
+from .store import VaultSession, is_kv2
 from .zonefile import ZoneFile
 
 
@@ -107,7 +107,7 @@ def _vault(config: Config, checks: Checklist) -> None:
     try:
         mount = session.run(lambda: session.client.read(f"sys/internal/ui/mounts/{kv}"))
         data = (mount or {}).get("data") or {}
-        is_v2 = data.get("type") in ("kv", "generic") and (data.get("options") or {}).get("version") == "2"
+        is_v2 = is_kv2(data)
     except VaultUnavailable:
         is_v2 = False
     checks.add(is_v2, f"{kv}/ is a KV version 2 mount",
@@ -115,7 +115,7 @@ def _vault(config: Config, checks: Checklist) -> None:
     for zone in config.zones:
         path = f"{kv}/data/{config.vault.prefix}/zones/{zone.name}"
         try:
-            caps = session.run(lambda p=path: _capabilities(session, p))
+            caps = session.run(lambda p=path: session.capabilities(p))
         except VaultUnavailable as exc:
             caps, reason = [], exc.message
         else:
@@ -124,12 +124,6 @@ def _vault(config: Config, checks: Checklist) -> None:
         checks.add(ok, f"the token may read and write {path}" + ("" if ok else f" ({reason})"),
                    f"give it the {config.vault_init.policy} policy (vault/dnsapi-policy.hcl; "
                    "`dnsapi vault-init` writes it)")
-
-
-def _capabilities(session: VaultSession, path: str) -> list[str]:
-    response = session.client.adapter.post("/v1/sys/capabilities-self", json={"paths": [path]})
-    data = response.get("data", response) if isinstance(response, dict) else {}
-    return list(data.get(path) or data.get("capabilities") or [])
 
 
 # -- zone files -----------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from typing import Any
 
-import hvac.exceptions
 import requests
 
 from .config import Config, PkiWatchConfig
@@ -97,33 +96,12 @@ class StateStore:
         self.path = f"{session.config.prefix}/pki-watch/state"
 
     def load(self) -> WatchState:
-        kv = self.session.client.secrets.kv.v2
-
-        def read() -> WatchState:
-            try:
-                body = kv.read_secret_version(path=self.path, mount_point=self.session.config.kv_mount,
-                                              raise_on_deleted_version=False)["data"]
-            except hvac.exceptions.InvalidPath:
-                return WatchState()
-            return WatchState.from_data(body.get("data") or {}, int(body["metadata"]["version"]))
-
-        return self.session.run(read)
+        data, version = self.session.run(lambda: self.session.read_kv(self.path))
+        return WatchState.from_data(data, version)
 
     def save(self, state: WatchState) -> None:
-        kv = self.session.client.secrets.kv.v2
-
-        def write() -> None:
-            try:
-                response = kv.create_or_update_secret(path=self.path, secret=state.to_data(),
-                                                      cas=state.version,
-                                                      mount_point=self.session.config.kv_mount)
-            except hvac.exceptions.InvalidRequest as exc:
-                if "check-and-set" in str(exc):
-                    raise CasConflict() from None
-                raise
-            state.version = int(response["data"]["version"])
-
-        self.session.run(write)
+        state.version = self.session.run(lambda: self.session.write_kv(self.path, state.to_data(),
+                                                                       state.version))
 
 
 class MountCheck:

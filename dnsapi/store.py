@@ -76,6 +76,11 @@ def decode_records(data: dict[str, Any]) -> dict[tuple[str, str], Record]:
     return records
 
 
+def is_kv2(mount: dict[str, Any]) -> bool:
+    """Is this mount description (from sys/mounts or sys/internal/ui/mounts) a KV version 2 mount?"""
+    return mount.get("type") in ("kv", "generic") and (mount.get("options") or {}).get("version") == "2"
+
+
 class CasConflict(Exception):
     """Another writer changed the zone secret since we read it: re-read, re-apply, retry."""
 
@@ -227,6 +232,36 @@ class VaultSession:
         except requests.RequestException:
             raise VaultUnavailable(f"Vault at {self.config.addr} is unreachable") from None
 
+    # The calls below are raw hvac calls: run them inside `run`.
+
+    def read_kv(self, path: str) -> tuple[dict[str, Any], int]:
+        """A KV v2 secret's latest data and version: ({}, 0) when it does not exist, and data {}
+        when its latest version was deleted by hand."""
+        try:
+            body = self.client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=self.config.kv_mount, raise_on_deleted_version=False)["data"]
+        except hvac.exceptions.InvalidPath:
+            return {}, 0
+        return body.get("data") or {}, int(body["metadata"]["version"])
+
+    def write_kv(self, path: str, data: dict[str, Any], cas: int) -> int:
+        """Write `data` if the secret is still at version `cas` (0: does not exist yet); returns
+        the new version. Raises CasConflict when someone else wrote first."""
+        try:
+            response = self.client.secrets.kv.v2.create_or_update_secret(
+                path=path, secret=data, cas=cas, mount_point=self.config.kv_mount)
+        except hvac.exceptions.InvalidRequest as exc:
+            if "check-and-set" in str(exc):
+                raise CasConflict() from None
+            raise
+        return int(response["data"]["version"])
+
+    def capabilities(self, path: str) -> list[str]:
+        """What our token may do on `path`: e.g. ["create", "read", ...]."""
+        response = self.client.adapter.post("/v1/sys/capabilities-self", json={"paths": [path]})
+        data = response.get("data", response) if isinstance(response, dict) else {}
+        return list(data.get(path) or data.get("capabilities") or [])
+
 
 class VaultStore:
     """Async facade over hvac for the zone secrets."""
@@ -246,18 +281,9 @@ class VaultStore:
     async def write_zone(self, zone: str, records: dict[tuple[str, str], Record], cas: int) -> int:
         """Write all of a zone's records if the secret is still at version `cas`; returns the new
         version. Raises CasConflict when someone else wrote first."""
-        def write() -> int:  # encoding too runs in the worker thread: it is ~1.5 ms at 3,000 records
-            try:
-                response = self.client.secrets.kv.v2.create_or_update_secret(
-                    path=self.secret_path(zone), secret=encode_records(records), cas=cas,
-                    mount_point=self.config.kv_mount)
-            except hvac.exceptions.InvalidRequest as exc:
-                if "check-and-set" in str(exc):
-                    raise CasConflict() from None
-                raise
-            return int(response["data"]["version"])
-
-        return await self._call("write_zone", write)
+        # Encoding too runs in the worker thread: it grows with the zone.
+        return await self._call("write_zone", lambda: self.session.write_kv(
+            self.secret_path(zone), encode_records(records), cas))
 
     async def current_version(self, zone: str) -> int:
         """The zone secret's current KV version (0 when it does not exist): one small metadata
@@ -275,24 +301,10 @@ class VaultStore:
     async def capabilities(self, zone: str) -> list[str]:
         """What our token may do on the zone secret (for /readyz): e.g. ["create", "read", ...]."""
         path = f"{self.config.kv_mount}/data/{self.secret_path(zone)}"
-
-        def lookup() -> list[str]:
-            response = self.client.adapter.post("/v1/sys/capabilities-self", json={"paths": [path]})
-            data = response.get("data", response) if isinstance(response, dict) else {}
-            return list(data.get(path) or data.get("capabilities") or [])
-
-        return await self._call("capabilities", lookup)
+        return await self._call("capabilities", lambda: self.session.capabilities(path))
 
     def _read_zone(self, zone: str) -> ZoneState:
-        try:
-            response = self.client.secrets.kv.v2.read_secret_version(
-                path=self.secret_path(zone), mount_point=self.config.kv_mount,
-                raise_on_deleted_version=False)
-        except hvac.exceptions.InvalidPath:
-            return ZoneState(records={}, version=0)
-        body = response["data"]
-        version = int(body["metadata"]["version"])
-        data = body.get("data") or {}  # None when the latest version was deleted by hand
+        data, version = self.session.read_kv(self.secret_path(zone))
         return ZoneState(records=decode_records(data), version=version)
 
     async def _call(self, operation: str, fn: Callable[[], T]) -> T:

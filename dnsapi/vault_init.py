@@ -23,6 +23,7 @@ import hvac
 import hvac.exceptions
 
 from .config import Config, parse_duration
+from .store import is_kv2
 
 ACME_RESPONSE_HEADERS = ["Last-Modified", "Location", "Replay-Nonce", "Link"]
 ACME_REQUEST_HEADERS = ["If-Modified-Since"]
@@ -158,7 +159,7 @@ class VaultInit:
         if found is None:
             self.client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
             self._note("created", f"KV v2 secrets engine at {mount}/")
-        elif found["type"] not in ("kv", "generic") or (found.get("options") or {}).get("version") != "2":
+        elif not is_kv2(found):
             raise InitError(f"vault.kv_mount: {mount}/ exists but is not a KV version 2 mount "
                             f"(type {found['type']}, options {found.get('options')})")
         else:
