@@ -46,5 +46,8 @@ if [ ! -x "$COREDNS_BIN" ]; then
   mkdir -p "$(dirname "$COREDNS_BIN")"
   GOBIN="$(dirname "$COREDNS_BIN")" GOFLAGS=-mod=mod go install "github.com/coredns/coredns@$COREDNS_VERSION"
 fi
-"$COREDNS_BIN" -version | head -n 1
-bao version | head -n 1
+# Print the first line of each version; no `| head`, whose early exit would SIGPIPE the writer
+# and fail this script under pipefail.
+first_line() { local out; out="$("$@")"; printf '%s\n' "${out%%$'\n'*}"; }
+first_line "$COREDNS_BIN" -version
+first_line bao version
