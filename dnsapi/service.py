@@ -91,7 +91,7 @@ class ZoneWriter:
         try:
             assert self.state is not None
             self.metrics.zone_records.labels(self.zone.name).set(len(self.state.records))
-            serial = await asyncio.to_thread(self.file.sync, self.state.records.values())
+            serial = await asyncio.to_thread(self.file.sync, self.state.records)
             if serial is not None:
                 log.info("zone %s rewritten: %d records, serial %d",
                          self.zone.name, len(self.state.records), serial)

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
-import operator
 import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +26,10 @@ import dns.exception
 import dns.rdatatype
 import dns.zone
 
+from .block import BEGIN_PREFIX, END_MARKER, Key, ManagedBlock
 from .errors import ZoneError
 from .records import Record
 
-BEGIN_MARKER = "; BEGIN dnsapi managed records - rewritten from Vault, edits here are lost"
-END_MARKER = "; END dnsapi managed records"
 _MARKER_END = re.compile(r"\b[^\r\n]*")  # the rest of a marker line, as `\b.*?$` would take it
 
 
@@ -74,47 +71,7 @@ def next_serial(old: int, today: dt.date) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rendering and reading the managed block
-
-def quote_txt(value: str) -> str:
-    """A validated value as a zone-file string: always quoted, `"` and `\\` escaped."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-_BY_KEY = operator.attrgetter("fqdn", "value")
-
-
-@functools.lru_cache(maxsize=65536)
-def _txt_line(fqdn: str, ttl: int, value: str) -> str:
-    return f"{fqdn}. {ttl} IN TXT {quote_txt(value)}"
-
-
-def block_lines(records: Iterable[Record]) -> list[tuple[str, tuple[str, str, int]]]:
-    """Each record's line in block order, with the (fqdn, value, ttl) it must parse back to.
-
-    Names are absolute (trailing dot) so no `$ORIGIN` in the operator's part can move them, and
-    every TTL is explicit. All values at one name share the smallest requested TTL, because an
-    RRset has one TTL (RFC 2181 5.2). Sorted, so equal record sets render identically. Lines are
-    remembered: a batch re-renders thousands of unchanged records.
-    """
-    ordered = sorted(records, key=_BY_KEY)
-    ttls: dict[str, int] = {}
-    for record in ordered:
-        ttl = ttls.get(record.fqdn)
-        if ttl is None or record.ttl < ttl:
-            ttls[record.fqdn] = record.ttl
-    return [(_txt_line(r.fqdn, ttls[r.fqdn], r.value), (r.fqdn, r.value, ttls[r.fqdn])) for r in ordered]
-
-
-def join_block(lines: Iterable[str], newline: str = "\n") -> str:
-    """The managed block: the markers around `lines`."""
-    return newline.join([BEGIN_MARKER, *lines, END_MARKER]) + newline
-
-
-def render_block(records: Iterable[Record], newline: str = "\n") -> str:
-    """The managed block for `records`, markers included."""
-    return join_block((line for line, _ in block_lines(records)), newline)
-
+# Finding the managed block
 
 @dataclass(frozen=True)
 class ZoneText:
@@ -126,8 +83,8 @@ class ZoneText:
 
     @classmethod
     def split(cls, text: str) -> ZoneText:
-        begins = _marker_lines(text, "; BEGIN dnsapi managed records")
-        ends = _marker_lines(text, "; END dnsapi managed records")
+        begins = _marker_lines(text, BEGIN_PREFIX)
+        ends = _marker_lines(text, END_MARKER)
         if not begins and not ends:
             return cls(text, "", "")
         if len(begins) != 1 or len(ends) != 1 or ends[0][0] < begins[0][1]:
@@ -206,26 +163,6 @@ def parse_zone(text: str, origin: str, what: str = "zone file") -> dns.zone.Zone
         raise ZoneError(f"{what} for {origin} does not parse: {exc}") from None
 
 
-def block_records(block: str, origin: str) -> dict[tuple[str, str], int]:
-    """The TXT records in a managed block as {(fqdn, value): ttl}; ZoneError if it is not only
-    TXT records below `origin`."""
-    if not block:
-        return {}
-    try:
-        zone = dns.zone.from_text(block, origin=origin + ".", relativize=False, check_origin=False)
-    except dns.exception.DNSException as exc:
-        raise ZoneError(f"the managed block for {origin} does not parse: {exc}") from None
-    found: dict[tuple[str, str], int] = {}
-    for name, node in zone.nodes.items():
-        for rdataset in node.rdatasets:
-            if rdataset.rdtype != dns.rdatatype.TXT:
-                raise ZoneError(f"the managed block for {origin} holds a non-TXT record at {name}")
-            fqdn = name.to_text(omit_final_dot=True)
-            for rdata in rdataset:
-                found[(fqdn, b"".join(rdata.strings).decode("ascii"))] = rdataset.ttl
-    return found
-
-
 # ---------------------------------------------------------------------------------------------
 # The file
 
@@ -265,8 +202,7 @@ class ZoneFile:
         self.path = path
         self.origin = origin
         self._validated: _Validated | None = None
-        # block lines already parsed back, with what they parsed to
-        self._proven: dict[str, tuple[str, str, int]] = {}  # managed line -> (fqdn, value, ttl)
+        self.block = ManagedBlock(origin)
 
     def read_text(self) -> str:
         try:
@@ -281,26 +217,26 @@ class ZoneFile:
         """Validate the file as it is now; returns its serial. Used at start and by /readyz."""
         return self._operator_serial(ZoneText.split(self.read_text()))[0]
 
-    def sync(self, records: Iterable[Record], today: dt.date | None = None) -> int | None:
-        """Make the managed block hold exactly `records`.
+    def sync(self, records: Mapping[Key, Record] | Iterable[Record],
+             today: dt.date | None = None) -> int | None:
+        """Make the managed block hold exactly `records` (a mapping by key, or any iterable).
 
         Returns the new serial when the file was rewritten, None when it already matched (a
         file without a block matches an empty record set, so the operator's file is not touched
         until there is something to add). Raises ZoneError, leaving the file untouched, when the
         operator's file or the result does not parse.
         """
-        records = list(records)
+        if not isinstance(records, Mapping):
+            records = {record.key: record for record in records}
         text = self.read_text()
         parts = ZoneText.split(text)
         newline = "\r\n" if "\r\n" in text else "\n"
-        entries = block_lines(records)
-        block = join_block((line for line, _ in entries), newline) if records or parts.block else ""
+        block = self.block.render(records, newline) if records or parts.block else ""
         if block == parts.block:
             return None
         old_serial, valid, fresh = self._operator_serial(parts)
         serial = next_serial(old_serial, today or dt.datetime.now(dt.UTC).date())
         new_text = ZoneText(valid.head + str(serial) + valid.tail, "", valid.after).join(block)
-        self._verify_lines(entries)
         if fresh:
             self._verify_in_context(new_text, valid.rdatas + len(records), serial)
         self._write_atomic(new_text.encode("utf-8", "surrogateescape"))
@@ -327,34 +263,6 @@ class ZoneFile:
         valid = _Validated(parts.before[:start], parts.before[end:], parts.after, _rdata_count(operator))
         self._validated = valid
         return serial, valid, True
-
-    def _verify_lines(self, entries: list[tuple[str, tuple[str, str, int]]]) -> None:
-        """Every line of the block parses back to exactly the record it was rendered from, values
-        byte for byte: nothing can be injected.
-
-        A line stands alone (absolute name, explicit TTL, one quoted base64url string, no
-        parentheses), so it is parsed once, on its own, and remembered; the block is these lines
-        joined, so a rewrite's parsing cost does not grow with the block.
-        """
-        known = self._proven
-        proven: dict[str, tuple[str, str, int]] = {}
-        for line, intended in entries:
-            found = known.get(line)
-            if found is None:
-                parsed = block_records(line, self.origin)
-                if len(parsed) != 1:
-                    raise ZoneError(f"internal check failed: a managed line for {self.origin} does "
-                                    "not parse back to one record; not written")
-                ((fqdn, value), ttl), = parsed.items()
-                found = (fqdn, value, ttl)
-            if found != intended:
-                raise ZoneError(f"internal check failed: a managed line for {self.origin} does not "
-                                "parse back to the requested record; not written")
-            proven[line] = found
-        if len(proven) != len(entries):
-            raise ZoneError(f"internal check failed: the managed block for {self.origin} repeats a "
-                            "line; not written")
-        self._proven = proven  # only the lines in this block: bounded by the block's size
 
     def _verify_in_context(self, text: str, rdatas: int, serial: int) -> None:
         """Once per validated operator text: the whole new file parses, carries the new serial,

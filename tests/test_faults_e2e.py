@@ -10,7 +10,8 @@ import time
 import aiohttp
 import requests
 
-from dnsapi.zonefile import ZoneText, block_records, parse_zone
+from dnsapi.block import block_records
+from dnsapi.zonefile import ZoneText, parse_zone
 
 from .conftest import FIGURES
 

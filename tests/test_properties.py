@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from dnsapi.errors import BadRequest
 from dnsapi.names import validate_challenge_name, validate_value
 from dnsapi.records import Record
-from dnsapi.zonefile import ZoneFile, block_records, parse_zone, render_block
+from dnsapi.block import ManagedBlock, block_records
+from dnsapi.zonefile import ZoneFile, parse_zone
 
 ZONES = ["dev.local"]
 OPERATOR = """$TTL 300
@@ -45,7 +46,8 @@ def test_any_accepted_value_is_served_back_byte_for_byte(value):
         return
     assert checked == value
     record = Record("_acme-challenge.www.dev.local", checked, 60, 0.0)
-    assert block_records(render_block([record]), "dev.local") == {record.key: 60}
+    assert block_records(ManagedBlock("dev.local").render({record.key: record}), "dev.local") == {
+        record.key: 60}
 
 
 @settings(max_examples=300, deadline=None)

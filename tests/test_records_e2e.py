@@ -9,7 +9,7 @@ import pytest
 from dnsapi.devstack import start_coredns
 from dnsapi.records import Record
 from dnsapi.store import encode_records
-from dnsapi.zonefile import BEGIN_MARKER
+from dnsapi.block import BEGIN_MARKER
 
 from .conftest import add_token
 

@@ -11,14 +11,12 @@ from hypothesis import strategies as st
 
 from dnsapi.errors import ZoneError
 from dnsapi.records import Record
+from dnsapi.block import END_MARKER, ManagedBlock, block_records
 from dnsapi.zonefile import (
-    ZoneText,
-    END_MARKER,
     ZoneFile,
-    block_records,
+    ZoneText,
     next_serial,
     parse_zone,
-    render_block,
     serial_gt,
     serial_span,
 )
@@ -242,7 +240,7 @@ labels = st.from_regex(r"[a-z0-9_]([a-z0-9_-]{0,20}[a-z0-9_])?", fullmatch=True)
 def test_render_parse_round_trip(tmp_path_factory, items):
     records = {(f"_acme-challenge.{label}.dev.local", value): Record(
         f"_acme-challenge.{label}.dev.local", value, ttl, 0.0) for label, value, ttl in items}
-    block = render_block(records.values())
+    block = ManagedBlock("dev.local").render(records)
     found = block_records(block, "dev.local")
     assert set(found) == set(records)  # every value back byte for byte, nothing else
     path = tmp_path_factory.mktemp("z") / "db"
@@ -321,21 +319,21 @@ def test_escaped_values_from_vault_survive_repeated_rewrites(zone):
 ])
 def test_a_line_that_does_not_parse_back_to_its_record_is_never_written(zone, monkeypatch, bad):
     """The check that guards the renderer: were it ever to emit a wrong line, nothing is written."""
-    from dnsapi import zonefile
+    from dnsapi import block
 
     zone.sync([rec("www.", "first")])
     before = zone.path.read_text()
-    monkeypatch.setattr(zonefile, "_txt_line", lambda fqdn, ttl, value: bad)
+    monkeypatch.setattr(block, "_txt_line", lambda fqdn, ttl, value: bad)
     with pytest.raises(ZoneError, match="managed"):
         zone.sync([rec("www.", "abc")])
     assert zone.path.read_text() == before
 
 
 def test_two_records_rendering_to_one_line_are_refused(zone, monkeypatch):
-    from dnsapi import zonefile
+    from dnsapi import block
 
     line = '_acme-challenge.www.dev.local. 60 IN TXT "a"'
-    monkeypatch.setattr(zonefile, "_txt_line", lambda fqdn, ttl, value: line)
+    monkeypatch.setattr(block, "_txt_line", lambda fqdn, ttl, value: line)
     with pytest.raises(ZoneError, match="internal check failed"):
         zone.sync([rec("www.", "a"), rec("www.", "b")])
     assert zone.path.read_text() == OPERATOR_ZONE
