@@ -3,10 +3,11 @@
 Starts a private OpenBao dev server, CoreDNS + dnsapi, and BIND (named, TSIG-signed dynamic zone)
 on free loopback ports, then measures side by side:
   - acknowledged adds per second at concurrency 1, 16, 64 (dnsapi's HTTP API vs dnspython
-    RFC 2136 updates to BIND, one TCP connection per update);
+    RFC 2136 updates to BIND, one TCP connection per update), median of 3 runs per level taking
+    turns; like an ACME client, each run's records are removed afterwards (not timed);
   - time from an add to the DNS server answering it, p50 and p99;
   - wall time of one apex + wildcard issuance with lego against OpenBao ACME (httpreq to dnsapi
-    vs lego's rfc2136 provider to BIND; both --dns.disable-cp, same polling), mean of 12 runs
+    vs lego's rfc2136 provider to BIND; both --dns.disable-cp, same polling), mean of 20 runs
     each, taking turns;
   - dnsapi's RSS with 10,000 operator records and 1,000 challenge records;
   - one zone rewrite at 1k, 10k and 100k zone lines.
@@ -40,16 +41,16 @@ import dns.update
 import requests
 import yaml
 from rewrite import measure as rewrite_ms
-from throughput import adds_per_second
+from throughput import LEVELS, NAMES, adds_per_second, bodies, send_all
 
 from dnsapi.devstack import Process, free_port, local_stack, soa_answered, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-LEVELS = ((1, 300), (16, 1000), (64, 2000))
+REPS = 3  # per level and server, taking turns; the median is reported
 VISIBLE_SAMPLES = 60
 # OpenBao validates a challenge in the background; when lego looks before it finished, lego waits
 # ~5 s more, on either path, at random (see README). So: many runs, and their mean.
-ISSUANCE_RUNS = 12
+ISSUANCE_RUNS = 20
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -86,12 +87,17 @@ zone "dev.local" {{ type primary; file "{directory}/db.dev.local"; allow-update 
         if response.rcode() != 0:
             raise SystemExit(f"BIND refused an update: rcode {response.rcode()}")
 
-    def adds_per_second(self, concurrency: int, count: int) -> float:
+    def adds_per_second(self, concurrency: int, count: int, tag: str) -> float:
+        """Rate of `count` updates at `concurrency`; the records are removed again afterwards."""
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda i: self.add(f"_acme-challenge.h{i % 50}.dev.local",
-                                             f"c{concurrency}-{i:06d}"), range(count)))
-        return count / (time.perf_counter() - start)
+            list(pool.map(lambda body: self.add(body["fqdn"], body["value"]), bodies(tag, count)))
+        rate = count / (time.perf_counter() - start)
+        update = dns.update.Update("dev.local.", keyring=self.keyring, keyalgorithm="hmac-sha256")
+        for i in range(NAMES):
+            update.delete(f"_acme-challenge.h{i}.dev.local.", "TXT")
+        dns.query.tcp(update, "127.0.0.1", port=self.port, timeout=30)
+        return rate
 
 
 # -- shared measurements ----------------------------------------------------------------------------
@@ -164,7 +170,7 @@ def rss_mb(tmp: Path) -> float:
         zone = tmp / "db.dev.local"
         zone.write_text(zone.read_text() + "".join(
             f"host{i} IN A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n" for i in range(10_000)))
-        asyncio.run(adds_per_second(stack.api_url, stack.api_token, 16, 1000))
+        asyncio.run(send_all(stack.api_url, stack.api_token, "POST", 16, bodies("rss", 1000), 201))
         status = Path(f"/proc/{stack.dnsapi_pid}/status").read_text()
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
 
@@ -191,10 +197,19 @@ def main() -> None:
 
                 results["visible_ms"] = {"dnsapi": visible_ms(dnsapi_add, stack.dns_port, "dnsapi"),
                                          "bind": visible_ms(bind.add, bind.port, "bind")}
-                results["adds_per_s"] = {
-                    "dnsapi": {f"c{c}": asyncio.run(adds_per_second(stack.api_url, stack.api_token, c, n))
-                               for c, n in LEVELS},
-                    "bind": {f"c{c}": bind.adds_per_second(c, n) for c, n in LEVELS}}
+                rates: dict[str, dict[str, list[float]]] = {"dnsapi": {}, "bind": {}}
+                for c, n in LEVELS:
+                    for rep in range(REPS):
+                        tag = f"c{c}r{rep}"
+                        rates["dnsapi"].setdefault(f"c{c}", []).append(
+                            adds_per_second(stack.api_url, stack.api_token, c, n, tag))
+                        rates["bind"].setdefault(f"c{c}", []).append(bind.adds_per_second(c, n, tag))
+                results["adds_per_s"] = {server: {level: round(statistics.median(runs))
+                                                  for level, runs in levels.items()}
+                                         for server, levels in rates.items()}
+                results["adds_per_s_runs"] = {server: {level: [round(r) for r in runs]
+                                                       for level, runs in levels.items()}
+                                              for server, levels in rates.items()}
                 dnsapi_dir = vault_init(tmp / "dnsapi", "pki", f"127.0.0.1:{stack.dns_port}",
                                         stack.vault_token)
                 bind_dir = vault_init(tmp / "dnsapi", "pki_bind", f"127.0.0.1:{bind.port}",

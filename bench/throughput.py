@@ -2,9 +2,9 @@
 
 Starts a private OpenBao dev server, CoreDNS and dnsapi on free loopback ports (rate limit off),
 then sends N adds per concurrency level; every add must be answered 201, i.e. stored in Vault
-and written to the zone file. Records accumulate across levels in one zone, as they would under
-a burst of ACME orders. Prints a markdown table and JSON. (The side-by-side comparison with
-RFC 2136 updates to BIND is still to be built: issue 7.)
+and written to the zone file. Like an ACME client that cleans up after itself, each level's
+records are then removed (not timed), so every level starts from the operator's zone alone.
+bench/compare.py runs the same load side by side with RFC 2136 updates to BIND.
 
     python3 bench/throughput.py
 """
@@ -22,19 +22,34 @@ import aiohttp
 from dnsapi.devstack import local_stack
 
 LEVELS = ((1, 300), (16, 1000), (64, 2000))
+NAMES = 50  # the adds go to this many challenge names, round robin
 
 
-async def adds_per_second(url: str, token: str, concurrency: int, count: int) -> float:
+def bodies(tag: str, count: int) -> list[dict[str, str]]:
+    return [{"fqdn": f"_acme-challenge.h{i % NAMES}.dev.local", "value": f"{tag}-{i:06d}"}
+            for i in range(count)]
+
+
+async def send_all(url: str, token: str, method: str, concurrency: int,
+                   requests: list[dict[str, str]], expect: int) -> float:
+    """Send every request with at most `concurrency` in flight; the rate of answered ones."""
     gate = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
-        async def add(i: int) -> None:
-            body = {"fqdn": f"_acme-challenge.h{i % 50}.dev.local", "value": f"c{concurrency}-{i:06d}"}
-            async with gate, session.post(f"{url}/v1/records", json=body) as response:
-                if response.status != 201:
-                    raise SystemExit(f"add failed: HTTP {response.status} {await response.text()}")
+        async def one(body: dict[str, str]) -> None:
+            async with gate, session.request(method, f"{url}/v1/records", json=body) as response:
+                if response.status != expect:
+                    raise SystemExit(f"{method} failed: HTTP {response.status} {await response.text()}")
         start = time.perf_counter()
-        await asyncio.gather(*(add(i) for i in range(count)))
-        return count / (time.perf_counter() - start)
+        await asyncio.gather(*(one(body) for body in requests))
+        return len(requests) / (time.perf_counter() - start)
+
+
+def adds_per_second(url: str, token: str, concurrency: int, count: int, tag: str) -> float:
+    """Rate of `count` adds at `concurrency`; the records are removed again afterwards."""
+    added = bodies(tag, count)
+    rate = asyncio.run(send_all(url, token, "POST", concurrency, added, 201))
+    asyncio.run(send_all(url, token, "DELETE", 64, added, 200))
+    return rate
 
 
 def main() -> None:
@@ -43,7 +58,7 @@ def main() -> None:
         config["max_records_per_zone"] = 10_000
 
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), unlimited) as stack:
-        results = {f"c{c}": asyncio.run(adds_per_second(stack.api_url, stack.api_token, c, n))
+        results = {f"c{c}": adds_per_second(stack.api_url, stack.api_token, c, n, f"c{c}")
                    for c, n in LEVELS}
     print("| concurrency | acknowledged adds/s |")
     print("|---|---|")
