@@ -190,6 +190,13 @@ class _Validated:
 _OWNERLESS_FIRST_LINE = re.compile(r"(?:[ \t]*(?:;[^\n]*)?\r?\n)*[ \t]+[^\s;]")
 
 
+EDIT_RETRIES = 3  # rewrites started again because the operator saved the file meanwhile
+
+
+class _FileChanged(Exception):
+    """The zone file changed between dnsapi's read and its rename."""
+
+
 class ZoneFile:
     """One operator zone file and the operations dnsapi performs on it.
 
@@ -205,9 +212,12 @@ class ZoneFile:
         self.block = ManagedBlock(origin)
 
     def read_text(self) -> str:
+        # surrogateescape: any non-UTF-8 byte in the operator's comments is written back as is.
+        return self._read_bytes().decode("utf-8", "surrogateescape")
+
+    def _read_bytes(self) -> bytes:
         try:
-            # surrogateescape: any non-UTF-8 byte in the operator's comments is written back as is.
-            return self.path.read_bytes().decode("utf-8", "surrogateescape")
+            return self.path.read_bytes()
         except FileNotFoundError:
             raise ZoneError(f"zone file {self.path} for {self.origin} does not exist") from None
         except OSError as exc:
@@ -224,11 +234,20 @@ class ZoneFile:
         Returns the new serial when the file was rewritten, None when it already matched (a
         file without a block matches an empty record set, so the operator's file is not touched
         until there is something to add). Raises ZoneError, leaving the file untouched, when the
-        operator's file or the result does not parse.
+        operator's file or the result does not parse. An operator edit saved while the new text
+        was being made is not overwritten: the rewrite starts again from the edited file.
         """
         if not isinstance(records, Mapping):
             records = {record.key: record for record in records}
-        text = self.read_text()
+        for _ in range(EDIT_RETRIES):
+            with contextlib.suppress(_FileChanged):
+                return self._sync_once(records, today)
+        raise ZoneError(f"zone file {self.path} kept changing while dnsapi rewrote it "
+                        f"({EDIT_RETRIES} tries); not written")
+
+    def _sync_once(self, records: Mapping[Key, Record], today: dt.date | None) -> int | None:
+        raw = self._read_bytes()
+        text = raw.decode("utf-8", "surrogateescape")
         parts = ZoneText.split(text)
         newline = "\r\n" if "\r\n" in text else "\n"
         block = self.block.render(records, newline) if records or parts.block else ""
@@ -239,7 +258,7 @@ class ZoneFile:
         new_text = ZoneText(valid.head + str(serial) + valid.tail, "", valid.after).join(block)
         if fresh:
             self._verify_in_context(new_text, valid.rdatas + len(records), serial)
-        self._write_atomic(new_text.encode("utf-8", "surrogateescape"))
+        self._write_atomic(new_text.encode("utf-8", "surrogateescape"), expected=raw)
         return serial
 
     def _operator_serial(self, parts: ZoneText) -> tuple[int, _Validated, bool]:
@@ -276,8 +295,9 @@ class ZoneFile:
             raise ZoneError(f"dnsapi's block in {self.path} sits inside another record (its markers "
                             "were moved?); put the BEGIN/END lines between records")
 
-    def _write_atomic(self, data: bytes) -> None:
-        """Temp file in the same directory, fsync, keep mode/owner, rename, fsync the directory."""
+    def _write_atomic(self, data: bytes, expected: bytes | None = None) -> None:
+        """Temp file in the same directory, fsync, keep mode/owner, rename, fsync the directory.
+        With `expected`, raise _FileChanged instead of renaming if the file no longer holds it."""
         directory = self.path.parent
         try:
             current = self.path.stat()
@@ -294,11 +314,15 @@ class ZoneFile:
                 # not root: the file keeps our ownership and its original mode
                 with contextlib.suppress(PermissionError):
                     os.chown(tmp, current.st_uid, current.st_gid)
+            if expected is not None and self.path.read_bytes() != expected:
+                raise _FileChanged()
             os.replace(tmp, self.path)
-        except OSError as exc:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise ZoneError(f"cannot write zone file {self.path}: {exc.strerror}") from None
+            if isinstance(exc, OSError):
+                raise ZoneError(f"cannot write zone file {self.path}: {exc.strerror}") from None
+            raise
         dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             os.fsync(dir_fd)

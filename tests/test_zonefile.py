@@ -337,3 +337,42 @@ def test_two_records_rendering_to_one_line_are_refused(zone, monkeypatch):
     with pytest.raises(ZoneError, match="internal check failed"):
         zone.sync([rec("www.", "a"), rec("www.", "b")])
     assert zone.path.read_text() == OPERATOR_ZONE
+
+
+# -- an operator saving the file while dnsapi rewrites it ------------------------------------
+
+def edit_during_render(zone, monkeypatch, times):
+    """Make the operator save the file (a new host at the end) while the next `times` rewrites
+    are being prepared."""
+    render = zone.block.render
+    edits = []
+
+    def edit_then_render(records, newline="\n"):
+        if len(edits) < times:
+            edits.append(1)
+            zone.path.write_text(zone.path.read_text() + f"late{len(edits)} IN A 127.0.0.8\n")
+        return render(records, newline)
+
+    monkeypatch.setattr(zone.block, "render", edit_then_render)
+    return edits
+
+
+def test_an_operator_edit_saved_during_a_rewrite_is_kept(zone, monkeypatch):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    edit_during_render(zone, monkeypatch, 1)
+    zone.sync([rec("www.", "v1"), rec("www.", "v2")], today=DAY)
+    text = zone.path.read_text()
+    assert "late1 IN A 127.0.0.8" in text
+    assert block_records(ZoneText.split(text).block, "dev.local") == {
+        ("_acme-challenge.www.dev.local", "v1"): 60, ("_acme-challenge.www.dev.local", "v2"): 60}
+    parse_zone(text, "dev.local")
+
+
+def test_a_file_that_keeps_changing_is_not_overwritten(zone, monkeypatch):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    edit_during_render(zone, monkeypatch, 100)
+    with pytest.raises(ZoneError, match="kept changing"):
+        zone.sync([rec("www.", "v1"), rec("www.", "v2")], today=DAY)
+    text = zone.path.read_text()
+    assert "late3 IN A" in text and 'TXT "v2"' not in text
+    assert not list(zone.path.parent.glob(".*.tmp"))  # no temp file left behind
