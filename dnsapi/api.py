@@ -41,6 +41,11 @@ class Runtime:
     limiter: RateLimiter
     audit: AuditLog
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set when shutdown begins
+    in_flight: int = 0  # requests inside dnsapi's handlers
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while in_flight is 0
+
+    def __post_init__(self) -> None:
+        self.idle.set()
 
 
 SERVICE = web.AppKey("service", RecordService)
@@ -80,7 +85,15 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     rid = logs.request_id(request.headers.get("X-Request-Id"))
     logs.REQUEST_ID.set(rid)
     start = time.perf_counter()
-    response = await handler(request)
+    runtime = request.app[RUNTIME]
+    runtime.in_flight += 1
+    runtime.idle.clear()
+    try:
+        response = await handler(request)
+    finally:
+        runtime.in_flight -= 1
+        if not runtime.in_flight:
+            runtime.idle.set()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     metrics = request.app[SERVICE].metrics
@@ -110,6 +123,8 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if request.app[RUNTIME].stopping.is_set():
+            raise ShuttingDown("dnsapi is shutting down; nothing was changed, retry shortly")
         return await handler(request)
     except DnsapiError as exc:
         note(request, error=exc.code)

@@ -77,7 +77,8 @@ class VaultUnavailable(DnsapiError):
 
 
 class ShuttingDown(DnsapiError):
-    """dnsapi is stopping and the request's body had not fully arrived; nothing was changed."""
+    """dnsapi is stopping: the request arrived too late, or its body had not fully arrived; nothing
+    was changed."""
 
     status = 503
     code = "shutting_down"

@@ -8,6 +8,7 @@ service, which drains every writer queue into Vault and the zone files before re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -25,6 +26,7 @@ from .errors import ConfigError
 log = logging.getLogger("dnsapi")
 
 SHUTDOWN_TIMEOUT = 60.0  # in-flight requests (a `wait` may take propagation_timeout) get this long
+STRAGGLER_GRACE = 2.0  # then connections whose request never reached dnsapi get this long
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -51,10 +53,9 @@ async def serve(path: Path) -> None:
     config = config_module.load(path)
     context = ssl_context(config)
     app = create_app(config)
-    runner = web.AppRunner(app, access_log_class=AccessLogger)
+    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=STRAGGLER_GRACE)
     await runner.setup()  # starts the service: zone files are checked here
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=context,
-                       shutdown_timeout=SHUTDOWN_TIMEOUT)
+    site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=context)
     await site.start()
     status = (f"serving {'https' if context else 'http'}://{config.listen_host}:{config.listen_port}, "
               f"zones: {', '.join(z.name for z in config.zones)}")
@@ -70,7 +71,16 @@ async def serve(path: Path) -> None:
 
     log.info("stopping: finishing in-flight requests and queued writes")
     systemd.notify("STOPPING=1", "STATUS=finishing in-flight writes")
-    app[RUNTIME].stopping.set()
+    # Stop accepting, refuse requests that arrive now (503 shutting_down, nothing changed), and
+    # let those already inside dnsapi's handlers finish. What is left then is connections whose
+    # request never reached dnsapi: aiohttp closes them after a short grace instead of holding
+    # the shutdown until their clients give up.
+    runtime = app[RUNTIME]
+    runtime.stopping.set()
+    for site in list(runner.sites):
+        await site.stop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runtime.idle.wait(), SHUTDOWN_TIMEOUT)
     await runner.cleanup()
     log.info("stopped")
 
