@@ -124,7 +124,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         if request.app[RUNTIME].stopping.is_set():
-            raise ShuttingDown("dnsapi is shutting down; nothing was changed, retry shortly")
+            raise ShuttingDown()
         return await handler(request)
     except DnsapiError as exc:
         note(request, error=exc.code)
@@ -162,7 +162,7 @@ async def read_body(request: web.Request) -> bytes:
     stopping.cancel()
     if not reading.done():
         reading.cancel()
-        raise ShuttingDown("dnsapi is shutting down; nothing was changed, retry shortly")
+        raise ShuttingDown()
     return reading.result()
 
 

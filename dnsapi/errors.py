@@ -83,6 +83,9 @@ class ShuttingDown(DnsapiError):
     status = 503
     code = "shutting_down"
 
+    def __init__(self) -> None:
+        super().__init__("dnsapi is shutting down; nothing was changed, retry shortly")
+
 
 class PropagationTimeout(DnsapiError):
     status = 504

@@ -295,9 +295,9 @@ class ZoneFile:
             raise ZoneError(f"dnsapi's block in {self.path} sits inside another record (its markers "
                             "were moved?); put the BEGIN/END lines between records")
 
-    def _write_atomic(self, data: bytes, expected: bytes | None = None) -> None:
-        """Temp file in the same directory, fsync, keep mode/owner, rename, fsync the directory.
-        With `expected`, raise _FileChanged instead of renaming if the file no longer holds it."""
+    def _write_atomic(self, data: bytes, expected: bytes) -> None:
+        """Temp file in the same directory, fsync, keep mode/owner, rename, fsync the directory;
+        raise _FileChanged instead of renaming if the file no longer holds `expected`."""
         directory = self.path.parent
         try:
             current = self.path.stat()
@@ -314,7 +314,7 @@ class ZoneFile:
                 # not root: the file keeps our ownership and its original mode
                 with contextlib.suppress(PermissionError):
                     os.chown(tmp, current.st_uid, current.st_gid)
-            if expected is not None and self.path.read_bytes() != expected:
+            if self.path.read_bytes() != expected:
                 raise _FileChanged()
             os.replace(tmp, self.path)
         except BaseException as exc:
