@@ -115,13 +115,11 @@ def _vault(config: Config, checks: Checklist) -> None:
     for zone in config.zones:
         path = f"{kv}/data/{config.vault.prefix}/zones/{zone.name}"
         try:
-            caps = session.run(lambda p=path: session.capabilities(p))
+            problem = session.run(lambda z=zone.name: session.zone_access(z))
         except VaultUnavailable as exc:
-            caps, reason = [], exc.message
-        else:
-            reason = f"has {', '.join(caps) or 'nothing'}"
-        ok = "root" in caps or {"read", "create", "update"} <= set(caps)
-        checks.add(ok, f"the token may read and write {path}" + ("" if ok else f" ({reason})"),
+            problem = exc.message
+        checks.add(problem is None, f"the token may read and write {path} and its snapshots"
+                   + ("" if problem is None else f" ({problem})"),
                    f"give it the {config.vault_init.policy} policy (vault/dnsapi-policy.hcl; "
                    "`dnsapi vault-init` writes it)")
 

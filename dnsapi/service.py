@@ -33,6 +33,7 @@ from .zonefile import ZoneFile
 log = logging.getLogger(__name__)
 
 CAS_RETRY_SECONDS = 10.0  # keep retrying check-and-set conflicts this long before giving up
+SWEEP_INTERVAL = 3600.0  # how often unnamed snapshots are looked for (they are rare)
 
 
 @dataclass
@@ -127,8 +128,9 @@ class ZoneWriter:
                 continue
             if records == self.state.records:
                 return outcomes
+            touched = [c.record.key for c in changes] + [r.key for r in expired]
             try:
-                version = await self.store.write_zone(self.zone.name, records, self.state.version)
+                state = await self.store.write_zone(self.zone.name, records, self.state, touched)
             except CasConflict:
                 # Another instance wrote first. Back off with jitter so two busy writers stop
                 # colliding in lockstep, then re-read and re-apply.
@@ -137,7 +139,7 @@ class ZoneWriter:
                 await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2**conflicts)))
                 self.state, fresh = await self.store.read_zone(self.zone.name), True
                 continue
-            self.state = ZoneState(records=records, version=version)
+            self.state = state
             self.metrics.batch_changes.observe(len(changes))
             self._report_expired(expired)
             return outcomes
@@ -214,9 +216,23 @@ class RecordService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _reconcile_loop(self) -> None:
+        swept_at = -SWEEP_INTERVAL
         while True:
             await self.reconcile()
+            if time.monotonic() - swept_at >= SWEEP_INTERVAL:
+                swept_at = time.monotonic()
+                await self._sweep_snapshots()
             await asyncio.sleep(self.config.reconcile_interval)
+
+    async def _sweep_snapshots(self) -> None:
+        for zone in self.writers:
+            try:
+                swept = await self.store.sweep_snapshots(zone)
+            except VaultUnavailable as exc:
+                log.warning("looking for unused snapshots of zone %s failed: %s", zone, exc.message)
+                continue
+            if swept:
+                log.info("zone %s: deleted %d unused snapshot(s) from Vault", zone, swept)
 
     async def _watch_loop(self) -> None:
         """Notice writes by other instances sharing the Vault within watch_interval: a zone whose
@@ -300,10 +316,7 @@ class RecordService:
         checks: dict[str, str] = {}
         for zone, writer in self.writers.items():
             try:
-                caps = await self.store.capabilities(zone)
-                missing = {"read", "create", "update"} - set(caps)
-                checks[f"vault:{zone}"] = ("ok" if "root" in caps or not missing else
-                                           f"token lacks {', '.join(sorted(missing))} on the zone secret")
+                checks[f"vault:{zone}"] = await self.store.zone_access(zone) or "ok"
             except VaultUnavailable as exc:
                 checks[f"vault:{zone}"] = exc.message
             try:

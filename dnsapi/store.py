@@ -1,12 +1,21 @@
 """Vault KV v2 as the source of truth: one secret per zone, written with check-and-set.
 
-Layout: `<kv_mount>/data/<prefix>/zones/<zone>` holds `{"format": 2, "records": TEXT}`, TEXT having
-one line `fqdn value ttl created_at` per record. One secret per zone means one read renders a zone
-and one check-and-set write applies a whole batch atomically; a concurrent writer (another request
+Layout: `<kv_mount>/data/<prefix>/zones/<zone>` is the zone secret. A small zone's secret holds
+every record, `{"format": 2, "records": TEXT}`, TEXT having one line `fqdn value ttl created_at`
+per record. A larger zone's secret holds only what changed since a snapshot,
+`{"format": 3, "base": NAME, "records": TEXT, "removed": "fqdn value\n..."}`, over an immutable
+snapshot secret `<prefix>/snapshots/<zone>/<NAME>` (format 2). Either way one check-and-set write
+on the zone secret applies a whole batch atomically, and a concurrent writer (another request
 batch, another dnsapi instance) makes the write fail with a CAS mismatch instead of silently
-losing an update. The records are one string, not a JSON list, because Vault and OpenBao cap the
-number of strings in a request's JSON (a list of objects hit it at a few hundred records); names
-and values are validated to hold no whitespace, so the line format is unambiguous.
+losing an update. The delta form keeps a batch's write proportional to what changed since the
+snapshot rather than to the zone: OpenBao spends ~40 µs of CPU per KB written, so rewriting a
+few thousand live records whole on every batch was most of a busy batch's time. A new snapshot is
+taken (written, then named by the next zone secret write) once the changes outgrow DELTA_MAX, and
+the one it replaces is deleted.
+
+The records are one string, not a JSON list, because Vault and OpenBao cap the number of strings
+in a request's JSON (a list of objects hit it at a few hundred records); names and values are
+validated to hold no whitespace, so the line format is unambiguous.
 
 hvac is synchronous, so every call runs in a worker thread and the event loop never blocks.
 Authentication is a token, a token file (re-read when it changes, as Vault Agent rewrites it), or
@@ -17,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,35 +47,54 @@ from .records import Record
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 2  # the secret holds every record
+DELTA_FORMAT = 3  # the secret holds the changes since a snapshot secret
+INLINE_MAX = 256  # zones of up to this many records are written whole, without a snapshot
+DELTA_MAX = 256  # changed keys since the snapshot before a new snapshot is taken
+SNAPSHOT_GRACE = 86400.0  # an unnamed snapshot this old is garbage: no write can still name it
+_SNAPSHOT_NAME = re.compile(r"[0-9a-f]{16}")  # creation time (8 hex digits of seconds) + random
+
+Key = tuple[str, str]
+
+_LINES: dict[Key, tuple[Record, str]] = {}  # key -> (record, its line), see _line
 
 
-_LINES: dict[tuple[str, str], tuple[Record, str]] = {}  # key -> (record, its line), see below
+def _line(record: Record) -> str:
+    """A record's line. Each full write re-encodes thousands of unchanged records, so lines are
+    remembered per key and reused while the record is the very same object (records are
+    immutable and shared between states)."""
+    known = _LINES.get(record.key)
+    if known is None or known[0] is not record:
+        known = _LINES[record.key] = (record, f"{record.fqdn} {record.value} {record.ttl} "
+                                              f"{record.created_at:.3f}")
+    return known[1]
 
 
-def encode_records(records: dict[tuple[str, str], Record]) -> dict[str, Any]:
-    """The zone secret's data for `records`, in their order (which decode_records keeps, so a
-    state read back encodes identically; new records come last).
-
-    Each batch re-encodes thousands of unchanged records, so lines are remembered per key and
-    reused while the record is the very same object (records are immutable and shared between
-    states). The memory is dropped when it holds far more than the records in use."""
+def encode_records(records: dict[Key, Record]) -> dict[str, Any]:
+    """A full secret's data for `records`. The remembered lines are dropped when they are far
+    more than the records in use."""
     if len(_LINES) > 2 * len(records) + 4096:
         _LINES.clear()
-    lines = []
-    for key, record in records.items():
-        known = _LINES.get(key)
-        if known is None or known[0] is not record:
-            known = _LINES[key] = (record, f"{record.fqdn} {record.value} {record.ttl} "
-                                           f"{record.created_at:.3f}")
-        lines.append(known[1])
-    return {"format": FORMAT_VERSION, "records": "\n".join(lines)}
+    return {"format": FORMAT_VERSION, "records": "\n".join(map(_line, records.values()))}
 
 
-def decode_records(data: dict[str, Any]) -> dict[tuple[str, str], Record]:
-    """Records from a zone secret's data; a line that is not a record is skipped with a warning
-    (only dnsapi writes here, but a hand edit must not stop the service)."""
-    records: dict[tuple[str, str], Record] = {}
+def encode_delta(base: str, records: dict[Key, Record], changed: Iterable[Key]) -> dict[str, Any]:
+    """A delta secret's data: `records` as the changed keys over snapshot `base`."""
+    upserts, removed = [], []
+    for key in changed:
+        record = records.get(key)
+        if record is None:
+            removed.append(f"{key[0]} {key[1]}")
+        else:
+            upserts.append(_line(record))
+    return {"format": DELTA_FORMAT, "base": base, "records": "\n".join(upserts),
+            "removed": "\n".join(removed)}
+
+
+def decode_records(data: dict[str, Any]) -> dict[Key, Record]:
+    """Records from a secret's record lines; a line that is not a record is skipped with a
+    warning (only dnsapi writes here, but a hand edit must not stop the service)."""
+    records: dict[Key, Record] = {}
     for line in str(data.get("records") or "").splitlines():
         try:
             fqdn, value, ttl, created_at = line.split()
@@ -76,6 +106,24 @@ def decode_records(data: dict[str, Any]) -> dict[tuple[str, str], Record]:
     return records
 
 
+def apply_delta(base: dict[Key, Record], data: dict[str, Any]) -> tuple[dict[Key, Record],
+                                                                          frozenset[Key]]:
+    """A delta secret's records over its snapshot's, and the keys it changes."""
+    records = dict(base)
+    changed = set()
+    for line in str(data.get("removed") or "").splitlines():
+        key = tuple(line.split())
+        if len(key) != 2:
+            log.warning("ignoring a malformed removed-record line in Vault: %r", line[:200])
+            continue
+        records.pop(key, None)  # type: ignore[arg-type]
+        changed.add(key)
+    for key, record in decode_records(data).items():
+        records[key] = record
+        changed.add(key)
+    return records, frozenset(changed)  # type: ignore[arg-type]
+
+
 def is_kv2(mount: dict[str, Any]) -> bool:
     """Is this mount description (from sys/mounts or sys/internal/ui/mounts) a KV version 2 mount?"""
     return mount.get("type") in ("kv", "generic") and (mount.get("options") or {}).get("version") == "2"
@@ -85,12 +133,23 @@ class CasConflict(Exception):
     """Another writer changed the zone secret since we read it: re-read, re-apply, retry."""
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable snapshot secret: its name and its records (never mutated)."""
+
+    name: str
+    records: dict[Key, Record]
+
+
 @dataclass
 class ZoneState:
-    """A zone's records as Vault holds them, and the KV version they were read at (0 = none)."""
+    """A zone's records as Vault holds them, and the KV version they were read at (0 = none).
+    With a snapshot `base`, the secret holds the keys in `changed` over the base's records."""
 
-    records: dict[tuple[str, str], Record]
+    records: dict[Key, Record]
     version: int
+    base: Snapshot | None = None
+    changed: frozenset[Key] = field(default_factory=frozenset)
 
 
 class VaultAuth:
@@ -256,34 +315,68 @@ class VaultSession:
             raise
         return int(response["data"]["version"])
 
-    def capabilities(self, path: str) -> list[str]:
-        """What our token may do on `path`: e.g. ["create", "read", ...]."""
-        response = self.client.adapter.post("/v1/sys/capabilities-self", json={"paths": [path]})
+    def delete_kv(self, path: str) -> None:
+        """Delete a secret with all its versions and metadata."""
+        self.client.secrets.kv.v2.delete_metadata_and_all_versions(
+            path=path, mount_point=self.config.kv_mount)
+
+    def capabilities(self, paths: list[str]) -> dict[str, set[str]]:
+        """What our token may do on each of `paths`: e.g. {"secret/data/x": {"create", ...}}."""
+        response = self.client.adapter.post("/v1/sys/capabilities-self", json={"paths": paths})
         data = response.get("data", response) if isinstance(response, dict) else {}
-        return list(data.get(path) or data.get("capabilities") or [])
+        return {path: set(data.get(path) or []) for path in paths}
+
+    def zone_access(self, zone: str) -> str | None:
+        """None when our token may do everything dnsapi does with the zone's secrets (read and
+        write the zone secret; create, read, list and delete its snapshots), else what it lacks.
+        Snapshots are only used past INLINE_MAX records, so a narrower policy would fail late."""
+        kv, prefix = self.config.kv_mount, self.config.prefix
+        snapshots = f"{prefix}/snapshots/{zone}"
+        needs = {f"{kv}/data/{prefix}/zones/{zone}": ({"read", "create", "update"}, "the zone secret"),
+                 f"{kv}/data/{snapshots}/x": ({"read", "create"}, f"{kv}/data/{snapshots}/*"),
+                 f"{kv}/metadata/{snapshots}/x": ({"delete"}, f"{kv}/metadata/{snapshots}/*"),
+                 f"{kv}/metadata/{snapshots}": ({"list"}, f"{kv}/metadata/{snapshots}")}
+        granted = self.capabilities(list(needs))
+        for path, (need, what) in needs.items():
+            missing = need - granted[path]
+            if missing and "root" not in granted[path]:
+                return f"token lacks {', '.join(sorted(missing))} on {what}"
+        return None
 
 
 class VaultStore:
-    """Async facade over hvac for the zone secrets."""
+    """Async facade over hvac for the zone secrets and their snapshots."""
 
     def __init__(self, config: VaultConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.session = VaultSession(config)
         self.client = self.session.client
         self.metrics = metrics or Metrics()
+        self._snapshots: dict[str, Snapshot] = {}  # zone -> the last snapshot read or written
 
     def secret_path(self, zone: str) -> str:
         return f"{self.config.prefix}/zones/{zone}"
 
+    def snapshot_path(self, zone: str, name: str) -> str:
+        return f"{self.config.prefix}/snapshots/{zone}/{name}"
+
     async def read_zone(self, zone: str) -> ZoneState:
         return await self._call("read_zone", lambda: self._read_zone(zone))
 
-    async def write_zone(self, zone: str, records: dict[tuple[str, str], Record], cas: int) -> int:
-        """Write all of a zone's records if the secret is still at version `cas`; returns the new
-        version. Raises CasConflict when someone else wrote first."""
-        # Encoding too runs in the worker thread: it grows with the zone.
-        return await self._call("write_zone", lambda: self.session.write_kv(
-            self.secret_path(zone), encode_records(records), cas))
+    async def write_zone(self, zone: str, records: dict[Key, Record], state: ZoneState,
+                         touched: Iterable[Key]) -> ZoneState:
+        """Write `records` if the zone secret is still at `state`'s version; `touched` holds
+        every key that may differ from `state.records`. Returns the new state. Raises
+        CasConflict when someone else wrote first."""
+        # Encoding too runs in the worker thread: it grows with the changes.
+        return await self._call("write_zone", lambda: self._write_zone(zone, records, state,
+                                                                       frozenset(touched)))
+
+    async def sweep_snapshots(self, zone: str) -> int:
+        """Delete the zone's snapshots that its secret does not name and that are older than
+        SNAPSHOT_GRACE: left by a crash between writing a snapshot and naming it, or by a failed
+        delete. Returns how many."""
+        return await self._call("sweep_snapshots", lambda: self._sweep_snapshots(zone))
 
     async def current_version(self, zone: str) -> int:
         """The zone secret's current KV version (0 when it does not exist): one small metadata
@@ -298,14 +391,102 @@ class VaultStore:
 
         return await self._call("current_version", read)
 
-    async def capabilities(self, zone: str) -> list[str]:
-        """What our token may do on the zone secret (for /readyz): e.g. ["create", "read", ...]."""
-        path = f"{self.config.kv_mount}/data/{self.secret_path(zone)}"
-        return await self._call("capabilities", lambda: self.session.capabilities(path))
+    async def zone_access(self, zone: str) -> str | None:
+        """For /readyz: None when the token may do all dnsapi does with the zone, else what it lacks."""
+        return await self._call("capabilities", lambda: self.session.zone_access(zone))
 
     def _read_zone(self, zone: str) -> ZoneState:
-        data, version = self.session.read_kv(self.secret_path(zone))
-        return ZoneState(records=decode_records(data), version=version)
+        path, missing_at = self.secret_path(zone), None
+        while True:
+            data, version = self.session.read_kv(path)
+            if data.get("format") != DELTA_FORMAT:
+                return ZoneState(records=decode_records(data), version=version)
+            name = data.get("base")
+            if not isinstance(name, str) or not _SNAPSHOT_NAME.fullmatch(name):
+                raise VaultUnavailable(f"the zone secret {path} names no valid snapshot")
+            base = self._snapshots.get(zone)
+            if base is None or base.name != name:
+                snapshot, exists = self.session.read_kv(self.snapshot_path(zone, name))
+                if not exists or not snapshot:
+                    # Another instance may have replaced and deleted it since: look again, and
+                    # give up only if the zone secret still names it.
+                    if missing_at == version:
+                        raise VaultUnavailable(
+                            f"the zone secret {path} is a delta over snapshot {name}, which is "
+                            "missing from Vault; its records cannot be rebuilt (delete the zone "
+                            "secret to start the zone afresh)")
+                    missing_at = version
+                    continue
+                base = self._snapshots[zone] = Snapshot(name, decode_records(snapshot))
+            records, changed = apply_delta(base.records, data)
+            return ZoneState(records=records, version=version, base=base, changed=changed)
+
+    def _write_zone(self, zone: str, records: dict[Key, Record], state: ZoneState,
+                    touched: frozenset[Key]) -> ZoneState:
+        path = self.secret_path(zone)
+        if len(records) <= INLINE_MAX:
+            version = self.session.write_kv(path, encode_records(records), state.version)
+            self._drop_snapshot(zone, state.base)
+            return ZoneState(records=records, version=version)
+        if state.base is not None:
+            base = state.base.records
+            changed = frozenset(key for key in state.changed | touched
+                                if records.get(key) != base.get(key))
+            # A key missing from `touched` would be silently lost from the delta; the counts
+            # catch a missed add or remove (the only changes batches make), and a full snapshot
+            # is then written instead.
+            counted = len(base) + sum((key in records) - (key in base) for key in changed)
+            if counted != len(records):
+                log.error("zone %s: the batch's changed keys do not account for its records "
+                          "(%d vs %d); writing a full snapshot", zone, counted, len(records))
+            elif len(changed) <= DELTA_MAX:
+                version = self.session.write_kv(
+                    path, encode_delta(state.base.name, records, changed), state.version)
+                return ZoneState(records=records, version=version, base=state.base, changed=changed)
+        # A new snapshot first (create-only under a fresh name), then the zone secret naming it.
+        snapshot = Snapshot(f"{int(time.time()):08x}{secrets.token_hex(4)}", records)
+        self.session.write_kv(self.snapshot_path(zone, snapshot.name), encode_records(records), 0)
+        try:
+            version = self.session.write_kv(path, encode_delta(snapshot.name, records, ()),
+                                            state.version)
+        except CasConflict:
+            # Certainly not written, so nothing names the new snapshot. (After any other error
+            # the write may have landed: the snapshot must then stay.)
+            self._drop_snapshot(zone, snapshot)
+            raise
+        self._snapshots[zone] = snapshot
+        self._drop_snapshot(zone, state.base)
+        return ZoneState(records=records, version=version, base=snapshot)
+
+    def _sweep_snapshots(self, zone: str) -> int:
+        try:
+            names = self.client.secrets.kv.v2.list_secrets(
+                path=f"{self.config.prefix}/snapshots/{zone}", mount_point=self.config.kv_mount
+            )["data"]["keys"]
+        except hvac.exceptions.InvalidPath:
+            return 0
+        data, _ = self.session.read_kv(self.secret_path(zone))
+        named = data.get("base") if data.get("format") == DELTA_FORMAT else None
+        cutoff = time.time() - SNAPSHOT_GRACE
+        swept = 0
+        for name in names:
+            if name != named and _SNAPSHOT_NAME.fullmatch(name) and int(name[:8], 16) < cutoff:
+                self.session.delete_kv(self.snapshot_path(zone, name))
+                swept += 1
+        return swept
+
+    def _drop_snapshot(self, zone: str, snapshot: Snapshot | None) -> None:
+        """Delete a snapshot the zone secret no longer names. Best effort: one left behind is
+        only unused space."""
+        if snapshot is None:
+            return
+        if self._snapshots.get(zone) is snapshot:
+            self._snapshots.pop(zone, None)
+        try:
+            self.session.delete_kv(self.snapshot_path(zone, snapshot.name))
+        except (hvac.exceptions.VaultError, requests.RequestException) as exc:
+            log.warning("could not delete the replaced snapshot %s of zone %s (%s)",
+                        snapshot.name, zone, type(exc).__name__)
 
     async def _call(self, operation: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()

@@ -22,7 +22,7 @@ import yaml
 
 from dnsapi.auth import hash_token, new_token
 from dnsapi.devstack import Process, free_port, prepare, start_coredns, start_dnsapi, start_openbao
-from dnsapi.store import decode_records
+from dnsapi.store import DELTA_FORMAT, apply_delta, decode_records
 
 ZONE = "dev.local"
 FIGURES: dict[str, str] = {}  # measurements tests report; printed in the summary, never asserted
@@ -129,13 +129,23 @@ class Stack:
                 pytest.fail(f"CoreDNS served {rcode} {served} for {fqdn}, expected {values or 'NXDOMAIN'}")
             time.sleep(0.02)
 
-    def vault_records(self, zone: str = ZONE) -> set[tuple[str, str]]:
+    def vault_secret(self, path: str) -> dict:
+        """A secret's latest data under the stack's prefix ({} when there is none)."""
         try:
             secret = self.vault.client.secrets.kv.v2.read_secret_version(
-                path=f"{self.prefix}/zones/{zone}", mount_point="secret", raise_on_deleted_version=False)
+                path=f"{self.prefix}/{path}", mount_point="secret", raise_on_deleted_version=False)
         except hvac.exceptions.InvalidPath:
-            return set()
-        return set(decode_records(secret["data"]["data"] or {}))
+            return {}
+        return secret["data"]["data"] or {}
+
+    def vault_records(self, zone: str = ZONE) -> set[tuple[str, str]]:
+        """The zone's records as Vault holds them, read straight from the secrets' layout."""
+        data = self.vault_secret(f"zones/{zone}")
+        if data.get("format") != DELTA_FORMAT:
+            return set(decode_records(data))
+        snapshot = self.vault_secret(f"snapshots/{zone}/{data['base']}")
+        assert snapshot, f"zone {zone}: snapshot {data['base']} is missing"
+        return set(apply_delta(decode_records(snapshot), data)[0])
 
 
 @pytest.fixture

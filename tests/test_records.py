@@ -1,7 +1,7 @@
 """Applying a batch of changes to a zone's record set (pure logic)."""
 
 from dnsapi.records import Change, Outcome, Record, apply_changes
-from dnsapi.store import decode_records, encode_records
+from dnsapi.store import apply_delta, decode_records, encode_delta, encode_records
 
 
 def rec(value: str, name: str = "_acme-challenge.www.dev.local") -> Record:
@@ -44,3 +44,25 @@ def test_vault_form_round_trip():
 def test_malformed_vault_lines_are_skipped():
     data = {"format": 2, "records": "only-two fields\n_acme-challenge.x.dev.local v 60 1.5\n\nx y z w"}
     assert list(decode_records(data)) == [("_acme-challenge.x.dev.local", "v")]
+
+
+def test_delta_form_round_trip():
+    """A delta names the changed keys over its snapshot: upserts (new or changed records) and
+    removals; applied to the snapshot's records it gives the zone's records exactly."""
+    base = {r.key: r for r in (rec("kept"), rec("gone"), rec("aged"))}
+    records = {rec("kept").key: rec("kept"), rec("aged").key: Record(rec("aged").fqdn, "aged", 300, 9.0),
+               rec("new").key: rec("new")}
+    changed = {rec("gone").key, rec("aged").key, rec("new").key}
+    data = encode_delta("0123456789abcdef", records, changed)
+    assert data["format"] == 3 and data["base"] == "0123456789abcdef"
+    assert data["removed"] == "_acme-challenge.www.dev.local gone"
+    applied, keys = apply_delta(base, data)
+    assert applied == records and keys == changed
+    assert base == {r.key: r for r in (rec("kept"), rec("gone"), rec("aged"))}  # not mutated
+
+
+def test_malformed_delta_lines_are_skipped():
+    base = {rec("a").key: rec("a")}
+    applied, keys = apply_delta(base, {"format": 3, "base": "x", "records": "junk",
+                                       "removed": "one-field\n_acme-challenge.www.dev.local a"})
+    assert applied == {} and keys == {rec("a").key}

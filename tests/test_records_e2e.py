@@ -4,11 +4,12 @@ import asyncio
 import time
 
 import aiohttp
+import hvac.exceptions
 import pytest
 
 from dnsapi.devstack import start_coredns
 from dnsapi.records import Record
-from dnsapi.store import encode_records
+from dnsapi.store import INLINE_MAX, encode_records
 from dnsapi.block import BEGIN_MARKER
 
 from .conftest import add_token
@@ -170,6 +171,38 @@ def test_restart_keeps_records_and_repairs_a_replaced_zone_file(stack):
     stack.wait_served(WWW, {V1, V2})
     assert stack.vault_records() == {(WWW, V1), (WWW, V2)}
     assert "2030010100" not in stack.zone_path.read_text()  # serial moved on, not back
+
+
+async def test_a_large_zone_is_rebuilt_from_snapshot_and_delta_after_a_restart(make_stack):
+    """Past INLINE_MAX records the zone secret is a delta over a snapshot secret; a restarted
+    dnsapi rebuilds a lost zone file from both, and removing everything leaves one plain secret
+    and no snapshot behind."""
+    def roomy(config):
+        config["rate_limit"] = {"per_second": 0}
+    stack = make_stack(edit=roomy)
+    original = stack.zone_path.read_text()
+    names = [f"_acme-challenge.bulk{i}.dev.local" for i in range(20)]
+    pairs = {(names[i % 20], f"bulk-{i:04d}") for i in range(INLINE_MAX + 60)}
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async def send(method: str, fqdn: str, value: str, status: int) -> None:
+            async with session.request(method, stack.url + "/v1/records",
+                                       json={"fqdn": fqdn, "value": value}) as response:
+                assert response.status == status, await response.text()
+        await asyncio.gather(*(send("POST", f, v, 201) for f, v in pairs))
+        secret = stack.vault_secret("zones/dev.local")
+        assert secret["format"] == 3 and stack.vault_secret(f"snapshots/dev.local/{secret['base']}")
+        stack.stop_dnsapi()
+        stack.zone_path.write_text(original.replace("2026010100", "2030010100"))  # records lost
+        stack.start_dnsapi()
+        for name in names:
+            stack.wait_served(name, {v for f, v in pairs if f == name})
+        await asyncio.gather(*(send("DELETE", f, v, 200) for f, v in pairs))
+    assert stack.vault_records() == set() and stack.vault_secret("zones/dev.local")["format"] == 2
+    listing = stack.vault.client.secrets.kv.v2.list_secrets  # the snapshots folder is gone
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        listing(path=f"{stack.prefix}/snapshots/dev.local", mount_point="secret")
+    stack.wait_served(names[0], set())
 
 
 def test_reconcile_timer_repairs_file_and_picks_up_vault_changes(make_stack):

@@ -84,6 +84,24 @@ def test_policy_without_write_access_is_not_ready(make_stack, openbao):
     assert stack.add(WWW, "x").status_code == 503
 
 
+def test_policy_without_snapshot_access_is_not_ready(make_stack, openbao):
+    """Snapshots are only written past INLINE_MAX records: a policy covering just the zone
+    secrets must be caught at start, not when a zone first grows."""
+    stack = make_stack(start=False)
+    name = f"zones-only-{stack.prefix}"
+    openbao.client.sys.create_or_update_acl_policy(name=name, policy=f"""
+path "secret/data/{stack.prefix}/zones/*" {{ capabilities = ["create", "read", "update"] }}
+path "secret/metadata/{stack.prefix}/zones/*" {{ capabilities = ["read"] }}
+""")
+    token = openbao.client.auth.token.create(policies=[name], ttl="1h")["auth"]["client_token"]
+    (stack.dir / "vault-token").write_text(token)
+    stack.start_dnsapi()
+    ready = stack.call("GET", "/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["vault:dev.local"] == (
+        f"token lacks create, read on secret/data/{stack.prefix}/snapshots/dev.local/*")
+
+
 @pytest.fixture(scope="module")
 def approle_mount(openbao):
     mount = f"approle-{uuid.uuid4().hex[:8]}"
@@ -178,23 +196,157 @@ def test_vault_client_sees_only_hashes_never_tokens(stack):
     assert stack.token not in stack.config_path.read_text()
 
 
+def kv_store(openbao, prefix: str):
+    from dnsapi.config import VaultConfig
+    from dnsapi.store import VaultStore
+    return VaultStore(VaultConfig(addr=openbao.addr, token=openbao.root_token, token_file=None,
+                                  approle=None, ca_cert=None, kv_mount="secret", prefix=prefix,
+                                  timeout=10))
+
+
+def challenges(start: int, stop: int) -> dict:
+    from dnsapi.records import Record
+    records = (Record(f"_acme-challenge.h{i % 50}.dev.local", f"value-{i:06d}", 60, 1.0 + i)
+               for i in range(start, stop))
+    return {r.key: r for r in records}
+
+
+def snapshot_names(openbao, prefix: str) -> list[str]:
+    import hvac.exceptions
+    try:
+        return openbao.client.secrets.kv.v2.list_secrets(
+            path=f"{prefix}/snapshots/dev.local", mount_point="secret")["data"]["keys"]
+    except hvac.exceptions.InvalidPath:
+        return []
+
+
 async def test_a_full_zone_fits_in_one_vault_write(openbao):
     """Vault/OpenBao cap the strings in a request's JSON and the length of one string (1 MiB):
     a zone at the default max_records_per_zone (2,000 records of 255-byte names) must still be
-    one check-and-set write and one read."""
-    from dnsapi.config import VaultConfig
+    one snapshot write, one check-and-set write, and read back whole by another instance."""
     from dnsapi.records import Record
-    from dnsapi.store import VaultStore
+    from dnsapi.store import ZoneState
 
-    store = VaultStore(VaultConfig(addr=openbao.addr, token=openbao.root_token, token_file=None,
-                                   approle=None, ca_cert=None, kv_mount="secret",
-                                   prefix="full-zone", timeout=10))
+    store = kv_store(openbao, "full-zone")
     label = "a" * 63
     records = {}
     for i in range(2000):
         fqdn = f"_acme-challenge.{label}.{label}.{i:0>48}.dev.local"
         record = Record(fqdn, "V" * 43, 60, 1.0)
         records[record.key] = record
-    version = await store.write_zone("dev.local", records, cas=0)
-    state = await store.read_zone("dev.local")
-    assert state.version == version == 1 and state.records == records
+    state = await store.write_zone("dev.local", records, ZoneState({}, 0), records)
+    read = await kv_store(openbao, "full-zone").read_zone("dev.local")
+    assert read.version == state.version == 1 and read.records == records
+
+
+async def test_a_large_zone_is_written_as_deltas_over_a_snapshot(openbao):
+    """Past INLINE_MAX records a batch writes only the changes since the snapshot; the snapshot
+    is replaced once they outgrow DELTA_MAX, the old one deleted, and the whole zone goes back
+    into the zone secret when it shrinks. Another instance reads every state exactly."""
+    from dnsapi.store import DELTA_FORMAT, DELTA_MAX, INLINE_MAX, ZoneState
+
+    prefix = f"delta-{uuid.uuid4().hex[:8]}"
+    store = kv_store(openbao, prefix)
+    state, seen_snapshots = ZoneState({}, 0), set()
+    for start in range(0, 1200, 40):  # grow in batches of 40
+        records = {**state.records, **challenges(start, start + 40)}
+        state = await store.write_zone("dev.local", records, state, challenges(start, start + 40))
+        read = await kv_store(openbao, prefix).read_zone("dev.local")
+        assert read.records == records and read.version == state.version
+        secret = openbao.client.secrets.kv.v2.read_secret_version(
+            path=f"{prefix}/zones/dev.local", mount_point="secret",
+            raise_on_deleted_version=False)["data"]["data"]
+        if len(records) <= INLINE_MAX:
+            assert secret["format"] == 2 and secret["records"].count("\n") == len(records) - 1
+        else:
+            assert secret["format"] == DELTA_FORMAT
+            assert len(secret["records"].splitlines()) <= DELTA_MAX
+            seen_snapshots.add(secret["base"])
+            assert snapshot_names(openbao, prefix) == [secret["base"]]  # the old one is gone
+    assert len(seen_snapshots) >= 3
+    for start in range(0, 1200, 40):  # and shrink again, removes as deltas
+        gone = challenges(start, start + 40)
+        records = {k: r for k, r in state.records.items() if k not in gone}
+        state = await store.write_zone("dev.local", records, state, gone)
+        read = await kv_store(openbao, prefix).read_zone("dev.local")
+        assert read.records == records
+    assert state.records == {} and state.base is None and snapshot_names(openbao, prefix) == []
+
+
+async def test_writers_sharing_a_zone_survive_a_snapshot_change(openbao):
+    """Instance B holds a state over a snapshot that instance A replaces (and deletes): B's write
+    is refused by check-and-set, and after re-reading B writes on top of A's records."""
+    from dnsapi.store import CasConflict, ZoneState
+
+    prefix = f"shared-{uuid.uuid4().hex[:8]}"
+    a, b = kv_store(openbao, prefix), kv_store(openbao, prefix)
+    state_a = await a.write_zone("dev.local", challenges(0, 400), ZoneState({}, 0), challenges(0, 400))
+    state_b = await b.read_zone("dev.local")
+    more = challenges(400, 400 + 300)  # more than DELTA_MAX: A takes a new snapshot
+    state_a = await a.write_zone("dev.local", {**state_a.records, **more}, state_a, more)
+    assert state_a.base.name != state_b.base.name
+    mine = challenges(900, 910)
+    with pytest.raises(CasConflict):
+        await b.write_zone("dev.local", {**state_b.records, **mine}, state_b, mine)
+    state_b = await b.read_zone("dev.local")
+    state_b = await b.write_zone("dev.local", {**state_b.records, **mine}, state_b, mine)
+    read = await kv_store(openbao, prefix).read_zone("dev.local")
+    assert read.records == {**challenges(0, 700), **mine}
+    assert snapshot_names(openbao, prefix) == [state_b.base.name]
+
+
+async def test_a_missing_or_hostile_snapshot_reference_is_a_clear_error(openbao):
+    from dnsapi.errors import VaultUnavailable
+    from dnsapi.store import ZoneState
+
+    prefix = f"broken-{uuid.uuid4().hex[:8]}"
+    state = await kv_store(openbao, prefix).write_zone("dev.local", challenges(0, 300),
+                                                       ZoneState({}, 0), challenges(0, 300))
+    openbao.client.secrets.kv.v2.delete_metadata_and_all_versions(
+        path=f"{prefix}/snapshots/dev.local/{state.base.name}", mount_point="secret")
+    with pytest.raises(VaultUnavailable, match="missing from Vault"):
+        await kv_store(openbao, prefix).read_zone("dev.local")
+    openbao.client.secrets.kv.v2.create_or_update_secret(
+        path=f"{prefix}/zones/dev.local", mount_point="secret",
+        secret={"format": 3, "base": "../../zones/other", "records": "", "removed": ""})
+    with pytest.raises(VaultUnavailable, match="names no valid snapshot"):
+        await kv_store(openbao, prefix).read_zone("dev.local")
+
+
+async def test_unnamed_snapshots_are_swept_once_old(openbao, monkeypatch):
+    """A crash between writing a snapshot and naming it leaves it unnamed: the sweep deletes
+    such snapshots once older than SNAPSHOT_GRACE, never the one the zone secret names, and
+    leaves anything that is not a snapshot alone."""
+    import time
+
+    import dnsapi.store
+    from dnsapi.store import ZoneState
+
+    prefix = f"sweep-{uuid.uuid4().hex[:8]}"
+    store = kv_store(openbao, prefix)
+    state = await store.write_zone("dev.local", challenges(0, 300), ZoneState({}, 0), challenges(0, 300))
+    old, young = f"{int(time.time()) - 2 * 86400:08x}deadbeef", f"{int(time.time()):08x}cafef00d"
+    for name in (old, young, "notes"):
+        openbao.client.secrets.kv.v2.create_or_update_secret(
+            path=f"{prefix}/snapshots/dev.local/{name}", secret={"a": "b"}, mount_point="secret")
+    assert await store.sweep_snapshots("dev.local") == 1
+    assert sorted(snapshot_names(openbao, prefix)) == sorted([state.base.name, young, "notes"])
+    monkeypatch.setattr(dnsapi.store, "SNAPSHOT_GRACE", -60.0)  # now every snapshot counts as old
+    assert await store.sweep_snapshots("dev.local") == 1
+    assert sorted(snapshot_names(openbao, prefix)) == sorted([state.base.name, "notes"])
+    assert (await kv_store(openbao, prefix).read_zone("dev.local")).records == challenges(0, 300)
+
+
+async def test_a_batch_that_misreports_its_changes_still_loses_nothing(openbao):
+    """The writer names the keys a batch touched; should it ever miss one, the delta would drop
+    it, so the store notices from the counts and writes a full snapshot instead."""
+    from dnsapi.store import ZoneState
+
+    prefix = f"miscount-{uuid.uuid4().hex[:8]}"
+    store = kv_store(openbao, prefix)
+    state = await store.write_zone("dev.local", challenges(0, 300), ZoneState({}, 0), challenges(0, 300))
+    more = challenges(300, 310)
+    after = await store.write_zone("dev.local", {**state.records, **more}, state, list(more)[:5])
+    assert after.base.name != state.base.name  # a new snapshot, not a delta
+    read = await kv_store(openbao, prefix).read_zone("dev.local")
+    assert read.records == challenges(0, 310)
