@@ -3,23 +3,29 @@
 Starts a private OpenBao dev server, CoreDNS + dnsapi, and BIND (named, TSIG-signed dynamic zone)
 on free loopback ports, then measures side by side:
   - acknowledged adds per second at concurrency 1, 16, 64 (dnsapi's HTTP API vs dnspython
-    RFC 2136 updates to BIND, one TCP connection per update), median of 3 runs per level taking
-    turns; like an ACME client, each run's records are removed afterwards (not timed);
+    RFC 2136 updates to BIND, one TCP connection per update), the median of --reps runs per level
+    taking turns; like an ACME client, each run's records are removed afterwards (not timed);
   - time from an add to the DNS server answering it, p50 and p99;
   - wall time of one apex + wildcard issuance with lego against OpenBao ACME (httpreq to dnsapi
-    vs lego's rfc2136 provider to BIND; both --dns.disable-cp, same polling), mean of 30 runs
-    each, taking turns;
+    vs lego's rfc2136 provider to BIND; both --dns.disable-cp, same polling), the mean of
+    --issuance-runs runs each, taking turns;
   - dnsapi's RSS with 10,000 operator records and 1,000 challenge records;
   - one zone rewrite at 1k, 10k and 100k zone lines.
 Prints a markdown table and writes bench/results.json.
 
-    python3 bench/compare.py
+    python3 bench/compare.py [--issuance-runs N] [--reps N]
+
+Ends with the issue's targets checked against this run. Takes about 22 minutes with the defaults,
+nearly all of it issuance: one issuance varies by ~4 s for reasons outside both paths (see
+README), so a verdict on a 10 % difference needs many.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
+import math
 import datetime as dt
 import json
 import os
@@ -46,11 +52,12 @@ from throughput import LEVELS, NAMES, adds_per_second, bodies, send_all
 from dnsapi.devstack import Process, free_port, local_stack, soa_answered, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-REPS = 3  # per level and server, taking turns; the median is reported
+REPS = 5  # per level and server, taking turns; the median is reported
 VISIBLE_SAMPLES = 60
 # OpenBao validates a challenge in the background; when lego looks before it finished, lego waits
-# ~5 s more, on either path, at random (see README). So: many runs, and their mean.
-ISSUANCE_RUNS = 30
+# ~5 s more, on either path, at random (see README). So: many runs, and their mean. With one
+# issuance's standard deviation of ~4 s, 80 runs per path put the ratio's standard error near 0.06.
+ISSUANCE_RUNS = 80
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -139,11 +146,12 @@ def vault_init(stack_dir: Path, mount: str, resolver: str, token: str) -> str:
     return out.strip().splitlines()[-1].split("ACME directory: ")[1]
 
 
-def issuance_s(paths: dict[str, tuple[list[str], dict[str, str]]], workdir: Path) -> dict[str, list[float]]:
-    """Wall time of each of ISSUANCE_RUNS issuances per path, the paths taking turns so that
-    whatever else the machine does at the time falls on both alike."""
+def issuance_s(paths: dict[str, tuple[list[str], dict[str, str]]], workdir: Path,
+               runs: int) -> dict[str, list[float]]:
+    """Wall time of each of `runs` issuances per path, the paths taking turns so that whatever
+    else the machine does at the time falls on both alike."""
     times: dict[str, list[float]] = {name: [] for name in paths}
-    for run in range(ISSUANCE_RUNS):
+    for run in range(runs):
         for name, (argv, env) in paths.items():
             start = time.perf_counter()
             result = subprocess.run([*argv, "--path", str(workdir / f"lego-{name}-{run}"), "run"],
@@ -175,7 +183,42 @@ def rss_mb(tmp: Path) -> float:
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
 
 
+def ratio_se(a: list[float], b: list[float]) -> float:
+    """Standard error of mean(a) / mean(b) (delta method, independent samples)."""
+    ma, mb = statistics.mean(a), statistics.mean(b)
+    return ma / mb * math.sqrt(statistics.variance(a) / len(a) / ma**2 +
+                               statistics.variance(b) / len(b) / mb**2)
+
+
+def targets(results: dict) -> list[str]:
+    """The issue's targets against this run's figures, one line each."""
+    a, v, i, rw = (results["adds_per_s"], results["visible_ms"], results["issuance_s"],
+                   results["rewrite_ms"])
+    runs = results["issuance_runs_s"]
+    c64 = a["dnsapi"]["c64"] / a["bind"]["c64"]
+    issuance = i["dnsapi"] / i["bind"]
+    growth = rw["100k"] / rw["10k"]
+    checks = [
+        (c64 >= 2, f"c64 adds/s ≥ 2× BIND's: {c64:.2f}×"),
+        (v["dnsapi"]["p99"] <= 500, f"add → answered p99 ≤ 0.5 s: {v['dnsapi']['p99']:.0f} ms"),
+        (issuance <= 1.1, f"issuance ≤ 1.1× BIND's: {issuance:.2f}× "
+                          f"(± {ratio_se(runs['dnsapi'], runs['bind']):.2f} standard error)"),
+        (results["rss_mb"]["dnsapi"] <= 80, f"RSS ≤ 80 MB: {results['rss_mb']['dnsapi']:.0f} MB"),
+        (growth <= 10, f"rewrite growing no worse than linearly: 10k → 100k lines ×{growth:.1f}"),
+    ]
+    return [f"- {'met' if ok else 'MISSED'}: {text}" for ok, text in checks]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--issuance-runs", type=int, default=ISSUANCE_RUNS, metavar="N",
+                        help=f"issuances per path (default {ISSUANCE_RUNS})")
+    parser.add_argument("--reps", type=int, default=REPS, metavar="N",
+                        help=f"adds/s runs per level and server; the median is reported (default {REPS})")
+    args = parser.parse_args()
+    if args.issuance_runs < 2 or args.reps < 1:
+        parser.error("--issuance-runs must be at least 2 and --reps at least 1")
     results: dict = {"machine": f"{platform.node()} ({os.cpu_count()} cores)",
                      "date": dt.date.today().isoformat()}
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -199,7 +242,7 @@ def main() -> None:
                                          "bind": visible_ms(bind.add, bind.port, "bind")}
                 rates: dict[str, dict[str, list[float]]] = {"dnsapi": {}, "bind": {}}
                 for c, n in LEVELS:
-                    for rep in range(REPS):
+                    for rep in range(args.reps):
                         tag = f"c{c}r{rep}"
                         rates["dnsapi"].setdefault(f"c{c}", []).append(
                             adds_per_second(stack.api_url, stack.api_token, c, n, tag))
@@ -226,7 +269,7 @@ def main() -> None:
                         {"RFC2136_NAMESERVER": f"127.0.0.1:{bind.port}", "RFC2136_TSIG_KEY": "bench.",
                          "RFC2136_TSIG_SECRET": bind.secret, "RFC2136_TSIG_ALGORITHM": "hmac-sha256.",
                          "RFC2136_POLLING_INTERVAL": "2", "RFC2136_SEQUENCE_INTERVAL": "1"})},
-                    tmp / "lego")
+                    tmp / "lego", args.issuance_runs)
                 results["issuance_s"] = {name: round(statistics.mean(t), 2) for name, t in runs.items()}
                 results["issuance_runs_s"] = runs
             finally:
@@ -243,13 +286,14 @@ def main() -> None:
         print(f"| acknowledged adds/s, concurrency {c[1:]} | {a['dnsapi'][c]:.0f} | {a['bind'][c]:.0f} |")
     for p in ("p50", "p99"):
         print(f"| add → answered, {p} | {v['dnsapi'][p]:.0f} ms | {v['bind'][p]:.1f} ms |")
-    print(f"| lego apex + wildcard issuance (mean of {ISSUANCE_RUNS}) | {i['dnsapi']:.1f} s "
+    print(f"| lego apex + wildcard issuance (mean of {args.issuance_runs}) | {i['dnsapi']:.1f} s "
           f"| {i['bind']:.1f} s |")
     print(f"| RSS, 10k operator + 1k challenge records | {results['rss_mb']['dnsapi']:.0f} MB | |")
     for size, ms in results["rewrite_ms"].items():
         print(f"| one zone rewrite, {size} lines | {ms:.1f} ms | |")
     for name, label in (("dnsapi", "dnsapi"), ("bind", "BIND")):
         print(f"\nissuance runs, {label}: " + ", ".join(f"{t:.1f}" for t in results["issuance_runs_s"][name]))
+    print("\nTargets:\n" + "\n".join(targets(results)))
     out = Path(__file__).resolve().parent / "results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out}")
