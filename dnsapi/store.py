@@ -47,7 +47,7 @@ from .records import Record
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-FORMAT_VERSION = 2  # the secret holds every record
+FULL_FORMAT = 2  # the secret holds every record
 DELTA_FORMAT = 3  # the secret holds the changes since a snapshot secret
 INLINE_MAX = 256  # zones of up to this many records are written whole, without a snapshot
 DELTA_MAX = 256  # changed keys since the snapshot before a new snapshot is taken
@@ -75,7 +75,7 @@ def encode_records(records: dict[Key, Record]) -> dict[str, Any]:
     more than the records in use."""
     if len(_LINES) > 2 * len(records) + 4096:
         _LINES.clear()
-    return {"format": FORMAT_VERSION, "records": "\n".join(map(_line, records.values()))}
+    return {"format": FULL_FORMAT, "records": "\n".join(map(_line, records.values()))}
 
 
 def encode_delta(base: str, records: dict[Key, Record], changed: Iterable[Key]) -> dict[str, Any]:
