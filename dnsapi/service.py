@@ -231,6 +231,9 @@ class RecordService:
             except VaultUnavailable as exc:
                 log.warning("looking for unused snapshots of zone %s failed: %s", zone, exc.message)
                 continue
+            except Exception:  # a chore: it must never stop the reconcile loop it runs in
+                log.exception("looking for unused snapshots of zone %s failed", zone)
+                continue
             if swept:
                 log.info("zone %s: deleted %d unused snapshot(s) from Vault", zone, swept)
 
