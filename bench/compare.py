@@ -25,9 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import math
 import datetime as dt
 import json
+import math
 import os
 import platform
 import secrets

@@ -24,7 +24,7 @@ import dns.rdatatype
 from . import config as config_module
 from .config import Config, ZoneConfig, parse_duration
 from .errors import ConfigError, VaultUnavailable, ZoneError
-from .store import VaultSession, is_kv2
+from .store import VaultSession, is_kv2, zone_secret
 from .zonefile import ZoneFile
 
 
@@ -113,7 +113,7 @@ def _vault(config: Config, checks: Checklist) -> None:
     checks.add(is_v2, f"{kv}/ is a KV version 2 mount",
                f"`dnsapi vault-init` creates it, or: vault secrets enable -path={kv} kv-v2")
     for zone in config.zones:
-        path = f"{kv}/data/{config.vault.prefix}/zones/{zone.name}"
+        path = f"{kv}/data/{zone_secret(config.vault.prefix, zone.name)}"
         try:
             problem = session.run(lambda z=zone.name: session.zone_access(z))
         except VaultUnavailable as exc:

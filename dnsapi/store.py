@@ -59,6 +59,16 @@ Key = tuple[str, str]
 _LINES: dict[Key, tuple[Record, str]] = {}  # key -> (record, its line), see _line
 
 
+def zone_secret(prefix: str, zone: str) -> str:
+    """The zone secret's path under the KV mount."""
+    return f"{prefix}/zones/{zone}"
+
+
+def snapshot_folder(prefix: str, zone: str) -> str:
+    """The folder under the KV mount that holds the zone's snapshot secrets."""
+    return f"{prefix}/snapshots/{zone}"
+
+
 def _line(record: Record) -> str:
     """A record's line. Each full write re-encodes thousands of unchanged records, so lines are
     remembered per key and reused while the record is the very same object (records are
@@ -110,18 +120,19 @@ def apply_delta(base: dict[Key, Record], data: dict[str, Any]) -> tuple[dict[Key
                                                                           frozenset[Key]]:
     """A delta secret's records over its snapshot's, and the keys it changes."""
     records = dict(base)
-    changed = set()
+    changed: set[Key] = set()
     for line in str(data.get("removed") or "").splitlines():
-        key = tuple(line.split())
-        if len(key) != 2:
+        fields = line.split()
+        if len(fields) != 2:
             log.warning("ignoring a malformed removed-record line in Vault: %r", line[:200])
             continue
-        records.pop(key, None)  # type: ignore[arg-type]
+        key = (fields[0], fields[1])
+        records.pop(key, None)
         changed.add(key)
     for key, record in decode_records(data).items():
         records[key] = record
         changed.add(key)
-    return records, frozenset(changed)  # type: ignore[arg-type]
+    return records, frozenset(changed)
 
 
 def is_kv2(mount: dict[str, Any]) -> bool:
@@ -315,6 +326,14 @@ class VaultSession:
             raise
         return int(response["data"]["version"])
 
+    def list_kv(self, path: str) -> list[str]:
+        """The keys in a KV folder ([] when it holds none)."""
+        try:
+            return self.client.secrets.kv.v2.list_secrets(
+                path=path, mount_point=self.config.kv_mount)["data"]["keys"]
+        except hvac.exceptions.InvalidPath:
+            return []
+
     def delete_kv(self, path: str) -> None:
         """Delete a secret with all its versions and metadata."""
         self.client.secrets.kv.v2.delete_metadata_and_all_versions(
@@ -330,9 +349,10 @@ class VaultSession:
         """None when our token may do everything dnsapi does with the zone's secrets (read and
         write the zone secret; create, read, list and delete its snapshots), else what it lacks.
         Snapshots are only used past INLINE_MAX records, so a narrower policy would fail late."""
-        kv, prefix = self.config.kv_mount, self.config.prefix
-        snapshots = f"{prefix}/snapshots/{zone}"
-        needs = {f"{kv}/data/{prefix}/zones/{zone}": ({"read", "create", "update"}, "the zone secret"),
+        kv = self.config.kv_mount
+        snapshots = snapshot_folder(self.config.prefix, zone)
+        needs = {f"{kv}/data/{zone_secret(self.config.prefix, zone)}": ({"read", "create", "update"},
+                                                                         "the zone secret"),
                  f"{kv}/data/{snapshots}/x": ({"read", "create"}, f"{kv}/data/{snapshots}/*"),
                  f"{kv}/metadata/{snapshots}/x": ({"delete"}, f"{kv}/metadata/{snapshots}/*"),
                  f"{kv}/metadata/{snapshots}": ({"list"}, f"{kv}/metadata/{snapshots}")}
@@ -355,10 +375,10 @@ class VaultStore:
         self._snapshots: dict[str, Snapshot] = {}  # zone -> the last snapshot read or written
 
     def secret_path(self, zone: str) -> str:
-        return f"{self.config.prefix}/zones/{zone}"
+        return zone_secret(self.config.prefix, zone)
 
     def snapshot_path(self, zone: str, name: str) -> str:
-        return f"{self.config.prefix}/snapshots/{zone}/{name}"
+        return f"{snapshot_folder(self.config.prefix, zone)}/{name}"
 
     async def read_zone(self, zone: str) -> ZoneState:
         return await self._call("read_zone", lambda: self._read_zone(zone))
@@ -459,11 +479,8 @@ class VaultStore:
         return ZoneState(records=records, version=version, base=snapshot)
 
     def _sweep_snapshots(self, zone: str) -> int:
-        try:
-            names = self.client.secrets.kv.v2.list_secrets(
-                path=f"{self.config.prefix}/snapshots/{zone}", mount_point=self.config.kv_mount
-            )["data"]["keys"]
-        except hvac.exceptions.InvalidPath:
+        names = self.session.list_kv(snapshot_folder(self.config.prefix, zone))
+        if not names:
             return 0
         data, _ = self.session.read_kv(self.secret_path(zone))
         named = data.get("base") if data.get("format") == DELTA_FORMAT else None
