@@ -106,6 +106,8 @@ class SinkConfig:
     secret: str | None  # dingtalk / feishu: the robot's signing secret
     headers: tuple[tuple[str, str], ...]  # webhook: extra headers, e.g. Authorization
     command: tuple[str, ...]  # command: argv; the event arrives as JSON on stdin
+    env: tuple[tuple[str, str | None], ...]  # command: its environment besides PATH and LANG
+    # (a value of None: passed through from pki-watch's own environment)
     timeout: float
 
 
@@ -129,6 +131,36 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """How much a connection may hold before dnsapi closes it (see dnsapi/connections.py): slow or
+    idle clients must not take descriptors from real ones."""
+
+    request_timeout: float  # a request's headers and body must arrive within this
+    keepalive_timeout: float  # an idle keep-alive connection is closed after this
+    max_connections: int  # open connections in all (also kept below the descriptor limit)
+    max_connections_per_address: int  # open connections from one source address
+
+
+@dataclass(frozen=True)
+class WaitLimits:
+    """`wait: true` requests poll DNS until the record is served: bounded per token and in all."""
+
+    per_token: int
+    total: int
+
+
+@dataclass(frozen=True)
+class RefusalLimits:
+    """Refused requests (bad token, bad input) per source address, and how often the audit trail
+    sums up the refusals it does not write line by line."""
+
+    per_second: float
+    burst: int
+    audit_interval: float
+    audit_lines: int  # refusals written in full per interval; the rest are counted
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str
     listen_port: int
@@ -145,10 +177,15 @@ class Config:
     watch_interval: float
     propagation_timeout: float
     max_records_per_zone: int
+    max_records_per_token: int  # records one token may hold at once, in all zones
     max_body_bytes: int
     max_age: float  # challenge records older than this are removed
     rate_limit: float  # requests per second per token (0: no limit)
     rate_burst: int
+    refusals: RefusalLimits
+    http: HttpLimits
+    waits: WaitLimits
+    allowed_origins: tuple[str, ...]  # browser Origins allowed to call the API (none by default)
     audit_file: Path | None  # None: audit lines go to stderr
     open_on_loopback: bool  # no tokens at all: anyone who can reach the loopback listener
     vault_init: VaultInitConfig
@@ -298,9 +335,22 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
         raise ConfigError(f"{rate.key('per_second')}: must be a number >= 0 (0 turns the limit off)")
     rate_burst = rate.integer("burst", 200, 1, 1_000_000)
     rate.finish()
+    refusals = _refusals(root.section("refusals"))
     audit = root.section("audit")
     audit_file = audit.optional_path("file", base)
     audit.finish()
+    http = _http_limits(root.section("http"))
+    waits = root.section("waits")
+    wait_limits = WaitLimits(per_token=waits.integer("per_token", 20, 1, 100_000),
+                             total=waits.integer("total", 200, 1, 100_000))
+    waits.finish()
+    if wait_limits.per_token > wait_limits.total:
+        raise ConfigError(f"{waits.key('per_token')}: must not exceed waits.total")
+    origins = root.get("allowed_origins", [])
+    if not isinstance(origins, list) or not all(
+            isinstance(o, str) and re.fullmatch(r"https?://[^\s/]+", o) for o in origins):
+        raise ConfigError("allowed_origins: must be a list of origins such as https://ops.example "
+                          "(scheme://host[:port], no path)")
 
     ttl = root.section("ttl")
     max_ttl = ttl.integer("max", 3600, 1, 2**31 - 1)
@@ -325,10 +375,15 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
         watch_interval=root.duration("watch_interval", "500ms"),
         propagation_timeout=root.duration("propagation_timeout", "60s"),
         max_records_per_zone=root.integer("max_records_per_zone", 2000, 1, 100_000),
+        max_records_per_token=root.integer("max_records_per_token", 100, 1, 100_000),
         max_body_bytes=root.integer("max_body_bytes", 16384, 256, 1 << 20),
         max_age=root.duration("max_age", "1h"),
         rate_limit=float(rate_limit),
         rate_burst=rate_burst,
+        refusals=refusals,
+        http=http,
+        waits=wait_limits,
+        allowed_origins=tuple(o.lower() for o in origins),
         audit_file=audit_file,
         open_on_loopback=open_on_loopback,
         vault_init=vault_init,
@@ -336,6 +391,34 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
     )
     root.finish()
     return config
+
+
+def _http_limits(section: _Section) -> HttpLimits:
+    limits = HttpLimits(
+        request_timeout=section.duration("request_timeout", "10s"),
+        keepalive_timeout=section.duration("keepalive_timeout", "15s"),
+        max_connections=section.integer("max_connections", 900, 1, 1_000_000),
+        max_connections_per_address=section.integer("max_connections_per_address", 64, 1, 1_000_000),
+    )
+    section.finish()
+    if limits.max_connections_per_address > limits.max_connections:
+        raise ConfigError(f"{section.key('max_connections_per_address')}: must not exceed "
+                          "http.max_connections")
+    return limits
+
+
+def _refusals(section: _Section) -> RefusalLimits:
+    rate = section.get("per_second", 5)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate < 0:
+        raise ConfigError(f"{section.key('per_second')}: must be a number >= 0 (0 turns the limit off)")
+    limits = RefusalLimits(
+        per_second=float(rate),
+        burst=section.integer("burst", 20, 1, 1_000_000),
+        audit_interval=section.duration("audit_interval", "60s"),
+        audit_lines=section.integer("audit_lines", 100, 0, 1_000_000),
+    )
+    section.finish()
+    return limits
 
 
 def _vault(section: _Section, base: Path, env: dict[str, str]) -> VaultConfig:
@@ -494,13 +577,32 @@ def _sinks(raw: Any) -> tuple[SinkConfig, ...]:
                            for k, v in headers.items())):
             raise ConfigError(f"{section.key('headers')}: a mapping of header: value strings, "
                               "for type: webhook only")
+        env = _sink_env(section, kind)
         sinks.append(SinkConfig(name=name, type=kind, url=url, secret=secret,
                                 headers=tuple(headers.items()), command=tuple(command or ()),
-                                timeout=section.duration("timeout", "10s")))
+                                env=env, timeout=section.duration("timeout", "10s")))
         section.finish()
         if [s.name for s in sinks].count(name) > 1:
             raise ConfigError(f"{section.key('name')}: sink name {name!r} is used twice")
     return tuple(sinks)
+
+
+def _sink_env(section: _Section, kind: str) -> tuple[tuple[str, str | None], ...]:
+    """A command sink's `env:` list: `NAME` passes that variable through from pki-watch's own
+    environment, `NAME=value` sets it. Nothing else is inherited (see notify._run_command)."""
+    raw = section.get("env") or []
+    if raw and kind != "command":
+        raise ConfigError(f"{section.key('env')}: only for type: command")
+    if not isinstance(raw, list) or not all(
+            isinstance(item, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(=.*)?", item, re.S)
+            for item in raw):
+        raise ConfigError(f"{section.key('env')}: must be a list of NAME (passed through) or "
+                          "NAME=value strings")
+    pairs = []
+    for item in raw:
+        name, sep, value = item.partition("=")
+        pairs.append((name, value if sep else None))
+    return tuple(pairs)
 
 
 def _approle(section: _Section, base: Path, env: dict[str, str]) -> AppRoleConfig:

@@ -223,7 +223,7 @@ def test_delivery_backoff_then_give_up(tmp_path):
 
 def sink(kind: str, **extra) -> SinkConfig:
     return SinkConfig(name=kind, type=kind, url=extra.pop("url", "https://hooks.example/x?k=1"),
-                      secret=extra.pop("secret", None), headers=(), command=(), timeout=5)
+                      secret=extra.pop("secret", None), headers=(), command=(), env=(), timeout=5)
 
 
 EVENT = {"id": "abc", "type": "certificate_revoked", "severity": "warning", "mount": "pki",
