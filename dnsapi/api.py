@@ -23,7 +23,9 @@ from . import logs
 from .audit import AuditLog, value_hash
 from .auth import Authenticator
 from .config import Config, TokenConfig
-from .errors import BadRequest, DnsapiError, PayloadTooLarge, ShuttingDown, TooManyRequests
+from .connections import ConnectionGuard
+from .errors import (BadRequest, DnsapiError, Forbidden, PayloadTooLarge, RequestTimeout,
+                     ShuttingDown, TooManyRequests)
 from .metrics import CONTENT_TYPE
 from .names import validate_value
 from .openapi import document
@@ -39,6 +41,8 @@ class Runtime:
 
     auth: Authenticator
     limiter: RateLimiter
+    refusals: RateLimiter  # per source address, charged for each refused request
+    allowed_origins: frozenset[str]
     audit: AuditLog
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set when shutdown begins
     in_flight: int = 0  # requests inside dnsapi's handlers
@@ -51,6 +55,7 @@ class Runtime:
 SERVICE = web.AppKey("service", RecordService)
 RUNTIME = web.AppKey("runtime", Runtime)
 MAX_BODY = web.AppKey("max_body_bytes", int)
+GUARD = web.AppKey("connection_guard", ConnectionGuard)
 NOTES = web.RequestKey("audit_notes", dict)  # what handlers learned, for the audit line
 
 # The routes the audit trail covers: every change, and every refused request, on these.
@@ -59,6 +64,10 @@ AUDITED = {("POST", "/v1/records"): "add", ("DELETE", "/v1/records"): "remove",
            ("POST", "/cleanup"): "remove"}
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+# Refusals charged to the source address's bucket (refusals.per_second): what a client that is
+# guessing or probing gets. Not 409 (a full zone or quota) nor 429 / 5xx (dnsapi's own state).
+CHARGED = frozenset({400, 401, 403, 404, 405, 408, 413})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -89,7 +98,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     runtime.in_flight += 1
     runtime.idle.clear()
     try:
-        response = await handler(request)
+        with request.app[GUARD].busy(request):
+            response = await handler(request)
     finally:
         runtime.in_flight -= 1
         if not runtime.in_flight:
@@ -105,26 +115,44 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 @web.middleware
 async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: after the error middleware has made a response, write the audit line for a
-    change or a refusal."""
+    """After the error middleware has made a response, write the audit line for a change or a
+    refusal, and charge a refusal to its source address."""
     request[NOTES] = {}
     response = await handler(request)
     action = AUDITED.get((request.method, request.path))
     notes = request[NOTES]
-    if action is not None and (response.status >= 400 or action != "list"):
-        request.app[RUNTIME].audit.write(
-            request_id=logs.REQUEST_ID.get(), token=notes.get("token"), remote=request.remote, action=action,
-            fqdn=notes.get("fqdn"), value_sha256=notes.get("value_sha256"),
-            result=notes.get("result", "refused" if response.status >= 400 else None),
-            status=response.status, error=notes.get("error"))
+    runtime = request.app[RUNTIME]
+    refused = response.status >= 400
+    if refused and response.status in CHARGED:
+        runtime.refusals.allow(request.remote or "unknown")
+    if action is None or (action == "list" and not refused):
+        return response
+    entry = dict(request_id=logs.REQUEST_ID.get(), token=notes.get("token"), action=action,
+                 fqdn=notes.get("fqdn"), value_sha256=notes.get("value_sha256"),
+                 result=notes.get("result", "refused" if refused else None),
+                 status=response.status, error=notes.get("error"))
+    if refused:
+        runtime.audit.refused(request.remote, **entry)
+    else:
+        runtime.audit.write(remote=request.remote, **entry)
     return response
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        if request.app[RUNTIME].stopping.is_set():
+        runtime = request.app[RUNTIME]
+        if runtime.stopping.is_set():
             raise ShuttingDown()
+        wait = runtime.refusals.wait(request.remote or "unknown")
+        if wait:
+            request.app[SERVICE].metrics.refusals_limited.inc()
+            raise TooManyRequests(f"too many refused requests from {request.remote}; retry in "
+                                  f"{max(wait, 0.1):.1f}s", wait, "too_many_refusals")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() not in runtime.allowed_origins:
+            raise Forbidden("requests from web pages are refused (Origin header); list the origin "
+                            "in allowed_origins to allow it", "origin_not_allowed")
         return await handler(request)
     except DnsapiError as exc:
         note(request, error=exc.code)
@@ -151,18 +179,23 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 # -- request parsing ------------------------------------------------------------------------------
 
 async def read_body(request: web.Request) -> bytes:
-    """The whole body. Once shutdown begins aiohttp stops reading from connections, so a body
-    still arriving then never completes: such a request is given up at once (it changed nothing)
+    """The whole body, within http.request_timeout (a client trickling it must not hold the
+    connection). Once shutdown begins aiohttp stops reading from connections, so a body still
+    arriving then never completes: such a request is given up at once (it changed nothing)
     instead of holding the shutdown until its timeout."""
     if request.content.is_eof():  # the usual case: the body came with the headers
         return await request.read()
     reading = asyncio.ensure_future(request.read())
     stopping = asyncio.ensure_future(request.app[RUNTIME].stopping.wait())
-    await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    timeout = request.app[GUARD].limits.request_timeout
+    await asyncio.wait((reading, stopping), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     if not reading.done():
         reading.cancel()
-        raise ShuttingDown()
+        if request.app[RUNTIME].stopping.is_set():
+            raise ShuttingDown()
+        request.protocol.force_close()  # type: ignore[union-attr]  # the rest of the body is unread
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g}s")
     return reading.result()
 
 
@@ -305,7 +338,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready or not, for anyone; what is wrong (which may quote a broken zone file) only for a
+    valid token: details otherwise come from `dnsapi check`."""
     checks = await request.app[SERVICE].readiness()
+    try:
+        request.app[RUNTIME].auth.authenticate(request.headers.get("Authorization", ""))
+    except DnsapiError:
+        checks = {name: "ok" if result == "ok" else
+                  "failing (details: `dnsapi check`, or /readyz with a token)"
+                  for name, result in checks.items()}
     failing = {name: result for name, result in checks.items() if result != "ok"}
     if failing:
         message = "; ".join(f"{name}: {result}" for name, result in failing.items())
@@ -324,6 +365,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 # -- the app -------------------------------------------------------------------------------------
 
+def _audit_log(config: Config) -> AuditLog:
+    return AuditLog(config.audit_file, config.refusals.audit_lines, config.refusals.audit_interval)
+
+
 def _authenticator(config: Config) -> Authenticator:
     return Authenticator(config.tokens, config.challenge_label,
                          tuple(z.name for z in config.zones) if config.open_on_loopback else None)
@@ -332,7 +377,7 @@ def _authenticator(config: Config) -> Authenticator:
 # Settings a running instance cannot change (its listener, Vault session and zone writers are
 # built from them): a reload keeps the running values and reports the key.
 _RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "tls": "tls", "vault": "vault",
-                 "zones": "zones", "max_body_bytes": "max_body_bytes"}
+                 "zones": "zones", "max_body_bytes": "max_body_bytes", "http": "http"}
 
 
 def reconfigure(app: web.Application, config: Config) -> list[str]:
@@ -344,12 +389,21 @@ def reconfigure(app: web.Application, config: Config) -> list[str]:
                       if getattr(running, field) != getattr(config, field)})
     config = replace(config, **{field: getattr(running, field) for field in _RESTART_ONLY})
     runtime = app[RUNTIME]
-    old_audit, runtime.audit = runtime.audit, AuditLog(config.audit_file)
+    old_audit, runtime.audit = runtime.audit, _audit_log(config)
     runtime.auth = _authenticator(config)
     runtime.limiter = RateLimiter(config.rate_limit, config.rate_burst)
+    runtime.refusals = RateLimiter(config.refusals.per_second, config.refusals.burst)
+    runtime.allowed_origins = frozenset(config.allowed_origins)
     service.reconfigure(config, runtime.audit)
     old_audit.close()
     return changed
+
+
+async def _summarise_refusals(runtime: Runtime) -> None:
+    """Write the audit trail's refusal summary when an interval ends, even if nothing follows."""
+    while True:
+        await asyncio.sleep(runtime.audit.interval / 4)
+        runtime.audit.flush()
 
 
 def create_app(config: Config, service: RecordService | None = None,
@@ -358,11 +412,13 @@ def create_app(config: Config, service: RecordService | None = None,
     every queued change first."""
     app = web.Application(middlewares=[request_middleware, audit_middleware, error_middleware],
                           client_max_size=config.max_body_bytes)
-    audit = audit or AuditLog(config.audit_file)
+    audit = audit or _audit_log(config)
     app[RUNTIME] = Runtime(_authenticator(config), RateLimiter(config.rate_limit, config.rate_burst),
-                           audit)
+                           RateLimiter(config.refusals.per_second, config.refusals.burst),
+                           frozenset(config.allowed_origins), audit)
     app[SERVICE] = service or RecordService(config, audit=audit)
     app[MAX_BODY] = config.max_body_bytes
+    app[GUARD] = ConnectionGuard(config.http, app[SERVICE].metrics)
     app.router.add_post("/v1/records", add_record)
     app.router.add_delete("/v1/records", delete_record)
     app.router.add_get("/v1/records", list_records)
@@ -375,7 +431,9 @@ def create_app(config: Config, service: RecordService | None = None,
 
     async def lifecycle(app: web.Application) -> Any:
         await app[SERVICE].start()
+        summaries = asyncio.create_task(_summarise_refusals(app[RUNTIME]))
         yield
+        summaries.cancel()
         await app[SERVICE].close()
         app[RUNTIME].audit.close()
 

@@ -3,6 +3,11 @@
 Each line says when, which token (by name), from which address, what was asked, about which
 name, the SHA-256 of the value (values are not secret, but the trail need not repeat them) and the
 result. Secrets never reach it: no token, no Authorization header, no Vault credential.
+
+Refusals cost an attacker nothing, so they are written in full only up to a budget per interval
+(`refusals.audit_lines` per `refusals.audit_interval`); past it they are counted, and one summary
+line per interval gives the count and the busiest source addresses. How much an attacker can make
+dnsapi write is thus bounded whatever they send.
 """
 
 from __future__ import annotations
@@ -12,8 +17,13 @@ import hashlib
 import json
 import sys
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+SUMMARY_SOURCES = 10  # busiest source addresses named in a summary line
 
 
 def value_hash(value: str) -> str:
@@ -23,10 +33,38 @@ def value_hash(value: str) -> str:
 class AuditLog:
     """Appends JSON lines to a file (opened once, line-buffered) or to stderr."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, refusal_lines: int = 100, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._stream: IO[str] = open(path, "a", buffering=1) if path else sys.stderr  # noqa: SIM115
         self._owned = path is not None
         self._lock = threading.Lock()
+        self.refusal_lines = refusal_lines
+        self.interval = interval
+        self.clock = clock
+        self._window_start = clock()
+        self._written = 0  # refusals written in full in this interval
+        self._suppressed: Counter[str] = Counter()  # refusals counted instead, by source
+
+    def refused(self, remote: str | None, **entry: Any) -> None:
+        """A refused request: written in full within the interval's budget, else counted."""
+        self.flush()
+        if self._written < self.refusal_lines:
+            self._written += 1
+            self.write(remote=remote, **entry)
+        else:
+            self._suppressed[remote or "unknown"] += 1
+
+    def flush(self) -> None:
+        """Once the interval is over: the summary line of what was counted, and a new budget."""
+        now = self.clock()
+        if now - self._window_start < self.interval:
+            return
+        if self._suppressed:
+            self.write(action="refusals_summarised", result="refused",
+                       count=sum(self._suppressed.values()), seconds=round(now - self._window_start),
+                       sources=dict(self._suppressed.most_common(SUMMARY_SOURCES)),
+                       source_count=len(self._suppressed))
+        self._window_start, self._written, self._suppressed = now, 0, Counter()
 
     def write(self, **entry: Any) -> None:
         line = json.dumps({"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
@@ -37,5 +75,7 @@ class AuditLog:
             self._stream.flush()
 
     def close(self) -> None:
+        self._window_start -= self.interval  # whatever was counted is written before closing
+        self.flush()
         if self._owned:
             self._stream.close()

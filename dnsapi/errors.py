@@ -38,6 +38,10 @@ class Forbidden(DnsapiError):
     status = 403
     code = "forbidden"
 
+    def __init__(self, message: str, code: str = "forbidden") -> None:
+        super().__init__(message)
+        self.code = code
+
 
 class TooManyRecords(DnsapiError):
     """A zone already holds the configured maximum of managed records."""
@@ -52,14 +56,22 @@ class TooManyRequests(DnsapiError):
     status = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, code: str = "rate_limited") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.code = code
 
 
 class PayloadTooLarge(DnsapiError):
     status = 413
     code = "body_too_large"
+
+
+class RequestTimeout(DnsapiError):
+    """The request's body did not arrive in time; nothing was changed."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class ZoneError(DnsapiError):

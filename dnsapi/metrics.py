@@ -55,5 +55,24 @@ class Metrics:
         self.propagation_timeouts = Counter("dnsapi_propagation_timeouts", "waits that hit "
                                             "propagation_timeout", registry=r)
 
+        self.connections = Gauge("dnsapi_http_connections", "open HTTP connections", registry=r)
+        self.connections_refused = Counter("dnsapi_http_connections_refused", "connections refused "
+                                           "at once, by limit (per_address, total)", ["reason"],
+                                           registry=r)
+        self.connections_closed = Counter("dnsapi_http_connections_closed", "connections closed by "
+                                          "dnsapi: request or keep-alive timeout, or displaced by a "
+                                          "new one when all were taken", ["reason"], registry=r)
+        self.accept_errors = Counter("dnsapi_http_accept_errors", "connections the listener could "
+                                     "not accept (out of descriptors)", registry=r)
+        self.refusals_limited = Counter("dnsapi_http_refusals_rate_limited", "requests answered 429 "
+                                        "because their source address had too many refused "
+                                        "requests", registry=r)
+        self.waits = Gauge("dnsapi_propagation_waits", "names being polled for `wait` requests",
+                           registry=r)
+        self.waits_refused = Counter("dnsapi_propagation_waits_refused", "`wait` requests refused "
+                                     "by the per-token or total limit", registry=r)
+        self.bad_records = Counter("dnsapi_vault_bad_records", "records read from Vault that failed "
+                                   "validation and were skipped", ["zone"], registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

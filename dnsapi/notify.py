@@ -12,10 +12,12 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import subprocess
 import time
 import urllib.parse
 from datetime import datetime, UTC
+from collections.abc import Mapping
 from typing import Any
 
 import requests
@@ -107,10 +109,24 @@ def send(sink: SinkConfig, event: dict[str, Any], session: requests.Session) -> 
             raise DeliveryError(f"sink {sink.name}: refused with code {code}: {message}")
 
 
+def command_env(sink: SinkConfig, parent: Mapping[str, str]) -> dict[str, str]:
+    """A command sink's environment: PATH and LANG, plus what its `env:` list names. Nothing else
+    is inherited: pki-watch's environment may hold Vault credentials (DNSAPI_VAULT_TOKEN,
+    DNSAPI_VAULT_SECRET_ID) that could write challenge records, i.e. obtain certificates."""
+    env = {name: parent[name] for name in ("PATH", "LANG") if name in parent}
+    env.setdefault("PATH", os.defpath)
+    for name, value in sink.env:
+        if value is not None:
+            env[name] = value
+        elif name in parent:
+            env[name] = parent[name]
+    return env
+
+
 def _run_command(sink: SinkConfig, event: dict[str, Any]) -> None:
     try:
         result = subprocess.run(sink.command, input=json.dumps(event).encode(), capture_output=True,
-                                timeout=sink.timeout, check=False)
+                                timeout=sink.timeout, check=False, env=command_env(sink, os.environ))
     except FileNotFoundError:
         raise DeliveryError(f"sink {sink.name}: {sink.command[0]} not found") from None
     except subprocess.TimeoutExpired:

@@ -1,8 +1,10 @@
-"""Per-token request rate limit (token bucket): a runaway or stolen token cannot flood Vault."""
+"""Token-bucket rate limits: per token (a runaway or stolen token cannot flood Vault) and per
+source address for refused requests (an unauthenticated flood cannot fill the disk)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -12,23 +14,40 @@ class _Bucket:
     stamp: float = field(default_factory=time.monotonic)
 
 
+MAX_KEYS = 10_000  # past this many buckets, the full ones are dropped (they hold no state)
+
+
 class RateLimiter:
     """`rate` requests per second on average, bursts up to `burst`; rate 0 means no limit."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.burst = burst
+        self.clock = clock
         self._buckets: dict[str, _Bucket] = {}
 
     def allow(self, key: str) -> float:
-        """0 when the request may go ahead, else the seconds until it would."""
+        """Take one from `key`'s bucket: 0 when the request may go ahead, else the seconds until
+        it would (nothing taken)."""
+        wait = self.wait(key)
+        if not wait and self.rate > 0:
+            self._buckets[key].tokens -= 1
+        return wait
+
+    def wait(self, key: str) -> float:
+        """The seconds until `key` may go ahead (0: now), taking nothing."""
         if self.rate <= 0:
             return 0.0
-        now = time.monotonic()
-        bucket = self._buckets.setdefault(key, _Bucket(float(self.burst), now))
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= MAX_KEYS:
+                self._prune(now)
+            bucket = self._buckets[key] = _Bucket(float(self.burst), now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
         bucket.stamp = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / self.rate
+        return 0.0 if bucket.tokens >= 1 else (1 - bucket.tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        self._buckets = {key: bucket for key, bucket in self._buckets.items()
+                         if bucket.tokens + (now - bucket.stamp) * self.rate < self.burst}

@@ -19,8 +19,9 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import config as config_module
 from . import systemd
-from .api import RUNTIME, SERVICE, create_app, reconfigure
+from .api import GUARD, RUNTIME, SERVICE, create_app, reconfigure
 from .config import Config
+from .connections import AcceptErrors
 from .errors import ConfigError
 
 log = logging.getLogger("dnsapi")
@@ -53,9 +54,14 @@ async def serve(path: Path) -> None:
     config = config_module.load(path)
     context = ssl_context(config)
     app = create_app(config)
-    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=STRAGGLER_GRACE)
+    asyncio.get_running_loop().set_exception_handler(AcceptErrors(app[SERVICE].metrics))
+    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=STRAGGLER_GRACE,
+                           keepalive_timeout=config.http.keepalive_timeout)
     await runner.setup()  # starts the service: zone files are checked here
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=context)
+    assert runner.server is not None
+    app[GUARD].attach(runner.server)
+    site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=context,
+                       backlog=1024)
     await site.start()
     status = (f"serving {'https' if context else 'http'}://{config.listen_host}:{config.listen_port}, "
               f"zones: {', '.join(z.name for z in config.zones)}")

@@ -16,7 +16,7 @@ import pytest
 from dnsapi import config as cfg
 from dnsapi.config import SinkConfig
 from dnsapi.errors import ConfigError
-from dnsapi.notify import _payload
+from dnsapi.notify import _payload, send
 from dnsapi.pki_client import CertInfo, Crl, Issuer, PkiUnavailable, StoredCert
 from dnsapi.pki_watch import MountCheck, MountState, Pending, PkiWatch, WatchState, days
 
@@ -252,3 +252,26 @@ def test_unsigned_formats():
     assert _payload(sink("wecom"), EVENT)[1]["markdown"]["content"].startswith("**dnsapi pki-watch")
     assert "sign" not in _payload(sink("feishu"), EVENT)[1]
     assert "timestamp" not in _payload(sink("dingtalk"), EVENT)[0]
+
+
+def test_command_sink_does_not_inherit_vault_credentials(tmp_path, monkeypatch):
+    """The review's attack: a command sink saw DNSAPI_VAULT_SECRET_ID, enough to write challenge
+    records. Only PATH, LANG and the sink's own `env:` list reach the program now."""
+    monkeypatch.setenv("DNSAPI_VAULT_SECRET_ID", "s3cret-id")
+    monkeypatch.setenv("DNSAPI_VAULT_TOKEN", "s.token")
+    monkeypatch.setenv("PASSED_THROUGH", "yes")
+    out = tmp_path / "env.txt"
+    config = load({**BASE, "pki_watch": {"sinks": [{
+        "type": "command", "name": "dump", "command": ["sh", "-c", f"env > {out}"],
+        "env": ["PASSED_THROUGH", "FIXED=1", "NOT_SET_ANYWHERE"]}]}})
+    send(config.pki_watch.sinks[0], EVENT, session=None)
+    seen = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert "DNSAPI_VAULT_SECRET_ID" not in seen and "DNSAPI_VAULT_TOKEN" not in seen
+    assert seen["PASSED_THROUGH"] == "yes" and seen["FIXED"] == "1"
+    assert "NOT_SET_ANYWHERE" not in seen and "PATH" in seen
+
+
+@pytest.mark.parametrize("env", [["1BAD"], "NAME", [{"a": 1}]])
+def test_command_sink_env_must_be_names(env):
+    with pytest.raises(ConfigError, match=r"pki_watch.sinks\[0\].env"):
+        load({**BASE, "pki_watch": {"sinks": [{"type": "command", "command": ["x"], "env": env}]}})
