@@ -239,9 +239,13 @@ class _Section:
             raise ConfigError(f"{self.key(name)}: must be a positive duration such as 30s, 5m or 1h")
         return seconds
 
-    def optional_path(self, name: str, base: Path) -> Path | None:
+    def optional_path(self, name: str, base: Path, follow_links: bool = True) -> Path | None:
+        """`follow_links=False` for files dnsapi writes secrets into: a symlink planted there must
+        be seen (and refused) by the writer, not silently followed here."""
         value = self.optional_text(name)
-        return None if value is None else (base / value).resolve()
+        if value is None:
+            return None
+        return (base / value).resolve() if follow_links else Path(os.path.abspath(base / value))
 
     def required_path(self, name: str, base: Path) -> Path:
         return (base / self.required_text(name)).resolve()
@@ -493,7 +497,7 @@ def _vault_init(section: _Section, base: Path, vault: VaultConfig) -> VaultInitC
         eab_policy=eab_policy,
         crl_expiry=pki.duration("crl_expiry", "72h"),
         tidy_interval=pki.duration("tidy_interval", "12h"),
-        root_ca_file=pki.optional_path("root_ca_file", base) or base / "root-ca.pem",
+        root_ca_file=pki.optional_path("root_ca_file", base, follow_links=False) or base / "root-ca.pem",
     )
     pki.finish()
     if pki_config.intermediate and pki_config.root_mount == pki_config.mount:
@@ -608,9 +612,9 @@ def _sink_env(section: _Section, kind: str) -> tuple[tuple[str, str | None], ...
 def _approle(section: _Section, base: Path, env: dict[str, str]) -> AppRoleConfig:
     config = AppRoleConfig(
         role_id=section.optional_text("role_id"),
-        role_id_file=section.optional_path("role_id_file", base),
+        role_id_file=section.optional_path("role_id_file", base, follow_links=False),
         secret_id=section.optional_text("secret_id") or env.get(ENV_APPROLE_SECRET_ID) or None,
-        secret_id_file=section.optional_path("secret_id_file", base),
+        secret_id_file=section.optional_path("secret_id_file", base, follow_links=False),
         mount=section.text("mount", "approle").strip("/"),
     )
     section.finish()

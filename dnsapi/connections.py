@@ -2,21 +2,21 @@
 
 An unauthenticated client can open a connection, send half a request line and wait; a thousand
 such connections used to exhaust the process's descriptors, so real clients timed out and asyncio
-logged a traceback for every failed accept. The guard bounds what a connection may hold:
+logged a traceback for every failed accept. dnsapi therefore runs its own accept loop
+(`GuardedSite`) and bounds what a connection may hold:
 
+- each accepted socket is admitted or closed at once, before it gets a transport: at most
+  `max_connections_per_address` per source address, and at most `max_connections` in all (kept
+  below the descriptor limit). When all are taken, a new connection displaces the oldest one that
+  has no request in progress, so a flood of idle connections cannot lock out a client that sends
+  its request promptly;
 - a request's headers must arrive within `request_timeout` of the connection opening (or of the
-  previous response): the clock is not reset by a trickle of bytes; its body has the same bound
-  (see api.read_body);
+  previous response), however they trickle in; its body has the same bound (api.read_body);
 - an idle keep-alive connection is closed after `keepalive_timeout`;
-- at most `max_connections_per_address` connections per source address: the excess is refused
-  at once;
-- at most `max_connections` in all, kept below the descriptor limit: a new connection then
-  displaces the oldest connection that has no request in progress, so a flood of idle
-  connections cannot lock out a client that sends its request promptly.
+- a failed accept (out of descriptors) is counted in a metric and logged at most once a minute.
 
-aiohttp has no hook for admitting connections, so the guard wraps the server's
-connection_made/connection_lost (`attach`); requests mark their connection busy through the
-request middleware (`busy`).
+Requests mark their connection busy through the request middleware (`busy`), which lifts the
+deadline while dnsapi works on them.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import asyncio
 import contextlib
 import logging
 import resource
+import socket
+import ssl
 import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -39,15 +40,17 @@ from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+BACKLOG = 1024  # a deep listen queue: under a flood a real client's SYN must not be dropped
 DESCRIPTOR_RESERVE = 100  # descriptors kept for zone files, Vault and DNS sockets, logs
 ACCEPT_LOG_INTERVAL = 60.0  # at most one log line per this long about failed accepts
+ACCEPT_RETRY = 0.1  # after a failed accept, wait this long (descriptors may free up)
 
 
 @dataclass(eq=False)
 class _Connection:
-    handler: RequestHandler
-    transport: asyncio.Transport
+    sock: socket.socket
     address: str
+    transport: asyncio.Transport | None = None  # None until the transport exists
     opened: float = field(default_factory=time.monotonic)
     busy: int = 0  # requests of this connection inside dnsapi's handlers
     timer: asyncio.TimerHandle | None = None
@@ -66,93 +69,103 @@ class ConnectionGuard:
         self.limits = limits
         self.metrics = metrics
         self.max_connections = connection_limit(limits.max_connections)
-        self._open: dict[RequestHandler, _Connection] = {}  # in admission order
+        self._open: dict[socket.socket, _Connection] = {}  # in admission order
+        self._by_handler: dict[RequestHandler, _Connection] = {}
         self._per_address: Tally[str] = Tally()
+        self._accept_errors = 0
+        self._logged_at = -ACCEPT_LOG_INTERVAL
 
-    def attach(self, server: web.Server) -> None:
-        """Admit every connection `server` makes through the guard."""
-        made, lost = server.connection_made, server.connection_lost
+    # -- admission ---------------------------------------------------------------------------
 
-        def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
-            made(handler, transport)
-            self._admit(handler, transport)
+    async def serve(self, listener: socket.socket, server: web.Server,
+                    context: ssl.SSLContext | None) -> None:
+        """Accept connections on `listener` for `server` until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: try again shortly
+                self._accept_failed(exc)
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
+            connection = self._admit(sock, str(peer[0]) if peer else "unknown")
+            if connection is not None:
+                loop.create_task(self._connect(sock, connection, server, context))
 
-        def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
-            self._forget(handler)
-            lost(handler, exc)
-
-        server.connection_made = connection_made  # type: ignore[method-assign]
-        server.connection_lost = connection_lost  # type: ignore[method-assign]
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
-
-    def _admit(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        peer = transport.get_extra_info("peername")
-        address = peer[0] if isinstance(peer, tuple) and peer else "unknown"
+    def _admit(self, sock: socket.socket, address: str) -> _Connection | None:
         if self._per_address[address] >= self.limits.max_connections_per_address:
-            self._refuse(transport, "per_address")
-            return
+            return self._refuse(sock, "per_address")
         if len(self._open) >= self.max_connections and not self._displace_idle():
-            self._refuse(transport, "total")
-            return
-        connection = _Connection(handler, transport, address)
-        self._open[handler] = connection
+            return self._refuse(sock, "total")
+        connection = _Connection(sock, address)
+        self._open[sock] = connection
         self._per_address[address] += 1
         self.metrics.connections.set(len(self._open))
-        self._arm(connection, self.limits.request_timeout)
+        self._arm(sock, connection, self.limits.request_timeout)
+        return connection
 
-    def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
+    def _refuse(self, sock: socket.socket, reason: str) -> None:
         self.metrics.connections_refused.labels(reason).inc()
-        transport.abort()  # a reset: no response to write, nothing buffered
+        with contextlib.suppress(OSError):  # a reset: the client learns at once
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+        return None
+
+    async def _connect(self, sock: socket.socket, connection: _Connection, server: web.Server,
+                       context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        handshake = {"ssl": context, "ssl_handshake_timeout": self.limits.request_timeout} \
+            if context is not None else {}
+        try:
+            transport, handler = await loop.connect_accepted_socket(server, sock, **handshake)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError):
+            self._forget(sock)
+            return
+        if self._open.get(sock) is not connection:  # displaced or timed out meanwhile
+            transport.abort()
+            return
+        connection.transport = transport  # type: ignore[assignment]
+        self._by_handler[handler] = connection
 
     def _displace_idle(self) -> bool:
         """Close the oldest connection with no request in progress; False if every one is busy."""
-        for connection in self._open.values():
+        for sock, connection in self._open.items():
             if not connection.busy:
                 self.metrics.connections_closed.labels("displaced").inc()
-                self._close(connection)
+                self._close(sock)
                 return True
         return False
 
-    def _is_open(self, connection: _Connection) -> bool:
-        return self._open.get(connection.handler) is connection
+    def _accept_failed(self, exc: OSError) -> None:
+        self.metrics.accept_errors.inc()
+        self._accept_errors += 1
+        now = time.monotonic()
+        if now - self._logged_at >= ACCEPT_LOG_INTERVAL:
+            log.warning("could not accept %d connection(s): %s (raise LimitNOFILE or lower "
+                        "http.max_connections)", self._accept_errors, exc.strerror)
+            self._logged_at, self._accept_errors = now, 0
 
-    def _forget(self, handler: RequestHandler) -> None:
-        connection = self._open.pop(handler, None)
-        if connection is None:
-            return
-        if connection.timer is not None:
-            connection.timer.cancel()
-        self._per_address[connection.address] -= 1
-        if not self._per_address[connection.address]:
-            del self._per_address[connection.address]
-        self.metrics.connections.set(len(self._open))
+    # -- deadlines ---------------------------------------------------------------------------
 
-    def _close(self, connection: _Connection) -> None:
-        self._forget(connection.handler)
-        connection.transport.abort()
-
-    def _arm(self, connection: _Connection, seconds: float) -> None:
+    def _arm(self, sock: socket.socket, connection: _Connection, seconds: float) -> None:
         """Close the connection in `seconds` unless a request has reached dnsapi by then."""
         if connection.timer is not None:
             connection.timer.cancel()
-        loop = asyncio.get_running_loop()
-        connection.timer = loop.call_later(seconds, self._expire, connection)
+        connection.timer = asyncio.get_running_loop().call_later(seconds, self._expire, sock,
+                                                                 connection)
 
-    def _expire(self, connection: _Connection) -> None:
-        if self._is_open(connection) and not connection.busy:
+    def _expire(self, sock: socket.socket, connection: _Connection) -> None:
+        if self._open.get(sock) is connection and not connection.busy:
             self.metrics.connections_closed.labels("timeout").inc()
-            self._close(connection)
+            self._close(sock)
 
     @contextlib.contextmanager
     def busy(self, request: web.BaseRequest) -> Iterator[None]:
         """While a request is in dnsapi's handlers its connection has no deadline; afterwards
         the connection may idle for keepalive_timeout, within which the next request's headers
         must have arrived too."""
-        connection = self._open.get(request.protocol)  # type: ignore[arg-type]
-        if connection is None:
+        connection = self._by_handler.get(request.protocol)  # type: ignore[arg-type]
+        if connection is None:  # not accepted by serve(): aiohttp's test client, say
             yield
             return
         connection.busy += 1
@@ -163,30 +176,83 @@ class ConnectionGuard:
             yield
         finally:
             connection.busy -= 1
-            if not connection.busy and self._is_open(connection):
-                self._arm(connection, min(self.limits.keepalive_timeout,
-                                          self.limits.request_timeout))
+            sock = self._socket_of(connection)
+            if not connection.busy and sock is not None:
+                self._arm(sock, connection, min(self.limits.keepalive_timeout,
+                                                self.limits.request_timeout))
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _socket_of(self, connection: _Connection) -> socket.socket | None:
+        """The connection's socket while the guard still counts it, else None."""
+        return connection.sock if self._open.get(connection.sock) is connection else None
+
+    def _close(self, sock: socket.socket) -> None:
+        connection = self._forget(sock)
+        if connection is not None and connection.transport is not None:
+            connection.transport.abort()
+        # before its transport exists, _connect sees the connection gone and aborts it
+
+    def _forget(self, sock: socket.socket) -> _Connection | None:
+        connection = self._open.pop(sock, None)
+        if connection is None:
+            return None
+        if connection.timer is not None:
+            connection.timer.cancel()
+        self._per_address[connection.address] -= 1
+        if not self._per_address[connection.address]:
+            del self._per_address[connection.address]
+        self.metrics.connections.set(len(self._open))
+        return connection
+
+    def attach(self, server: web.Server) -> None:
+        """Forget a connection when aiohttp sees it closed (by the client or by dnsapi)."""
+        lost = server.connection_lost
+
+        def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
+            connection = self._by_handler.pop(handler, None)
+            if connection is not None:
+                sock = self._socket_of(connection)
+                if sock is not None:
+                    self._forget(sock)
+            lost(handler, exc)
+
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
 
 
-class AcceptErrors:
-    """A loop exception handler that counts failed accepts (out of descriptors, mostly) in a
-    metric and logs them at most once a minute; asyncio would log a traceback for each."""
+class _Listener:
+    """What aiohttp's runner expects of a site's server: `sockets` and `close()`."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self._logged_at = -ACCEPT_LOG_INTERVAL
-        self._unlogged = 0
+    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self.sockets = [sock]
+        self._task = task
 
-    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        message = str(context.get("message", ""))
-        if not message.startswith("socket.accept() out of system resource"):
-            loop.default_exception_handler(context)
-            return
-        self.metrics.accept_errors.inc()
-        self._unlogged += 1
-        now = time.monotonic()
-        if now - self._logged_at >= ACCEPT_LOG_INTERVAL:
-            error = context.get("exception")
-            log.warning("could not accept %d connection(s): %s (raise LimitNOFILE or lower "
-                        "http.max_connections)", self._unlogged, error or message)
-            self._logged_at, self._unlogged = now, 0
+    def close(self) -> None:
+        self._task.cancel()
+        self.sockets[0].close()
+
+
+class GuardedSite(web.BaseSite):
+    """An aiohttp TCP site whose accept loop is ConnectionGuard.serve."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=BACKLOG)
+        self.host, self.port, self.guard = host, port, guard
+
+    @property
+    def name(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self._ssl_context else 'http'}://{host}:{self.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.create_server((self.host, self.port), family=family, backlog=BACKLOG)
+        listener.setblocking(False)
+        server = self._runner.server
+        assert server is not None
+        self.guard.attach(server)
+        task = asyncio.get_running_loop().create_task(
+            self.guard.serve(listener, server, self._ssl_context))
+        self._server = _Listener(listener, task)  # type: ignore[assignment]

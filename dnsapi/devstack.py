@@ -126,8 +126,9 @@ class Process:
     @classmethod
     def start(cls, name: str, argv: list[str], log_path: Path, cwd: Path | None = None,
               env: dict[str, str] | None = None) -> Process:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # 0600: a dev OpenBao prints its root token into its log.
+        with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
                                      env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         return cls(name, popen, log_path)

@@ -21,7 +21,7 @@ from . import config as config_module
 from . import systemd
 from .api import GUARD, RUNTIME, SERVICE, create_app, reconfigure
 from .config import Config
-from .connections import AcceptErrors
+from .connections import GuardedSite
 from .errors import ConfigError
 
 log = logging.getLogger("dnsapi")
@@ -54,14 +54,10 @@ async def serve(path: Path) -> None:
     config = config_module.load(path)
     context = ssl_context(config)
     app = create_app(config)
-    asyncio.get_running_loop().set_exception_handler(AcceptErrors(app[SERVICE].metrics))
     runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=STRAGGLER_GRACE,
                            keepalive_timeout=config.http.keepalive_timeout)
     await runner.setup()  # starts the service: zone files are checked here
-    assert runner.server is not None
-    app[GUARD].attach(runner.server)
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=context,
-                       backlog=1024)
+    site = GuardedSite(runner, config.listen_host, config.listen_port, app[GUARD], context)
     await site.start()
     status = (f"serving {'https' if context else 'http'}://{config.listen_host}:{config.listen_port}, "
               f"zones: {', '.join(z.name for z in config.zones)}")

@@ -2,7 +2,9 @@
 
 Idempotent by construction: every step reads what is there, writes only what differs, and reports
 `created`, `updated` or `unchanged`; a second run reports no change. Secrets (the AppRole
-secret_id, tokens) are written only to 0600 files, never printed.
+secret_id, tokens) are written only to 0600 files, never printed. Every file goes through
+`write_file` (no writing through symlinks); a directory other users could change is reported as a
+`warning`.
 
 The steps follow the order Vault needs: KV v2 mount and the service policy; AppRole; the root CA
 and (by default) an intermediate issuing CA signed by it; the issuing role for the zones; cluster,
@@ -13,7 +15,10 @@ The API calls are those Vault ≥ 1.14 and OpenBao share (both serve ACME from t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +40,7 @@ class InitError(Exception):
 
 @dataclass(frozen=True)
 class Change:
-    status: str  # created | updated | unchanged | skipped
+    status: str  # created | updated | unchanged | skipped | warning
     what: str
     detail: str = ""
 
@@ -78,16 +83,56 @@ def differences(desired: dict[str, Any], current: dict[str, Any] | None,
     return changed
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` with mode 0600 from the first byte (then rename into place); a
-    directory created for it is 0700."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+def write_file(path: Path, text: str, mode: int) -> None:
+    """Replace `path` by a file holding `text`, with `mode` from the first byte.
+
+    Nothing planted in the directory can receive `text`: the temp file has an unpredictable name
+    and is created exclusively without following symlinks (mkstemp), and the final rename replaces
+    whatever is at `path` instead of writing through it. A symlink at `path` is refused all the
+    same, so the operator hears of it. Synced before the rename, so a crash leaves the old file or
+    the new one, never a truncated one."""
+    refuse_symlink(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(fd, mode)
+            handle.write(text)
+            handle.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)  # makes the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def refuse_symlink(path: Path) -> None:
+    """vault-init runs as an admin (often root): a link planted where it writes would make it
+    overwrite, or read, a file of the planter's choosing."""
+    if path.is_symlink():
+        raise InitError(f"{path} is a symbolic link (to {os.readlink(path)}): vault-init does not "
+                        "read or write through links; remove it, or put the real path in the config")
+
+
+def unsafe_directories(path: Path) -> list[str]:
+    """Why another user could swap or plant files where `path` lands: a directory on the way
+    (the real one and every parent, since replacing any of them redirects the write) that is
+    group- or world-writable without the sticky bit, or owned by someone other than root or us."""
+    directory = path.parent.resolve()
+    reasons = []
+    for current in (directory, *directory.parents):
+        info = current.stat()
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+            reasons.append(f"{current} is writable by other users "
+                           f"(mode {stat.S_IMODE(info.st_mode):04o}, no sticky bit)")
+        elif info.st_uid not in (0, os.geteuid()):
+            reasons.append(f"{current} is owned by another user (uid {info.st_uid})")
+    return reasons
 
 
 class VaultInit:
@@ -151,6 +196,16 @@ class VaultInit:
     def _mounts(self) -> dict[str, Any]:
         return self.client.sys.list_mounted_secrets_engines()["data"]
 
+    def _write(self, path: Path, text: str, mode: int) -> None:
+        """Every file vault-init writes goes through here: its directory is made if need be
+        (private for a private file), others' access on the way is reported, then `write_file`."""
+        path.parent.mkdir(mode=0o700 if mode & 0o077 == 0 else 0o755, parents=True, exist_ok=True)
+        for reason in unsafe_directories(path):
+            warning = Change("warning", f"{reason}: another user could replace files written there")
+            if warning not in self.changes:
+                self._note(warning.status, warning.what)
+        write_file(path, text, mode)
+
     # -- steps ---------------------------------------------------------------------------------
 
     def kv_mount(self) -> None:
@@ -207,7 +262,7 @@ class VaultInit:
         if _read_file(approle.role_id_file) == role_id:
             self._note("unchanged", f"role_id file {approle.role_id_file}")
         else:
-            write_private(approle.role_id_file, role_id + "\n")
+            self._write(approle.role_id_file, role_id + "\n", 0o600)
             self._note("created", f"role_id file {approle.role_id_file}", "mode 0600")
 
         secret_id = _read_file(approle.secret_id_file)
@@ -215,7 +270,7 @@ class VaultInit:
             self._note("unchanged", f"secret_id file {approle.secret_id_file}")
             return
         fresh = self.client.write_data(f"{role_path}/secret-id", data={})["data"]["secret_id"]
-        write_private(approle.secret_id_file, fresh + "\n")
+        self._write(approle.secret_id_file, fresh + "\n", 0o600)
         self._note("created", f"secret_id file {approle.secret_id_file}", "new secret_id, mode 0600")
 
     def _secret_id_valid(self, role_path: str, secret_id: str) -> bool:
@@ -285,10 +340,14 @@ class VaultInit:
         self._note("created", f"intermediate CA in {self.pki.mount}/", f"signed by {self.root_mount}/")
 
     def issuing_role(self) -> None:
+        """The only role ACME may use (see `acme`): DNS names in the configured zones."""
         self._ensure(f"{self.pki.mount}/roles/{self.pki.role}", {
             "allowed_domains": [zone.name for zone in self.config.zones],
             "allow_subdomains": True, "allow_bare_domains": True,
-            "allow_wildcard_certificates": True, "allow_ip_sans": True,
+            "allow_wildcard_certificates": True,
+            # Only names in the zones: roles allow localhost by default, and ACME can validate
+            # an IP identifier only by http-01, which bypasses dnsapi's scoping.
+            "allow_localhost": False, "allow_ip_sans": False, "allow_any_name": False,
             "key_type": "any", "max_ttl": f"{int(self.pki.max_ttl)}s", "no_store": False,
             "server_flag": True, "client_flag": False,
         }, f"PKI role {self.pki.mount}/roles/{self.pki.role}", durations=("max_ttl",))
@@ -338,9 +397,14 @@ class VaultInit:
         if self._read(f"{mount}/config/acme") is None:
             raise InitError(f"{mount}/config/acme does not exist: this server has no ACME "
                             "(HashiCorp Vault needs 1.14 or later; OpenBao has it)")
+        # Every ACME directory of the mount issues under the role, from the default issuer, with
+        # serverAuth only. Which challenges are offered cannot be configured: OpenBao/Vault offer
+        # http-01, dns-01 and tls-alpn-01 for every DNS name (docs/runbook.md, "What the ACME
+        # directory can and cannot restrict").
         self._ensure(f"{mount}/config/acme", {
             "enabled": True, "dns_resolver": resolver, "eab_policy": self.pki.eab_policy,
             "allowed_roles": [self.pki.role], "default_directory_policy": f"role:{self.pki.role}",
+            "allowed_issuers": ["default"], "allow_role_ext_key_usage": False,
         }, f"ACME on {mount}/ (DNS-01 checked at {resolver})")
 
     def export_root(self, root_pem: str) -> None:
@@ -349,9 +413,7 @@ class VaultInit:
         if _read_file(path, strip=False) == text:
             self._note("unchanged", f"root CA certificate at {path}")
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        path.chmod(0o644)
+        self._write(path, text, 0o644)
         self._note("created", f"root CA certificate at {path}", "for trust distribution")
 
     def directory_url(self) -> str:
@@ -359,8 +421,11 @@ class VaultInit:
 
 
 def _read_file(path: Path | None, strip: bool = True) -> str | None:
+    """The file's text, None if unreadable. A symlink is refused before anything is read or
+    minted in Vault (see `refuse_symlink`)."""
     if path is None:
         return None
+    refuse_symlink(path)
     try:
         text = path.read_text()
     except OSError:

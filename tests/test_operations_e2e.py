@@ -52,6 +52,9 @@ def test_systemd_units_verify_and_are_hardened(tmp_path):
     for unit in units:
         lines = set(unit.read_text().splitlines())
         assert {"ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes"} <= lines
+        assert {key for key in ("LimitNOFILE", "TasksMax", "MemoryMax")
+                if any(line.startswith(key + "=") for line in lines)} == {"LimitNOFILE", "TasksMax",
+                                                                          "MemoryMax"}
         if unit.name.startswith("dnsapi"):
             assert {"Type=notify", "User=dnsapi", "CapabilityBoundingSet=",
                     "ExecReload=/bin/kill -HUP $MAINPID"} <= lines

@@ -1,13 +1,27 @@
-"""vault-init's pure parts: state comparison, the policy text, and its config section."""
+"""vault-init's parts that need no Vault: state comparison, the policy text, its config section,
+the files it writes (against the symlink attacks of the review) and what it asks of the PKI role
+and ACME (against a stand-in client)."""
 
 import copy
+import os
+import stat
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import hvac.exceptions
 import pytest
 
 from dnsapi import config as cfg
 from dnsapi.errors import ConfigError
-from dnsapi.vault_init import InitError, VaultInit, differences, render_policy
+from dnsapi.vault_init import (
+    ACME_REQUEST_HEADERS,
+    ACME_RESPONSE_HEADERS,
+    InitError,
+    VaultInit,
+    differences,
+    render_policy,
+)
 
 from .test_config import BASE
 
@@ -79,3 +93,212 @@ def test_without_approle_the_step_is_skipped():
     init = VaultInit(load(approle=False), client=None, report=changes.append)
     init.approle()
     assert [(c.status, c.what) for c in changes] == [("skipped", "AppRole")]
+
+
+ROLE_ID, SECRET_ID = "the-role-id", "the-secret-id"
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBroot\n-----END CERTIFICATE-----"
+PRECIOUS = "an unrelated file\n"
+# Names a temp file next to NAME could predictably have; the old code used the first.
+PREDICTABLE = (".{}.tmp", "{}.tmp", ".{}.new", "{}.new", ".{}", "{}~")
+
+
+class FakeVault:
+    """Just enough of hvac.Client for single steps: paths hold data, every write is recorded and
+    stored; the AppRole exists with a role_id, no secret_id is valid and each request mints one."""
+
+    def __init__(self, data: dict[str, dict[str, Any]] | None = None) -> None:
+        self.data = {"auth/approle/role/dnsapi/role-id": {"role_id": ROLE_ID}, **(data or {})}
+        self.writes: list[tuple[str, dict[str, Any]]] = []
+        self.sys = SimpleNamespace(list_auth_methods=lambda: {"data": {"approle/": {}}},
+                                   tune_mount_configuration=lambda mount, **options: None)
+
+    def read(self, path: str) -> dict[str, Any]:
+        if path not in self.data:
+            raise hvac.exceptions.InvalidPath()
+        return {"data": self.data[path]}
+
+    def write_data(self, path: str, data: dict[str, Any]) -> Any:
+        self.writes.append((path, data))
+        if path.endswith("/secret-id/lookup"):
+            return None  # what hvac hands back for the 204 of an unknown secret_id
+        if path.endswith("/secret-id"):
+            return {"data": {"secret_id": SECRET_ID}}
+        self.data[path] = data
+        return {"data": data}
+
+    def minted_secret_id(self) -> bool:
+        return any(path.endswith("/secret-id") for path, _ in self.writes)
+
+
+def config_in(directory: Path) -> cfg.Config:
+    """The test config with the credential files in `directory`/creds and the root CA file in
+    `directory`."""
+    data = copy.deepcopy(BASE)
+    del data["vault"]["token"]
+    data["vault"]["approle"] = {"role_id_file": "creds/role-id", "secret_id_file": "creds/secret-id"}
+    data["vault_init"] = {"pki": {"root_ca_file": "root-ca.pem"}}
+    return cfg.from_dict(data, base=directory, env={})
+
+
+def init_in(directory: Path, vault: FakeVault | None = None, changes: list | None = None) -> VaultInit:
+    """A VaultInit on `config_in(directory)`; the config (which resolves its paths) is loaded now."""
+    return VaultInit(config_in(directory), vault or FakeVault(),
+                     report=(changes if changes is not None else []).append)
+
+
+def write_all(init: VaultInit) -> None:
+    """vault-init's file-writing steps: the AppRole credentials, then the root CA."""
+    init.approle()
+    init.export_root(PEM)
+
+
+def precious(tmp_path: Path) -> Path:
+    """A file outside the config directory that vault-init must never touch."""
+    victim = tmp_path / "elsewhere" / "victim"
+    victim.parent.mkdir()
+    victim.write_text(PRECIOUS)
+    victim.chmod(0o640)
+    return victim
+
+
+def assert_untouched(victim: Path) -> None:
+    assert victim.read_text() == PRECIOUS
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o640
+
+
+def test_symlinks_planted_at_temp_names_receive_nothing(tmp_path):
+    """The review's attack: in a directory another user can write, links wait at every name a
+    temp file could predictably have. The secret lands only in the real files; the links and
+    what they point to stay as they were."""
+    conf, victim = tmp_path / "conf", precious(tmp_path)
+    links = [directory / pattern.format(name)
+             for directory, name in ((conf / "creds", "role-id"), (conf / "creds", "secret-id"),
+                                     (conf, "root-ca.pem"))
+             for pattern in PREDICTABLE]
+    for directory in (conf, conf / "creds"):
+        directory.mkdir()
+        directory.chmod(0o777)
+    for link in links:
+        link.symlink_to(victim)
+    changes: list = []
+    write_all(init_in(conf, changes=changes))
+    assert_untouched(victim)
+    assert f"{conf / 'creds'} is writable by other users (mode 0777, no sticky bit)" in " ".join(
+        change.what for change in changes if change.status == "warning")
+    for link in links:
+        assert link.is_symlink() and link.readlink() == victim
+    for name, text in (("creds/role-id", ROLE_ID), ("creds/secret-id", SECRET_ID)):
+        assert not (conf / name).is_symlink() and (conf / name).read_text() == text + "\n"
+    assert sorted(os.listdir(conf / "creds")) == sorted(["role-id", "secret-id", *(
+        link.name for link in links if link.parent == conf / "creds")])
+
+
+@pytest.mark.parametrize("name", ["creds/role-id", "creds/secret-id", "root-ca.pem"])
+def test_a_symlink_at_the_destination_is_refused(tmp_path, name):
+    """Before anything is read through it or a secret_id is minted in Vault for it."""
+    conf, victim = tmp_path / "conf", precious(tmp_path)
+    (conf / "creds").mkdir(parents=True)
+    vault = FakeVault()
+    init = init_in(conf, vault)
+    (conf / name).symlink_to(victim)
+    with pytest.raises(InitError) as info:
+        write_all(init)
+    assert str(info.value).startswith(f"{conf / name} is a symbolic link (to {victim})")
+    assert_untouched(victim)
+    assert (conf / name).readlink() == victim
+    assert not (name.startswith("creds/") and vault.minted_secret_id())
+
+
+@pytest.mark.parametrize("name", ["creds/role-id", "creds/secret-id", "root-ca.pem"])
+def test_a_symlink_planted_before_the_config_is_loaded_is_refused(tmp_path, name):
+    conf, victim = tmp_path / "conf", precious(tmp_path)
+    (conf / "creds").mkdir(parents=True)
+    (conf / name).symlink_to(victim)
+    with pytest.raises(InitError):
+        write_all(init_in(conf))
+    assert_untouched(victim)
+
+
+def test_files_have_their_mode_and_content_and_are_synced_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source: str, destination: str) -> None:
+        events.append(("replace", str(source), str(destination)))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    write_all(init_in(conf))
+
+    expected = {"creds/role-id": (ROLE_ID + "\n", 0o600), "creds/secret-id": (SECRET_ID + "\n", 0o600),
+                "root-ca.pem": (PEM + "\n", 0o644)}
+    for name, (text, mode) in expected.items():
+        path = conf / name
+        assert path.read_text() == text and stat.S_IMODE(path.stat().st_mode) == mode
+        [(_, temp, _)] = [event for event in events if event[0] == "replace" and event[2] == str(path)]
+        assert temp != str(path.with_name(f".{path.name}.tmp"))
+        assert events.index(("fsync", temp)) < events.index(("replace", temp, str(path)))
+    assert stat.S_IMODE((conf / "creds").stat().st_mode) == 0o700
+    assert sorted(os.listdir(conf)) == ["creds", "root-ca.pem"]  # no temp file left behind
+
+
+def test_directories_other_users_can_change_are_reported(tmp_path):
+    """World- or group-writable without the sticky bit, or owned by another user: warned (once
+    per directory); private or sticky: not."""
+    modes = {"world": 0o777, "group": 0o770, "sticky": 0o1777, "private": 0o755, "foreign": 0o755}
+    changes: list = []
+    for name, mode in modes.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        directory.chmod(mode)
+        if name == "foreign":
+            if os.geteuid() != 0:
+                pytest.skip("needs root to give a directory to another user")
+            os.chown(directory, 65534, -1)
+        write_all(init_in(directory, changes=changes))
+        assert (directory / "root-ca.pem").read_text() == PEM + "\n"
+    warned = [change.what for change in changes if change.status == "warning"
+              and change.what.startswith(str(tmp_path))]
+    assert warned == [
+        f"{tmp_path / 'world'} is writable by other users (mode 0777, no sticky bit): another user "
+        "could replace files written there",
+        f"{tmp_path / 'group'} is writable by other users (mode 0770, no sticky bit): another user "
+        "could replace files written there",
+        f"{tmp_path / 'foreign'} is owned by another user (uid 65534): another user could replace "
+        "files written there",
+    ]
+
+
+def test_the_role_and_acme_allow_only_names_in_the_zones():
+    """What the review found issued (localhost by http-01) and the other ways around DNS-01
+    through dnsapi that the role and the ACME config can close; a second pass changes nothing."""
+    vault = FakeVault({
+        "sys/mounts/pki/tune": {"allowed_response_headers": ACME_RESPONSE_HEADERS,
+                                "passthrough_request_headers": ACME_REQUEST_HEADERS},
+        "pki/config/acme": {"enabled": False, "allowed_roles": ["*"],
+                            "default_directory_policy": "sign-verbatim"}})
+    changes: list = []
+    init = VaultInit(load(), vault, report=changes.append)
+    init.issuing_role()
+    init.acme()
+    sent = dict(vault.writes)
+    role = sent["pki/roles/acme"]
+    assert role["allowed_domains"] == ["dev.local"]
+    assert (role["allow_localhost"], role["allow_ip_sans"], role["allow_any_name"]) == (False, False, False)
+    acme = sent["pki/config/acme"]
+    assert acme["allowed_roles"] == ["acme"] and acme["default_directory_policy"] == "role:acme"
+    assert acme["allowed_issuers"] == ["default"] and acme["allow_role_ext_key_usage"] is False
+    assert acme["dns_resolver"] == "127.0.0.1:1053"
+
+    vault.writes.clear()
+    changes.clear()
+    init.issuing_role()
+    init.acme()
+    assert vault.writes == [] and {change.status for change in changes} == {"unchanged"}

@@ -17,6 +17,7 @@ from pathlib import Path
 import hvac
 import hvac.exceptions
 import pytest
+import requests
 import yaml
 
 from dnsapi.auth import new_token
@@ -161,6 +162,37 @@ def test_service_runs_on_approle_and_its_token_is_confined(setup):
     # What pki-watch needs: listing the certificates (here the intermediate signed by the root).
     assert service.list("pki_root/certs/revoked") is None  # nothing revoked: an empty listing
     assert len(service.list("pki_root/certs")["data"]["keys"]) == 2
+
+
+def test_acme_issues_only_for_names_in_the_zones(setup, tmp_path):
+    """The review's finding: `lego --http -d localhost` got a certificate from the directory
+    vault-init sets up. The role refuses localhost and IP SANs, and ACME issues only under it."""
+    client = setup.vault.client
+    role = client.read("pki/roles/acme")["data"]
+    assert (role["allow_localhost"], role["allow_ip_sans"], role["allow_any_name"]) == (False, False, False)
+    acme = client.read("pki/config/acme")["data"]
+    assert (acme["allowed_roles"], acme["default_directory_policy"], acme["allowed_issuers"]) == (
+        ["acme"], "role:acme", ["default"])
+    for request in ({"common_name": "localhost"}, {"common_name": NAME, "ip_sans": "127.0.0.1"}):
+        with pytest.raises(hvac.exceptions.InvalidRequest, match="not allowed"):
+            client.write_data("pki/issue/acme", data={**request, "key_type": "ec", "key_bits": 256})
+
+    lego = subprocess.run(["lego", "--server", f"{setup.vault.addr}/v1/pki/acme/directory",
+                           "--accept-tos", "--email", "admin@dev.local", "--path", str(tmp_path / "lego"),
+                           "--http", "--http.port", f"127.0.0.1:{free_port()}", "-d", "localhost", "run"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    output = lego.stdout + lego.stderr
+    assert lego.returncode != 0
+    assert "rejectedIdentifier" in output, output  # refused at the order, before any challenge
+    assert "will not issue certificate for name localhost" in output, output
+
+    # Another role on the mount (here one that allows any name) is not reachable through ACME.
+    client.write_data("pki/roles/anything", data={"allow_any_name": True})
+    try:
+        directory = requests.get(f"{setup.vault.addr}/v1/pki/roles/anything/acme/directory", timeout=10)
+        assert directory.status_code != 200 and "not allowed by ACME policy" in directory.text
+    finally:
+        client.delete("pki/roles/anything")
 
 
 def nginx_conf(directory: Path, port: int) -> Path:

@@ -1,0 +1,215 @@
+"""The security review's attacks (issue 13), each reproduced against a real dnsapi process with
+real OpenBao and CoreDNS, and what must now hold."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+
+from .conftest import FIGURES, Stack
+
+NAME = "_acme-challenge.sec.dev.local"
+VALUE = "S" * 43
+
+SLOW_CONNECTIONS = 1100
+ATTACK_ADDRESSES = 40  # 127.0.0.2 .. 127.0.0.41: under the per-address cap, over the total cap
+NOFILE = 1024  # systemd's default LimitNOFILE soft limit, where the review ran its attack
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def slow_client(port: int, source: str, stop_at: float, counts: dict[str, int]) -> None:
+    """Open a connection, send the start of a request and trickle a header byte every 0.5 s;
+    when dnsapi closes it, open another at once."""
+    while time.monotonic() < stop_at:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        counts["opened"] += 1
+        try:
+            writer.write(b"POST /v1/records HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            while time.monotonic() < stop_at:
+                await asyncio.sleep(0.5)
+                writer.write(b"a")
+                await writer.drain()
+                if reader.at_eof():
+                    break
+        except OSError:
+            pass
+        finally:
+            counts["closed_by_server"] += time.monotonic() < stop_at
+            writer.close()
+
+
+async def attack_while_adding(stack: Stack, seconds: float) -> list[float]:
+    """Hold SLOW_CONNECTIONS slow connections for `seconds` while a real client adds records one
+    at a time; returns each add's latency."""
+    counts = {"opened": 0, "closed_by_server": 0}
+    stop_at = time.monotonic() + seconds
+    attackers = [asyncio.create_task(slow_client(stack.api_port, f"127.0.0.{2 + i % ATTACK_ADDRESSES}",
+                                                 stop_at, counts))
+                 for i in range(SLOW_CONNECTIONS)]
+    await asyncio.sleep(2)  # let the flood build up first
+    latencies = []
+    while time.monotonic() < stop_at - 1:  # an ACME client's pace: add, remove, a pause
+        start = time.monotonic()
+        response = await asyncio.to_thread(stack.add, NAME, VALUE)
+        latencies.append(time.monotonic() - start)
+        assert response.status_code == 201, response.text
+        assert (await asyncio.to_thread(stack.remove, NAME, VALUE)).status_code == 200
+        await asyncio.sleep(0.1)
+    await asyncio.gather(*attackers)
+    FIGURES["slow-client attack: connections opened / closed by dnsapi"] = (
+        f"{counts['opened']} / {counts['closed_by_server']}")
+    return latencies
+
+
+def test_slow_clients_do_not_take_the_api_down(make_stack):
+    stack = make_stack(edit=lambda c: c.update(http={"request_timeout": "5s"}))
+    pid = stack.dnsapi.popen.pid
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+    log_before = (stack.dir / "dnsapi.log").stat().st_size
+    latencies = asyncio.run(attack_while_adding(stack, seconds=14))
+    assert latencies and max(latencies) < 1.0, latencies
+    assert open_descriptors(pid) < NOFILE
+    log = (stack.dir / "dnsapi.log").read_bytes()[log_before:]
+    grown = len(log)
+    # The real client's requests are logged (access, audit, rewrite lines); the attack is not.
+    assert b"Traceback" not in log and log.count(b"could not accept") <= 1
+    assert grown < 2048 * 2 * len(latencies), f"dnsapi's log grew by {grown} bytes"
+    metrics = stack.call("GET", "/metrics").text
+    closed = metric_total(metrics, "dnsapi_http_connections_closed_total")
+    refused = metric_total(metrics, "dnsapi_http_connections_refused_total")
+    assert closed + refused > SLOW_CONNECTIONS - 900  # the excess never stayed open
+    FIGURES["slow-client attack: add latency max / median"] = (
+        f"{max(latencies) * 1000:.0f} ms / {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms "
+        f"over {len(latencies)} adds; dnsapi log +{grown} bytes; closed {closed:.0f}, refused "
+        f"{refused:.0f}")
+
+
+def metric_total(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def test_idle_and_trickling_connections_are_closed_on_time(make_stack):
+    stack = make_stack(edit=lambda c: c.update(http={"request_timeout": "1s",
+                                                     "keepalive_timeout": "1s"}))
+
+    async def probe() -> tuple[float, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.api_port)
+        start = time.monotonic()
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        with_trickle = asyncio.create_task(reader.read())
+        while not with_trickle.done():  # a byte every 0.2 s does not reset the deadline
+            writer.write(b"a")
+            await asyncio.sleep(0.2)
+        trickled = time.monotonic() - start
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.api_port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = time.monotonic()
+        answer = await reader.read()  # the answer, then the keep-alive connection is closed
+        assert b"200 OK" in answer
+        return trickled, time.monotonic() - start
+
+    trickled, idle = asyncio.run(probe())
+    assert 0.9 < trickled < 3 and idle < 3
+
+
+def test_connections_per_address_are_capped(make_stack):
+    stack = make_stack(edit=lambda c: c.update(http={"max_connections_per_address": 5}))
+
+    async def flood() -> int:
+        """Hold 8 connections from one address; how many get an answer."""
+        answered, held = 0, []
+        for _ in range(8):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", stack.api_port,
+                                                               local_addr=("127.0.0.9", 0))
+            except OSError:  # reset at once
+                continue
+            held.append((reader, writer))
+        for reader, writer in held:
+            try:
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                answered += b"200 OK" in await reader.read(4096)
+            except OSError:
+                pass
+        for _, writer in held:
+            writer.close()
+        return answered
+
+    assert asyncio.run(flood()) == 5
+    assert stack.call("GET", "/healthz").status_code == 200  # another address is unaffected
+
+
+def audit_path(stack: Stack) -> Path:
+    return stack.dir / "audit.jsonl"
+
+
+def test_unauthenticated_flood_is_limited_and_the_audit_trail_bounded(make_stack):
+    def edit(config):
+        config["audit"] = {"file": "audit.jsonl"}
+        config["refusals"] = {"per_second": 5, "burst": 20, "audit_interval": "1s", "audit_lines": 10}
+    stack = make_stack(edit=edit)
+    flood = http.client.HTTPConnection("127.0.0.1", stack.api_port, timeout=5,
+                                       source_address=("127.0.0.7", 0))
+    statuses = []
+    for _ in range(2000):
+        flood.request("POST", "/v1/records", body=json.dumps({"fqdn": NAME, "value": VALUE}),
+                      headers={"Authorization": "Bearer nope"})
+        response = flood.getresponse()
+        statuses.append(response.status)
+        last = response.read(), dict(response.getheaders())
+    assert statuses[:20] == [401] * 20 and statuses.count(429) > 1900
+    assert json.loads(last[0])["error"] == "too_many_refusals" and int(last[1]["Retry-After"]) >= 1
+    # another address, with a valid token, is unaffected
+    assert stack.add(NAME, VALUE).status_code == 201
+    deadline = time.monotonic() + 10
+    while not any('"refusals_summarised"' in line for line in audit_path(stack).read_text().splitlines()):
+        assert time.monotonic() < deadline, "no summary line in the audit trail"
+        time.sleep(0.1)
+    lines = [json.loads(line) for line in audit_path(stack).read_text().splitlines()]
+    summaries = [e for e in lines if e["action"] == "refusals_summarised"]
+    assert sum(e["count"] for e in summaries) + sum(e.get("result") == "refused" and
+                                                    e["action"] != "refusals_summarised"
+                                                    for e in lines) == 2000
+    assert audit_path(stack).stat().st_size < 16 * 1024
+    FIGURES["unauthenticated flood: 2,000 refused requests, audit trail"] = (
+        f"{audit_path(stack).stat().st_size} bytes, {len(lines)} lines")
+
+
+def test_requests_from_web_pages_are_refused_unless_listed(make_stack):
+    stack = make_stack(edit=lambda c: c.update(allowed_origins=["https://ops.example"]))
+    zone = stack.zone_path.read_bytes()
+    for origin in ("http://evil.example", "null", "https://ops.example.evil"):
+        response = stack.call("POST", "/v1/records", headers={"Origin": origin},
+                              data=json.dumps({"fqdn": NAME, "value": VALUE}))
+        assert response.status_code == 403 and response.json()["error"] == "origin_not_allowed"
+    assert stack.zone_path.read_bytes() == zone and stack.vault_records() == set()
+    assert stack.call("POST", "/v1/records", headers={"Origin": "https://ops.example"},
+                      json={"fqdn": NAME, "value": VALUE}).status_code == 201
+    assert stack.call("POST", "/v1/records", data=json.dumps(  # curl -d: no Origin
+        {"fqdn": NAME, "value": "B" * 43})).status_code == 201
+
+
+def test_readyz_keeps_zone_file_text_for_token_holders(make_stack):
+    stack = make_stack()
+    secret_looking = "internal-host-10-1-2-3"
+    stack.zone_path.write_text(stack.zone_path.read_text() + f"{secret_looking} IN A not-an-ip\n")
+    anonymous = stack.call("GET", "/readyz", token=False)
+    assert anonymous.status_code == 503 and secret_looking not in anonymous.text
+    assert "dnsapi check" in anonymous.json()["checks"]["zone:dev.local"]
+    detailed = stack.call("GET", "/readyz")
+    assert detailed.status_code == 503 and "does not parse" in detailed.json()["checks"]["zone:dev.local"]
