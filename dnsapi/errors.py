@@ -50,6 +50,14 @@ class TooManyRecords(DnsapiError):
     code = "too_many_records"
 
 
+class NameConflict(DnsapiError):
+    """The operator's zone cannot hold a TXT record at the name (CNAME there, DNAME or delegation
+    above); nothing was stored."""
+
+    status = 409
+    code = "name_conflict"
+
+
 class TooManyRequests(DnsapiError):
     """The token's rate limit is exhausted; `retry_after` says for how long."""
 

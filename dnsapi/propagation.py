@@ -36,6 +36,19 @@ async def serves(server: tuple[str, int], fqdn: str, value: str) -> bool:
                for rdata in rrset)
 
 
+async def served_serial(server: tuple[str, int], zone: str) -> int | None:
+    """The SOA serial `server` answers for `zone`, or None if it does not answer one."""
+    query = dns.message.make_query(zone + ".", dns.rdatatype.SOA)
+    try:
+        response = await dns.asyncquery.udp(query, server[0], port=server[1], timeout=QUERY_TIMEOUT)
+    except (dns.exception.DNSException, OSError):
+        return None
+    for rrset in response.answer:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return int(rrset[0].serial)
+    return None
+
+
 async def wait_until_served(servers: tuple[tuple[str, int], ...], fqdn: str, value: str,
                             timeout: float) -> float:
     """Poll every server until each answers the value; returns the seconds waited.

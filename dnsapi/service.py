@@ -20,18 +20,21 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .audit import AuditLog, value_hash
 from .config import Config, ZoneConfig
-from .errors import DnsapiError, PropagationTimeout, TooManyRecords, VaultUnavailable, ZoneError
-from .propagation import wait_until_served
+from .errors import (DnsapiError, NameConflict, PropagationTimeout, TooManyRecords, VaultUnavailable,
+                     ZoneError)
+from .propagation import served_serial, wait_until_served
 from .names import validate_challenge_name, validate_ttl, validate_value, zone_for
 from .records import Change, Outcome, Record, apply_changes
 from .store import CasConflict, VaultStore, ZoneState
-from .zonefile import ZoneFile
+from .zonefile import ZoneFile, serial_gt, soa_serial
 
 log = logging.getLogger(__name__)
 
+LOAD_GRACE = 5.0  # a DNS server still serving an older serial this long after a write failed to load it
 CAS_RETRY_SECONDS = 10.0  # keep retrying check-and-set conflicts this long before giving up
 SWEEP_INTERVAL = 3600.0  # how often unnamed snapshots are looked for (they are rare)
 
@@ -80,6 +83,9 @@ class ZoneWriter:
                 return
 
     async def _process(self, jobs: list[_Job]) -> None:
+        jobs = await self._refuse_conflicts(jobs)
+        if not jobs:
+            return
         changes = [job.change for job in jobs if job.change is not None]
         reconcile = len(changes) < len(jobs)
         try:
@@ -109,6 +115,30 @@ class ZoneWriter:
             return
         for job, result in zip(jobs, results, strict=True):
             _settle(job.future, result)
+
+    async def _refuse_conflicts(self, jobs: list[_Job]) -> list[_Job]:
+        """Refuse, before Vault sees them, adds the operator's zone cannot hold (a CNAME at the
+        name, a DNAME or delegation above it): written, they would stop the zone from loading
+        or never be served. If the zone file cannot be read or parsed now, the adds go ahead:
+        Vault keeps them and the zone write reports the problem."""
+        names = {job.change.record.fqdn for job in jobs
+                 if job.change is not None and job.change.action == "add"}
+        if not names:
+            return jobs
+        try:
+            conflicts = await asyncio.to_thread(self.file.conflicts, names)
+        except ZoneError:
+            return jobs
+        kept = []
+        for job in jobs:
+            why = conflicts.get(job.change.record.fqdn) if job.change is not None \
+                and job.change.action == "add" else None
+            if why is None:
+                kept.append(job)
+            else:
+                _settle(job.future, NameConflict(f"cannot add a TXT record at "
+                                                 f"{job.change.record.fqdn}: {why}"))
+        return kept
 
     async def _apply_to_vault(self, changes: list[Change], reconcile: bool) -> list[Outcome]:
         """Apply `changes` on top of Vault's current state and store the result with CAS."""
@@ -322,14 +352,42 @@ class RecordService:
                 checks[f"vault:{zone}"] = await self.store.zone_access(zone) or "ok"
             except VaultUnavailable as exc:
                 checks[f"vault:{zone}"] = exc.message
+            serial: int | None
             try:
-                await asyncio.to_thread(writer.file.check)
+                serial = await asyncio.to_thread(writer.file.check)
                 writable = os.access(writer.file.path.parent, os.W_OK)
                 checks[f"zone:{zone}"] = "ok" if writable else \
                     f"directory {writer.file.path.parent} is not writable"
             except ZoneError as exc:
                 checks[f"zone:{zone}"] = exc.message
+                try:
+                    serial = soa_serial(await asyncio.to_thread(writer.file.read_text))
+                except ZoneError:
+                    serial = None
+            if serial is None:
+                continue
+            for server in self.config.dns_servers:
+                checks[f"dns:{zone}@{server[0]}:{server[1]}"] = await self._serves_file(
+                    server, zone, serial, writer.file.path)
         return checks
+
+    async def _serves_file(self, server: tuple[str, int], zone: str, serial: int, path: Path) -> str:
+        """"ok" when `server` answers the zone file's serial (or a newer one), else what is
+        wrong: an older serial a while after the file changed means the server failed to load
+        the file and keeps serving the old zone (CoreDNS only logs that)."""
+        served = await served_serial(server, zone)
+        if served is None:
+            return f"no SOA answer for {zone}"
+        if not serial_gt(serial, served):
+            return "ok"
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            return "ok"  # the zone check reports it
+        if age < LOAD_GRACE:
+            return "ok"  # not reloaded yet
+        return (f"serves serial {served}, but the zone file holds {serial} since {age:.0f}s: the "
+                "server did not load the file (see its log)")
 
     def _writer(self, fqdn: str) -> ZoneWriter:
         zone = zone_for(fqdn, self.writers)

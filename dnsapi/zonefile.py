@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import re
 import stat
@@ -29,6 +30,8 @@ import dns.zone
 from .block import BEGIN_PREFIX, END_MARKER, Key, ManagedBlock
 from .errors import ZoneError
 from .records import Record
+
+log = logging.getLogger(__name__)
 
 _MARKER_END = re.compile(r"\b[^\r\n]*")  # the rest of a marker line, as `\b.*?$` would take it
 
@@ -138,6 +141,17 @@ def _tokens(text: str) -> Iterator[tuple[int, int]]:
             yield start, min(i, n)
 
 
+def soa_serial(text: str) -> int | None:
+    """The serial of the first SOA in `text`, read as CoreDNS's reload check reads it (only up to
+    the SOA), or None; for a file that does not parse as a whole."""
+    spans = list(_tokens(text))
+    for i, (start, end) in enumerate(spans):
+        if text[start:end].upper() == "SOA" and i + 3 < len(spans):
+            digits = text[spans[i + 3][0]:spans[i + 3][1]]
+            return int(digits) if digits.isdigit() else None
+    return None
+
+
 def serial_span(text: str, serial: int) -> tuple[int, int]:
     """Where in `text` the digits of the SOA serial are: the third token after the first `SOA`
     token whose third token is that serial. The SOA may span lines and carry comments."""
@@ -155,16 +169,67 @@ def serial_span(text: str, serial: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 # Parsing
 
+# CoreDNS's file plugin refuses to load a zone holding these (plugin/file/zone.go, Insert).
+_REFUSED_BY_COREDNS = (dns.rdatatype.NSEC3, dns.rdatatype.NSEC3PARAM)
+
+
 def parse_zone(text: str, origin: str, what: str = "zone file") -> dns.zone.Zone:
-    """Parse with dnspython the way CoreDNS will load it; raise ZoneError naming the problem."""
+    """Parse with dnspython to the rules CoreDNS applies when it loads a zone (it parses, needs
+    an SOA at the origin, and refuses NSEC3 records); raise ZoneError naming the problem."""
     try:
-        return dns.zone.from_text(text, origin=origin + ".", relativize=False, check_origin=True)
+        zone = dns.zone.from_text(text, origin=origin + ".", relativize=False, check_origin=True)
     except dns.exception.DNSException as exc:
         raise ZoneError(f"{what} for {origin} does not parse: {exc}") from None
+    for name, node in zone.nodes.items():
+        for rdataset in node.rdatasets:
+            if rdataset.rdtype in _REFUSED_BY_COREDNS:
+                raise ZoneError(f"{what} for {origin} has an {dns.rdatatype.to_text(rdataset.rdtype)} "
+                                f"record at {name}, which CoreDNS refuses to load")
+    return zone
 
 
 # ---------------------------------------------------------------------------------------------
 # The file
+
+@dataclass(frozen=True)
+class NameRules:
+    """What the operator's zone says about names dnsapi may not put a TXT record at: a name that
+    holds a CNAME (RFC 1034 3.6.2: "CNAME and other data" makes BIND refuse the zone), a name at
+    or below a DNAME or a delegation (the record would be occluded: never served, so an ACME CA
+    could never see it). A CNAME above the name is fine: `www CNAME lb` with
+    `_acme-challenge.www TXT` is the common case, and both BIND and CoreDNS serve it."""
+
+    origin: str
+    cnames: frozenset[str] = frozenset()
+    dnames: frozenset[str] = frozenset()
+    cuts: frozenset[str] = frozenset()  # owners of NS records other than the apex
+
+    @classmethod
+    def of(cls, zone: dns.zone.Zone, origin: str) -> NameRules:
+        owners: dict[int, set[str]] = {dns.rdatatype.CNAME: set(), dns.rdatatype.DNAME: set(),
+                                       dns.rdatatype.NS: set()}
+        for name, node in zone.nodes.items():
+            for rdataset in node.rdatasets:
+                if rdataset.rdtype in owners:
+                    owners[rdataset.rdtype].add(name.to_text(omit_final_dot=True).lower())
+        return cls(origin, frozenset(owners[dns.rdatatype.CNAME]),
+                   frozenset(owners[dns.rdatatype.DNAME]),
+                   frozenset(owners[dns.rdatatype.NS] - {origin}))
+
+    def conflict(self, fqdn: str) -> str | None:
+        """Why a TXT record at `fqdn` cannot be in this zone, or None."""
+        if fqdn in self.cnames:
+            return f"the zone file has a CNAME at {fqdn}, which allows no other record there"
+        name = fqdn
+        while True:
+            if name in self.dnames:
+                return f"the zone file has a DNAME at {name}, so {fqdn} would never be served"
+            if name in self.cuts:
+                return f"{name} is delegated (NS) in the zone file, so {fqdn} would never be served"
+            if name == self.origin or "." not in name:
+                return None
+            name = name.split(".", 1)[1]
+
 
 @dataclass(frozen=True)
 class _Validated:
@@ -174,6 +239,7 @@ class _Validated:
     tail: str  # after them, up to dnsapi's block
     after: str  # after dnsapi's block
     rdatas: int  # how many records the operator's text holds (SOA included)
+    rules: NameRules  # names dnsapi may not use, by the operator's records
 
     def serial_of(self, parts: ZoneText) -> int | None:
         """The serial in `parts` if everything else of the operator's text is unchanged."""
@@ -208,7 +274,8 @@ class ZoneFile:
     def __init__(self, path: Path, origin: str) -> None:
         self.path = path
         self.origin = origin
-        self._validated: _Validated | None = None
+        self._validated: _Validated | None = None  # the operator's text, parsed on its own
+        self._in_context: _Validated | None = None  # ...and the whole file made from it, too
         self.block = ManagedBlock(origin)
 
     def read_text(self) -> str:
@@ -226,6 +293,11 @@ class ZoneFile:
     def check(self) -> int:
         """Validate the file as it is now; returns its serial. Used at start and by /readyz."""
         return self._operator_serial(ZoneText.split(self.read_text()))[0]
+
+    def conflicts(self, names: Iterable[str]) -> dict[str, str]:
+        """{name: why} for the names that cannot hold a TXT record in the zone as it is now."""
+        rules = self._operator_serial(ZoneText.split(self.read_text()))[1].rules
+        return {name: why for name in names if (why := rules.conflict(name)) is not None}
 
     def sync(self, records: Mapping[Key, Record] | Iterable[Record],
              today: dt.date | None = None) -> int | None:
@@ -249,39 +321,54 @@ class ZoneFile:
         raw = self._read_bytes()
         text = raw.decode("utf-8", "surrogateescape")
         parts = ZoneText.split(text)
+        old_serial, valid = self._operator_serial(parts)
+        records = self._servable(records, valid.rules)
         newline = "\r\n" if "\r\n" in text else "\n"
         block = self.block.render(records, newline) if records or parts.block else ""
         if block == parts.block:
             return None
-        old_serial, valid, fresh = self._operator_serial(parts)
         serial = next_serial(old_serial, today or dt.datetime.now(dt.UTC).date())
         new_text = ZoneText(valid.head + str(serial) + valid.tail, "", valid.after).join(block)
-        if fresh:
+        if valid is not self._in_context:
+            # Once per operator text: a check that fails is made again next time, never cached.
             self._verify_in_context(new_text, valid.rdatas + len(records), serial)
+            self._in_context = valid
         self._write_atomic(new_text.encode("utf-8", "surrogateescape"), expected=raw)
         return serial
 
-    def _operator_serial(self, parts: ZoneText) -> tuple[int, _Validated, bool]:
-        """The operator's SOA serial, the validation it rests on, and whether that validation
-        was made now (rather than remembered).
+    def _servable(self, records: Mapping[Key, Record], rules: NameRules) -> Mapping[Key, Record]:
+        """`records` without those the operator's zone no longer allows (a CNAME added by hand at
+        a challenge name, say): they stay in Vault, but the zone must keep loading."""
+        blocked = {key for key in records if rules.conflict(key[0]) is not None}
+        if not blocked:
+            return records
+        for fqdn in sorted({key[0] for key in blocked}):
+            log.warning("zone %s: not writing the TXT records at %s: %s", self.origin, fqdn,
+                        rules.conflict(fqdn))
+        return {key: record for key, record in records.items() if key not in blocked}
+
+    def _operator_serial(self, parts: ZoneText) -> tuple[int, _Validated]:
+        """The operator's SOA serial and the validation it rests on.
 
         Validation parses the operator's text without dnsapi's block (so a damaged block never
-        stops its own repair), locates the serial digits, and is remembered. The caller gets the
-        validation itself: /readyz may revalidate from another thread meanwhile.
+        stops its own repair), locates the serial digits, and is remembered only once it has
+        passed. The caller gets the validation itself: /readyz may revalidate from another
+        thread meanwhile.
         """
         remembered = self._validated
         known = remembered.serial_of(parts) if remembered else None
         if remembered is not None and known is not None:
-            return known, remembered, False
+            return known, remembered
         operator = parse_zone(parts.join(""), self.origin)
         serial = operator.get_soa().serial
         start, end = serial_span(parts.before, serial)
         if parts.after and _OWNERLESS_FIRST_LINE.match(parts.after):
             raise ZoneError("the first record after dnsapi's END marker has no owner name and "
                             "would inherit one of dnsapi's names; give it an owner name")
-        valid = _Validated(parts.before[:start], parts.before[end:], parts.after, _rdata_count(operator))
+        valid = _Validated(parts.before[:start], parts.before[end:], parts.after,
+                           _rdata_count(operator), NameRules.of(operator, self.origin))
         self._validated = valid
-        return serial, valid, True
+        return serial, valid
 
     def _verify_in_context(self, text: str, rdatas: int, serial: int) -> None:
         """Once per validated operator text: the whole new file parses, carries the new serial,

@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import resource
+import subprocess
 import time
 from pathlib import Path
 
@@ -213,3 +214,39 @@ def test_readyz_keeps_zone_file_text_for_token_holders(make_stack):
     assert "dnsapi check" in anonymous.json()["checks"]["zone:dev.local"]
     detailed = stack.call("GET", "/readyz")
     assert detailed.status_code == 503 and "does not parse" in detailed.json()["checks"]["zone:dev.local"]
+
+
+def test_a_name_the_operators_zone_cannot_hold_is_refused_before_vault(make_stack):
+    """Finding 2b: an operator CNAME at a challenge name. The add was stored in Vault (500) and
+    written by the next unrelated add, and BIND refused the zone ("CNAME and other data")."""
+    stack = make_stack()
+    text = stack.zone_path.read_text()
+    stack.zone_path.write_text(text + "_acme-challenge.cn IN CNAME ns1\nsub IN NS ns.other.example.\n")
+    for name in ("_acme-challenge.cn.dev.local", "_acme-challenge.x.sub.dev.local"):
+        response = stack.add(name, VALUE)
+        assert response.status_code == 409 and response.json()["error"] == "name_conflict", response.text
+    assert stack.vault_records() == set()
+    assert stack.add(NAME, VALUE).status_code == 201  # an unrelated add goes through...
+    stack.wait_served(NAME, {VALUE})
+    result = subprocess.run(["named-checkzone", "dev.local", str(stack.zone_path)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout  # ...and the zone still loads
+
+
+def test_a_zone_coredns_did_not_load_is_reported(make_stack):
+    """Finding 2: CoreDNS kept serving the old zone while /readyz said ready. Here the operator
+    saves a zone CoreDNS refuses (NSEC3PARAM) with a new serial."""
+    stack = make_stack()
+    text = stack.zone_path.read_text()
+    stack.zone_path.write_text(text.replace("2026010100", "2026010101") + "@ IN NSEC3PARAM 1 0 10 aabbccdd\n")
+    deadline = time.monotonic() + 20
+    while True:
+        checks = stack.call("GET", "/readyz").json().get("checks", {})
+        dns_check = next((v for k, v in checks.items() if k.startswith("dns:dev.local@")), "")
+        if "did not load" in dns_check:
+            break
+        assert time.monotonic() < deadline, checks
+        time.sleep(0.2)
+    assert "CoreDNS refuses to load" in checks["zone:dev.local"]
+    assert stack.add(NAME, VALUE).status_code == 500  # Vault keeps it; the file is not written
+    assert "NSEC3PARAM" in stack.zone_path.read_text()
