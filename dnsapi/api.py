@@ -259,7 +259,7 @@ async def _add(request: web.Request, token: TokenConfig, fqdn: object, value: ob
                ttl: object, wait: bool) -> dict[str, Any]:
     service = request.app[SERVICE]
     note_target(request, fqdn, value)
-    record = service.make_record(fqdn, value, ttl)
+    record = service.make_record(fqdn, value, ttl, owner=token.name)
     note(request, fqdn=record.fqdn)
     request.app[RUNTIME].auth.authorize(token, record.fqdn)
     outcome = await service.add(record)

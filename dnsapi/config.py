@@ -177,7 +177,7 @@ class Config:
     watch_interval: float
     propagation_timeout: float
     max_records_per_zone: int
-    max_records_per_token: int  # records one token may hold at once, in all zones
+    max_records_per_token: int  # records one token may hold at once in one zone
     max_body_bytes: int
     max_age: float  # challenge records older than this are removed
     rate_limit: float  # requests per second per token (0: no limit)
@@ -190,6 +190,10 @@ class Config:
     open_on_loopback: bool  # no tokens at all: anyone who can reach the loopback listener
     vault_init: VaultInitConfig
     pki_watch: PkiWatchConfig
+
+    @property
+    def zone_names(self) -> tuple[str, ...]:
+        return tuple(zone.name for zone in self.zones)
 
 
 class _Section:

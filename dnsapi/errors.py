@@ -44,10 +44,14 @@ class Forbidden(DnsapiError):
 
 
 class TooManyRecords(DnsapiError):
-    """A zone already holds the configured maximum of managed records."""
+    """A zone, or the token's share of it, already holds the configured maximum of records."""
 
     status = 409
     code = "too_many_records"
+
+    def __init__(self, message: str, code: str = "too_many_records") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class NameConflict(DnsapiError):

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .audit import AuditLog, value_hash
@@ -27,6 +28,8 @@ from .config import Config, ZoneConfig
 from .errors import (DnsapiError, NameConflict, PropagationTimeout, TooManyRecords, VaultUnavailable,
                      ZoneError)
 from .propagation import served_serial, wait_until_served
+from .block import MAX_TTL, Key
+from .errors import BadRequest
 from .names import validate_challenge_name, validate_ttl, validate_value, zone_for
 from .records import Change, Outcome, Record, apply_changes
 from .store import CasConflict, VaultStore, ZoneState
@@ -51,15 +54,15 @@ class _Job:
 class ZoneWriter:
     """Serialises and batches all writes for one zone."""
 
-    def __init__(self, zone: ZoneConfig, store: VaultStore, limit: int, max_age: float,
+    def __init__(self, zone: ZoneConfig, store: VaultStore, config: Config,
                  audit: AuditLog | None = None) -> None:
         self.zone = zone
         self.store = store
         self.metrics = store.metrics
         self.file = ZoneFile(zone.file, zone.name)
-        self.limit = limit
-        self.max_age = max_age
+        self.config = config
         self.audit = audit
+        self._valid: set[Key] = set()  # records from Vault that passed validation
         self.state: ZoneState | None = None  # last state read from or written to Vault
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
 
@@ -111,7 +114,7 @@ class ZoneWriter:
             error = ZoneError(f"{exc.message} (the change is stored in Vault and will be written "
                               "to the zone file once this is fixed)")
             for job, result in zip(jobs, results, strict=True):
-                _settle(job.future, result if result is Outcome.FULL else error)
+                _settle(job.future, result if result in (Outcome.FULL, Outcome.QUOTA) else error)
             return
         for job, result in zip(jobs, results, strict=True):
             _settle(job.future, result)
@@ -144,17 +147,18 @@ class ZoneWriter:
         """Apply `changes` on top of Vault's current state and store the result with CAS."""
         fresh = False
         if self.state is None or reconcile:
-            self.state, fresh = await self.store.read_zone(self.zone.name), True
+            self.state, fresh = await self.read(), True
         deadline = time.monotonic() + CAS_RETRY_SECONDS
         conflicts = 0
         while time.monotonic() < deadline:
             records = dict(self.state.records)
             expired = self._expire(records) if reconcile else []
-            outcomes = apply_changes(records, changes, self.limit)
+            outcomes = apply_changes(records, changes, self.config.max_records_per_zone,
+                                     self.config.max_records_per_token)
             if records == self.state.records and not fresh:
                 # A no-op against a cached state might be stale (another instance may have
                 # changed the zone): confirm against Vault before answering.
-                self.state, fresh = await self.store.read_zone(self.zone.name), True
+                self.state, fresh = await self.read(), True
                 continue
             if records == self.state.records:
                 return outcomes
@@ -167,7 +171,7 @@ class ZoneWriter:
                 conflicts += 1
                 self.metrics.cas_conflicts.labels(self.zone.name).inc()
                 await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2**conflicts)))
-                self.state, fresh = await self.store.read_zone(self.zone.name), True
+                self.state, fresh = await self.read(), True
                 continue
             self.state = state
             self.metrics.batch_changes.observe(len(changes))
@@ -178,10 +182,42 @@ class ZoneWriter:
         raise VaultUnavailable(f"gave up writing zone {self.zone.name} after {conflicts} "
                                f"check-and-set conflicts with other writers in {CAS_RETRY_SECONDS:g}s")
 
+    async def read(self) -> ZoneState:
+        """The zone as Vault holds it, without records that fail validation: the secret may
+        have been written by hand, and one bad line must not freeze the zone."""
+        state = await self.store.read_zone(self.zone.name)
+        bad = [record for key, record in state.records.items()
+               if key not in self._valid and not self._check(record)]
+        if bad:
+            self.metrics.bad_records.labels(self.zone.name).inc(len(bad))
+            for record in bad[:10]:
+                log.warning("zone %s: skipping a record in Vault that is not a valid challenge "
+                            "record of this zone: %r %r", self.zone.name, record.fqdn[:100],
+                            record.value[:100])
+            skipped = {record.key for record in bad}
+            state = replace(state, records={k: r for k, r in state.records.items() if k not in skipped})
+        return state
+
+    def _check(self, record: Record) -> bool:
+        """Is `record` one the API would have accepted for this zone?"""
+        try:
+            fqdn, zone = validate_challenge_name(record.fqdn, self.config.zone_names,
+                                                 self.config.challenge_label)
+            valid = (fqdn == record.fqdn and zone == self.zone.name
+                     and validate_value(record.value) == record.value
+                     and 0 <= record.ttl <= MAX_TTL and math.isfinite(record.created_at))
+        except BadRequest:
+            return False
+        if valid:
+            if len(self._valid) > 4 * self.config.max_records_per_zone:
+                self._valid.clear()
+            self._valid.add(record.key)
+        return valid
+
     def _expire(self, records: dict[tuple[str, str], Record]) -> list[Record]:
         """Take records older than max_age out of `records` (ACME clients that crash, or acme.sh
         after a failed add, never remove theirs); returns them."""
-        cutoff = time.time() - self.max_age
+        cutoff = time.time() - self.config.max_age
         expired = [r for r in records.values() if r.created_at < cutoff]
         for record in expired:
             del records[record.key]
@@ -213,8 +249,7 @@ class RecordService:
         self.config = config
         self.store = store or VaultStore(config.vault)
         self.metrics = self.store.metrics
-        self.writers = {zone.name: ZoneWriter(zone, self.store, config.max_records_per_zone,
-                                              config.max_age, audit)
+        self.writers = {zone.name: ZoneWriter(zone, self.store, config, audit)
                         for zone in config.zones}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -224,7 +259,7 @@ class RecordService:
         """Take a reloaded config (same zones and Vault; see api.reconfigure)."""
         self.config = config
         for writer in self.writers.values():
-            writer.limit, writer.max_age, writer.audit = config.max_records_per_zone, config.max_age, audit
+            writer.config, writer.audit = config, audit
 
     async def start(self) -> None:
         """Check every zone file (refusing to start on one that does not parse), start the
@@ -298,13 +333,15 @@ class RecordService:
         """A caller's name, normalised and checked to be a challenge name in one of our zones."""
         return validate_challenge_name(fqdn, self.writers, self.config.challenge_label)[0]
 
-    def make_record(self, fqdn: object, value: object, ttl: object = None) -> Record:
+    def make_record(self, fqdn: object, value: object, ttl: object = None, owner: str = "") -> Record:
+        """A validated record; `owner` is the token adding it (for max_records_per_token)."""
         return Record(
             fqdn=self.challenge_name(fqdn),
             value=validate_value(value),
             ttl=validate_ttl(self.config.default_ttl if ttl is None else ttl,
                              self.config.min_ttl, self.config.max_ttl),
             created_at=time.time(),
+            owner=owner,
         )
 
     # -- operations ------------------------------------------------------------------------
@@ -312,6 +349,11 @@ class RecordService:
     async def add(self, record: Record) -> Outcome:
         """Store a validated record; CREATED or EXISTED once Vault has it."""
         outcome = await self._writer(record.fqdn).submit(Change("add", record))
+        if outcome is Outcome.QUOTA:
+            raise TooManyRecords(f"token {record.owner!r} already holds "
+                                 f"{self.config.max_records_per_token} challenge records in zone "
+                                 f"{zone_for(record.fqdn, self.writers)}; remove some first",
+                                 "token_quota_exceeded")
         if outcome is Outcome.FULL:
             raise TooManyRecords(f"zone {zone_for(record.fqdn, self.writers)} already holds "
                                  f"{self.config.max_records_per_zone} challenge records")
@@ -338,7 +380,7 @@ class RecordService:
     async def list(self, fqdn: str | None = None) -> list[Record]:
         """Records as Vault holds them now, for one name or for every zone."""
         zones = [zone_for(fqdn, self.writers)] if fqdn else list(self.writers)
-        states = await asyncio.gather(*(self.store.read_zone(z) for z in zones if z))
+        states = await asyncio.gather(*(self.writers[z].read() for z in zones if z))
         records = [r for state in states for r in state.records.values()
                    if fqdn is None or r.fqdn == fqdn]
         return sorted(records, key=lambda r: r.key)

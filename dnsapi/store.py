@@ -30,6 +30,7 @@ import re
 import secrets
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,25 @@ def encode_records(records: dict[Key, Record]) -> dict[str, Any]:
     more than the records in use."""
     if len(_LINES) > 2 * len(records) + 4096:
         _LINES.clear()
-    return {"format": FULL_FORMAT, "records": "\n".join(map(_line, records.values()))}
+    return {"format": FULL_FORMAT, "records": "\n".join(map(_line, records.values())),
+            "owners": _owner_lines(records.values())}
+
+
+def _owner_lines(records: Iterable[Record]) -> str:
+    """`<fqdn> <value> <token name, URL-quoted>` per owned record: the per-token quota's
+    bookkeeping, kept apart from the record lines so that an older dnsapi, which reads only
+    those, neither misreads nor drops a record (it drops only the owners)."""
+    return "\n".join(f"{r.fqdn} {r.value} {urllib.parse.quote(r.owner, safe='')}"
+                     for r in records if r.owner)
+
+
+def _owners(data: dict[str, Any]) -> dict[Key, str]:
+    owners = {}
+    for line in str(data.get("owners") or "").splitlines():
+        fields = line.split()
+        if len(fields) == 3:
+            owners[(fields[0], fields[1])] = urllib.parse.unquote(fields[2])
+    return owners
 
 
 def encode_delta(base: str, records: dict[Key, Record], changed: Iterable[Key]) -> dict[str, Any]:
@@ -96,19 +115,21 @@ def encode_delta(base: str, records: dict[Key, Record], changed: Iterable[Key]) 
         if record is None:
             removed.append(f"{key[0]} {key[1]}")
         else:
-            upserts.append(_line(record))
-    return {"format": DELTA_FORMAT, "base": base, "records": "\n".join(upserts),
-            "removed": "\n".join(removed)}
+            upserts.append(record)
+    return {"format": DELTA_FORMAT, "base": base, "records": "\n".join(map(_line, upserts)),
+            "owners": _owner_lines(upserts), "removed": "\n".join(removed)}
 
 
 def decode_records(data: dict[str, Any]) -> dict[Key, Record]:
     """Records from a secret's record lines; a line that is not a record is skipped with a
     warning (only dnsapi writes here, but a hand edit must not stop the service)."""
     records: dict[Key, Record] = {}
+    owners = _owners(data)
     for line in str(data.get("records") or "").splitlines():
         try:
             fqdn, value, ttl, created_at = line.split()
-            record = Record(fqdn=fqdn, value=value, ttl=int(ttl), created_at=float(created_at))
+            record = Record(fqdn=fqdn, value=value, ttl=int(ttl), created_at=float(created_at),
+                            owner=owners.get((fqdn, value), ""))
         except ValueError:
             log.warning("ignoring a malformed record line in Vault: %r", line[:200])
             continue

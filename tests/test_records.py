@@ -66,3 +66,17 @@ def test_malformed_delta_lines_are_skipped():
     applied, keys = apply_delta(base, {"format": 3, "base": "x", "records": "junk",
                                        "removed": "one-field\n_acme-challenge.www.dev.local a"})
     assert applied == {} and keys == {rec("a").key}
+
+
+def test_a_token_quota_is_checked_before_the_zone_limit():
+    """Issue 13, finding 3: one narrow token filled the zone and every other token got 409."""
+    records: dict = {}
+    mine = [Change("add", Record(f"_acme-challenge.n{i}.dev.local", "v", 60, 1.0, owner="narrow"))
+            for i in range(5)]
+    assert apply_changes(records, mine, limit=10, quota=3) == [Outcome.CREATED] * 3 + [Outcome.QUOTA] * 2
+    other = [Change("add", Record(f"_acme-challenge.o{i}.dev.local", "v", 60, 1.0, owner="other"))
+             for i in range(8)]
+    assert apply_changes(records, other, limit=10, quota=3) == [Outcome.CREATED] * 3 + [Outcome.QUOTA] * 5
+    gone = Change("remove", Record("_acme-challenge.n0.dev.local", "v", 0, 0.0))
+    again = Change("add", Record("_acme-challenge.n9.dev.local", "v", 60, 1.0, owner="narrow"))
+    assert apply_changes(records, [gone, again], limit=10, quota=3) == [Outcome.REMOVED, Outcome.CREATED]

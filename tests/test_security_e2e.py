@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 
-from .conftest import FIGURES, Stack
+from .conftest import FIGURES, Stack, add_token
 
 NAME = "_acme-challenge.sec.dev.local"
 VALUE = "S" * 43
@@ -250,3 +250,44 @@ def test_a_zone_coredns_did_not_load_is_reported(make_stack):
     assert "CoreDNS refuses to load" in checks["zone:dev.local"]
     assert stack.add(NAME, VALUE).status_code == 500  # Vault keeps it; the file is not written
     assert "NSEC3PARAM" in stack.zone_path.read_text()
+
+
+def test_one_narrow_token_cannot_exhaust_the_zone(make_stack):
+    tokens = {}
+
+    def edit(config):
+        config["max_records_per_token"] = 5
+        config["max_records_per_zone"] = 8
+        tokens.update(narrow=add_token(config, "narrow", ["www.dev.local"]))
+    stack = make_stack(edit=edit)
+    www = "_acme-challenge.www.dev.local"
+    statuses = [stack.call("POST", "/v1/records", token=tokens["narrow"],
+                           json={"fqdn": www, "value": f"{i:02d}" + "N" * 41}).status_code
+                for i in range(7)]
+    assert statuses == [201] * 5 + [409] * 2
+    refused = stack.call("POST", "/v1/records", token=tokens["narrow"],
+                         json={"fqdn": www, "value": "Z" * 43})
+    assert refused.json()["error"] == "token_quota_exceeded"
+    assert stack.add(NAME, VALUE).status_code == 201  # every other token still has room
+    assert len(stack.vault_records()) == 6
+
+
+def test_bad_records_written_into_vault_by_hand_are_skipped(make_stack):
+    """Finding 9: a hand-written zone secret with records at the apex, at *.dev.local and outside
+    the zone made every add fail with 500."""
+    stack = make_stack()
+    good = (NAME, VALUE)
+    lines = [f"{NAME} {VALUE} 60 {time.time():.3f}", f"dev.local {VALUE} 60 1.0",
+             f"*.dev.local {VALUE} 60 1.0", f"_acme-challenge.evil.example.com {VALUE} 60 1.0",
+             f"_acme-challenge.x.dev.local bad\"value 60 1.0"]
+    stack.vault.client.secrets.kv.v2.create_or_update_secret(
+        path=f"{stack.prefix}/zones/dev.local", mount_point="secret",
+        secret={"format": 2, "records": "\n".join(lines)})
+    other = "_acme-challenge.other.dev.local"
+    assert stack.add(other, VALUE).status_code == 201
+    stack.wait_served(other, {VALUE})
+    stack.wait_served(NAME, {VALUE})
+    text = stack.zone_path.read_text()
+    assert "evil.example.com" not in text and "*.dev.local" not in text
+    assert metric_total(stack.call("GET", "/metrics").text, "dnsapi_vault_bad_records_total") >= 4
+    assert {r["fqdn"] for r in stack.call("GET", "/v1/records").json()["records"]} == {good[0], other}
