@@ -9,6 +9,7 @@ refusal; the error middleware turns exceptions into JSON errors; a handler authe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from .audit import AuditLog, value_hash
 from .auth import Authenticator
 from .config import Config, TokenConfig
 from .connections import ConnectionGuard
-from .errors import (BadRequest, DnsapiError, Forbidden, PayloadTooLarge, RequestTimeout,
+from .errors import (BadRequest, Busy, DnsapiError, Forbidden, PayloadTooLarge, RequestTimeout,
                      ShuttingDown, TooManyRequests)
 from .metrics import CONTENT_TYPE
 from .names import validate_value
@@ -157,7 +158,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except DnsapiError as exc:
         note(request, error=exc.code)
         headers = None
-        if isinstance(exc, TooManyRequests):
+        if isinstance(exc, (TooManyRequests, Busy)):
             headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         return error_response(exc.status, exc.code, exc.message, headers)
     except web.HTTPException as exc:
@@ -262,13 +263,14 @@ async def _add(request: web.Request, token: TokenConfig, fqdn: object, value: ob
     record = service.make_record(fqdn, value, ttl, owner=token.name)
     note(request, fqdn=record.fqdn)
     request.app[RUNTIME].auth.authorize(token, record.fqdn)
-    outcome = await service.add(record)
-    note(request, result=outcome.value)
-    result: dict[str, Any] = {"fqdn": record.fqdn, "value": record.value, "ttl": record.ttl,
-                              "created": outcome is Outcome.CREATED}
-    if wait:
-        waited = await service.wait_served(record)
-        result["served_after_ms"] = round(waited * 1000)
+    with service.waits.slot(token.name) if wait else contextlib.nullcontext():
+        outcome = await service.add(record)
+        note(request, result=outcome.value)
+        result: dict[str, Any] = {"fqdn": record.fqdn, "value": record.value, "ttl": record.ttl,
+                                  "created": outcome is Outcome.CREATED}
+        if wait:
+            waited = await service.wait_served(record)
+            result["served_after_ms"] = round(waited * 1000)
     return result
 
 

@@ -74,6 +74,17 @@ class TooManyRequests(DnsapiError):
         self.code = code
 
 
+class Busy(DnsapiError):
+    """dnsapi's own capacity for something is taken (e.g. waits for DNS); retry later."""
+
+    status = 503
+    code = "too_many_waits"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PayloadTooLarge(DnsapiError):
     status = 413
     code = "body_too_large"

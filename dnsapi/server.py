@@ -54,8 +54,10 @@ async def serve(path: Path) -> None:
     config = config_module.load(path)
     context = ssl_context(config)
     app = create_app(config)
+    # handler_cancellation: a client that disconnects cancels its request, so a `wait` stops
+    # polling (a change already queued is still written: the zone writer owns it).
     runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=STRAGGLER_GRACE,
-                           keepalive_timeout=config.http.keepalive_timeout)
+                           keepalive_timeout=config.http.keepalive_timeout, handler_cancellation=True)
     await runner.setup()  # starts the service: zone files are checked here
     site = GuardedSite(runner, config.listen_host, config.listen_port, app[GUARD], context)
     await site.start()

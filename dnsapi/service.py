@@ -27,7 +27,7 @@ from .audit import AuditLog, value_hash
 from .config import Config, ZoneConfig
 from .errors import (DnsapiError, NameConflict, PropagationTimeout, TooManyRecords, VaultUnavailable,
                      ZoneError)
-from .propagation import served_serial, wait_until_served
+from .propagation import Waits, served_serial
 from .block import MAX_TTL, Key
 from .errors import BadRequest
 from .names import validate_challenge_name, validate_ttl, validate_value, zone_for
@@ -251,6 +251,7 @@ class RecordService:
         self.metrics = self.store.metrics
         self.writers = {zone.name: ZoneWriter(zone, self.store, config, audit)
                         for zone in config.zones}
+        self.waits = Waits(config.dns_servers, config.waits, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -258,6 +259,7 @@ class RecordService:
     def reconfigure(self, config: Config, audit: AuditLog) -> None:
         """Take a reloaded config (same zones and Vault; see api.reconfigure)."""
         self.config = config
+        self.waits.servers, self.waits.limits = config.dns_servers, config.waits
         for writer in self.writers.values():
             writer.config, writer.audit = config, audit
 
@@ -369,8 +371,7 @@ class RecordService:
     async def wait_served(self, record: Record) -> float:
         """Wait until every configured DNS server answers the record; the seconds it took."""
         try:
-            waited = await wait_until_served(self.config.dns_servers, record.fqdn, record.value,
-                                             self.config.propagation_timeout)
+            waited = await self.waits.served(record.fqdn, record.value, self.config.propagation_timeout)
         except PropagationTimeout:
             self.metrics.propagation_timeouts.inc()
             raise

@@ -100,7 +100,7 @@ def test_slow_clients_do_not_take_the_api_down(make_stack):
 
 def metric_total(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
+               if line.split(" ", 1)[0].split("{", 1)[0] == name)
 
 
 def test_idle_and_trickling_connections_are_closed_on_time(make_stack):
@@ -291,3 +291,67 @@ def test_bad_records_written_into_vault_by_hand_are_skipped(make_stack):
     assert "evil.example.com" not in text and "*.dev.local" not in text
     assert metric_total(stack.call("GET", "/metrics").text, "dnsapi_vault_bad_records_total") >= 4
     assert {r["fqdn"] for r in stack.call("GET", "/v1/records").json()["records"]} == {good[0], other}
+
+
+def waiting_stack(make_stack, **waits):
+    """A stack whose `dns_servers` also lists a port where nothing answers: its waits never end
+    on their own (propagation_timeout 20s)."""
+    from dnsapi.devstack import free_port
+    silent = free_port()
+    tokens = {}
+
+    def edit(config):
+        config["dns_servers"].append(f"127.0.0.1:{silent}")
+        config["propagation_timeout"] = "20s"
+        config["waits"] = waits
+        tokens.update(other=add_token(config, "other", ["*.dev.local"]))
+    return make_stack(edit=edit), tokens
+
+
+def start_wait(stack: Stack, name: str, value: str, token: str | None = None) -> http.client.HTTPConnection:
+    """Send an add with wait=true and leave its answer unread; the connection is returned."""
+    connection = http.client.HTTPConnection("127.0.0.1", stack.api_port, timeout=30)
+    connection.request("POST", "/v1/records", body=json.dumps({"fqdn": name, "value": value, "wait": True}),
+                       headers={"Authorization": f"Bearer {token or stack.token}"})
+    return connection
+
+
+def gauge(stack: Stack, name: str) -> float:
+    return metric_total(stack.call("GET", "/metrics").text, name)
+
+
+def wait_until(check, timeout: float = 10, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_waits_are_bounded_shared_and_end_with_their_client(make_stack):
+    """Finding 4: ~1,000 abandoned waits each polled DNS every 50 ms for 60 s and used 1,017 of
+    1,024 descriptors."""
+    stack, tokens = waiting_stack(make_stack, per_token=5, total=8)
+    held = [start_wait(stack, NAME, f"{i:02d}" + "W" * 41) for i in range(5)]
+    wait_until(lambda: gauge(stack, "dnsapi_propagation_waits") == 1, what="one shared poll")
+    over = stack.add(NAME, "X" * 43, wait=True)
+    assert over.status_code == 429 and over.json()["error"] == "too_many_waits"
+    assert "X" * 43 not in {r["value"] for r in stack.call("GET", "/v1/records").json()["records"]}
+    held += [start_wait(stack, NAME, f"{i:02d}" + "O" * 41, tokens["other"]) for i in range(3)]
+    wait_until(lambda: len(stack.vault_records()) == 8, what="8 waits stored")
+    total = stack.call("POST", "/v1/records", token=tokens["other"],
+                       json={"fqdn": NAME, "value": "Y" * 43, "wait": True})
+    assert total.status_code == 503 and total.json()["error"] == "too_many_waits"
+    assert int(total.headers["Retry-After"]) >= 1
+    pid = stack.dnsapi.popen.pid
+    for connection in held:  # the clients go away
+        connection.close()
+    wait_until(lambda: gauge(stack, "dnsapi_propagation_waits") == 0, what="the poll to end")
+    assert open_descriptors(pid) < 40
+
+
+def test_the_dev_servers_log_holding_its_root_token_is_private(openbao):
+    """Finding 12: the dev stack wrote OpenBao's root token into a 0644 log."""
+    log = openbao.process.log_path
+    wait_until(lambda: openbao.root_token in log.read_text(), what="the root token in the log")
+    assert log.stat().st_mode & 0o777 == 0o600
+    assert log.parent.stat().st_mode & 0o077 == 0 or log.parent.stat().st_mode & 0o1000
