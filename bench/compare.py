@@ -173,6 +173,7 @@ def rss_mb(tmp: Path) -> float:
     """dnsapi's resident memory with 10,000 operator records and 1,000 challenge records."""
     def roomy(config: dict) -> None:
         config["rate_limit"] = {"per_second": 0}
+        config["max_records_per_token"] = 2000
 
     with local_stack(tmp, roomy) as stack:
         zone = tmp / "db.dev.local"
@@ -226,7 +227,8 @@ def main() -> None:
 
         def unlimited(config: dict) -> None:
             config["rate_limit"] = {"per_second": 0}
-            config["max_records_per_zone"] = 10_000
+            config["max_records_per_zone"] = config["max_records_per_token"] = 10_000
+            config["waits"] = {"per_token": 1000, "total": 1000}
 
         with local_stack(tmp / "dnsapi", unlimited) as stack:
             bind = Bind(tmp / "bind")

@@ -55,7 +55,7 @@ def adds_per_second(url: str, token: str, concurrency: int, count: int, tag: str
 def main() -> None:
     def unlimited(config: dict) -> None:
         config["rate_limit"] = {"per_second": 0}
-        config["max_records_per_zone"] = 10_000
+        config["max_records_per_zone"] = config["max_records_per_token"] = 10_000
 
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), unlimited) as stack:
         results = {f"c{c}": adds_per_second(stack.api_url, stack.api_token, c, n, f"c{c}")

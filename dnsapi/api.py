@@ -28,7 +28,7 @@ from .connections import ConnectionGuard
 from .errors import (BadRequest, Busy, DnsapiError, Forbidden, PayloadTooLarge, RequestTimeout,
                      ShuttingDown, TooManyRequests)
 from .metrics import CONTENT_TYPE
-from .names import validate_value
+from .names import InvalidInput, validate_value
 from .openapi import document
 from .ratelimit import RateLimiter
 from .records import Outcome, Record
@@ -65,6 +65,9 @@ AUDITED = {("POST", "/v1/records"): "add", ("DELETE", "/v1/records"): "remove",
            ("POST", "/cleanup"): "remove"}
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+# Probes stay answered whatever else an address sent: a monitor shares its address with others.
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 # Refusals charged to the source address's bucket (refusals.per_second): what a client that is
 # guessing or probing gets. Not 409 (a full zone or quota) nor 429 / 5xx (dnsapi's own state).
@@ -145,7 +148,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         runtime = request.app[RUNTIME]
         if runtime.stopping.is_set():
             raise ShuttingDown()
-        wait = runtime.refusals.wait(request.remote or "unknown")
+        wait = 0.0 if request.path in PROBES else runtime.refusals.wait(request.remote or "unknown")
         if wait:
             request.app[SERVICE].metrics.refusals_limited.inc()
             raise TooManyRequests(f"too many refused requests from {request.remote}; retry in "
@@ -155,6 +158,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise Forbidden("requests from web pages are refused (Origin header); list the origin "
                             "in allowed_origins to allow it", "origin_not_allowed")
         return await handler(request)
+    except InvalidInput as exc:  # a name, value or TTL the service refuses
+        note(request, error=exc.code)
+        return error_response(400, exc.code, exc.message)
     except DnsapiError as exc:
         note(request, error=exc.code)
         headers = None

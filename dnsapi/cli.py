@@ -6,9 +6,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ConfigError, ZoneError
+
+if TYPE_CHECKING:
+    from .config import ZoneConfig
+    from .zonefile import ZoneFile
 
 DESCRIPTION = """\
 dnsapi keeps ACME DNS-01 challenge records (_acme-challenge TXT) in Vault KV v2 and writes them
@@ -23,6 +28,7 @@ examples:
   dnsapi serve -c /etc/dnsapi/dnsapi.yaml     run the service
   dnsapi add _acme-challenge.www.dev.local VALUE --wait
   dnsapi ls
+  dnsapi zone edit dev.local                  edit a zone file without racing dnsapi's writes
 
 Client commands (add, rm, ls, certbot-*, lego) read DNSAPI_URL, DNSAPI_TOKEN and, for a
 private CA, DNSAPI_CA_BUNDLE. They exit non-zero with a one-line reason on any failure.
@@ -140,6 +146,35 @@ def build_parser() -> argparse.ArgumentParser:
                             "status 1 when a mount could not be checked or a delivery is pending")
     _log_options(watch)
 
+    zone = commands.add_parser("zone", help="work on a zone file dnsapi writes to",
+                               description="Work on a zone file that dnsapi writes to.")
+    zone_commands = zone.add_subparsers(dest="zone_command", metavar="COMMAND", required=True)
+    edit = zone_commands.add_parser(
+        "edit", help="edit a zone file without racing dnsapi's writes",
+        description="Edit ZONE's file safely while dnsapi keeps writing challenge records into it. "
+                    "The file is copied to a private temporary file and $VISUAL, $EDITOR or vi "
+                    "opens the copy; dnsapi is not held up meanwhile. The saved copy must parse as "
+                    "the zone, and dnsapi's BEGIN and END marker lines must still be there, once "
+                    "each. Then, holding the lock dnsapi takes for each of its rewrites (an flock "
+                    "on the zone file's directory): the file "
+                    "must not have been changed by anyone else meanwhile; the lines between the "
+                    "markers are taken from the file as it is now (dnsapi's records, perhaps newer "
+                    "than those you saw; your changes there are dropped); the SOA serial is set "
+                    "above both the file's and yours, so CoreDNS reloads; the result is checked "
+                    "and replaces the file atomically, keeping its mode and owner. An edit that is "
+                    "refused leaves the file untouched: at a terminal you are offered the editor "
+                    "again, otherwise the command exits with status 1 and prints where your "
+                    "edited copy is kept. Run it as a user that may write the zone directory "
+                    "(root, or the service user).",
+        epilog="exit status: 0 when written or when there was nothing to change, 1 when refused.")
+    edit.add_argument("-c", "--config", type=Path, default=Path("/etc/dnsapi/dnsapi.yaml"),
+                      help="YAML configuration file; only its zones are read "
+                           "(default: /etc/dnsapi/dnsapi.yaml)")
+    edit.add_argument("--apply", type=Path, metavar="FILE",
+                      help="no editor: FILE holds the new text of the whole zone file (for "
+                           "scripts); it is checked and written the same way")
+    edit.add_argument("zone", metavar="ZONE", help="the zone's name, as in the config's zones[].name")
+
     dev = commands.add_parser(
         "dev", help="run a throwaway local stack: OpenBao dev server, CoreDNS and dnsapi",
         description="Start an in-memory OpenBao dev server, CoreDNS serving dev.local and dnsapi, "
@@ -181,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if checklist.passed else 1
         if args.command in CLIENT_COMMANDS:
             return _client_command(args)
+        if args.command == "zone":
+            return _zone_edit(args)
         if args.command == "dev":
             from .devstack import StackError, run_dev
             try:
@@ -332,6 +369,124 @@ def _pki_watch(args: argparse.Namespace) -> int:
             watch = load()
         except ConfigError as exc:
             log.error("reload: configuration error, keeping the running configuration: %s", exc)
+
+
+def _zone_edit(args: argparse.Namespace) -> int:
+    """`dnsapi zone edit`: the editor runs on a private copy without any lock, so dnsapi's writes
+    never wait for a person; the save goes through ZoneFile.apply_edit, which takes the writer's
+    lock only to merge the current block in and replace the file."""
+    from .zonefile import EditConflict, ZoneFile
+
+    zone = _zone_config(args.config, args.zone)
+    zone_file = ZoneFile(zone.file, zone.name)
+    base = zone_file.read_text()
+    if args.apply is not None:
+        try:
+            _apply_edit(zone_file, _read_text(args.apply), base)
+        except ZoneError as exc:
+            raise SystemExit(f"dnsapi zone edit: {exc.message}; nothing written "
+                             f"(your text is still in {args.apply})") from None
+        return 0
+    copy = _private_copy(zone.name, base)
+    while True:
+        _run_editor(copy)
+        try:
+            _apply_edit(zone_file, _read_text(copy), base)
+        except ZoneError as exc:
+            print(f"dnsapi zone edit: {exc.message}", file=sys.stderr)
+            if isinstance(exc, EditConflict) or not _ask("re-open the editor? [y/n] "):
+                raise SystemExit(f"dnsapi zone edit: nothing written; your edited copy is kept "
+                                 f"in {copy}") from None
+        else:
+            copy.unlink()
+            return 0
+
+
+def _zone_config(path: Path, name: str) -> ZoneConfig:
+    """The zone `name` from the config file. Only `zones` is read and checked: the Vault
+    credentials may live in the service's environment file, which an operator's shell lacks."""
+    import yaml
+
+    from .config import _zones
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+    zones = _zones(raw.get("zones") if isinstance(raw, dict) else None, path.parent.resolve())
+    wanted = name.lower().removesuffix(".")
+    for zone in zones:
+        if zone.name == wanted:
+            return zone
+    raise SystemExit(f"dnsapi zone edit: {path} has no zone {name!r} (its zones: "
+                     f"{', '.join(z.name for z in zones)})")
+
+
+def _apply_edit(zone_file: ZoneFile, edited: str, base: str) -> None:
+    """Apply one edit and say what happened; ZoneError (the file untouched) when refused."""
+    import contextlib
+
+    from .zonefile import ZoneText
+
+    serial = zone_file.apply_edit(edited, base)
+    with contextlib.suppress(ZoneError):  # damaged markers in `base`: no block of dnsapi's shown
+        base_block = ZoneText.split(base).block
+        if base_block and ZoneText.split(edited).block != base_block:
+            print("note: your changes between dnsapi's BEGIN and END lines were dropped: dnsapi "
+                  "writes those lines from Vault")
+    if serial is None:
+        print(f"no changes: {zone_file.path} not written")
+    else:
+        print(f"{zone_file.path} written, serial {serial}; CoreDNS loads it at its next reload check")
+
+
+def _read_text(path: Path) -> str:
+    # surrogateescape, as dnsapi reads zone files: non-UTF-8 bytes in comments survive the edit
+    try:
+        return path.read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise SystemExit(f"dnsapi zone edit: cannot read {path}: {exc.strerror}") from None
+
+
+def _private_copy(zone: str, text: str) -> Path:
+    """A copy of the zone text only this user can read (mkstemp creates it mode 0600)."""
+    import os
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="dnsapi-edit-", suffix=f".{zone}.zone")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(text.encode("utf-8", "surrogateescape"))
+    return Path(name)
+
+
+def _run_editor(path: Path) -> None:
+    """Open $VISUAL, $EDITOR or vi on `path` (the variable may carry arguments: `code --wait`);
+    an editor that fails or exits non-zero (vim's :cq) abandons the edit."""
+    import os
+    import shlex
+    import subprocess
+
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    try:
+        status = subprocess.run([*shlex.split(editor), str(path)], check=False).returncode
+    except OSError as exc:
+        path.unlink()
+        raise SystemExit(f"dnsapi zone edit: cannot run the editor {editor!r}: {exc.strerror}") from None
+    if status != 0:
+        path.unlink()
+        raise SystemExit(f"dnsapi zone edit: the editor exited with status {status}; nothing written")
+
+
+def _ask(question: str) -> bool:
+    """A yes from the person at the terminal; False when stdin is not a terminal."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(question).strip().lower().startswith("y")
+    except EOFError:
+        return False
 
 
 def _hash_token(args: argparse.Namespace) -> int:

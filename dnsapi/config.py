@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from .errors import BadRequest, ConfigError
-from .names import normalize_name, normalize_pattern
+from .errors import ConfigError
+from .names import InvalidInput, normalize_name, normalize_pattern
 
 ENV_VAULT_TOKEN = "DNSAPI_VAULT_TOKEN"
 ENV_APPROLE_SECRET_ID = "DNSAPI_VAULT_SECRET_ID"
@@ -323,7 +323,7 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
     challenge_label = root.text("challenge_label", "_acme-challenge")
     try:
         challenge_label = normalize_name(challenge_label, "challenge_label")
-    except BadRequest as exc:
+    except InvalidInput as exc:
         raise ConfigError(f"challenge_label: {exc.message}") from None
     if "." in challenge_label:
         raise ConfigError("challenge_label: must be a single label")
@@ -406,7 +406,7 @@ def _http_limits(section: _Section) -> HttpLimits:
         request_timeout=section.duration("request_timeout", "10s"),
         keepalive_timeout=section.duration("keepalive_timeout", "15s"),
         max_connections=section.integer("max_connections", 900, 1, 1_000_000),
-        max_connections_per_address=section.integer("max_connections_per_address", 64, 1, 1_000_000),
+        max_connections_per_address=section.integer("max_connections_per_address", 128, 1, 1_000_000),
     )
     section.finish()
     if limits.max_connections_per_address > limits.max_connections:
@@ -639,7 +639,7 @@ def _zones(raw: Any, base: Path) -> tuple[ZoneConfig, ...]:
         name = section.required_text("name")
         try:
             name = normalize_name(name, "zone name")
-        except BadRequest as exc:
+        except InvalidInput as exc:
             raise ConfigError(f"{section.key('name')}: {exc.message}") from None
         zone = ZoneConfig(name=name, file=section.required_path("file", base))
         section.finish()
@@ -674,7 +674,7 @@ def _tokens(raw: Any, required: bool) -> tuple[TokenConfig, ...]:
             raise ConfigError(f"{section.key('allow')}: must be a non-empty list of name patterns")
         try:
             patterns = tuple(normalize_pattern(p) for p in allow)
-        except BadRequest as exc:
+        except InvalidInput as exc:
             raise ConfigError(f"{section.key('allow')}: {exc.message}") from None
         section.finish()
         if any(t.name == name for t in tokens):

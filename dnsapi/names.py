@@ -11,7 +11,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .errors import BadRequest
+
+
+class InvalidInput(ValueError):
+    """A name, value or TTL that may not be stored; `code` says which kind (invalid_name,
+    unknown_zone, invalid_value, invalid_ttl). Each front door maps it to its protocol's refusal
+    (the HTTP API: 400 with the code); the config loader to a ConfigError naming the key."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
 
 MAX_NAME_LENGTH = 253  # presentation form without the trailing dot (RFC 1035: 255 octets on the wire)
 MAX_LABEL_LENGTH = 63
@@ -23,30 +33,30 @@ _VALUE_RE = re.compile(r"[A-Za-z0-9_=-]")
 
 
 def normalize_name(name: object, what: str = "fqdn") -> str:
-    """Return `name` lower-cased without its trailing dot, or raise BadRequest naming the problem.
+    """Return `name` lower-cased without its trailing dot, or raise InvalidInput naming the problem.
 
     Only ASCII host-name characters and `_` are accepted; internationalised names must arrive in
     their IDNA (`xn--`) form, which is what ACME clients send anyway.
     """
     if not isinstance(name, str):
-        raise BadRequest(f"{what} must be a string", "invalid_name")
+        raise InvalidInput(f"{what} must be a string", "invalid_name")
     if not name:
-        raise BadRequest(f"{what} is empty", "invalid_name")
+        raise InvalidInput(f"{what} is empty", "invalid_name")
     if not name.isascii():
-        raise BadRequest(f"{what} contains non-ASCII characters; send internationalised names in "
+        raise InvalidInput(f"{what} contains non-ASCII characters; send internationalised names in "
                          "their IDNA form (xn--...)", "invalid_name")
     text = name.lower()
     text = text.removesuffix(".")
     if len(text) > MAX_NAME_LENGTH:
-        raise BadRequest(f"{what} is longer than {MAX_NAME_LENGTH} characters", "invalid_name")
+        raise InvalidInput(f"{what} is longer than {MAX_NAME_LENGTH} characters", "invalid_name")
     for label in text.split("."):
         if not label:
-            raise BadRequest(f"{what} has an empty label", "invalid_name")
+            raise InvalidInput(f"{what} has an empty label", "invalid_name")
         if len(label) > MAX_LABEL_LENGTH:
-            raise BadRequest(f"{what} has a label longer than {MAX_LABEL_LENGTH} characters",
+            raise InvalidInput(f"{what} has a label longer than {MAX_LABEL_LENGTH} characters",
                              "invalid_name")
         if not _LABEL_RE.fullmatch(label):
-            raise BadRequest(f"{what} label {label[:MAX_LABEL_LENGTH]!r} may only contain letters, "
+            raise InvalidInput(f"{what} label {label[:MAX_LABEL_LENGTH]!r} may only contain letters, "
                              "digits, '-' and '_', and may not start or end with '-'",
                              "invalid_name")
     return text
@@ -73,12 +83,12 @@ def validate_challenge_name(fqdn: object, zones: Iterable[str], challenge_label:
     """
     name = normalize_name(fqdn)
     if name.split(".", 1)[0] != challenge_label:
-        raise BadRequest(f"fqdn must start with the label {challenge_label!r}", "invalid_name")
+        raise InvalidInput(f"fqdn must start with the label {challenge_label!r}", "invalid_name")
     zone = zone_for(name, zones)
     if zone is None:
-        raise BadRequest(f"fqdn {name!r} is not below any zone this service manages", "unknown_zone")
+        raise InvalidInput(f"fqdn {name!r} is not below any zone this service manages", "unknown_zone")
     if name == zone:
-        raise BadRequest(f"fqdn {name!r} is a zone apex, not a challenge name", "invalid_name")
+        raise InvalidInput(f"fqdn {name!r} is a zone apex, not a challenge name", "invalid_name")
     return name, zone
 
 
@@ -90,23 +100,23 @@ def validate_value(value: object) -> str:
     are refused outright, even though the zone writer would quote and escape them as well.
     """
     if not isinstance(value, str):
-        raise BadRequest("value must be a string", "invalid_value")
+        raise InvalidInput("value must be a string", "invalid_value")
     if not value:
-        raise BadRequest("value is empty", "invalid_value")
+        raise InvalidInput("value is empty", "invalid_value")
     if len(value) > MAX_VALUE_LENGTH or len(value.encode("utf-8")) > MAX_VALUE_LENGTH:
-        raise BadRequest(f"value is longer than {MAX_VALUE_LENGTH} bytes", "invalid_value")
+        raise InvalidInput(f"value is longer than {MAX_VALUE_LENGTH} bytes", "invalid_value")
     bad = next((ch for ch in value if not _VALUE_RE.fullmatch(ch)), None)
     if bad is not None:
-        raise BadRequest(f"value may only contain base64url characters (A-Z a-z 0-9 - _ =), not "
+        raise InvalidInput(f"value may only contain base64url characters (A-Z a-z 0-9 - _ =), not "
                          f"U+{ord(bad):04X}", "invalid_value")
     return value
 
 
 def validate_ttl(ttl: object, minimum: int, maximum: int) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, int):
-        raise BadRequest("ttl must be an integer number of seconds", "invalid_ttl")
+        raise InvalidInput("ttl must be an integer number of seconds", "invalid_ttl")
     if not minimum <= ttl <= maximum:
-        raise BadRequest(f"ttl must be between {minimum} and {maximum} seconds", "invalid_ttl")
+        raise InvalidInput(f"ttl must be between {minimum} and {maximum} seconds", "invalid_ttl")
     return ttl
 
 

@@ -33,13 +33,17 @@ def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "invalid request: bad JSON, unknown or missing field, bad name, value or TTL",
         401: "missing or unknown bearer token",
-        403: "the token may not change this name",
-        409: "the zone already holds max_records_per_zone challenge records",
+        403: "the token may not change this name, or the request came from a web page (Origin) "
+             "not listed in allowed_origins",
+        408: "the request body did not arrive within http.request_timeout",
+        409: "a name the zone file cannot hold (name_conflict), or the token's or zone's record "
+             "limit is reached (token_quota_exceeded, too_many_records)",
         413: "request body larger than max_body_bytes",
-        429: "over the token's rate limit (see Retry-After)",
+        429: "over the token's rate limit, its limit of waits, or too many refused requests from "
+             "this address (see Retry-After)",
         500: "the zone file could not be written (the change is in Vault and will be written)",
-        503: "Vault is unreachable or refused dnsapi's token, or dnsapi is shutting down; nothing "
-             "was changed",
+        503: "Vault is unreachable or refused dnsapi's token, dnsapi is shutting down, or too many "
+             "waits are in progress (see Retry-After); nothing was changed",
         504: "stored, but the DNS servers did not answer it within propagation_timeout",
     }
     return {str(s): _json(_ref("Error"), meaning[s]) for s in statuses}
@@ -62,7 +66,7 @@ def document(config: Config) -> dict[str, Any]:
            "description": f"seconds (default {config.default_ttl})"}
     target = {"type": "object", "additionalProperties": False, "required": ["fqdn", "value"],
               "properties": {"fqdn": fqdn, "value": value}}
-    authed_write = _errors(400, 401, 403, 413, 429, 500, 503)
+    authed_write = _errors(400, 401, 403, 408, 413, 429, 500, 503)
     query_fqdn = {"name": "fqdn", "in": "query", "schema": fqdn}
     schemas = {
         "Error": {"type": "object", "required": ["error", "message"], "properties": {

@@ -29,8 +29,7 @@ from .errors import (DnsapiError, NameConflict, PropagationTimeout, TooManyRecor
                      ZoneError)
 from .propagation import Waits, served_serial
 from .block import MAX_TTL, Key
-from .errors import BadRequest
-from .names import validate_challenge_name, validate_ttl, validate_value, zone_for
+from .names import InvalidInput, validate_challenge_name, validate_ttl, validate_value, zone_for
 from .records import Change, Outcome, Record, apply_changes
 from .store import CasConflict, VaultStore, ZoneState
 from .zonefile import ZoneFile, serial_gt, soa_serial
@@ -206,7 +205,7 @@ class ZoneWriter:
             valid = (fqdn == record.fqdn and zone == self.zone.name
                      and validate_value(record.value) == record.value
                      and 0 <= record.ttl <= MAX_TTL and math.isfinite(record.created_at))
-        except BadRequest:
+        except InvalidInput:
             return False
         if valid:
             if len(self._valid) > 4 * self.config.max_records_per_zone:

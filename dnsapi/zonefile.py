@@ -8,12 +8,18 @@ differs from the loaded one (plugin/file/reload.go). A half-written file that al
 new serial may be loaded and never re-read, and a file that fails to parse silently keeps the
 old zone serving. So every new text is parsed before it is written, our own records are checked
 to come back exactly as intended, and the file is replaced by rename, never written in place.
+
+An operator editing the file while dnsapi rewrites it is the other hazard: a save landing between
+dnsapi's read and its rename would be overwritten. dnsapi's writer and `dnsapi zone edit` (see
+ZoneFile.apply_edit) therefore take an advisory lock from reading the file to renaming its
+replacement; a plain editor save does not, and is only caught by the check just before the rename.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import logging
 import os
 import re
@@ -27,7 +33,7 @@ import dns.exception
 import dns.rdatatype
 import dns.zone
 
-from .block import BEGIN_PREFIX, END_MARKER, Key, ManagedBlock
+from .block import BEGIN_PREFIX, END_MARKER, Key, ManagedBlock, block_records
 from .errors import ZoneError
 from .records import Record
 
@@ -256,11 +262,52 @@ class _Validated:
 _OWNERLESS_FIRST_LINE = re.compile(r"(?:[ \t]*(?:;[^\n]*)?\r?\n)*[ \t]+[^\s;]")
 
 
+def _validate(parts: ZoneText, origin: str) -> tuple[int, _Validated]:
+    """The operator's SOA serial and the validation of the operator's text in `parts`.
+
+    The text is parsed without dnsapi's block (so a damaged block never stops its own repair), and
+    the serial digits are located so that a rewrite can change just them.
+    """
+    operator = parse_zone(parts.join(""), origin)
+    serial = operator.get_soa().serial
+    start, end = serial_span(parts.before, serial)
+    if parts.after and _OWNERLESS_FIRST_LINE.match(parts.after):
+        raise ZoneError("the first record after dnsapi's END marker has no owner name and "
+                        "would inherit one of dnsapi's names; give it an owner name")
+    return serial, _Validated(parts.before[:start], parts.before[end:], parts.after,
+                              _rdata_count(operator), NameRules.of(operator, origin))
+
+
+def _block_of(text: str) -> str | None:
+    """dnsapi's block in `text` ('' when there is none), or None when its markers are damaged."""
+    try:
+        return ZoneText.split(text).block
+    except ZoneError:
+        return None
+
+
+def _operator_text(text: str) -> str:
+    """`text` without dnsapi's block (all of it when the markers are damaged): the operator's part."""
+    try:
+        return ZoneText.split(text).join("")
+    except ZoneError:
+        return text
+
+
+def _later(a: int, b: int | None) -> int:
+    """The greater serial in RFC 1982 arithmetic; `b` may be missing."""
+    return b if b is not None and serial_gt(b, a) else a
+
+
 EDIT_RETRIES = 3  # rewrites started again because the operator saved the file meanwhile
 
 
 class _FileChanged(Exception):
     """The zone file changed between dnsapi's read and its rename."""
+
+
+class EditConflict(ZoneError):
+    """The operator's part of the zone file changed while an edit of it was being made."""
 
 
 class ZoneFile:
@@ -276,6 +323,7 @@ class ZoneFile:
         self.origin = origin
         self._validated: _Validated | None = None  # the operator's text, parsed on its own
         self._in_context: _Validated | None = None  # ...and the whole file made from it, too
+        self._written: int | None = None  # the last serial this process wrote
         self.block = ManagedBlock(origin)
 
     def read_text(self) -> str:
@@ -306,16 +354,94 @@ class ZoneFile:
         Returns the new serial when the file was rewritten, None when it already matched (a
         file without a block matches an empty record set, so the operator's file is not touched
         until there is something to add). Raises ZoneError, leaving the file untouched, when the
-        operator's file or the result does not parse. An operator edit saved while the new text
-        was being made is not overwritten: the rewrite starts again from the edited file.
+        operator's file or the result does not parse. An edit made through `apply_edit` waits for
+        the rewrite and is applied on top of it; a plain save landing while the new text was being
+        made is caught before the rename and the rewrite starts again from the saved file.
         """
         if not isinstance(records, Mapping):
             records = {record.key: record for record in records}
         for _ in range(EDIT_RETRIES):
-            with contextlib.suppress(_FileChanged):
+            with contextlib.suppress(_FileChanged), self._locked():
                 return self._sync_once(records, today)
         raise ZoneError(f"zone file {self.path} kept changing while dnsapi rewrote it "
                         f"({EDIT_RETRIES} tries); not written")
+
+    def apply_edit(self, edited: str, base: str, today: dt.date | None = None) -> int | None:
+        """Make `edited`, an operator's edit of `base` (the file as it was when the edit began),
+        the operator's part of the file: the safe path for hand edits (`dnsapi zone edit`).
+
+        The edit is validated as any operator text is. Then, under the writer's lock, dnsapi's
+        block is taken from the file as it is now (dnsapi may have rewritten it meanwhile) and the
+        serial is set above both the file's and the edit's, so CoreDNS reloads. Returns the new
+        serial, or None when the edit changes nothing outside the block. Raises ZoneError for an
+        invalid edit and EditConflict when someone else changed the operator's part meanwhile;
+        the file is left untouched then.
+        """
+        parts = ZoneText.split(edited)
+        if _operator_text(edited) == _operator_text(base):
+            return None
+        if not parts.block and _block_of(base):
+            raise ZoneError("the edit removed dnsapi's BEGIN and END marker lines; put them back "
+                            "(dnsapi's records go between them)")
+        edited_serial, valid = _validate(parts, self.origin)
+        base_valid = self._validation_of(base)
+        with self._locked():
+            raw = self._read_bytes()
+            current = raw.decode("utf-8", "surrogateescape")
+            current_serial = self._serial_if_unchanged(current, base, base_valid)
+            block = _block_of(current) or parts.block
+            serial = next_serial(_later(edited_serial, current_serial),
+                                 today or dt.datetime.now(dt.UTC).date())
+            new_text = ZoneText(valid.head + str(serial) + valid.tail, "", valid.after).join(block)
+            self._verify_in_context(new_text, valid.rdatas + len(block_records(block, self.origin)),
+                                    serial)
+            try:
+                self._write_atomic(new_text.encode("utf-8", "surrogateescape"), expected=raw)
+            except _FileChanged:
+                raise EditConflict(f"{self.path} was saved by another editor just now") from None
+        self._validated = valid  # the operator's text is now the edit's: the next edit starts from it
+        return serial
+
+    def _validation_of(self, base: str) -> _Validated | None:
+        """The validation of the operator's text an edit started from (usually remembered), or
+        None when that text is not valid: the edit may be its repair."""
+        try:
+            return self._operator_serial(ZoneText.split(base))[1]
+        except ZoneError:
+            return None
+
+    def _serial_if_unchanged(self, current: str, base: str, base_valid: _Validated | None) -> int | None:
+        """The serial of `current` if its operator's part is that of `base` but for what dnsapi
+        changes: its block, and the serial digits while the operator's text is valid (dnsapi
+        writes nothing while it is not). EditConflict if anything else changed."""
+        conflict = EditConflict(f"{self.path} was changed by someone else while you edited it")
+        if base_valid is None:
+            if _operator_text(current) != _operator_text(base):
+                raise conflict
+            return soa_serial(current)
+        try:
+            serial = base_valid.serial_of(ZoneText.split(current))
+        except ZoneError:
+            raise conflict from None
+        if serial is None:
+            raise conflict
+        return serial
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the advisory lock that dnsapi's writer and `apply_edit` take from reading the file
+        to renaming its replacement. It is taken on the file's directory, which stays put, since
+        the file itself is replaced by every write; closing the descriptor releases it."""
+        try:
+            fd = os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            raise ZoneError(f"cannot lock the directory of zone file {self.path}: "
+                            f"{exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _sync_once(self, records: Mapping[Key, Record], today: dt.date | None) -> int | None:
         raw = self._read_bytes()
@@ -327,6 +453,10 @@ class ZoneFile:
         block = self.block.render(records, newline) if records or parts.block else ""
         if block == parts.block:
             return None
+        if self._written is not None and serial_gt(self._written, old_serial):
+            # An editor buffer older than our last rewrite was saved: count on from what
+            # CoreDNS may already have loaded, so it reloads.
+            old_serial = self._written
         serial = next_serial(old_serial, today or dt.datetime.now(dt.UTC).date())
         new_text = ZoneText(valid.head + str(serial) + valid.tail, "", valid.after).join(block)
         if valid is not self._in_context:
@@ -334,6 +464,7 @@ class ZoneFile:
             self._verify_in_context(new_text, valid.rdatas + len(records), serial)
             self._in_context = valid
         self._write_atomic(new_text.encode("utf-8", "surrogateescape"), expected=raw)
+        self._written = serial
         return serial
 
     def _servable(self, records: Mapping[Key, Record], rules: NameRules) -> Mapping[Key, Record]:
@@ -348,25 +479,16 @@ class ZoneFile:
         return {key: record for key, record in records.items() if key not in blocked}
 
     def _operator_serial(self, parts: ZoneText) -> tuple[int, _Validated]:
-        """The operator's SOA serial and the validation it rests on.
-
-        Validation parses the operator's text without dnsapi's block (so a damaged block never
-        stops its own repair), locates the serial digits, and is remembered only once it has
-        passed. The caller gets the validation itself: /readyz may revalidate from another
-        thread meanwhile.
+        """The operator's SOA serial and the validation it rests on, remembered only once it has
+        passed and redone whenever the operator's text differs from the remembered one (an edit
+        by hand or by `dnsapi zone edit` in another process). The caller gets the validation
+        itself: /readyz may revalidate from another thread meanwhile.
         """
         remembered = self._validated
         known = remembered.serial_of(parts) if remembered else None
         if remembered is not None and known is not None:
             return known, remembered
-        operator = parse_zone(parts.join(""), self.origin)
-        serial = operator.get_soa().serial
-        start, end = serial_span(parts.before, serial)
-        if parts.after and _OWNERLESS_FIRST_LINE.match(parts.after):
-            raise ZoneError("the first record after dnsapi's END marker has no owner name and "
-                            "would inherit one of dnsapi's names; give it an owner name")
-        valid = _Validated(parts.before[:start], parts.before[end:], parts.after,
-                           _rdata_count(operator), NameRules.of(operator, self.origin))
+        serial, valid = _validate(parts, self.origin)
         self._validated = valid
         return serial, valid
 

@@ -17,7 +17,8 @@ from .conftest import FIGURES
 
 
 def fast_reconcile(config):
-    config.update(reconcile_interval="300ms")
+    # Bursts from one token: the per-token quota has its own test (test_security_e2e.py).
+    config.update(reconcile_interval="300ms", max_records_per_token=2000)
 
 
 def zone_block(stack) -> set[tuple[str, str]]:
@@ -131,7 +132,8 @@ def test_unwritable_zone_directory_then_converges(make_stack):
 async def test_two_instances_1000_interleaved_operations_from_32_clients(make_stack):
     def edit(config):
         fast_reconcile(config)
-        config["rate_limit"] = {"per_second": 0}  # a load test: the limit has its own test
+        config["rate_limit"] = {"per_second": 0}  # a load test: the limits have their own tests
+        config["max_records_per_token"] = 2000
     prefix = f"pair-{time.monotonic_ns()}"
     nodes = [make_stack(edit=edit, prefix=prefix), make_stack(edit=edit, prefix=prefix)]
     name_of = lambda i: f"_acme-challenge.n{i % 8}.dev.local"  # noqa: E731

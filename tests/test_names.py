@@ -2,8 +2,8 @@
 
 import pytest
 
-from dnsapi.errors import BadRequest
 from dnsapi.names import (
+    InvalidInput,
     normalize_name,
     normalize_pattern,
     pattern_allows,
@@ -51,7 +51,7 @@ def test_names_are_normalised(raw, expected):
     ("_acme-challenge.evil.dev.local.attacker", "unknown_zone", "not below any zone"),
 ])
 def test_bad_names_are_refused_with_a_reason(raw, code, fragment):
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(InvalidInput) as info:
         validate_challenge_name(raw, ZONES, LABEL)
     assert info.value.code == code
     assert fragment in info.value.message
@@ -68,7 +68,7 @@ def test_name_of_exactly_253_characters_is_accepted():
     name = "_acme-challenge." + "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 35 + ".dev.local"
     assert len(name) == 253
     assert normalize_name(name) == name
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput):
         normalize_name("x" + name)
 
 
@@ -87,7 +87,7 @@ def test_base64url_values_are_accepted_unchanged(value):
     ("$INCLUDE", "U+0024"), ("a.b", "U+002E"), ("a+b/c", "U+002B"),
 ])
 def test_bad_values_are_refused(value, fragment):
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(InvalidInput) as info:
         validate_value(value)
     assert fragment in info.value.message
 
@@ -98,7 +98,7 @@ def test_ttl_bounds(ttl, ok):
     if ok:
         assert validate_ttl(ttl, 1, 3600) == ttl
     else:
-        with pytest.raises(BadRequest):
+        with pytest.raises(InvalidInput):
             validate_ttl(ttl, 1, 3600)
 
 
@@ -120,5 +120,5 @@ def test_allow_patterns(pattern, fqdn, allowed):
 
 def test_patterns_are_normalised():
     assert normalize_pattern("*.DEV.local.") == "*.dev.local"
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput):
         normalize_pattern("*.dev..local")

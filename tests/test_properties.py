@@ -7,8 +7,7 @@ import dns.rdatatype
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsapi.errors import BadRequest
-from dnsapi.names import validate_challenge_name, validate_value
+from dnsapi.names import InvalidInput, validate_challenge_name, validate_value
 from dnsapi.records import Record
 from dnsapi.block import ManagedBlock, block_records
 from dnsapi.zonefile import ZoneFile, parse_zone
@@ -34,7 +33,7 @@ names = st.one_of(
 def accepted(validate, *args):
     try:
         return validate(*args)
-    except BadRequest:
+    except InvalidInput:
         return None
 
 

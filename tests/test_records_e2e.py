@@ -177,8 +177,8 @@ async def test_a_large_zone_is_rebuilt_from_snapshot_and_delta_after_a_restart(m
     """Past INLINE_MAX records the zone secret is a delta over a snapshot secret; a restarted
     dnsapi rebuilds a lost zone file from both, and removing everything leaves one plain secret
     and no snapshot behind."""
-    def roomy(config):
-        config["rate_limit"] = {"per_second": 0}
+    def roomy(config):  # one token writes the whole zone: the limits have their own tests
+        config.update(rate_limit={"per_second": 0}, max_records_per_token=2000)
     stack = make_stack(edit=roomy)
     original = stack.zone_path.read_text()
     names = [f"_acme-challenge.bulk{i}.dev.local" for i in range(20)]
@@ -250,11 +250,12 @@ def test_zone_broken_at_runtime_gives_500_then_converges(make_stack):
 def test_readyz(stack):
     response = stack.call("GET", "/readyz", token=None)
     assert response.status_code == 200
-    assert response.json() == {"status": "ready",
-                               "checks": {"vault:dev.local": "ok", "zone:dev.local": "ok"}}
+    assert response.json() == {"status": "ready", "checks": {
+        "vault:dev.local": "ok", "zone:dev.local": "ok", f"dns:dev.local@127.0.0.1:{stack.dns_port}": "ok"}}
 
 
-async def test_concurrent_adds_and_removes_are_all_applied(stack):
+async def test_concurrent_adds_and_removes_are_all_applied(make_stack):
+    stack = make_stack(edit=lambda config: config.update(max_records_per_token=200))
     names = [f"_acme-challenge.h{i % 10}.dev.local" for i in range(120)]
     values = [f"value-{i:04d}" for i in range(120)]
     headers = {"Authorization": f"Bearer {stack.token}"}

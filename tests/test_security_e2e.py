@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import resource
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -355,3 +356,15 @@ def test_the_dev_servers_log_holding_its_root_token_is_private(openbao):
     wait_until(lambda: openbao.root_token in log.read_text(), what="the root token in the log")
     assert log.stat().st_mode & 0o777 == 0o600
     assert log.parent.stat().st_mode & 0o077 == 0 or log.parent.stat().st_mode & 0o1000
+
+
+def test_the_audit_trail_can_be_rotated(make_stack):
+    """What logrotate does (docs/security.md): rename the file, SIGHUP, and dnsapi writes anew."""
+    stack = make_stack(edit=lambda c: c.update(audit={"file": "audit.jsonl"}))
+    assert stack.add(NAME, VALUE).status_code == 201
+    audit_path(stack).rename(stack.dir / "audit.jsonl.1")
+    stack.dnsapi.popen.send_signal(signal.SIGHUP)
+    wait_until(lambda: audit_path(stack).exists(), what="the audit file reopened")
+    assert stack.remove(NAME, VALUE).status_code == 200
+    rotated = (stack.dir / "audit.jsonl.1").read_text()
+    assert '"action": "add"' in rotated and '"action": "remove"' in audit_path(stack).read_text()

@@ -142,3 +142,16 @@ def test_nsec3_is_refused_like_coredns_does(tmp_path):
     path.write_text(HEAD + "@ IN NSEC3PARAM 1 0 10 aabbccdd\n")
     with pytest.raises(ZoneError, match="CoreDNS refuses to load"):
         ZoneFile(path, ZONE).check()
+
+
+def test_the_serial_never_goes_back_after_an_old_buffer_is_saved(tmp_path):
+    """An editor buffer opened before dnsapi's last rewrite puts the older serial back; the next
+    rewrite must still go past the serial dnsapi wrote (CoreDNS may have loaded it)."""
+    path = tmp_path / f"db.{ZONE}"
+    path.write_text(HEAD)
+    zone = ZoneFile(path, ZONE)
+    old_buffer = path.read_text()
+    first = zone.sync([Record(f"_acme-challenge.a.{ZONE}", "G" * 43, 60, 0.0)])
+    path.write_text(old_buffer + "saved IN A 127.0.0.9\n")  # the stale buffer, saved
+    second = zone.sync([Record(f"_acme-challenge.b.{ZONE}", "H" * 43, 60, 0.0)])
+    assert first is not None and second is not None and second > first
