@@ -20,14 +20,21 @@ from typing import Any
 from aiohttp import web
 
 from . import logs
-
 from .audit import AuditLog, value_hash
 from .auth import Authenticator
 from .config import Config, TokenConfig
 from .connections import ConnectionGuard
-from .errors import (BadRequest, Busy, DnsapiError, Forbidden, PayloadTooLarge, RequestTimeout,
-                     ShuttingDown, TooManyRequests)
-from .metrics import CONTENT_TYPE
+from .errors import (
+    BadRequest,
+    Busy,
+    DnsapiError,
+    Forbidden,
+    PayloadTooLarge,
+    RequestTimeout,
+    ShuttingDown,
+    TooManyRequests,
+)
+from .metrics import CONTENT_TYPE, Metrics
 from .names import InvalidInput, validate_value
 from .openapi import document
 from .ratelimit import RateLimiter
@@ -424,7 +431,7 @@ def create_app(config: Config, service: RecordService | None = None,
     app[RUNTIME] = Runtime(_authenticator(config), RateLimiter(config.rate_limit, config.rate_burst),
                            RateLimiter(config.refusals.per_second, config.refusals.burst),
                            frozenset(config.allowed_origins), audit)
-    app[SERVICE] = service or RecordService(config, audit=audit)
+    app[SERVICE] = service or RecordService(config, Metrics(), audit=audit)
     app[MAX_BODY] = config.max_body_bytes
     app[GUARD] = ConnectionGuard(config.http, app[SERVICE].metrics)
     app.router.add_post("/v1/records", add_record)

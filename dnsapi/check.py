@@ -24,7 +24,8 @@ import dns.rdatatype
 from . import config as config_module
 from .config import Config, ZoneConfig, parse_duration
 from .errors import ConfigError, VaultUnavailable, ZoneError
-from .store import VaultSession, is_kv2, zone_secret
+from .store import zone_access, zone_secret
+from .vault import VaultSession, is_kv2
 from .zonefile import ZoneFile
 
 
@@ -115,7 +116,7 @@ def _vault(config: Config, checks: Checklist) -> None:
     for zone in config.zones:
         path = f"{kv}/data/{zone_secret(config.vault.prefix, zone.name)}"
         try:
-            problem = session.run(lambda z=zone.name: session.zone_access(z))
+            problem = session.run(lambda z=zone.name: zone_access(session, z))
         except VaultUnavailable as exc:
             problem = exc.message
         checks.add(problem is None, f"the token may read and write {path} and its snapshots"

@@ -30,7 +30,7 @@ from .config import Config, PkiWatchConfig
 from .errors import VaultUnavailable
 from .notify import DeliveryError, event, send
 from .pki_client import Issuer, PkiClient, PkiUnavailable
-from .store import CasConflict, VaultSession
+from .vault import CasConflict, VaultSession
 
 log = logging.getLogger(__name__)
 

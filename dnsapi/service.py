@@ -24,12 +24,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .audit import AuditLog, value_hash
-from .config import Config, ZoneConfig
-from .errors import (DnsapiError, NameConflict, PropagationTimeout, TooManyRecords, VaultUnavailable,
-                     ZoneError)
-from .propagation import Waits, served_serial
 from .block import MAX_TTL, Key
+from .config import Config, ZoneConfig
+from .errors import DnsapiError, NameConflict, PropagationTimeout, TooManyRecords, VaultUnavailable, ZoneError
+from .metrics import Metrics
 from .names import InvalidInput, validate_challenge_name, validate_ttl, validate_value, zone_for
+from .propagation import Waits, served_serial
 from .records import Change, Outcome, Record, apply_changes
 from .store import CasConflict, VaultStore, ZoneState
 from .zonefile import ZoneFile, serial_gt, soa_serial
@@ -243,11 +243,11 @@ def _settle(future: asyncio.Future[Outcome | None], result: Outcome | None | Exc
 class RecordService:
     """What the API (and anything else) calls: validate, then add, remove, list, reconcile."""
 
-    def __init__(self, config: Config, store: VaultStore | None = None,
+    def __init__(self, config: Config, metrics: Metrics, store: VaultStore | None = None,
                  audit: AuditLog | None = None) -> None:
         self.config = config
-        self.store = store or VaultStore(config.vault)
-        self.metrics = self.store.metrics
+        self.metrics = metrics
+        self.store = store or VaultStore(config.vault, metrics)
         self.writers = {zone.name: ZoneWriter(zone, self.store, config, audit)
                         for zone in config.zones}
         self.waits = Waits(config.dns_servers, config.waits, self.metrics)

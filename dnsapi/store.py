@@ -17,9 +17,8 @@ The records are one string, not a JSON list, because Vault and OpenBao cap the n
 in a request's JSON (a list of objects hit it at a few hundred records); names and values are
 validated to hold no whitespace, so the line format is unambiguous.
 
-hvac is synchronous, so every call runs in a worker thread and the event loop never blocks.
-Authentication is a token, a token file (re-read when it changes, as Vault Agent rewrites it), or
-AppRole (logged in, renewed at half its TTL, logged in again when renewal fails or max TTL nears).
+Every call goes through the one Vault connection (vault.py) in a worker thread, so the event loop
+never blocks.
 """
 
 from __future__ import annotations
@@ -28,12 +27,10 @@ import asyncio
 import logging
 import re
 import secrets
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import hvac
@@ -44,6 +41,7 @@ from .config import VaultConfig
 from .errors import VaultUnavailable
 from .metrics import Metrics
 from .records import Record
+from .vault import CasConflict, VaultSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +55,7 @@ _SNAPSHOT_NAME = re.compile(r"[0-9a-f]{16}")  # creation time (8 hex digits of s
 
 Key = tuple[str, str]
 
-_LINES: dict[Key, tuple[Record, str]] = {}  # key -> (record, its line), see _line
+Lines = dict[Key, tuple[Record, str]]  # key -> (record, its line): see _line
 
 
 def zone_secret(prefix: str, zone: str) -> str:
@@ -70,23 +68,25 @@ def snapshot_folder(prefix: str, zone: str) -> str:
     return f"{prefix}/snapshots/{zone}"
 
 
-def _line(record: Record) -> str:
-    """A record's line. Each full write re-encodes thousands of unchanged records, so lines are
-    remembered per key and reused while the record is the very same object (records are
-    immutable and shared between states)."""
-    known = _LINES.get(record.key)
+def _line(record: Record, lines: Lines) -> str:
+    """A record's line. Each full write re-encodes thousands of unchanged records, so a store
+    remembers lines per key in `lines` and reuses them while the record is the very same object
+    (records are immutable and shared between states)."""
+    known = lines.get(record.key)
     if known is None or known[0] is not record:
-        known = _LINES[record.key] = (record, f"{record.fqdn} {record.value} {record.ttl} "
-                                              f"{record.created_at:.3f}")
+        known = lines[record.key] = (record, f"{record.fqdn} {record.value} {record.ttl} "
+                                             f"{record.created_at:.3f}")
     return known[1]
 
 
-def encode_records(records: dict[Key, Record]) -> dict[str, Any]:
-    """A full secret's data for `records`. The remembered lines are dropped when they are far
+def encode_records(records: dict[Key, Record], lines: Lines | None = None) -> dict[str, Any]:
+    """A full secret's data for `records`. The remembered `lines` are dropped when they are far
     more than the records in use."""
-    if len(_LINES) > 2 * len(records) + 4096:
-        _LINES.clear()
-    return {"format": FULL_FORMAT, "records": "\n".join(map(_line, records.values())),
+    if lines is None:
+        lines = {}
+    elif len(lines) > 2 * len(records) + 4096:
+        lines.clear()
+    return {"format": FULL_FORMAT, "records": "\n".join(_line(r, lines) for r in records.values()),
             "owners": _owner_lines(records.values())}
 
 
@@ -107,7 +107,8 @@ def _owners(data: dict[str, Any]) -> dict[Key, str]:
     return owners
 
 
-def encode_delta(base: str, records: dict[Key, Record], changed: Iterable[Key]) -> dict[str, Any]:
+def encode_delta(base: str, records: dict[Key, Record], changed: Iterable[Key],
+                 lines: Lines | None = None) -> dict[str, Any]:
     """A delta secret's data: `records` as the changed keys over snapshot `base`."""
     upserts, removed = [], []
     for key in changed:
@@ -116,7 +117,8 @@ def encode_delta(base: str, records: dict[Key, Record], changed: Iterable[Key]) 
             removed.append(f"{key[0]} {key[1]}")
         else:
             upserts.append(record)
-    return {"format": DELTA_FORMAT, "base": base, "records": "\n".join(map(_line, upserts)),
+    lines = {} if lines is None else lines
+    return {"format": DELTA_FORMAT, "base": base, "records": "\n".join(_line(r, lines) for r in upserts),
             "owners": _owner_lines(upserts), "removed": "\n".join(removed)}
 
 
@@ -156,15 +158,6 @@ def apply_delta(base: dict[Key, Record], data: dict[str, Any]) -> tuple[dict[Key
     return records, frozenset(changed)
 
 
-def is_kv2(mount: dict[str, Any]) -> bool:
-    """Is this mount description (from sys/mounts or sys/internal/ui/mounts) a KV version 2 mount?"""
-    return mount.get("type") in ("kv", "generic") and (mount.get("options") or {}).get("version") == "2"
-
-
-class CasConflict(Exception):
-    """Another writer changed the zone secret since we read it: re-read, re-apply, retry."""
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """An immutable snapshot secret: its name and its records (never mutated)."""
@@ -184,215 +177,34 @@ class ZoneState:
     changed: frozenset[Key] = field(default_factory=frozenset)
 
 
-class VaultAuth:
-    """Keeps the hvac client holding a valid token. All methods run in worker threads."""
-
-    def __init__(self, config: VaultConfig) -> None:
-        self.config = config
-        self._lock = threading.Lock()
-        self._token_file_mtime: float | None = None
-        self._renew_at: float | None = None  # monotonic time to renew (None: never)
-        self._login_ttl = 0  # TTL granted at login: renewals granting much less mean max TTL is near
-        self._renewable = False
-        self._logged_in = False
-
-    def prepare(self, client: hvac.Client) -> None:
-        """Before each call: load or refresh the token if needed."""
-        with self._lock:
-            if self.config.token_file is not None:
-                self._load_token_file(client)
-            elif self.config.approle is not None and not self._logged_in:
-                self._approle_login(client)
-            elif self.config.token is not None and not self._logged_in:
-                client.token = self.config.token
-                self._schedule_from_lookup(client)
-                self._logged_in = True
-            if self._renew_at is not None and time.monotonic() >= self._renew_at:
-                self._renew(client)
-
-    def recover(self, client: hvac.Client) -> bool:
-        """After a 403: get a fresh token if the method allows it. True when worth retrying."""
-        with self._lock:
-            if self.config.approle is not None:
-                self._approle_login(client)
-                return True
-            if self.config.token_file is not None:
-                self._token_file_mtime = None
-                return self._load_token_file(client)
-            return False
-
-    def _load_token_file(self, client: hvac.Client) -> bool:
-        path = self.config.token_file
-        assert path is not None
-        try:
-            mtime = path.stat().st_mtime
-            if mtime == self._token_file_mtime:
-                return False
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise VaultUnavailable(f"cannot read the Vault token file {path}: {exc.strerror}") from None
-        if not token:
-            raise VaultUnavailable(f"the Vault token file {path} is empty")
-        client.token = token
-        self._token_file_mtime = mtime
-        log.info("loaded Vault token from %s", path)
-        return True
-
-    def _approle_login(self, client: hvac.Client) -> None:
-        approle = self.config.approle
-        assert approle is not None
-        role_id = approle.role_id or _read_secret_file(approle.role_id_file, "AppRole role_id")
-        secret_id = approle.secret_id or _read_secret_file(approle.secret_id_file, "AppRole secret_id")
-        response = client.auth.approle.login(role_id=role_id, secret_id=secret_id,
-                                             mount_point=approle.mount)
-        auth = response["auth"]
-        self._logged_in = True
-        self._login_ttl = auth.get("lease_duration", 0)
-        self._schedule(self._login_ttl, auth.get("renewable", False))
-        log.info("logged in to Vault with AppRole (token TTL %ss)", auth.get("lease_duration"))
-
-    def _schedule_from_lookup(self, client: hvac.Client) -> None:
-        data = client.auth.token.lookup_self()["data"]
-        self._login_ttl = data.get("ttl") or 0
-        self._schedule(self._login_ttl, data.get("renewable", False))
-
-    def _schedule(self, ttl: int, renewable: bool) -> None:
-        """Renew at half the TTL; a token without TTL (root, periodic-less) needs nothing."""
-        self._renew_at = time.monotonic() + ttl / 2 if ttl > 0 else None
-        self._renewable = renewable
-
-    def _renew(self, client: hvac.Client) -> None:
-        """Renew our token; when that fails or the granted TTL shrinks (max TTL near), log in again."""
-        if self._renewable:
-            try:
-                auth = client.auth.token.renew_self()["auth"]
-                granted = auth.get("lease_duration", 0)
-                if granted > self._login_ttl / 2 or self.config.approle is None:
-                    self._schedule(granted, auth.get("renewable", False))
-                    return
-            except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-                log.warning("Vault token renewal failed (%s)", type(exc).__name__)
-        if self.config.approle is not None:
-            self._approle_login(client)
-        else:
-            self._renew_at = None  # nothing more we can do; a 403 will surface in /readyz
-
-
-def _read_secret_file(path: Path | None, what: str) -> str:
-    assert path is not None
-    try:
-        value = path.read_text().strip()
-    except OSError as exc:
-        raise VaultUnavailable(f"cannot read the {what} file {path}: {exc.strerror}") from None
-    if not value:
-        raise VaultUnavailable(f"the {what} file {path} is empty")
-    return value
-
-
-class VaultSession:
-    """An hvac client whose token VaultAuth keeps valid; `run` makes every failure a
-    VaultUnavailable whose message names no secret. Synchronous: call it from a worker thread
-    in async code."""
-
-    def __init__(self, config: VaultConfig) -> None:
-        self.config = config
-        verify: bool | str = str(config.ca_cert) if config.ca_cert else True
-        self.client = hvac.Client(url=config.addr, verify=verify, timeout=config.timeout)
-        self.auth = VaultAuth(config)
-
-    def run(self, fn: Callable[[], T]) -> T:
-        """Run `fn` with a prepared token; retry once after a 403 if a fresh token can be had."""
-        try:
-            self.auth.prepare(self.client)
-            try:
-                return fn()
-            except hvac.exceptions.Forbidden:
-                if not self.auth.recover(self.client):
-                    raise
-                return fn()
-        except (CasConflict, VaultUnavailable):
-            raise
-        except hvac.exceptions.Forbidden:
-            raise VaultUnavailable("Vault refused dnsapi's token (permission denied or token "
-                                   "expired/revoked)") from None
-        except hvac.exceptions.VaultError as exc:
-            raise VaultUnavailable(f"Vault error: {_vault_message(exc)}") from None
-        except requests.exceptions.SSLError:
-            raise VaultUnavailable(f"TLS to Vault at {self.config.addr} failed "
-                                   "(check vault.ca_cert)") from None
-        except requests.RequestException:
-            raise VaultUnavailable(f"Vault at {self.config.addr} is unreachable") from None
-
-    # The calls below are raw hvac calls: run them inside `run`.
-
-    def read_kv(self, path: str) -> tuple[dict[str, Any], int]:
-        """A KV v2 secret's latest data and version: ({}, 0) when it does not exist, and data {}
-        when its latest version was deleted by hand."""
-        try:
-            body = self.client.secrets.kv.v2.read_secret_version(
-                path=path, mount_point=self.config.kv_mount, raise_on_deleted_version=False)["data"]
-        except hvac.exceptions.InvalidPath:
-            return {}, 0
-        return body.get("data") or {}, int(body["metadata"]["version"])
-
-    def write_kv(self, path: str, data: dict[str, Any], cas: int) -> int:
-        """Write `data` if the secret is still at version `cas` (0: does not exist yet); returns
-        the new version. Raises CasConflict when someone else wrote first."""
-        try:
-            response = self.client.secrets.kv.v2.create_or_update_secret(
-                path=path, secret=data, cas=cas, mount_point=self.config.kv_mount)
-        except hvac.exceptions.InvalidRequest as exc:
-            if "check-and-set" in str(exc):
-                raise CasConflict() from None
-            raise
-        return int(response["data"]["version"])
-
-    def list_kv(self, path: str) -> list[str]:
-        """The keys in a KV folder ([] when it holds none)."""
-        try:
-            return self.client.secrets.kv.v2.list_secrets(
-                path=path, mount_point=self.config.kv_mount)["data"]["keys"]
-        except hvac.exceptions.InvalidPath:
-            return []
-
-    def delete_kv(self, path: str) -> None:
-        """Delete a secret with all its versions and metadata."""
-        self.client.secrets.kv.v2.delete_metadata_and_all_versions(
-            path=path, mount_point=self.config.kv_mount)
-
-    def capabilities(self, paths: list[str]) -> dict[str, set[str]]:
-        """What our token may do on each of `paths`: e.g. {"secret/data/x": {"create", ...}}."""
-        response = self.client.adapter.post("/v1/sys/capabilities-self", json={"paths": paths})
-        data = response.get("data", response) if isinstance(response, dict) else {}
-        return {path: set(data.get(path) or []) for path in paths}
-
-    def zone_access(self, zone: str) -> str | None:
-        """None when our token may do everything dnsapi does with the zone's secrets (read and
-        write the zone secret; create, read, list and delete its snapshots), else what it lacks.
-        Snapshots are only used past INLINE_MAX records, so a narrower policy would fail late."""
-        kv = self.config.kv_mount
-        snapshots = snapshot_folder(self.config.prefix, zone)
-        needs = {f"{kv}/data/{zone_secret(self.config.prefix, zone)}": ({"read", "create", "update"},
-                                                                         "the zone secret"),
-                 f"{kv}/data/{snapshots}/x": ({"read", "create"}, f"{kv}/data/{snapshots}/*"),
-                 f"{kv}/metadata/{snapshots}/x": ({"delete"}, f"{kv}/metadata/{snapshots}/*"),
-                 f"{kv}/metadata/{snapshots}": ({"list"}, f"{kv}/metadata/{snapshots}")}
-        granted = self.capabilities(list(needs))
-        for path, (need, what) in needs.items():
-            missing = need - granted[path]
-            if missing and "root" not in granted[path]:
-                return f"token lacks {', '.join(sorted(missing))} on {what}"
-        return None
+def zone_access(session: VaultSession, zone: str) -> str | None:
+    """None when our token may do everything dnsapi does with the zone's secrets (read and
+    write the zone secret; create, read, list and delete its snapshots), else what it lacks.
+    Snapshots are only used past INLINE_MAX records, so a narrower policy would fail late."""
+    kv = session.config.kv_mount
+    snapshots = snapshot_folder(session.config.prefix, zone)
+    needs = {f"{kv}/data/{zone_secret(session.config.prefix, zone)}": ({"read", "create", "update"},
+                                                                     "the zone secret"),
+             f"{kv}/data/{snapshots}/x": ({"read", "create"}, f"{kv}/data/{snapshots}/*"),
+             f"{kv}/metadata/{snapshots}/x": ({"delete"}, f"{kv}/metadata/{snapshots}/*"),
+             f"{kv}/metadata/{snapshots}": ({"list"}, f"{kv}/metadata/{snapshots}")}
+    granted = session.capabilities(list(needs))
+    for path, (need, what) in needs.items():
+        missing = need - granted[path]
+        if missing and "root" not in granted[path]:
+            return f"token lacks {', '.join(sorted(missing))} on {what}"
+    return None
 
 
 class VaultStore:
     """Async facade over hvac for the zone secrets and their snapshots."""
 
-    def __init__(self, config: VaultConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: VaultConfig, metrics: Metrics) -> None:
         self.config = config
         self.session = VaultSession(config)
         self.client = self.session.client
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
+        self._lines: Lines = {}
         self._snapshots: dict[str, Snapshot] = {}  # zone -> the last snapshot read or written
 
     def secret_path(self, zone: str) -> str:
@@ -434,7 +246,7 @@ class VaultStore:
 
     async def zone_access(self, zone: str) -> str | None:
         """For /readyz: None when the token may do all dnsapi does with the zone, else what it lacks."""
-        return await self._call("capabilities", lambda: self.session.zone_access(zone))
+        return await self._call("capabilities", lambda: zone_access(self.session, zone))
 
     def _read_zone(self, zone: str) -> ZoneState:
         path, missing_at = self.secret_path(zone), None
@@ -466,7 +278,7 @@ class VaultStore:
                     touched: frozenset[Key]) -> ZoneState:
         path = self.secret_path(zone)
         if len(records) <= INLINE_MAX:
-            version = self.session.write_kv(path, encode_records(records), state.version)
+            version = self.session.write_kv(path, encode_records(records, self._lines), state.version)
             self._drop_snapshot(zone, state.base)
             return ZoneState(records=records, version=version)
         if state.base is not None:
@@ -482,13 +294,13 @@ class VaultStore:
                           "(%d vs %d); writing a full snapshot", zone, counted, len(records))
             elif len(changed) <= DELTA_MAX:
                 version = self.session.write_kv(
-                    path, encode_delta(state.base.name, records, changed), state.version)
+                    path, encode_delta(state.base.name, records, changed, self._lines), state.version)
                 return ZoneState(records=records, version=version, base=state.base, changed=changed)
         # A new snapshot first (create-only under a fresh name), then the zone secret naming it.
         snapshot = Snapshot(f"{int(time.time()):08x}{secrets.token_hex(4)}", records)
-        self.session.write_kv(self.snapshot_path(zone, snapshot.name), encode_records(records), 0)
+        self.session.write_kv(self.snapshot_path(zone, snapshot.name), encode_records(records, self._lines), 0)
         try:
-            version = self.session.write_kv(path, encode_delta(snapshot.name, records, ()),
+            version = self.session.write_kv(path, encode_delta(snapshot.name, records, (), self._lines),
                                             state.version)
         except CasConflict:
             # Certainly not written, so nothing names the new snapshot. (After any other error
@@ -539,8 +351,3 @@ class VaultStore:
             self.metrics.vault_seconds.labels(operation).observe(time.perf_counter() - start)
 
 
-def _vault_message(exc: hvac.exceptions.VaultError) -> str:
-    errors: Any = getattr(exc, "errors", None)
-    if isinstance(errors, list) and errors:
-        return "; ".join(str(e) for e in errors)[:300]
-    return type(exc).__name__

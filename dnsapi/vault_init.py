@@ -28,7 +28,7 @@ import hvac
 import hvac.exceptions
 
 from .config import Config, parse_duration
-from .store import is_kv2
+from .vault import is_kv2
 
 ACME_RESPONSE_HEADERS = ["Last-Modified", "Location", "Replay-Nonce", "Link"]
 ACME_REQUEST_HEADERS = ["If-Modified-Since"]

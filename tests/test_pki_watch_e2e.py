@@ -18,7 +18,7 @@ import pytest
 from dnsapi import config as config_module
 from dnsapi.pki_client import PkiClient, revocation_time
 from dnsapi.pki_watch import StateStore
-from dnsapi.store import VaultSession
+from dnsapi.vault import VaultSession
 from dnsapi.vault_init import render_pki_watch_policy, render_policy
 
 from .conftest import FIGURES, Vault

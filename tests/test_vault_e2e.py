@@ -198,10 +198,11 @@ def test_vault_client_sees_only_hashes_never_tokens(stack):
 
 def kv_store(openbao, prefix: str):
     from dnsapi.config import VaultConfig
+    from dnsapi.metrics import Metrics
     from dnsapi.store import VaultStore
     return VaultStore(VaultConfig(addr=openbao.addr, token=openbao.root_token, token_file=None,
                                   approle=None, ca_cert=None, kv_mount="secret", prefix=prefix,
-                                  timeout=10))
+                                  timeout=10), Metrics())
 
 
 def challenges(start: int, stop: int) -> dict:
@@ -276,7 +277,8 @@ async def test_a_large_zone_is_written_as_deltas_over_a_snapshot(openbao):
 async def test_writers_sharing_a_zone_survive_a_snapshot_change(openbao):
     """Instance B holds a state over a snapshot that instance A replaces (and deletes): B's write
     is refused by check-and-set, and after re-reading B writes on top of A's records."""
-    from dnsapi.store import CasConflict, ZoneState
+    from dnsapi.store import ZoneState
+    from dnsapi.vault import CasConflict
 
     prefix = f"shared-{uuid.uuid4().hex[:8]}"
     a, b = kv_store(openbao, prefix), kv_store(openbao, prefix)

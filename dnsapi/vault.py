@@ -1,0 +1,226 @@
+"""The one Vault connection: authentication that keeps a token valid, and KV v2 calls whose every
+failure becomes a VaultUnavailable that names no secret.
+
+hvac is synchronous, so callers run these in worker threads. Authentication is a token, a token
+file (re-read when it changes, as Vault Agent rewrites it), or AppRole (logged in, renewed at half
+its TTL, logged in again when renewal fails or max TTL nears). The record service (store.py), the
+PKI tools (dnsapi/pki/) and `dnsapi check` all use this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+
+from .config import VaultConfig
+from .errors import VaultUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class CasConflict(Exception):
+    """Another writer changed the zone secret since we read it: re-read, re-apply, retry."""
+
+
+def is_kv2(mount: dict[str, Any]) -> bool:
+    """Is this mount description (from sys/mounts or sys/internal/ui/mounts) a KV version 2 mount?"""
+    return mount.get("type") in ("kv", "generic") and (mount.get("options") or {}).get("version") == "2"
+
+
+class VaultAuth:
+    """Keeps the hvac client holding a valid token. All methods run in worker threads."""
+
+    def __init__(self, config: VaultConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._token_file_mtime: float | None = None
+        self._renew_at: float | None = None  # monotonic time to renew (None: never)
+        self._login_ttl = 0  # TTL granted at login: renewals granting much less mean max TTL is near
+        self._renewable = False
+        self._logged_in = False
+
+    def prepare(self, client: hvac.Client) -> None:
+        """Before each call: load or refresh the token if needed."""
+        with self._lock:
+            if self.config.token_file is not None:
+                self._load_token_file(client)
+            elif self.config.approle is not None and not self._logged_in:
+                self._approle_login(client)
+            elif self.config.token is not None and not self._logged_in:
+                client.token = self.config.token
+                self._schedule_from_lookup(client)
+                self._logged_in = True
+            if self._renew_at is not None and time.monotonic() >= self._renew_at:
+                self._renew(client)
+
+    def recover(self, client: hvac.Client) -> bool:
+        """After a 403: get a fresh token if the method allows it. True when worth retrying."""
+        with self._lock:
+            if self.config.approle is not None:
+                self._approle_login(client)
+                return True
+            if self.config.token_file is not None:
+                self._token_file_mtime = None
+                return self._load_token_file(client)
+            return False
+
+    def _load_token_file(self, client: hvac.Client) -> bool:
+        path = self.config.token_file
+        assert path is not None
+        try:
+            mtime = path.stat().st_mtime
+            if mtime == self._token_file_mtime:
+                return False
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise VaultUnavailable(f"cannot read the Vault token file {path}: {exc.strerror}") from None
+        if not token:
+            raise VaultUnavailable(f"the Vault token file {path} is empty")
+        client.token = token
+        self._token_file_mtime = mtime
+        log.info("loaded Vault token from %s", path)
+        return True
+
+    def _approle_login(self, client: hvac.Client) -> None:
+        approle = self.config.approle
+        assert approle is not None
+        role_id = approle.role_id or _read_secret_file(approle.role_id_file, "AppRole role_id")
+        secret_id = approle.secret_id or _read_secret_file(approle.secret_id_file, "AppRole secret_id")
+        response = client.auth.approle.login(role_id=role_id, secret_id=secret_id,
+                                             mount_point=approle.mount)
+        auth = response["auth"]
+        self._logged_in = True
+        self._login_ttl = auth.get("lease_duration", 0)
+        self._schedule(self._login_ttl, auth.get("renewable", False))
+        log.info("logged in to Vault with AppRole (token TTL %ss)", auth.get("lease_duration"))
+
+    def _schedule_from_lookup(self, client: hvac.Client) -> None:
+        data = client.auth.token.lookup_self()["data"]
+        self._login_ttl = data.get("ttl") or 0
+        self._schedule(self._login_ttl, data.get("renewable", False))
+
+    def _schedule(self, ttl: int, renewable: bool) -> None:
+        """Renew at half the TTL; a token without TTL (root, periodic-less) needs nothing."""
+        self._renew_at = time.monotonic() + ttl / 2 if ttl > 0 else None
+        self._renewable = renewable
+
+    def _renew(self, client: hvac.Client) -> None:
+        """Renew our token; when that fails or the granted TTL shrinks (max TTL near), log in again."""
+        if self._renewable:
+            try:
+                auth = client.auth.token.renew_self()["auth"]
+                granted = auth.get("lease_duration", 0)
+                if granted > self._login_ttl / 2 or self.config.approle is None:
+                    self._schedule(granted, auth.get("renewable", False))
+                    return
+            except (hvac.exceptions.VaultError, requests.RequestException) as exc:
+                log.warning("Vault token renewal failed (%s)", type(exc).__name__)
+        if self.config.approle is not None:
+            self._approle_login(client)
+        else:
+            self._renew_at = None  # nothing more we can do; a 403 will surface in /readyz
+
+
+def _read_secret_file(path: Path | None, what: str) -> str:
+    assert path is not None
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise VaultUnavailable(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    if not value:
+        raise VaultUnavailable(f"the {what} file {path} is empty")
+    return value
+
+
+class VaultSession:
+    """An hvac client whose token VaultAuth keeps valid; `run` makes every failure a
+    VaultUnavailable whose message names no secret. Synchronous: call it from a worker thread
+    in async code."""
+
+    def __init__(self, config: VaultConfig) -> None:
+        self.config = config
+        verify: bool | str = str(config.ca_cert) if config.ca_cert else True
+        self.client = hvac.Client(url=config.addr, verify=verify, timeout=config.timeout)
+        self.auth = VaultAuth(config)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run `fn` with a prepared token; retry once after a 403 if a fresh token can be had."""
+        try:
+            self.auth.prepare(self.client)
+            try:
+                return fn()
+            except hvac.exceptions.Forbidden:
+                if not self.auth.recover(self.client):
+                    raise
+                return fn()
+        except (CasConflict, VaultUnavailable):
+            raise
+        except hvac.exceptions.Forbidden:
+            raise VaultUnavailable("Vault refused dnsapi's token (permission denied or token "
+                                   "expired/revoked)") from None
+        except hvac.exceptions.VaultError as exc:
+            raise VaultUnavailable(f"Vault error: {_vault_message(exc)}") from None
+        except requests.exceptions.SSLError:
+            raise VaultUnavailable(f"TLS to Vault at {self.config.addr} failed "
+                                   "(check vault.ca_cert)") from None
+        except requests.RequestException:
+            raise VaultUnavailable(f"Vault at {self.config.addr} is unreachable") from None
+
+    # The calls below are raw hvac calls: run them inside `run`.
+
+    def read_kv(self, path: str) -> tuple[dict[str, Any], int]:
+        """A KV v2 secret's latest data and version: ({}, 0) when it does not exist, and data {}
+        when its latest version was deleted by hand."""
+        try:
+            body = self.client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=self.config.kv_mount, raise_on_deleted_version=False)["data"]
+        except hvac.exceptions.InvalidPath:
+            return {}, 0
+        return body.get("data") or {}, int(body["metadata"]["version"])
+
+    def write_kv(self, path: str, data: dict[str, Any], cas: int) -> int:
+        """Write `data` if the secret is still at version `cas` (0: does not exist yet); returns
+        the new version. Raises CasConflict when someone else wrote first."""
+        try:
+            response = self.client.secrets.kv.v2.create_or_update_secret(
+                path=path, secret=data, cas=cas, mount_point=self.config.kv_mount)
+        except hvac.exceptions.InvalidRequest as exc:
+            if "check-and-set" in str(exc):
+                raise CasConflict() from None
+            raise
+        return int(response["data"]["version"])
+
+    def list_kv(self, path: str) -> list[str]:
+        """The keys in a KV folder ([] when it holds none)."""
+        try:
+            return self.client.secrets.kv.v2.list_secrets(
+                path=path, mount_point=self.config.kv_mount)["data"]["keys"]
+        except hvac.exceptions.InvalidPath:
+            return []
+
+    def delete_kv(self, path: str) -> None:
+        """Delete a secret with all its versions and metadata."""
+        self.client.secrets.kv.v2.delete_metadata_and_all_versions(
+            path=path, mount_point=self.config.kv_mount)
+
+    def capabilities(self, paths: list[str]) -> dict[str, set[str]]:
+        """What our token may do on each of `paths`: e.g. {"secret/data/x": {"create", ...}}."""
+        response = self.client.adapter.post("/v1/sys/capabilities-self", json={"paths": paths})
+        data = response.get("data", response) if isinstance(response, dict) else {}
+        return {path: set(data.get(path) or []) for path in paths}
+
+
+def _vault_message(exc: hvac.exceptions.VaultError) -> str:
+    errors: Any = getattr(exc, "errors", None)
+    if isinstance(errors, list) and errors:
+        return "; ".join(str(e) for e in errors)[:300]
+    return type(exc).__name__
