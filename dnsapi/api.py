@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -53,11 +53,21 @@ class Runtime:
     allowed_origins: frozenset[str]
     audit: AuditLog
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set when shutdown begins
-    in_flight: int = 0  # requests inside dnsapi's handlers
-    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while in_flight is 0
 
-    def __post_init__(self) -> None:
-        self.idle.set()
+    @classmethod
+    def from_config(cls, config: Config, audit: AuditLog | None = None) -> Runtime:
+        return cls(_authenticator(config), RateLimiter(config.rate_limit, config.rate_burst),
+                   RateLimiter(config.refusals.per_second, config.refusals.burst),
+                   frozenset(config.allowed_origins), audit or _audit_log(config))
+
+    def update(self, config: Config) -> AuditLog:
+        """Take a reloaded config's tokens, limits, origins and audit file (reopened, for log
+        rotation); returns the old audit log, for the caller to close once nothing uses it."""
+        fresh = Runtime.from_config(config)
+        old = self.audit
+        self.auth, self.limiter, self.refusals = fresh.auth, fresh.limiter, fresh.refusals
+        self.allowed_origins, self.audit = fresh.allowed_origins, fresh.audit
+        return old
 
 
 SERVICE = web.AppKey("service", RecordService)
@@ -82,6 +92,7 @@ CHARGED = frozenset({400, 401, 403, 404, 405, 408, 413})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
@@ -100,21 +111,13 @@ def note(request: web.Request, **facts: Any) -> None:
 
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: give the request its id (for every log line and the audit trail, and back to
-    the caller in X-Request-Id) and count and time it."""
+    """Give the request its id (for every log line and the audit trail, and back to the caller
+    in X-Request-Id), count and time it, and lift its connection's deadline meanwhile."""
     rid = logs.request_id(request.headers.get("X-Request-Id"))
     logs.REQUEST_ID.set(rid)
     start = time.perf_counter()
-    runtime = request.app[RUNTIME]
-    runtime.in_flight += 1
-    runtime.idle.clear()
-    try:
-        with request.app[GUARD].busy(request):
-            response = await handler(request)
-    finally:
-        runtime.in_flight -= 1
-        if not runtime.in_flight:
-            runtime.idle.set()
+    with request.app[GUARD].busy(request):
+        response = await handler(request)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     metrics = request.app[SERVICE].metrics
@@ -389,31 +392,6 @@ def _authenticator(config: Config) -> Authenticator:
                          tuple(z.name for z in config.zones) if config.open_on_loopback else None)
 
 
-# Settings a running instance cannot change (its listener, Vault session and zone writers are
-# built from them): a reload keeps the running values and reports the key.
-_RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "tls": "tls", "vault": "vault",
-                 "zones": "zones", "max_body_bytes": "max_body_bytes", "http": "http"}
-
-
-def reconfigure(app: web.Application, config: Config) -> list[str]:
-    """Apply a reloaded config: tokens, rate limits, audit file (reopened, for log rotation), TTLs,
-    intervals, limits. Returns the keys that changed but need a restart."""
-    service = app[SERVICE]
-    running = service.config
-    changed = sorted({key for field, key in _RESTART_ONLY.items()
-                      if getattr(running, field) != getattr(config, field)})
-    config = replace(config, **{field: getattr(running, field) for field in _RESTART_ONLY})
-    runtime = app[RUNTIME]
-    old_audit, runtime.audit = runtime.audit, _audit_log(config)
-    runtime.auth = _authenticator(config)
-    runtime.limiter = RateLimiter(config.rate_limit, config.rate_burst)
-    runtime.refusals = RateLimiter(config.refusals.per_second, config.refusals.burst)
-    runtime.allowed_origins = frozenset(config.allowed_origins)
-    service.reconfigure(config, runtime.audit)
-    old_audit.close()
-    return changed
-
-
 async def _summarise_refusals(runtime: Runtime) -> None:
     """Write the audit trail's refusal summary when an interval ends, even if nothing follows."""
     while True:
@@ -421,17 +399,14 @@ async def _summarise_refusals(runtime: Runtime) -> None:
         runtime.audit.flush()
 
 
-def create_app(config: Config, service: RecordService | None = None,
-               audit: AuditLog | None = None) -> web.Application:
-    """The aiohttp application. The service starts with the app and stops with it, finishing
-    every queued change first."""
-    app = web.Application(middlewares=[request_middleware, audit_middleware, error_middleware],
+def create_app(config: Config, service: RecordService | None = None, audit: AuditLog | None = None,
+               outer: tuple[Middleware, ...] = ()) -> web.Application:
+    """The aiohttp application; `outer` middlewares run first (the server's in-flight count).
+    The service starts with the app and stops with it, finishing every queued change first."""
+    app = web.Application(middlewares=[*outer, request_middleware, audit_middleware, error_middleware],
                           client_max_size=config.max_body_bytes)
-    audit = audit or _audit_log(config)
-    app[RUNTIME] = Runtime(_authenticator(config), RateLimiter(config.rate_limit, config.rate_burst),
-                           RateLimiter(config.refusals.per_second, config.refusals.burst),
-                           frozenset(config.allowed_origins), audit)
-    app[SERVICE] = service or RecordService(config, Metrics(), audit=audit)
+    app[RUNTIME] = Runtime.from_config(config, audit)
+    app[SERVICE] = service or RecordService(config, Metrics(), audit=app[RUNTIME].audit)
     app[MAX_BODY] = config.max_body_bytes
     app[GUARD] = ConnectionGuard(config.http, app[SERVICE].metrics)
     app.router.add_post("/v1/records", add_record)

@@ -1,9 +1,13 @@
-"""Load the YAML configuration (plus secrets from the environment) into frozen dataclasses.
+"""Load the YAML configuration (plus secrets from the environment) into frozen pydantic models.
 
 Every problem is reported as a ConfigError whose message starts with the dotted key, so a
 wrong or missing setting fails at start with `vault.addr: must be an http:// or https:// URL`
 rather than somewhere deep in a request. Unknown keys are errors too: a typo must not silently
 fall back to a default.
+
+The models below describe the file: its keys, their defaults and their checks. Three of them
+(`_File`, `_VaultInitFile`, `_PkiWatchFile`) keep the file's nesting and are turned into the flat
+Config, VaultInitConfig and PkiWatchConfig the code reads (`ttl: {min}` becomes `min_ttl`).
 """
 
 from __future__ import annotations
@@ -11,80 +15,400 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self, TypeVar
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
-from .names import InvalidInput, normalize_name, normalize_pattern
+from .names import normalize_name, normalize_pattern
 
 ENV_VAULT_TOKEN = "DNSAPI_VAULT_TOKEN"
 ENV_APPROLE_SECRET_ID = "DNSAPI_VAULT_SECRET_ID"
+SINK_TYPES = ("webhook", "slack", "wecom", "dingtalk", "feishu", "command")
+EAB_POLICIES = ("not-required", "new-account-required", "always-required")
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_MINUTE, _HOUR, _DAY = 60.0, 3600.0, 86400.0
+_VAULT_PATH_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+_KEY_BITS = {"ec": 384, "rsa": 4096, "ed25519": 0}
+_MAX_TTL = 2**31 - 1
+_TOKENS_NEEDED = ("must be a non-empty list of {name, sha256, allow} (to run without tokens on a "
+                  "loopback listener, set open_on_loopback: true)")
+_ARGV = "must be a non-empty list: the program and its arguments (no shell)"
+_HEADERS = "a mapping of header: value strings, for type: webhook only"
 
 
-@dataclass(frozen=True)
-class AppRoleConfig:
-    role_id: str | None
-    role_id_file: Path | None
-    secret_id: str | None
-    secret_id_file: Path | None
-    mount: str
+def parse_duration(value: object) -> float | None:
+    """`30`, `30s`, `500ms`, `5m`, `1h`, `1d` → seconds; None when it is not a duration."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    match = _DURATION_RE.fullmatch(value.strip())
+    if not match:
+        return None
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
-@dataclass(frozen=True)
-class VaultConfig:
-    addr: str
-    token: str | None
-    token_file: Path | None
-    approle: AppRoleConfig | None
-    ca_cert: Path | None
-    kv_mount: str
-    prefix: str
-    timeout: float
+def parse_hostport(text: object) -> tuple[str, int]:
+    """`127.0.0.1:8053` or `[::1]:8053` → (host, port), requiring a literal IP address: a host
+    name would be resolved at a moment nobody chose."""
+    if not isinstance(text, str):
+        raise ValueError("must be a string like 127.0.0.1:8053")
+    match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not IP:PORT (IPv6 as [addr]:port)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range")
+    return host, port
 
 
-@dataclass(frozen=True)
-class ZoneConfig:
-    name: str
-    file: Path
+class _Invalid(ValueError):
+    """A check across keys failed; `loc` names the key to blame, below the value checked (pydantic
+    would blame the whole section)."""
+
+    def __init__(self, message: str, *loc: str | int) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
-@dataclass(frozen=True)
-class TokenConfig:
-    name: str
-    sha256: str
-    allow: tuple[str, ...]
+# Checks for single values. Each raises ValueError with the text that follows the key.
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
 
 
-@dataclass(frozen=True)
-class PkiConfig:
+def _flag(value: object) -> bool:
+    """Only true or false: pydantic would also take `yes`, `1` or `"off"`."""
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _between(low: int, high: int) -> BeforeValidator:
+    """An integer from `low` to `high`. A bool is not one (Python thinks it is)."""
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+    return BeforeValidator(check)
+
+
+def _one_of(options: tuple[str, ...], message: str = "") -> BeforeValidator:
+    def check(value: object) -> object:
+        if value not in options:
+            raise ValueError(message or f"must be one of {', '.join(options)}")
+        return value
+    return BeforeValidator(check)
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds is None or seconds <= 0:
+        raise ValueError("must be a positive duration such as 30s, 5m or 1h")
+    return seconds
+
+
+def _rate(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("must be a number >= 0 (0 turns the limit off)")
+    return float(value)
+
+
+def _vault_path(value: object) -> str:
+    path = _text(value).strip("/")
+    if not _VAULT_PATH_RE.fullmatch(path):
+        raise ValueError(f"{path!r} is not a valid Vault path")
+    return path
+
+
+def _base_url(value: object) -> str:
+    url = _text(value).rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+", url):
+        raise ValueError("must be an http:// or https:// URL without a path")
+    return url
+
+
+def _url(value: object) -> str:
+    if not re.fullmatch(r"https?://\S+", _text(value)):
+        raise ValueError("must be an http:// or https:// URL")
+    return str(value)
+
+
+def _resolver(value: object) -> str:
+    parse_hostport(_text(value))
+    return str(value)
+
+
+def _path(value: object) -> str:
+    return _text(os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
+def _base(info: ValidationInfo) -> Path:
+    """The config file's directory (validated without one: the current directory)."""
+    return (info.context or {}).get("base", Path())
+
+
+def _resolved(path: Path, info: ValidationInfo) -> Path:
+    return (_base(info) / path).resolve()
+
+
+def _unfollowed(path: Path, info: ValidationInfo) -> Path:
+    """For files dnsapi writes secrets into: a symlink planted there must be seen (and refused) by
+    the writer, not silently followed here."""
+    return Path(os.path.abspath(_base(info) / path))
+
+
+def _or_env(name: str) -> AfterValidator:
+    """A secret left out of the file comes from the environment variable `name`, which keeps it
+    out of a file that is easily copied around."""
+    def fill(value: str | None, info: ValidationInfo) -> str | None:
+        return value or (info.context or {}).get("env", {}).get(name) or None
+    return AfterValidator(fill)
+
+
+def _zone_name(value: object) -> str:
+    return normalize_name(_text(value), "zone name")
+
+
+def _label(value: object) -> str:
+    label = normalize_name(_text(value), "challenge_label")
+    if "." in label:
+        raise ValueError("must be a single label")
+    return label
+
+
+def _sha256(value: object) -> str:
+    digest = _text(value).lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError("must be 64 hex digits (the SHA-256 of the token; `dnsapi hash-token` prints it)")
+    return digest
+
+
+def _patterns(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(p, str) for p in value):
+        raise ValueError("must be a non-empty list of name patterns")
+    return tuple(normalize_pattern(p) for p in value)
+
+
+def _origins(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(o, str) and re.fullmatch(r"https?://[^\s/]+", o) for o in value):
+        raise ValueError("must be a list of origins such as https://ops.example (scheme://host[:port], "
+                         "no path)")
+    return tuple(o.lower() for o in value)
+
+
+def _mounts(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not value or not all(
+            isinstance(m, str) and _VAULT_PATH_RE.fullmatch(m.strip("/")) for m in value):
+        raise ValueError("must be a non-empty list of PKI mount paths")
+    return tuple(dict.fromkeys(m.strip("/") for m in value))
+
+
+def _thresholds(value: object) -> tuple[float, ...]:
+    """Largest first; each is warned about once."""
+    seconds = [parse_duration(v) for v in value] if isinstance(value, (list, tuple)) else [None]
+    if not all(s is not None and s > 0 for s in seconds):
+        raise ValueError("must be a list of durations such as [14d, 3d] (empty: no expiry warnings)")
+    return tuple(sorted({s for s in seconds if s}, reverse=True))
+
+
+def _argv(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) and a for a in value):
+        raise ValueError(_ARGV)
+    return tuple(value)
+
+
+def _headers(value: object) -> tuple[tuple[str, str], ...]:
+    """The YAML mapping as pairs. A newline would let a value inject a header of its own."""
+    pairs = tuple(value.items()) if isinstance(value, dict) else value  # a tuple: built in code
+    if not isinstance(pairs, tuple) or not all(
+            isinstance(pair, tuple) and len(pair) == 2
+            and all(isinstance(s, str) and "\n" not in s for s in pair) for pair in pairs):
+        raise ValueError(_HEADERS)
+    return pairs
+
+
+def _sink_env(value: object) -> tuple[tuple[str, str | None], ...]:
+    """A command sink's `env:` list: `NAME` passes that variable through from pki-watch's own
+    environment, `NAME=value` sets it. Nothing else is inherited (see notify._run_command)."""
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(item, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(=.*)?", item, re.S)
+            for item in value):
+        raise ValueError("must be a list of NAME (passed through) or NAME=value strings")
+    return tuple((name, text if sep else None) for name, sep, text in (i.partition("=") for i in value))
+
+
+def _list_of(message: str, empty: bool = True) -> BeforeValidator:
+    """A YAML list (or a tuple, when built in code) whose items are checked one by one."""
+    def check(value: object) -> object:
+        if not isinstance(value, (list, tuple)) or not (value or empty):
+            raise ValueError(message)
+        return value
+    return BeforeValidator(check)
+
+
+def _named_sinks(value: object) -> object:
+    """A sink without a name is called `<type>-<index>`."""
+    if not isinstance(value, list):
+        raise ValueError("must be a list of {type, url} or {type: command, command}")
+    return [{"name": f"{item.get('type')}-{i}", **item} if isinstance(item, dict) else item
+            for i, item in enumerate(value)]
+
+
+def _distinct(**complaints: str) -> AfterValidator:
+    """Refuse the first item that repeats an earlier item's attribute; `complaints` maps each
+    attribute to its message (`{}` is the value)."""
+    def check(items: tuple[Any, ...]) -> tuple[Any, ...]:
+        for attribute, complaint in complaints.items():
+            seen: set[object] = set()
+            for i, item in enumerate(items):
+                value = getattr(item, attribute)
+                if value in seen:
+                    raise _Invalid(complaint.format(value), i, attribute)
+                seen.add(value)
+        return items
+    return AfterValidator(check)
+
+
+# The value types the models share.
+Text = Annotated[str, BeforeValidator(_text)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Duration = Annotated[float, BeforeValidator(_positive_duration)]  # `30s`, `500ms`, `5m`... in seconds
+Rate = Annotated[float, BeforeValidator(_rate)]  # per second; 0: no limit
+HostPort = Annotated[tuple[str, int], BeforeValidator(parse_hostport)]
+BaseUrl = Annotated[str, BeforeValidator(_base_url)]  # scheme://host[:port], no trailing slash
+VaultPath = Annotated[str, BeforeValidator(_vault_path)]
+File = Annotated[Path, BeforeValidator(_path), AfterValidator(_resolved)]  # relative: to the file
+WrittenFile = Annotated[Path, BeforeValidator(_path), AfterValidator(_unfollowed)]  # same, links kept
+
+
+def _section() -> Any:
+    """A section left out is read as an empty one: its defaults, or its first required key named."""
+    return Field(default_factory=dict, validate_default=True)
+
+
+class _Model(BaseModel):
+    """Unknown keys are refused (a typo must not fall back to a default); loaded means final."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AppRoleConfig(_Model):
+    role_id: Text | None = None
+    role_id_file: WrittenFile | None = None
+    secret_id: Annotated[Text | None, _or_env(ENV_APPROLE_SECRET_ID)] = Field(None, validate_default=True)
+    secret_id_file: WrittenFile | None = None
+    mount: VaultPath = "approle"
+
+    @model_validator(mode="after")
+    def _exactly_one_source_each(self) -> Self:
+        if (self.role_id is None) == (self.role_id_file is None):
+            raise _Invalid("set exactly one of role_id or role_id_file", "role_id")
+        if (self.secret_id is None) == (self.secret_id_file is None):
+            raise _Invalid(f"set exactly one of secret_id (or the {ENV_APPROLE_SECRET_ID} environment "
+                           "variable) or secret_id_file", "secret_id")
+        return self
+
+
+class VaultConfig(_Model):
+    addr: BaseUrl
+    token: Annotated[Text | None, _or_env(ENV_VAULT_TOKEN)] = Field(None, validate_default=True)
+    token_file: File | None = None
+    approle: AppRoleConfig | None = None
+    ca_cert: File | None = None
+    kv_mount: VaultPath = "secret"
+    prefix: VaultPath = "dnsapi"
+    timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _one_login(self) -> Self:
+        given = [key for key in ("token", "token_file", "approle") if getattr(self, key)]
+        if len(given) != 1:
+            raise _Invalid(f"set exactly one of vault.token (or the {ENV_VAULT_TOKEN} environment "
+                           "variable), vault.token_file or vault.approle"
+                           + (f"; got {', '.join(given)}" if given else ""), "token")
+        return self
+
+
+class ZoneConfig(_Model):
+    name: Annotated[str, BeforeValidator(_zone_name)]
+    file: File
+
+
+class TokenConfig(_Model):
+    name: Text
+    sha256: Annotated[str, BeforeValidator(_sha256)]
+    allow: Annotated[tuple[str, ...], BeforeValidator(_patterns)]
+
+
+class PkiConfig(_Model):
     """The private CA that `dnsapi vault-init` sets up (see README, "Vault as the ACME CA")."""
 
-    root_mount: str
-    mount: str  # the issuing mount; it serves ACME
-    intermediate: bool  # False: the root issues directly (root_mount == mount)
-    common_name: str
-    key_type: str
-    key_bits: int
-    root_ttl: float
-    intermediate_ttl: float
-    role: str
-    max_ttl: float
-    cluster_url: str  # how clients reach Vault (AIA, CRL and ACME URLs are built from it)
-    acme_dns_resolver: str | None  # IP:PORT of a DNS server for the zones; None: dns_servers[0]
-    eab_policy: str
-    crl_expiry: float
-    tidy_interval: float
-    root_ca_file: Path
+    intermediate: Flag = True  # False: the root issues directly (root_mount == mount)
+    mount: VaultPath = "pki"  # the issuing mount; it serves ACME
+    root_mount: VaultPath = Field(None, validate_default=True)  # left out: see below
+    common_name: Text = "dnsapi internal root CA"
+    key_type: Annotated[str, _one_of(tuple(_KEY_BITS), "must be ec, rsa or ed25519")] = "ec"
+    key_bits: Annotated[int, _between(0, 8192)] = Field(None, validate_default=True)  # left out: by key_type
+    root_ttl: Duration = 87600 * _HOUR
+    intermediate_ttl: Duration = 43800 * _HOUR
+    role: Text = "acme"
+    max_ttl: Duration = 720 * _HOUR
+    # How clients reach Vault (AIA, CRL and ACME URLs are built from it); loading fills in vault.addr.
+    cluster_url: BaseUrl | None = None
+    # IP:PORT of a DNS server for the zones; None: dns_servers[0].
+    acme_dns_resolver: Annotated[str, BeforeValidator(_resolver)] | None = None
+    eab_policy: Annotated[str, _one_of(EAB_POLICIES)] = "not-required"
+    crl_expiry: Duration = 72 * _HOUR
+    tidy_interval: Duration = 12 * _HOUR
+    root_ca_file: WrittenFile = Field(Path("root-ca.pem"), validate_default=True)
+
+    @field_validator("root_mount", mode="before")
+    @classmethod
+    def _root_mount_default(cls, value: object, info: ValidationInfo) -> object:
+        """The root gets a mount of its own, unless it issues directly from `mount`."""
+        if value is None:
+            return "pki_root" if info.data.get("intermediate") else info.data.get("mount")
+        return value
+
+    @field_validator("key_bits", mode="before")
+    @classmethod
+    def _key_bits_default(cls, value: object, info: ValidationInfo) -> object:
+        return _KEY_BITS.get(info.data.get("key_type", ""), 0) if value is None else value
+
+    @model_validator(mode="after")
+    def _two_mounts(self) -> Self:
+        if self.intermediate and self.root_mount == self.mount:
+            raise _Invalid("must differ from pki.mount when intermediate is true", "root_mount")
+        return self
 
 
-@dataclass(frozen=True)
-class VaultInitConfig:
+class VaultInitConfig(_Model):
     policy: str
     approle_role: str  # on the mount and with the credential files of vault.approle
     token_ttl: float
@@ -92,27 +416,46 @@ class VaultInitConfig:
     pki: PkiConfig
 
 
-SINK_TYPES = ("webhook", "slack", "wecom", "dingtalk", "feishu", "command")
-
-
-@dataclass(frozen=True)
-class SinkConfig:
+class SinkConfig(_Model):
     """Where pki-watch pushes events. `url` and `secret` are secrets (webhook keys live in the
     URL for WeCom and DingTalk), so only `name` ever appears in logs."""
 
-    name: str
-    type: str  # one of SINK_TYPES
-    url: str | None  # every type but command
-    secret: str | None  # dingtalk / feishu: the robot's signing secret
-    headers: tuple[tuple[str, str], ...]  # webhook: extra headers, e.g. Authorization
-    command: tuple[str, ...]  # command: argv; the event arrives as JSON on stdin
-    env: tuple[tuple[str, str | None], ...]  # command: its environment besides PATH and LANG
-    # (a value of None: passed through from pki-watch's own environment)
-    timeout: float
+    type: Annotated[str, _one_of(SINK_TYPES)]  # first: the other keys depend on it
+    name: Text
+    url: Annotated[str, BeforeValidator(_url)] | None = None  # every type but command
+    secret: Text | None = None  # dingtalk / feishu: the robot's signing secret
+    # webhook: extra headers, e.g. Authorization
+    headers: Annotated[tuple[tuple[str, str], ...], BeforeValidator(_headers)] = ()
+    # command: argv; the event arrives as JSON on stdin
+    command: Annotated[tuple[str, ...], BeforeValidator(_argv)] = ()
+    # command: its environment besides PATH and LANG (a value of None: passed through from
+    # pki-watch's own environment)
+    env: Annotated[tuple[tuple[str, str | None], ...], BeforeValidator(_sink_env)] = ()
+    timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _keys_of_its_type(self) -> Self:
+        """A key another type would use is an error, not silently ignored."""
+        if self.type == "command":
+            if not self.command:
+                raise _Invalid(_ARGV, "command")
+            if self.url is not None:
+                raise _Invalid("a command sink has no url", "url")
+        else:
+            if self.url is None:
+                raise _Invalid("must be an http:// or https:// URL", "url")
+            if self.command:
+                raise _Invalid("only for type: command", "command")
+        if self.secret is not None and self.type not in ("dingtalk", "feishu"):
+            raise _Invalid("only dingtalk and feishu sign requests", "secret")
+        if self.headers and self.type != "webhook":
+            raise _Invalid(_HEADERS, "headers")
+        if self.env and self.type != "command":
+            raise _Invalid("only for type: command", "env")
+        return self
 
 
-@dataclass(frozen=True)
-class PkiWatchConfig:
+class PkiWatchConfig(_Model):
     mounts: tuple[str, ...]
     interval: float
     expiry_warn: tuple[float, ...]  # thresholds in seconds, largest first
@@ -124,44 +467,53 @@ class PkiWatchConfig:
     sinks: tuple[SinkConfig, ...]
 
 
-@dataclass(frozen=True)
-class TlsConfig:
-    cert: Path
-    key: Path
+class TlsConfig(_Model):
+    cert: File
+    key: File
 
 
-@dataclass(frozen=True)
-class HttpLimits:
+class HttpLimits(_Model):
     """How much a connection may hold before dnsapi closes it (see dnsapi/connections.py): slow or
     idle clients must not take descriptors from real ones."""
 
-    request_timeout: float  # a request's headers and body must arrive within this
-    keepalive_timeout: float  # an idle keep-alive connection is closed after this
-    max_connections: int  # open connections in all (also kept below the descriptor limit)
-    max_connections_per_address: int  # open connections from one source address
+    request_timeout: Duration = 10.0  # a request's headers and body must arrive within this
+    keepalive_timeout: Duration = 15.0  # an idle keep-alive connection is closed after this
+    # open connections in all (also kept below the descriptor limit), and from one source address
+    max_connections: Annotated[int, _between(1, 1_000_000)] = 900
+    max_connections_per_address: Annotated[int, _between(1, 1_000_000)] = 128
+
+    @model_validator(mode="after")
+    def _share_within_total(self) -> Self:
+        if self.max_connections_per_address > self.max_connections:
+            raise _Invalid("must not exceed http.max_connections", "max_connections_per_address")
+        return self
 
 
-@dataclass(frozen=True)
-class WaitLimits:
+class WaitLimits(_Model):
     """`wait: true` requests poll DNS until the record is served: bounded per token and in all."""
 
-    per_token: int
-    total: int
+    per_token: Annotated[int, _between(1, 100_000)] = 20
+    total: Annotated[int, _between(1, 100_000)] = 200
+
+    @model_validator(mode="after")
+    def _share_within_total(self) -> Self:
+        if self.per_token > self.total:
+            raise _Invalid("must not exceed waits.total", "per_token")
+        return self
 
 
-@dataclass(frozen=True)
-class RefusalLimits:
+class RefusalLimits(_Model):
     """Refused requests (bad token, bad input) per source address, and how often the audit trail
     sums up the refusals it does not write line by line."""
 
-    per_second: float
-    burst: int
-    audit_interval: float
-    audit_lines: int  # refusals written in full per interval; the rest are counted
+    per_second: Rate = 5.0
+    burst: Annotated[int, _between(1, 1_000_000)] = 20
+    audit_interval: Duration = 60.0
+    # refusals written in full per interval; the rest are counted
+    audit_lines: Annotated[int, _between(0, 1_000_000)] = 100
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(_Model):
     listen_host: str
     listen_port: int
     tls: TlsConfig | None
@@ -196,104 +548,143 @@ class Config:
         return tuple(zone.name for zone in self.zones)
 
 
-class _Section:
-    """A mapping being read: remembers its dotted path and which keys were consumed."""
+# The file's own shape where it nests what the code reads flat.
 
-    def __init__(self, data: Any, path: str) -> None:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path or 'config'}: must be a mapping")
-        self.data = data
-        self.path = path
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def get(self, name: str, default: Any = None) -> Any:
-        self.used.add(name)
-        return self.data.get(name, default)
-
-    def optional_text(self, name: str) -> str | None:
-        value = self.get(name)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{self.key(name)}: must be a string")
-        return value or None
-
-    def text(self, name: str, default: str) -> str:
-        return self.optional_text(name) or default
-
-    def required_text(self, name: str) -> str:
-        value = self.optional_text(name)
-        if value is None:
-            raise ConfigError(f"{self.key(name)}: is required")
-        return value
-
-    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        value = self.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-            raise ConfigError(f"{self.key(name)}: must be an integer from {minimum} to {maximum}")
-        return value
-
-    def duration(self, name: str, default: str) -> float:
-        value = self.get(name, default)
-        seconds = parse_duration(value)
-        if seconds is None or seconds <= 0:
-            raise ConfigError(f"{self.key(name)}: must be a positive duration such as 30s, 5m or 1h")
-        return seconds
-
-    def optional_path(self, name: str, base: Path, follow_links: bool = True) -> Path | None:
-        """`follow_links=False` for files dnsapi writes secrets into: a symlink planted there must
-        be seen (and refused) by the writer, not silently followed here."""
-        value = self.optional_text(name)
-        if value is None:
-            return None
-        return (base / value).resolve() if follow_links else Path(os.path.abspath(base / value))
-
-    def required_path(self, name: str, base: Path) -> Path:
-        return (base / self.required_text(name)).resolve()
-
-    def section(self, name: str) -> _Section:
-        self.used.add(name)
-        return _Section(self.data.get(name), self.key(name))
-
-    def finish(self) -> None:
-        unknown = sorted(set(map(str, self.data)) - self.used)
-        if unknown:
-            raise ConfigError(f"{self.key(unknown[0])}: unknown setting")
+Zones = Annotated[tuple[ZoneConfig, ...], _list_of("must be a non-empty list of {name, file}", empty=False),
+                  _distinct(name="zone {!r} is listed twice", file="{} is used by two zones")]
 
 
-def parse_duration(value: object) -> float | None:
-    """`30`, `30s`, `500ms`, `5m`, `1h`, `1d` → seconds; None when it is not a duration."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if not isinstance(value, str):
-        return None
-    match = _DURATION_RE.fullmatch(value.strip())
-    if not match:
-        return None
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+class _Ttl(_Model):
+    max: Annotated[int, _between(1, _MAX_TTL)] = 3600
+    min: Annotated[int, _between(0, _MAX_TTL)] = 1
+    default: Annotated[int, _between(0, _MAX_TTL)] = 60
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min > self.max:
+            raise _Invalid(f"must be an integer from 0 to {self.max}", "min")
+        if not self.min <= self.default <= self.max:
+            raise _Invalid(f"must be an integer from {self.min} to {self.max}", "default")
+        return self
 
 
-def parse_hostport(text: object, key: str) -> tuple[str, int]:
-    """`127.0.0.1:8053` or `[::1]:8053` → (host, port), requiring a literal IP address."""
-    if not isinstance(text, str):
-        raise ConfigError(f"{key}: must be a string like 127.0.0.1:8053")
-    match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
-    if not match:
-        raise ConfigError(f"{key}: {text!r} is not IP:PORT (IPv6 as [addr]:port)")
-    host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4))
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"{key}: {host!r} is not an IP address") from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"{key}: port {port} is out of range")
-    return host, port
+class _RateLimit(_Model):
+    per_second: Rate = 50.0
+    burst: Annotated[int, _between(1, 1_000_000)] = 200
+
+
+class _Audit(_Model):
+    file: File | None = None
+
+
+class _AppRoleRole(_Model):
+    """vault_init.approle: the role vault-init creates for dnsapi."""
+
+    role: Text = "dnsapi"
+    token_ttl: Duration = _HOUR
+    token_max_ttl: Duration = _DAY
+
+
+class _VaultInitFile(_Model):
+    """The `vault_init` section, read by `dnsapi vault-init`."""
+
+    policy: Text = "dnsapi"
+    approle: _AppRoleRole = _section()
+    pki: PkiConfig = _section()
+
+    def config(self, vault_addr: str) -> VaultInitConfig:
+        pki = self.pki if self.pki.cluster_url else self.pki.model_copy(update={"cluster_url": vault_addr})
+        return VaultInitConfig(policy=self.policy, approle_role=self.approle.role,
+                               token_ttl=self.approle.token_ttl, token_max_ttl=self.approle.token_max_ttl,
+                               pki=pki)
+
+
+class _Retry(_Model):
+    initial: Duration = 5.0
+    max: Duration = 5 * _MINUTE
+    give_up: Duration = 7 * _DAY
+
+
+class _PkiWatchFile(_Model):
+    """The `pki_watch` section, read by `dnsapi pki-watch`."""
+
+    mounts: Annotated[tuple[str, ...], BeforeValidator(_mounts)] | None = None  # None: vault-init's
+    interval: Duration = 60.0
+    expiry_warn: Annotated[tuple[float, ...], BeforeValidator(_thresholds)] = (14 * _DAY, 3 * _DAY)
+    crl_grace: Duration = 20 * _MINUTE
+    ocsp: Flag = True
+    retry: _Retry = _section()
+    sinks: Annotated[tuple[SinkConfig, ...], BeforeValidator(_named_sinks),
+                     _distinct(name="sink name {!r} is used twice")] = ()
+
+    def config(self, pki: PkiConfig) -> PkiWatchConfig:
+        created = (pki.root_mount, pki.mount) if pki.intermediate else (pki.mount,)
+        return PkiWatchConfig(mounts=self.mounts or created, interval=self.interval,
+                              expiry_warn=self.expiry_warn, crl_grace=self.crl_grace, ocsp=self.ocsp,
+                              retry_initial=self.retry.initial, retry_max=self.retry.max,
+                              give_up=self.retry.give_up, sinks=self.sinks)
+
+
+class _File(_Model):
+    """The whole file, read by `dnsapi serve`; keys in the order they are checked."""
+
+    listen: HostPort = ("127.0.0.1", 8053)
+    tls: TlsConfig | None = None
+    vault: VaultConfig = _section()
+    zones: Zones = Field((), validate_default=True)  # left out: refused as an empty list
+    dns_servers: Annotated[tuple[HostPort, ...], _list_of("must be a list of IP:PORT strings")] = ()
+    challenge_label: Annotated[str, BeforeValidator(_label)] = "_acme-challenge"
+    open_on_loopback: Flag = False
+    tokens: Annotated[tuple[TokenConfig, ...], _list_of(_TOKENS_NEEDED),
+                      _distinct(name="token name {!r} is used twice",
+                                sha256="the same token hash is listed twice")] = ()
+    rate_limit: _RateLimit = _section()
+    refusals: RefusalLimits = _section()
+    audit: _Audit = _section()
+    http: HttpLimits = _section()
+    waits: WaitLimits = _section()
+    allowed_origins: Annotated[tuple[str, ...], BeforeValidator(_origins)] = ()
+    ttl: _Ttl = _section()
+    vault_init: _VaultInitFile = _section()
+    reconcile_interval: Duration = 10.0
+    watch_interval: Duration = 0.5
+    propagation_timeout: Duration = 60.0
+    max_records_per_zone: Annotated[int, _between(1, 100_000)] = 2000
+    max_records_per_token: Annotated[int, _between(1, 100_000)] = 100
+    max_body_bytes: Annotated[int, _between(256, 1 << 20)] = 16384
+    max_age: Duration = _HOUR
+    pki_watch: _PkiWatchFile = _section()
+
+    @model_validator(mode="after")
+    def _tokens_or_open_loopback(self) -> Self:
+        """Without tokens anyone who reaches the listener may write records: only when asked
+        for, and only on loopback."""
+        if self.open_on_loopback and not ipaddress.ip_address(self.listen[0]).is_loopback:
+            raise _Invalid(f"only allowed when listen is a loopback address, not {self.listen[0]}",
+                           "open_on_loopback")
+        if not self.tokens and not self.open_on_loopback:
+            raise _Invalid(_TOKENS_NEEDED, "tokens")
+        return self
+
+    def config(self) -> Config:
+        vault_init = self.vault_init.config(self.vault.addr)
+        return Config(
+            listen_host=self.listen[0], listen_port=self.listen[1], tls=self.tls, vault=self.vault,
+            zones=self.zones, dns_servers=self.dns_servers, tokens=self.tokens,
+            challenge_label=self.challenge_label,
+            default_ttl=self.ttl.default, min_ttl=self.ttl.min, max_ttl=self.ttl.max,
+            reconcile_interval=self.reconcile_interval, watch_interval=self.watch_interval,
+            propagation_timeout=self.propagation_timeout, max_records_per_zone=self.max_records_per_zone,
+            max_records_per_token=self.max_records_per_token, max_body_bytes=self.max_body_bytes,
+            max_age=self.max_age, rate_limit=self.rate_limit.per_second, rate_burst=self.rate_limit.burst,
+            refusals=self.refusals, http=self.http, waits=self.waits, allowed_origins=self.allowed_origins,
+            audit_file=self.audit.file, open_on_loopback=self.open_on_loopback, vault_init=vault_init,
+            pki_watch=self.pki_watch.config(vault_init.pki),
+        )
+
+
+class _ZonesOnly(BaseModel):
+    zones: Zones = Field((), validate_default=True)
 
 
 def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
@@ -310,376 +701,46 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
 
 
 def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
-    root = _Section(raw, "")
-    listen_host, listen_port = parse_hostport(root.get("listen", "127.0.0.1:8053"), "listen")
-    tls = None
-    if root.get("tls") is not None:
-        section = root.section("tls")
-        tls = TlsConfig(cert=section.required_path("cert", base), key=section.required_path("key", base))
-        section.finish()
-    vault = _vault(root.section("vault"), base, env)
-    zones = _zones(root.get("zones"), base)
-    dns_servers = _dns_servers(root.get("dns_servers", []))
-    challenge_label = root.text("challenge_label", "_acme-challenge")
-    try:
-        challenge_label = normalize_name(challenge_label, "challenge_label")
-    except InvalidInput as exc:
-        raise ConfigError(f"challenge_label: {exc.message}") from None
-    if "." in challenge_label:
-        raise ConfigError("challenge_label: must be a single label")
-    open_on_loopback = root.get("open_on_loopback", False)
-    if not isinstance(open_on_loopback, bool):
-        raise ConfigError("open_on_loopback: must be true or false")
-    if open_on_loopback:
-        if not ipaddress.ip_address(listen_host).is_loopback:
-            raise ConfigError(f"open_on_loopback: only allowed when listen is a loopback address, "
-                              f"not {listen_host}")
-        tokens = _tokens(root.get("tokens") or [], required=False)
-    else:
-        tokens = _tokens(root.get("tokens"), required=True)
-    rate = root.section("rate_limit")
-    rate_limit = rate.get("per_second", 50)
-    if isinstance(rate_limit, bool) or not isinstance(rate_limit, (int, float)) or rate_limit < 0:
-        raise ConfigError(f"{rate.key('per_second')}: must be a number >= 0 (0 turns the limit off)")
-    rate_burst = rate.integer("burst", 200, 1, 1_000_000)
-    rate.finish()
-    refusals = _refusals(root.section("refusals"))
-    audit = root.section("audit")
-    audit_file = audit.optional_path("file", base)
-    audit.finish()
-    http = _http_limits(root.section("http"))
-    waits = root.section("waits")
-    wait_limits = WaitLimits(per_token=waits.integer("per_token", 20, 1, 100_000),
-                             total=waits.integer("total", 200, 1, 100_000))
-    waits.finish()
-    if wait_limits.per_token > wait_limits.total:
-        raise ConfigError(f"{waits.key('per_token')}: must not exceed waits.total")
-    origins = root.get("allowed_origins", [])
-    if not isinstance(origins, list) or not all(
-            isinstance(o, str) and re.fullmatch(r"https?://[^\s/]+", o) for o in origins):
-        raise ConfigError("allowed_origins: must be a list of origins such as https://ops.example "
-                          "(scheme://host[:port], no path)")
-
-    ttl = root.section("ttl")
-    max_ttl = ttl.integer("max", 3600, 1, 2**31 - 1)
-    min_ttl = ttl.integer("min", 1, 0, max_ttl)
-    default_ttl = ttl.integer("default", 60, min_ttl, max_ttl)
-    ttl.finish()
-
-    vault_init = _vault_init(root.section("vault_init"), base, vault)
-    config = Config(
-        listen_host=listen_host,
-        listen_port=listen_port,
-        tls=tls,
-        vault=vault,
-        zones=zones,
-        dns_servers=dns_servers,
-        tokens=tokens,
-        challenge_label=challenge_label,
-        default_ttl=default_ttl,
-        min_ttl=min_ttl,
-        max_ttl=max_ttl,
-        reconcile_interval=root.duration("reconcile_interval", "10s"),
-        watch_interval=root.duration("watch_interval", "500ms"),
-        propagation_timeout=root.duration("propagation_timeout", "60s"),
-        max_records_per_zone=root.integer("max_records_per_zone", 2000, 1, 100_000),
-        max_records_per_token=root.integer("max_records_per_token", 100, 1, 100_000),
-        max_body_bytes=root.integer("max_body_bytes", 16384, 256, 1 << 20),
-        max_age=root.duration("max_age", "1h"),
-        rate_limit=float(rate_limit),
-        rate_burst=rate_burst,
-        refusals=refusals,
-        http=http,
-        waits=wait_limits,
-        allowed_origins=tuple(o.lower() for o in origins),
-        audit_file=audit_file,
-        open_on_loopback=open_on_loopback,
-        vault_init=vault_init,
-        pki_watch=_pki_watch(root.section("pki_watch"), vault_init.pki),
-    )
-    root.finish()
-    return config
-
-
-def _http_limits(section: _Section) -> HttpLimits:
-    limits = HttpLimits(
-        request_timeout=section.duration("request_timeout", "10s"),
-        keepalive_timeout=section.duration("keepalive_timeout", "15s"),
-        max_connections=section.integer("max_connections", 900, 1, 1_000_000),
-        max_connections_per_address=section.integer("max_connections_per_address", 128, 1, 1_000_000),
-    )
-    section.finish()
-    if limits.max_connections_per_address > limits.max_connections:
-        raise ConfigError(f"{section.key('max_connections_per_address')}: must not exceed "
-                          "http.max_connections")
-    return limits
-
-
-def _refusals(section: _Section) -> RefusalLimits:
-    rate = section.get("per_second", 5)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate < 0:
-        raise ConfigError(f"{section.key('per_second')}: must be a number >= 0 (0 turns the limit off)")
-    limits = RefusalLimits(
-        per_second=float(rate),
-        burst=section.integer("burst", 20, 1, 1_000_000),
-        audit_interval=section.duration("audit_interval", "60s"),
-        audit_lines=section.integer("audit_lines", 100, 0, 1_000_000),
-    )
-    section.finish()
-    return limits
-
-
-def _vault(section: _Section, base: Path, env: dict[str, str]) -> VaultConfig:
-    addr = section.required_text("addr")
-    if not re.fullmatch(r"https?://[^\s/]+/?", addr):
-        raise ConfigError(f"{section.key('addr')}: must be an http:// or https:// URL without a path")
-    token = section.optional_text("token") or env.get(ENV_VAULT_TOKEN) or None
-    token_file = section.optional_path("token_file", base)
-    approle = None
-    if section.get("approle") is not None:
-        approle = _approle(section.section("approle"), base, env)
-    given = [k for k, v in (("token", token), ("token_file", token_file), ("approle", approle)) if v]
-    if len(given) != 1:
-        raise ConfigError(f"{section.key('token')}: set exactly one of vault.token (or the "
-                          f"{ENV_VAULT_TOKEN} environment variable), vault.token_file or "
-                          f"vault.approle" + (f"; got {', '.join(given)}" if given else ""))
-    kv_mount = section.text("kv_mount", "secret").strip("/")
-    prefix = section.text("prefix", "dnsapi").strip("/")
-    for key, value in (("kv_mount", kv_mount), ("prefix", prefix)):
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", value):
-            raise ConfigError(f"{section.key(key)}: {value!r} is not a valid Vault path")
-    config = VaultConfig(
-        addr=addr.rstrip("/"),
-        token=token,
-        token_file=token_file,
-        approle=approle,
-        ca_cert=section.optional_path("ca_cert", base),
-        kv_mount=kv_mount,
-        prefix=prefix,
-        timeout=section.duration("timeout", "10s"),
-    )
-    section.finish()
-    return config
-
-
-EAB_POLICIES = ("not-required", "new-account-required", "always-required")
-
-
-def _vault_init(section: _Section, base: Path, vault: VaultConfig) -> VaultInitConfig:
-    approle = section.section("approle")
-    pki = section.section("pki")
-    intermediate = pki.get("intermediate", True)
-    if not isinstance(intermediate, bool):
-        raise ConfigError(f"{pki.key('intermediate')}: must be true or false")
-    mount = pki.text("mount", "pki").strip("/")
-    key_type = pki.text("key_type", "ec")
-    if key_type not in ("ec", "rsa", "ed25519"):
-        raise ConfigError(f"{pki.key('key_type')}: must be ec, rsa or ed25519")
-    default_bits = {"ec": 384, "rsa": 4096, "ed25519": 0}[key_type]
-    resolver = pki.optional_text("acme_dns_resolver")
-    if resolver is not None:
-        parse_hostport(resolver, pki.key("acme_dns_resolver"))
-    eab_policy = pki.text("eab_policy", "not-required")
-    if eab_policy not in EAB_POLICIES:
-        raise ConfigError(f"{pki.key('eab_policy')}: must be one of {', '.join(EAB_POLICIES)}")
-    cluster_url = pki.text("cluster_url", vault.addr).rstrip("/")
-    if not re.fullmatch(r"https?://[^\s/]+", cluster_url):
-        raise ConfigError(f"{pki.key('cluster_url')}: must be an http:// or https:// URL without a path")
-    pki_config = PkiConfig(
-        root_mount=pki.text("root_mount", "pki_root" if intermediate else mount).strip("/"),
-        mount=mount,
-        intermediate=intermediate,
-        common_name=pki.text("common_name", "dnsapi internal root CA"),
-        key_type=key_type,
-        key_bits=pki.integer("key_bits", default_bits, 0, 8192),
-        root_ttl=pki.duration("root_ttl", "87600h"),
-        intermediate_ttl=pki.duration("intermediate_ttl", "43800h"),
-        role=pki.text("role", "acme"),
-        max_ttl=pki.duration("max_ttl", "720h"),
-        cluster_url=cluster_url,
-        acme_dns_resolver=resolver,
-        eab_policy=eab_policy,
-        crl_expiry=pki.duration("crl_expiry", "72h"),
-        tidy_interval=pki.duration("tidy_interval", "12h"),
-        root_ca_file=pki.optional_path("root_ca_file", base, follow_links=False) or base / "root-ca.pem",
-    )
-    pki.finish()
-    if pki_config.intermediate and pki_config.root_mount == pki_config.mount:
-        raise ConfigError(f"{pki.key('root_mount')}: must differ from pki.mount when "
-                          "intermediate is true")
-    config = VaultInitConfig(
-        policy=section.text("policy", "dnsapi"),
-        approle_role=approle.text("role", "dnsapi"),
-        token_ttl=approle.duration("token_ttl", "1h"),
-        token_max_ttl=approle.duration("token_max_ttl", "24h"),
-        pki=pki_config,
-    )
-    approle.finish()
-    section.finish()
-    return config
-
-
-def _pki_watch(section: _Section, pki: PkiConfig) -> PkiWatchConfig:
-    mounts = section.get("mounts")
-    if mounts is None:  # the mounts vault-init creates
-        mounts = [pki.root_mount, pki.mount] if pki.intermediate else [pki.mount]
-    if (not isinstance(mounts, list) or not mounts
-            or not all(isinstance(m, str) and re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*",
-                                                           m.strip("/")) for m in mounts)):
-        raise ConfigError(f"{section.key('mounts')}: must be a non-empty list of PKI mount paths")
-    warn = section.get("expiry_warn", ["14d", "3d"])
-    thresholds = [parse_duration(w) for w in warn] if isinstance(warn, list) else [None]
-    if not all(t is not None and t > 0 for t in thresholds):
-        raise ConfigError(f"{section.key('expiry_warn')}: must be a list of durations such as "
-                          "[14d, 3d] (empty: no expiry warnings)")
-    ocsp = section.get("ocsp", True)
-    if not isinstance(ocsp, bool):
-        raise ConfigError(f"{section.key('ocsp')}: must be true or false")
-    retry = section.section("retry")
-    config = PkiWatchConfig(
-        mounts=tuple(dict.fromkeys(m.strip("/") for m in mounts)),
-        interval=section.duration("interval", "60s"),
-        expiry_warn=tuple(sorted({t for t in thresholds if t}, reverse=True)),
-        crl_grace=section.duration("crl_grace", "20m"),
-        ocsp=ocsp,
-        retry_initial=retry.duration("initial", "5s"),
-        retry_max=retry.duration("max", "5m"),
-        give_up=retry.duration("give_up", "7d"),
-        sinks=_sinks(section.get("sinks", [])),
-    )
-    retry.finish()
-    section.finish()
-    return config
-
-
-def _sinks(raw: Any) -> tuple[SinkConfig, ...]:
-    if not isinstance(raw, list):
-        raise ConfigError("pki_watch.sinks: must be a list of {type, url} or {type: command, command}")
-    sinks: list[SinkConfig] = []
-    for i, item in enumerate(raw):
-        section = _Section(item, f"pki_watch.sinks[{i}]")
-        kind = section.required_text("type")
-        if kind not in SINK_TYPES:
-            raise ConfigError(f"{section.key('type')}: must be one of {', '.join(SINK_TYPES)}")
-        name = section.text("name", f"{kind}-{i}")
-        url = section.optional_text("url")
-        command = section.get("command")
-        if kind == "command":
-            if (not isinstance(command, list) or not command
-                    or not all(isinstance(a, str) and a for a in command)):
-                raise ConfigError(f"{section.key('command')}: must be a non-empty list: the "
-                                  "program and its arguments (no shell)")
-            if url is not None:
-                raise ConfigError(f"{section.key('url')}: a command sink has no url")
-        else:
-            if url is None or not re.fullmatch(r"https?://[^\s]+", url):
-                raise ConfigError(f"{section.key('url')}: must be an http:// or https:// URL")
-            if command is not None:
-                raise ConfigError(f"{section.key('command')}: only for type: command")
-        secret = section.optional_text("secret")
-        if secret is not None and kind not in ("dingtalk", "feishu"):
-            raise ConfigError(f"{section.key('secret')}: only dingtalk and feishu sign requests")
-        headers = section.get("headers") or {}
-        if (not isinstance(headers, dict) or kind != "webhook" and headers
-                or not all(isinstance(k, str) and isinstance(v, str) and "\n" not in k + v
-                           for k, v in headers.items())):
-            raise ConfigError(f"{section.key('headers')}: a mapping of header: value strings, "
-                              "for type: webhook only")
-        env = _sink_env(section, kind)
-        sinks.append(SinkConfig(name=name, type=kind, url=url, secret=secret,
-                                headers=tuple(headers.items()), command=tuple(command or ()),
-                                env=env, timeout=section.duration("timeout", "10s")))
-        section.finish()
-        if [s.name for s in sinks].count(name) > 1:
-            raise ConfigError(f"{section.key('name')}: sink name {name!r} is used twice")
-    return tuple(sinks)
-
-
-def _sink_env(section: _Section, kind: str) -> tuple[tuple[str, str | None], ...]:
-    """A command sink's `env:` list: `NAME` passes that variable through from pki-watch's own
-    environment, `NAME=value` sets it. Nothing else is inherited (see notify._run_command)."""
-    raw = section.get("env") or []
-    if raw and kind != "command":
-        raise ConfigError(f"{section.key('env')}: only for type: command")
-    if not isinstance(raw, list) or not all(
-            isinstance(item, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(=.*)?", item, re.S)
-            for item in raw):
-        raise ConfigError(f"{section.key('env')}: must be a list of NAME (passed through) or "
-                          "NAME=value strings")
-    pairs = []
-    for item in raw:
-        name, sep, value = item.partition("=")
-        pairs.append((name, value if sep else None))
-    return tuple(pairs)
-
-
-def _approle(section: _Section, base: Path, env: dict[str, str]) -> AppRoleConfig:
-    config = AppRoleConfig(
-        role_id=section.optional_text("role_id"),
-        role_id_file=section.optional_path("role_id_file", base, follow_links=False),
-        secret_id=section.optional_text("secret_id") or env.get(ENV_APPROLE_SECRET_ID) or None,
-        secret_id_file=section.optional_path("secret_id_file", base, follow_links=False),
-        mount=section.text("mount", "approle").strip("/"),
-    )
-    section.finish()
-    if (config.role_id is None) == (config.role_id_file is None):
-        raise ConfigError(f"{section.key('role_id')}: set exactly one of role_id or role_id_file")
-    if (config.secret_id is None) == (config.secret_id_file is None):
-        raise ConfigError(f"{section.key('secret_id')}: set exactly one of secret_id (or the "
-                          f"{ENV_APPROLE_SECRET_ID} environment variable) or secret_id_file")
-    return config
+    """Validate a parsed file: relative paths are relative to `base`, secrets it leaves out come
+    from `env`. An empty file is an empty mapping (so the first required key gets named)."""
+    return _validate(_File, {} if raw is None else raw, base, env).config()
 
 
 def _zones(raw: Any, base: Path) -> tuple[ZoneConfig, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("zones: must be a non-empty list of {name, file}")
-    zones: list[ZoneConfig] = []
-    for i, item in enumerate(raw):
-        section = _Section(item, f"zones[{i}]")
-        name = section.required_text("name")
-        try:
-            name = normalize_name(name, "zone name")
-        except InvalidInput as exc:
-            raise ConfigError(f"{section.key('name')}: {exc.message}") from None
-        zone = ZoneConfig(name=name, file=section.required_path("file", base))
-        section.finish()
-        if any(z.name == zone.name for z in zones):
-            raise ConfigError(f"{section.key('name')}: zone {name!r} is listed twice")
-        if any(z.file == zone.file for z in zones):
-            raise ConfigError(f"{section.key('file')}: {zone.file} is used by two zones")
-        zones.append(zone)
-    return tuple(zones)
+    """Only the `zones` list of a file, for `dnsapi zone edit`, which needs nothing else."""
+    return _validate(_ZonesOnly, {"zones": raw}, base, {}).zones
 
 
-def _dns_servers(raw: Any) -> tuple[tuple[str, int], ...]:
-    if not isinstance(raw, list):
-        raise ConfigError("dns_servers: must be a list of IP:PORT strings")
-    return tuple(parse_hostport(item, f"dns_servers[{i}]") for i, item in enumerate(raw))
+_M = TypeVar("_M", bound=BaseModel)
 
 
-def _tokens(raw: Any, required: bool) -> tuple[TokenConfig, ...]:
-    if not isinstance(raw, list) or (required and not raw):
-        raise ConfigError("tokens: must be a non-empty list of {name, sha256, allow} (to run "
-                          "without tokens on a loopback listener, set open_on_loopback: true)")
-    tokens: list[TokenConfig] = []
-    for i, item in enumerate(raw):
-        section = _Section(item, f"tokens[{i}]")
-        name = section.required_text("name")
-        digest = section.required_text("sha256").lower()
-        if not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise ConfigError(f"{section.key('sha256')}: must be 64 hex digits "
-                              "(the SHA-256 of the token; `dnsapi hash-token` prints it)")
-        allow = section.get("allow")
-        if not isinstance(allow, list) or not allow or not all(isinstance(p, str) for p in allow):
-            raise ConfigError(f"{section.key('allow')}: must be a non-empty list of name patterns")
-        try:
-            patterns = tuple(normalize_pattern(p) for p in allow)
-        except InvalidInput as exc:
-            raise ConfigError(f"{section.key('allow')}: {exc.message}") from None
-        section.finish()
-        if any(t.name == name for t in tokens):
-            raise ConfigError(f"{section.key('name')}: token name {name!r} is used twice")
-        if any(t.sha256 == digest for t in tokens):
-            raise ConfigError(f"{section.key('sha256')}: the same token hash is listed twice")
-        tokens.append(TokenConfig(name=name, sha256=digest, allow=patterns))
-    return tuple(tokens)
+def _validate(model: type[_M], raw: Any, base: Path, env: dict[str, str]) -> _M:
+    try:
+        return model.model_validate(_without_blanks(raw), context={"base": base, "env": env})
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def _without_blanks(value: Any) -> Any:
+    """A key set to null (YAML's `key:` with nothing after it) or to "" is a key left out: its
+    default applies, or the environment's secret."""
+    if isinstance(value, dict):
+        return {str(key): _without_blanks(item) for key, item in value.items()
+                if item is not None and item != ""}
+    if isinstance(value, list):
+        return [_without_blanks(item) for item in value]
+    return value
+
+
+_MESSAGES = {"missing": "is required", "extra_forbidden": "unknown setting",
+             "model_type": "must be a mapping"}
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first problem as `dotted.key[0].name: message`, the key as the operator wrote it."""
+    error = exc.errors()[0]
+    cause = error.get("ctx", {}).get("error")
+    loc = (*error["loc"], *cause.loc) if isinstance(cause, _Invalid) else error["loc"]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    message = _MESSAGES.get(error["type"]) or (str(cause) if cause else error["msg"])
+    return ConfigError(f"{key or 'config'}: {message}")

@@ -19,7 +19,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import config as config_module
 from . import systemd
-from .api import GUARD, RUNTIME, SERVICE, create_app, reconfigure
+from .api import GUARD, RUNTIME, SERVICE, Handler, create_app
 from .config import Config
 from .connections import GuardedSite
 from .errors import ConfigError
@@ -28,6 +28,26 @@ log = logging.getLogger("dnsapi")
 
 SHUTDOWN_TIMEOUT = 60.0  # in-flight requests (a `wait` may take propagation_timeout) get this long
 STRAGGLER_GRACE = 2.0  # then connections whose request never reached dnsapi get this long
+
+
+class InFlight:
+    """Counts the requests inside dnsapi's handlers, so a shutdown can wait for exactly those."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.count += 1
+        self.idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if not self.count:
+                self.idle.set()
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -53,7 +73,8 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
 async def serve(path: Path) -> None:
     config = config_module.load(path)
     context = ssl_context(config)
-    app = create_app(config)
+    in_flight = InFlight()
+    app = create_app(config, outer=(in_flight.middleware,))
     # handler_cancellation: a client that disconnects cancels its request, so a `wait` stops
     # polling (a change already queued is still written: the zone writer owns it).
     runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=STRAGGLER_GRACE,
@@ -84,9 +105,30 @@ async def serve(path: Path) -> None:
     for site in list(runner.sites):
         await site.stop()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(runtime.idle.wait(), SHUTDOWN_TIMEOUT)
+        await asyncio.wait_for(in_flight.idle.wait(), SHUTDOWN_TIMEOUT)
     await runner.cleanup()
     log.info("stopped")
+
+
+# Settings a running instance cannot change (its listener, Vault session and zone writers are
+# built from them): a reload keeps the running values and reports the key.
+_RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "tls": "tls", "vault": "vault",
+                 "zones": "zones", "max_body_bytes": "max_body_bytes", "http": "http"}
+
+
+def reconfigure(app: web.Application, config: Config) -> list[str]:
+    """Apply a reloaded config: tokens, rate limits, audit file (reopened, for log rotation), TTLs,
+    intervals, limits. Returns the keys that changed but need a restart."""
+    service = app[SERVICE]
+    running = service.config
+    changed = sorted({key for field, key in _RESTART_ONLY.items()
+                      if getattr(running, field) != getattr(config, field)})
+    config = config.model_copy(update={field: getattr(running, field) for field in _RESTART_ONLY})
+    runtime = app[RUNTIME]
+    old_audit = runtime.update(config)
+    service.reconfigure(config, runtime.audit)
+    old_audit.close()
+    return changed
 
 
 def _reload(app: web.Application, path: Path) -> None:

@@ -256,7 +256,7 @@ class RecordService:
     # -- lifecycle -------------------------------------------------------------------------
 
     def reconfigure(self, config: Config, audit: AuditLog) -> None:
-        """Take a reloaded config (same zones and Vault; see api.reconfigure)."""
+        """Take a reloaded config (same zones and Vault; see server.reconfigure)."""
         self.config = config
         self.waits.servers, self.waits.limits = config.dns_servers, config.waits
         for writer in self.writers.values():

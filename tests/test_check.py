@@ -10,7 +10,7 @@ import pytest
 from dnsapi.check import Checklist, _corefile_zone, parse_corefile
 from dnsapi.config import ZoneConfig
 
-ZONE = ZoneConfig("dev.local", Path("/var/lib/dnsapi/zones/db.dev.local"))
+ZONE = ZoneConfig(name="dev.local", file=Path("/var/lib/dnsapi/zones/db.dev.local"))
 COREFILE = Path("/etc/coredns/Corefile")
 
 
