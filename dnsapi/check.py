@@ -121,7 +121,7 @@ def _vault(config: Config, checks: Checklist) -> None:
             problem = exc.message
         checks.add(problem is None, f"the token may read and write {path} and its snapshots"
                    + ("" if problem is None else f" ({problem})"),
-                   f"give it the {config.vault_init.policy} policy (vault/dnsapi-policy.hcl; "
+                   f"give it the {config.vault_init.policy} policy (deploy/vault/dnsapi-policy.hcl; "
                    "`dnsapi vault-init` writes it)")
 
 

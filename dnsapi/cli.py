@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ConfigError, ZoneError
-
-if TYPE_CHECKING:
-    from .config import ZoneConfig
-    from .zonefile import ZoneFile
 
 DESCRIPTION = """\
 dnsapi keeps ACME DNS-01 challenge records (_acme-challenge TXT) in Vault KV v2 and writes them
@@ -282,7 +276,7 @@ def _vault_init(args: argparse.Namespace) -> int:
     import requests
 
     from . import config as config_module
-    from .vault_init import Change, InitError, VaultInit
+    from .pki.vault_init import Change, InitError, VaultInit
 
     config = config_module.load(args.config)
     token = (args.token_file.read_text().strip() if args.token_file
@@ -328,165 +322,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _pki_watch(args: argparse.Namespace) -> int:
-    """Run pki-watch; SIGHUP re-reads the config (a broken file keeps the running one)."""
-    import signal
-    import threading
-
-    from . import config as config_module
-    from . import logs, systemd
-    from .errors import VaultUnavailable
-    from .pki_watch import PkiWatch
-
-    def load() -> PkiWatch:
-        config = config_module.load(args.config)
-        if not config.pki_watch.sinks:
-            raise ConfigError("pki_watch.sinks: no sinks configured: events would go nowhere")
-        return PkiWatch(config)
+    from . import logs
+    from .pki.watch import run_program
 
     logs.setup(args.log_level, args.log_format)
-    watch = load()
-    if args.once:
-        try:
-            return watch.run_once()
-        except VaultUnavailable as exc:
-            raise SystemExit(f"dnsapi pki-watch: {exc.message}") from None
-    wake, stopping = threading.Event(), threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: (stopping.set(), wake.set()))
-    signal.signal(signal.SIGHUP, lambda *_: wake.set())
-    log = logging.getLogger("dnsapi")
-    while True:
-        settings = watch.settings
-        log.info("pki-watch: watching %s every %gs, sinks: %s", ", ".join(settings.mounts),
-                 settings.interval, ", ".join(s.name for s in settings.sinks))
-        watch.run(wake, ready=lambda: systemd.notify("READY=1", "STATUS=watching"))
-        if stopping.is_set():
-            systemd.notify("STOPPING=1")
-            return 0
-        systemd.reloading()
-        wake.clear()
-        try:
-            watch = load()
-        except ConfigError as exc:
-            log.error("reload: configuration error, keeping the running configuration: %s", exc)
+    return run_program(args.config, once=args.once)
 
 
 def _zone_edit(args: argparse.Namespace) -> int:
-    """`dnsapi zone edit`: the editor runs on a private copy without any lock, so dnsapi's writes
-    never wait for a person; the save goes through ZoneFile.apply_edit, which takes the writer's
-    lock only to merge the current block in and replace the file."""
-    from .zonefile import EditConflict, ZoneFile
+    from .zone_edit import run_program
 
-    zone = _zone_config(args.config, args.zone)
-    zone_file = ZoneFile(zone.file, zone.name)
-    base = zone_file.read_text()
-    if args.apply is not None:
-        try:
-            _apply_edit(zone_file, _read_text(args.apply), base)
-        except ZoneError as exc:
-            raise SystemExit(f"dnsapi zone edit: {exc.message}; nothing written "
-                             f"(your text is still in {args.apply})") from None
-        return 0
-    copy = _private_copy(zone.name, base)
-    while True:
-        _run_editor(copy)
-        try:
-            _apply_edit(zone_file, _read_text(copy), base)
-        except ZoneError as exc:
-            print(f"dnsapi zone edit: {exc.message}", file=sys.stderr)
-            if isinstance(exc, EditConflict) or not _ask("re-open the editor? [y/n] "):
-                raise SystemExit(f"dnsapi zone edit: nothing written; your edited copy is kept "
-                                 f"in {copy}") from None
-        else:
-            copy.unlink()
-            return 0
-
-
-def _zone_config(path: Path, name: str) -> ZoneConfig:
-    """The zone `name` from the config file. Only `zones` is read and checked: the Vault
-    credentials may live in the service's environment file, which an operator's shell lacks."""
-    import yaml
-
-    from .config import _zones
-
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
-    zones = _zones(raw.get("zones") if isinstance(raw, dict) else None, path.parent.resolve())
-    wanted = name.lower().removesuffix(".")
-    for zone in zones:
-        if zone.name == wanted:
-            return zone
-    raise SystemExit(f"dnsapi zone edit: {path} has no zone {name!r} (its zones: "
-                     f"{', '.join(z.name for z in zones)})")
-
-
-def _apply_edit(zone_file: ZoneFile, edited: str, base: str) -> None:
-    """Apply one edit and say what happened; ZoneError (the file untouched) when refused."""
-    import contextlib
-
-    from .zonefile import ZoneText
-
-    serial = zone_file.apply_edit(edited, base)
-    with contextlib.suppress(ZoneError):  # damaged markers in `base`: no block of dnsapi's shown
-        base_block = ZoneText.split(base).block
-        if base_block and ZoneText.split(edited).block != base_block:
-            print("note: your changes between dnsapi's BEGIN and END lines were dropped: dnsapi "
-                  "writes those lines from Vault")
-    if serial is None:
-        print(f"no changes: {zone_file.path} not written")
-    else:
-        print(f"{zone_file.path} written, serial {serial}; CoreDNS loads it at its next reload check")
-
-
-def _read_text(path: Path) -> str:
-    # surrogateescape, as dnsapi reads zone files: non-UTF-8 bytes in comments survive the edit
-    try:
-        return path.read_bytes().decode("utf-8", "surrogateescape")
-    except OSError as exc:
-        raise SystemExit(f"dnsapi zone edit: cannot read {path}: {exc.strerror}") from None
-
-
-def _private_copy(zone: str, text: str) -> Path:
-    """A copy of the zone text only this user can read (mkstemp creates it mode 0600)."""
-    import os
-    import tempfile
-
-    fd, name = tempfile.mkstemp(prefix="dnsapi-edit-", suffix=f".{zone}.zone")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(text.encode("utf-8", "surrogateescape"))
-    return Path(name)
-
-
-def _run_editor(path: Path) -> None:
-    """Open $VISUAL, $EDITOR or vi on `path` (the variable may carry arguments: `code --wait`);
-    an editor that fails or exits non-zero (vim's :cq) abandons the edit."""
-    import os
-    import shlex
-    import subprocess
-
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-    try:
-        status = subprocess.run([*shlex.split(editor), str(path)], check=False).returncode
-    except OSError as exc:
-        path.unlink()
-        raise SystemExit(f"dnsapi zone edit: cannot run the editor {editor!r}: {exc.strerror}") from None
-    if status != 0:
-        path.unlink()
-        raise SystemExit(f"dnsapi zone edit: the editor exited with status {status}; nothing written")
-
-
-def _ask(question: str) -> bool:
-    """A yes from the person at the terminal; False when stdin is not a terminal."""
-    if not sys.stdin.isatty():
-        return False
-    try:
-        return input(question).strip().lower().startswith("y")
-    except EOFError:
-        return False
+    return run_program(args.config, args.zone, args.apply)
 
 
 def _hash_token(args: argparse.Namespace) -> int:

@@ -367,7 +367,7 @@ class TokenConfig(_Model):
 
 
 class PkiConfig(_Model):
-    """The private CA that `dnsapi vault-init` sets up (see README, "Vault as the ACME CA")."""
+    """The private CA that `dnsapi vault-init` sets up (see docs/pki.md)."""
 
     intermediate: Flag = True  # False: the root issues directly (root_mount == mount)
     mount: VaultPath = "pki"  # the issuing mount; it serves ACME
@@ -691,13 +691,24 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
     """Read and validate the YAML file at `path`; relative file paths in it are relative to it."""
     env = dict(os.environ) if env is None else env
     path = Path(path)
+    return from_dict(_read_yaml(path), base=path.parent.resolve(), env=env)
+
+
+def load_zones(path: str | os.PathLike[str]) -> tuple[ZoneConfig, ...]:
+    """Only the `zones` of the file at `path`, for `dnsapi zone edit`: the Vault credentials may
+    live in the service's environment file, which an operator's shell lacks."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    return _zones(raw.get("zones") if isinstance(raw, dict) else None, path.parent.resolve())
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
-    return from_dict(raw, base=path.parent.resolve(), env=env)
 
 
 def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
@@ -707,7 +718,7 @@ def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
 
 
 def _zones(raw: Any, base: Path) -> tuple[ZoneConfig, ...]:
-    """Only the `zones` list of a file, for `dnsapi zone edit`, which needs nothing else."""
+    """Only the `zones` list of a file (see load_zones)."""
     return _validate(_ZonesOnly, {"zones": raw}, base, {}).zones
 
 

@@ -118,7 +118,7 @@ class ConnectionGuard:
             if context is not None else {}
         try:
             transport, handler = await loop.connect_accepted_socket(server, sock, **handshake)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ssl.SSLError):
             self._forget(sock)
             return
         if self._open.get(sock) is not connection:  # displaced or timed out meanwhile

@@ -33,7 +33,9 @@ import yaml
 from .auth import hash_token, new_token
 
 COREDNS_VERSION = "v1.14.7"
-EXAMPLES = Path(__file__).resolve().parent.parent / "coredns"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "coredns"  # the example Corefile and zone
+CONFIG_EXAMPLE = ROOT / "deploy" / "dnsapi.yaml"
 
 
 class StackError(RuntimeError):
@@ -207,17 +209,17 @@ def start_dnsapi(config_path: Path, api_port: int, log_path: Path,
 
 
 def prepare(directory: Path, *, vault_addr: str, vault_token: str, dns_port: int, api_port: int,
-            prefix: str = "dnsapi", examples: Path = EXAMPLES) -> str:
+            prefix: str = "dnsapi") -> str:
     """Copy the shipped Corefile and zone into `directory` and write a dnsapi.yaml derived from
     the shipped example: local ports, the Vault token in a 0600 token file, and a fresh API
     token (also written, 0600, to `token`). Returns the API token."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("Corefile", "db.dev.local"):
-        shutil.copyfile(examples / name, directory / name)
+        shutil.copyfile(EXAMPLES / name, directory / name)
     api_token = new_token()
     _write_private(directory / "token", api_token + "\n")
     _write_private(directory / "vault-token", vault_token + "\n")
-    config = yaml.safe_load((examples / "dnsapi.yaml").read_text())
+    config = yaml.safe_load(CONFIG_EXAMPLE.read_text())
     config["listen"] = f"127.0.0.1:{api_port}"
     config["vault"].update(addr=vault_addr, token_file="vault-token", prefix=prefix)
     config["dns_servers"] = [f"127.0.0.1:{dns_port}"]

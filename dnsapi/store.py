@@ -298,7 +298,8 @@ class VaultStore:
                 return ZoneState(records=records, version=version, base=state.base, changed=changed)
         # A new snapshot first (create-only under a fresh name), then the zone secret naming it.
         snapshot = Snapshot(f"{int(time.time()):08x}{secrets.token_hex(4)}", records)
-        self.session.write_kv(self.snapshot_path(zone, snapshot.name), encode_records(records, self._lines), 0)
+        self.session.write_kv(self.snapshot_path(zone, snapshot.name),
+                              encode_records(records, self._lines), 0)
         try:
             version = self.session.write_kv(path, encode_delta(snapshot.name, records, (), self._lines),
                                             state.version)

@@ -18,7 +18,7 @@ from cryptography import x509
 
 from dnsapi.auth import new_token
 from dnsapi.devstack import free_port, prepare, start_coredns, start_dnsapi, start_openbao
-from dnsapi.pki_client import serial_text
+from dnsapi.pki.client import serial_text
 
 from .conftest import FIGURES, ZONE, Stack, Vault
 from .watch_helpers import Receiver, start_watch, write_config

@@ -9,7 +9,7 @@ import yaml
 from dnsapi import config as cfg
 from dnsapi.errors import ConfigError
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "coredns" / "dnsapi.yaml"
+EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "dnsapi.yaml"
 BASE = {
     "listen": "127.0.0.1:8053",
     "vault": {"addr": "http://127.0.0.1:8200", "token": "t", "kv_mount": "secret", "prefix": "dnsapi"},

@@ -27,7 +27,7 @@ from dnsapi.zonefile import ZoneFile
 from .conftest import FIGURES, add_token
 
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = ROOT / "coredns" / "systemd"
+UNITS = ROOT / "deploy" / "systemd"
 VALUE = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
 
 

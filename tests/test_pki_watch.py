@@ -16,9 +16,9 @@ import pytest
 from dnsapi import config as cfg
 from dnsapi.config import SinkConfig
 from dnsapi.errors import ConfigError
-from dnsapi.notify import _payload, send
-from dnsapi.pki_client import CertInfo, Crl, Issuer, PkiUnavailable, StoredCert
-from dnsapi.pki_watch import MountCheck, MountState, Pending, PkiWatch, WatchState, days
+from dnsapi.pki.client import CertInfo, Crl, Issuer, PkiUnavailable, StoredCert
+from dnsapi.pki.notify import _payload, send
+from dnsapi.pki.watch import MountCheck, MountState, Pending, PkiWatch, WatchState, days
 
 from .test_config import BASE, changed
 

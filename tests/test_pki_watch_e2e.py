@@ -16,10 +16,10 @@ import hvac
 import pytest
 
 from dnsapi import config as config_module
-from dnsapi.pki_client import PkiClient, revocation_time
-from dnsapi.pki_watch import StateStore
+from dnsapi.pki.client import PkiClient, revocation_time
+from dnsapi.pki.vault_init import render_pki_watch_policy, render_policy
+from dnsapi.pki.watch import StateStore
 from dnsapi.vault import VaultSession
-from dnsapi.vault_init import render_pki_watch_policy, render_policy
 
 from .conftest import FIGURES, Vault
 from .watch_helpers import Receiver, run_once, start_watch, write_config

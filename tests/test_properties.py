@@ -7,9 +7,9 @@ import dns.rdatatype
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dnsapi.block import ManagedBlock, block_records
 from dnsapi.names import InvalidInput, validate_challenge_name, validate_value
 from dnsapi.records import Record
-from dnsapi.block import ManagedBlock, block_records
 from dnsapi.zonefile import ZoneFile, parse_zone
 
 ZONES = ["dev.local"]

@@ -7,10 +7,10 @@ import aiohttp
 import hvac.exceptions
 import pytest
 
+from dnsapi.block import BEGIN_MARKER
 from dnsapi.devstack import start_coredns
 from dnsapi.records import Record
 from dnsapi.store import INLINE_MAX, encode_records
-from dnsapi.block import BEGIN_MARKER
 
 from .conftest import add_token
 

@@ -13,7 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-
 from .conftest import FIGURES, Stack, add_token
 
 NAME = "_acme-challenge.sec.dev.local"
@@ -280,7 +279,7 @@ def test_bad_records_written_into_vault_by_hand_are_skipped(make_stack):
     good = (NAME, VALUE)
     lines = [f"{NAME} {VALUE} 60 {time.time():.3f}", f"dev.local {VALUE} 60 1.0",
              f"*.dev.local {VALUE} 60 1.0", f"_acme-challenge.evil.example.com {VALUE} 60 1.0",
-             f"_acme-challenge.x.dev.local bad\"value 60 1.0"]
+             "_acme-challenge.x.dev.local bad\"value 60 1.0"]
     stack.vault.client.secrets.kv.v2.create_or_update_secret(
         path=f"{stack.prefix}/zones/dev.local", mount_point="secret",
         secret={"format": 2, "records": "\n".join(lines)})

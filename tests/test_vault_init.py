@@ -14,7 +14,7 @@ import pytest
 
 from dnsapi import config as cfg
 from dnsapi.errors import ConfigError
-from dnsapi.vault_init import (
+from dnsapi.pki.vault_init import (
     ACME_REQUEST_HEADERS,
     ACME_RESPONSE_HEADERS,
     InitError,

@@ -22,7 +22,7 @@ import yaml
 
 from dnsapi.auth import new_token
 from dnsapi.devstack import Process, free_port, prepare, start_coredns, start_dnsapi, start_openbao
-from dnsapi.vault_init import render_pki_watch_policy, render_policy
+from dnsapi.pki.vault_init import render_pki_watch_policy, render_policy
 
 from .conftest import ZONE, Stack, Vault
 
@@ -126,11 +126,11 @@ def test_a_stale_secret_id_is_replaced(setup, tmp_path):
 
 
 def test_shipped_policy_is_what_vault_init_writes(setup):
-    assert (ROOT / "vault" / "dnsapi-policy.hcl").read_text() == render_policy("secret", "dnsapi")
+    assert (ROOT / "deploy" / "vault" / "dnsapi-policy.hcl").read_text() == render_policy("secret", "dnsapi")
     rules = setup.vault.client.sys.read_policy("dnsapi")["data"]["rules"]
     assert rules == render_policy("secret", "dnsapi")
     watch_policy = render_pki_watch_policy(("pki_root", "pki"))
-    assert (ROOT / "vault" / "dnsapi-pki-watch-policy.hcl").read_text() == watch_policy
+    assert (ROOT / "deploy" / "vault" / "dnsapi-pki-watch-policy.hcl").read_text() == watch_policy
     assert setup.vault.client.sys.read_policy("dnsapi-pki-watch")["data"]["rules"] == watch_policy
 
 

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from dnsapi import cli
-from dnsapi.errors import ZoneError
 from dnsapi.block import BEGIN_MARKER, END_MARKER, block_records
+from dnsapi.errors import ZoneError
 from dnsapi.records import Record
 from dnsapi.zonefile import EditConflict, ZoneFile, ZoneText, parse_zone, soa_serial
-
 
 ZONE = "dev.local"
 DAY = dt.date(2026, 11, 28)

@@ -129,7 +129,8 @@ def test_conflicting_records_already_in_vault_are_left_out_of_the_file(tmp_path)
                Record(f"_acme-challenge.b.{ZONE}", "E" * 43, 60, 0.0)]
     zone.sync(records)
     text = path.read_text()
-    path.write_text(text.replace("ns1 IN A 127.0.0.1\n", "ns1 IN A 127.0.0.1\n_acme-challenge.a IN CNAME ns1\n"))
+    path.write_text(text.replace("ns1 IN A 127.0.0.1\n",
+                                 "ns1 IN A 127.0.0.1\n_acme-challenge.a IN CNAME ns1\n"))
     zone.sync(records + [Record(f"_acme-challenge.c.{ZONE}", "F" * 43, 60, 0.0)])
     assert named_checkzone(path)[0], path.read_text()
     written = path.read_text()

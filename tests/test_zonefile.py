@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dnsapi.block import END_MARKER, ManagedBlock, block_records
 from dnsapi.errors import ZoneError
 from dnsapi.records import Record
-from dnsapi.block import END_MARKER, ManagedBlock, block_records
 from dnsapi.zonefile import (
     ZoneFile,
     ZoneText,

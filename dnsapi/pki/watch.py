@@ -17,20 +17,24 @@ import copy
 import json
 import logging
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, UTC
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import requests
 
-from .config import Config, PkiWatchConfig
-from .errors import VaultUnavailable
+from .. import config as config_module
+from .. import systemd
+from ..config import Config, PkiWatchConfig
+from ..errors import ConfigError, VaultUnavailable
+from ..vault import CasConflict, VaultSession
+from .client import Issuer, PkiClient, PkiUnavailable
 from .notify import DeliveryError, event, send
-from .pki_client import Issuer, PkiClient, PkiUnavailable
-from .vault import CasConflict, VaultSession
 
 log = logging.getLogger(__name__)
 
@@ -384,3 +388,38 @@ class PkiWatch:
                 continue
             due = min([p.next_at for p in state.outbox] + [next_check])
             stop.wait(max(0.05, due - time.time()))
+
+
+def run_program(config_path: Path, once: bool = False) -> int:
+    """`dnsapi pki-watch`: run until SIGTERM/SIGINT; SIGHUP re-reads the config (a broken file
+    keeps the running one). `once`: one check, then exit."""
+    def load() -> PkiWatch:
+        config = config_module.load(config_path)
+        if not config.pki_watch.sinks:
+            raise ConfigError("pki_watch.sinks: no sinks configured: events would go nowhere")
+        return PkiWatch(config)
+
+    watch = load()
+    if once:
+        try:
+            return watch.run_once()
+        except VaultUnavailable as exc:
+            raise SystemExit(f"dnsapi pki-watch: {exc.message}") from None
+    wake, stopping = threading.Event(), threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: (stopping.set(), wake.set()))
+    signal.signal(signal.SIGHUP, lambda *_: wake.set())
+    while True:
+        settings = watch.settings
+        log.info("pki-watch: watching %s every %gs, sinks: %s", ", ".join(settings.mounts),
+                 settings.interval, ", ".join(s.name for s in settings.sinks))
+        watch.run(wake, ready=lambda: systemd.notify("READY=1", "STATUS=watching"))
+        if stopping.is_set():
+            systemd.notify("STOPPING=1")
+            return 0
+        systemd.reloading()
+        wake.clear()
+        try:
+            watch = load()
+        except ConfigError as exc:
+            log.error("reload: configuration error, keeping the running configuration: %s", exc)

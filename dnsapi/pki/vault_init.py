@@ -27,8 +27,8 @@ from typing import Any
 import hvac
 import hvac.exceptions
 
-from .config import Config, parse_duration
-from .vault import is_kv2
+from ..config import Config, parse_duration
+from ..vault import is_kv2
 
 ACME_RESPONSE_HEADERS = ["Last-Modified", "Location", "Replay-Nonce", "Link"]
 ACME_REQUEST_HEADERS = ["If-Modified-Since"]
@@ -47,7 +47,7 @@ class Change:
 
 def render_policy(kv_mount: str, prefix: str) -> str:
     """The service's least-privilege policy: its own prefix of the KV v2 mount, nothing else.
-    (`vault/dnsapi-policy.hcl` is this text for the default mount and prefix.)"""
+    (`deploy/vault/dnsapi-policy.hcl` is this text for the default mount and prefix.)"""
     return (
         f"# dnsapi: challenge records under {kv_mount}/{prefix}/ only (written by `dnsapi vault-init`)\n"
         f'path "{kv_mount}/data/{prefix}/*" {{\n  capabilities = ["create", "read", "update", "delete"]\n}}\n'
@@ -58,7 +58,7 @@ def render_policy(kv_mount: str, prefix: str) -> str:
 def render_pki_watch_policy(mounts: tuple[str, ...]) -> str:
     """`dnsapi pki-watch`'s extra rights: listing the watched mounts' certificates. Certificates,
     CRLs and OCSP are public; its state lives under the prefix the service policy covers.
-    (`vault/dnsapi-pki-watch-policy.hcl` is this text for the default mounts.)"""
+    (`deploy/vault/dnsapi-pki-watch-policy.hcl` is this text for the default mounts.)"""
     rules = "".join(f'path "{mount}/{path}" {{\n  capabilities = ["list"]\n}}\n'
                     for mount in mounts for path in ("certs", "certs/detailed", "certs/revoked"))
     header = f"# dnsapi pki-watch: list certificates of {', '.join(mounts)} (written by `dnsapi vault-init`)"

@@ -16,14 +16,14 @@ import os
 import subprocess
 import time
 import urllib.parse
-from datetime import datetime, UTC
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
 
-from . import __version__
-from .config import SinkConfig
+from .. import __version__
+from ..config import SinkConfig
 
 
 class DeliveryError(Exception):

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from .vault import VaultSession
+from ..vault import VaultSession
 
 
 class PkiUnavailable(Exception):
