@@ -55,8 +55,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REPS = 5  # per level and server, taking turns; the median is reported
 VISIBLE_SAMPLES = 60
 # OpenBao validates a challenge in the background; when lego looks before it finished, lego waits
-# ~5 s more, on either path, at random (see bench/README.md, "Issuance"). So: many runs, and
-# their mean. With one issuance's standard deviation of ~4 s, 80 runs per path put the ratio's standard error near 0.07.
+# ~5 s more, on either path, at random (bench/README.md, "Issuance"). So: many runs, and
+# their mean. With one issuance's standard deviation of ~4 s, 80 runs per path put the ratio's
+# standard error near 0.07.
 ISSUANCE_RUNS = 80
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from . import logs
 from .audit import AuditLog, value_hash
@@ -92,7 +93,6 @@ CHARGED = frozenset({400, 401, 403, 404, 405, 408, 413})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
@@ -211,7 +211,7 @@ async def read_body(request: web.Request) -> bytes:
         reading.cancel()
         if request.app[RUNTIME].stopping.is_set():
             raise ShuttingDown()
-        request.protocol.force_close()  # type: ignore[union-attr]  # the rest of the body is unread
+        request.protocol.force_close()  # the rest of the body is unread
         raise RequestTimeout(f"the request body did not arrive within {timeout:g}s")
     return reading.result()
 

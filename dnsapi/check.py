@@ -10,6 +10,7 @@ a `file` reload interval, no cache in front of it); and each DNS server in `dns_
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def _vault(config: Config, checks: Checklist) -> None:
     for zone in config.zones:
         path = f"{kv}/data/{zone_secret(config.vault.prefix, zone.name)}"
         try:
-            problem = session.run(lambda z=zone.name: zone_access(session, z))
+            problem = session.run(functools.partial(zone_access, session, zone.name))
         except VaultUnavailable as exc:
             problem = exc.message
         checks.add(problem is None, f"the token may read and write {path} and its snapshots"

@@ -94,9 +94,11 @@ class ConnectionGuard:
 
     def _admit(self, sock: socket.socket, address: str) -> _Connection | None:
         if self._per_address[address] >= self.limits.max_connections_per_address:
-            return self._refuse(sock, "per_address")
+            self._refuse(sock, "per_address")
+            return None
         if len(self._open) >= self.max_connections and not self._displace_idle():
-            return self._refuse(sock, "total")
+            self._refuse(sock, "total")
+            return None
         connection = _Connection(sock, address)
         self._open[sock] = connection
         self._per_address[address] += 1
@@ -109,22 +111,23 @@ class ConnectionGuard:
         with contextlib.suppress(OSError):  # a reset: the client learns at once
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         sock.close()
-        return None
 
     async def _connect(self, sock: socket.socket, connection: _Connection, server: web.Server,
                        context: ssl.SSLContext | None) -> None:
         loop = asyncio.get_running_loop()
-        handshake = {"ssl": context, "ssl_handshake_timeout": self.limits.request_timeout} \
-            if context is not None else {}
         try:
-            transport, handler = await loop.connect_accepted_socket(server, sock, **handshake)
+            if context is None:  # asyncio refuses a handshake timeout without TLS
+                transport, handler = await loop.connect_accepted_socket(server, sock)
+            else:
+                transport, handler = await loop.connect_accepted_socket(
+                    server, sock, ssl=context, ssl_handshake_timeout=self.limits.request_timeout)
         except (TimeoutError, OSError, ssl.SSLError):
             self._forget(sock)
             return
         if self._open.get(sock) is not connection:  # displaced or timed out meanwhile
             transport.abort()
             return
-        connection.transport = transport  # type: ignore[assignment]
+        connection.transport = transport
         self._by_handler[handler] = connection
 
     def _displace_idle(self) -> bool:
@@ -164,7 +167,7 @@ class ConnectionGuard:
         """While a request is in dnsapi's handlers its connection has no deadline; afterwards
         the connection may idle for keepalive_timeout, within which the next request's headers
         must have arrived too."""
-        connection = self._by_handler.get(request.protocol)  # type: ignore[arg-type]
+        connection = self._by_handler.get(request.protocol)
         if connection is None:  # not accepted by serve(): aiohttp's test client, say
             yield
             return

@@ -9,8 +9,8 @@ here; either way it is returned in the response's `X-Request-Id`.
 from __future__ import annotations
 
 import contextvars
-import itertools
 import datetime as dt
+import itertools
 import json
 import logging
 import re
@@ -47,8 +47,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if getattr(record, "request_id", None):
-            entry["request_id"] = record.request_id
+        rid = getattr(record, "request_id", None)
+        if rid:
+            entry["request_id"] = rid
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -68,7 +69,7 @@ def setup(level: str = "info", fmt: str = "plain") -> None:
     """Configure the root logger once, for `dnsapi serve` and `dnsapi pki-watch`."""
     # The logging HOWTO's "Optimization" settings: no caller frame lookup, thread or process
     # names per record, none of which these lines print. It is a measurable share of a request.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST as CONTENT_TYPE,
+)
+from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,

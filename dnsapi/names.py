@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable
 
 
-
 class InvalidInput(ValueError):
     """A name, value or TTL that may not be stored; `code` says which kind (invalid_name,
     unknown_zone, invalid_value, invalid_ttl). Each front door maps it to its protocol's refusal

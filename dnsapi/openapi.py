@@ -88,7 +88,7 @@ def document(config: Config) -> dict[str, Any]:
             "created_at": {"type": "number", "description": "Unix time"}}},
         "Checks": {"type": "object", "additionalProperties": {"type": "string"}},
     }
-    secured = [{"bearer": []}] if not config.open_on_loopback else []
+    secured: list[dict[str, list[str]]] = [{"bearer": []}] if not config.open_on_loopback else []
     paths = {
         "/v1/records": {
             "post": {"summary": "Add a TXT value (idempotent)", "operationId": "addRecord",

@@ -102,8 +102,8 @@ async def serve(path: Path) -> None:
     # the shutdown until their clients give up.
     runtime = app[RUNTIME]
     runtime.stopping.set()
-    for site in list(runner.sites):
-        await site.stop()
+    for running in list(runner.sites):
+        await running.stop()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(in_flight.idle.wait(), SHUTDOWN_TIMEOUT)
     await runner.cleanup()

@@ -133,13 +133,12 @@ class ZoneWriter:
             return jobs
         kept = []
         for job in jobs:
-            why = conflicts.get(job.change.record.fqdn) if job.change is not None \
-                and job.change.action == "add" else None
-            if why is None:
+            change = job.change
+            why = conflicts.get(change.record.fqdn) if change and change.action == "add" else None
+            if change is None or why is None:
                 kept.append(job)
             else:
-                _settle(job.future, NameConflict(f"cannot add a TXT record at "
-                                                 f"{job.change.record.fqdn}: {why}"))
+                _settle(job.future, NameConflict(f"cannot add a TXT record at {change.record.fqdn}: {why}"))
         return kept
 
     async def _apply_to_vault(self, changes: list[Change], reconcile: bool) -> list[Outcome]:

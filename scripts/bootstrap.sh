@@ -18,7 +18,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 for pair in dig:bind9-dnsutils curl:curl wget:wget openssl:openssl lego:lego certbot:certbot \
             nginx:nginx-light shellcheck:shellcheck chattr:e2fsprogs pgrep:procps named:bind9 \
-            systemd-analyze:systemd update-ca-certificates:ca-certificates; do
+            systemd-analyze:systemd update-ca-certificates:ca-certificates \
+            named-checkzone:bind9-utils; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -31,10 +32,11 @@ fi
 # the OpenBao server. -I keeps the current directory off sys.path, so this sees the installed copy.
 installed_here() {
   python3 -I -c 'import os, sys, dnsapi, hvac, aiohttp, dns, yaml, pytest, pytest_asyncio, hypothesis
-import cryptography, prometheus_client, schemathesis
+import cryptography, prometheus_client, schemathesis, pydantic, mypy
 sys.exit(os.path.dirname(os.path.realpath(dnsapi.__file__)) != os.path.realpath("dnsapi"))' 2>/dev/null
 }
-if ! installed_here || ! command -v bao >/dev/null 2>&1 || ! command -v dnsapi >/dev/null 2>&1; then
+if ! installed_here || ! command -v bao >/dev/null 2>&1 || ! command -v dnsapi >/dev/null 2>&1 \
+   || ! command -v ruff >/dev/null 2>&1; then
   echo "bootstrap: installing Python packages"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 fi

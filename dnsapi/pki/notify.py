@@ -71,8 +71,8 @@ def _payload(sink: SinkConfig, event: dict[str, Any]) -> tuple[str, dict[str, An
     if sink.type == "dingtalk":
         if sink.secret:  # "加签": HMAC-SHA256 of "<ms>\n<secret>" keyed by the secret
             stamp = str(int(time.time() * 1000))
-            digest = hmac.new(sink.secret.encode(), f"{stamp}\n{sink.secret}".encode(), hashlib.sha256)
-            sign = urllib.parse.quote_plus(base64.b64encode(digest.digest()))
+            signed = hmac.new(sink.secret.encode(), f"{stamp}\n{sink.secret}".encode(), hashlib.sha256)
+            sign = urllib.parse.quote_plus(base64.b64encode(signed.digest()))
             url += f"{'&' if '?' in url else '?'}timestamp={stamp}&sign={sign}"
         return url, {"msgtype": "markdown", "markdown": {"title": title, "text": body.replace("\n", "\n\n")}}
     if sink.type == "feishu":

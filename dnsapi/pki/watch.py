@@ -390,6 +390,11 @@ class PkiWatch:
             stop.wait(max(0.05, due - time.time()))
 
 
+def _stop(*flags: threading.Event) -> None:
+    for flag in flags:
+        flag.set()
+
+
 def run_program(config_path: Path, once: bool = False) -> int:
     """`dnsapi pki-watch`: run until SIGTERM/SIGINT; SIGHUP re-reads the config (a broken file
     keeps the running one). `once`: one check, then exit."""
@@ -407,7 +412,7 @@ def run_program(config_path: Path, once: bool = False) -> int:
             raise SystemExit(f"dnsapi pki-watch: {exc.message}") from None
     wake, stopping = threading.Event(), threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: (stopping.set(), wake.set()))
+        signal.signal(signum, lambda *_: _stop(stopping, wake))
     signal.signal(signal.SIGHUP, lambda *_: wake.set())
     while True:
         settings = watch.settings
