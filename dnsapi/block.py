@@ -23,13 +23,12 @@ import dns.rdatatype
 import dns.zone
 
 from .errors import ZoneError
-from .records import Record
+from .records import Key, Record
 
 BEGIN_PREFIX = "; BEGIN dnsapi managed records"  # how the start is found: the rest may be reworded
 BEGIN_MARKER = BEGIN_PREFIX + " - rewritten from Vault, edits here are lost"
 END_MARKER = "; END dnsapi managed records"
 
-Key = tuple[str, str]  # (fqdn, value)
 MAX_TTL = 2**31 - 1  # RFC 2181 8
 
 # A line in the only shape dnsapi renders for a validated record: absolute name of plain labels,

@@ -158,7 +158,7 @@ class ServerBlock:
     directives: list[Directive]
 
 
-def _tokens(text: str) -> list[str | None]:
+def _corefile_tokens(text: str) -> list[str | None]:
     """Corefile tokens; None marks a line end. Quotes group words; # starts a comment."""
     tokens: list[str | None] = []
     for line in text.splitlines():
@@ -172,7 +172,7 @@ def _tokens(text: str) -> list[str | None]:
 
 def parse_corefile(text: str) -> list[ServerBlock]:
     """Server blocks with their directives (one level of sub-blocks, as `file ... { reload }`)."""
-    tokens = _tokens(text)
+    tokens = _corefile_tokens(text)
     blocks: list[ServerBlock] = []
     i = 0
 

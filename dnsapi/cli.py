@@ -276,7 +276,7 @@ def _vault_init(args: argparse.Namespace) -> int:
     import requests
 
     from . import config as config_module
-    from .pki.vault_init import Change, InitError, VaultInit
+    from .pki.vault_init import InitError, Step, VaultInit
 
     config = config_module.load(args.config)
     token = (args.token_file.read_text().strip() if args.token_file
@@ -287,7 +287,7 @@ def _vault_init(args: argparse.Namespace) -> int:
     verify: bool | str = str(config.vault.ca_cert) if config.vault.ca_cert else True
     client = hvac.Client(url=config.vault.addr, token=token, verify=verify,
                          timeout=config.vault.timeout)
-    def show(change: Change) -> None:
+    def show(change: Step) -> None:
         detail = f" ({change.detail})" if change.detail else ""
         print(f"  {change.status:<9} {change.what}{detail}", flush=True)
 

@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 
+Key = tuple[str, str]  # a record's identity: (fqdn, value)
+
 
 @dataclass(frozen=True)
 class Record:
@@ -19,7 +21,7 @@ class Record:
     owner: str = ""
 
     @property
-    def key(self) -> tuple[str, str]:
+    def key(self) -> Key:
         return (self.fqdn, self.value)
 
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .audit import AuditLog, value_hash
-from .block import MAX_TTL, Key
+from .block import MAX_TTL
 from .config import Config, ZoneConfig
 from .errors import DnsapiError, NameConflict, PropagationTimeout, TooManyRecords, VaultUnavailable, ZoneError
 from .metrics import Metrics
 from .names import InvalidInput, validate_challenge_name, validate_ttl, validate_value, zone_for
 from .propagation import Waits, served_serial
-from .records import Change, Outcome, Record, apply_changes
+from .records import Change, Key, Outcome, Record, apply_changes
 from .store import CasConflict, VaultStore, ZoneState
 from .zonefile import ZoneFile, serial_gt, soa_serial
 

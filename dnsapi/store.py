@@ -40,7 +40,7 @@ import requests
 from .config import VaultConfig
 from .errors import VaultUnavailable
 from .metrics import Metrics
-from .records import Record
+from .records import Key, Record
 from .vault import CasConflict, VaultSession
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,6 @@ INLINE_MAX = 256  # zones of up to this many records are written whole, without 
 DELTA_MAX = 256  # changed keys since the snapshot before a new snapshot is taken
 SNAPSHOT_GRACE = 86400.0  # an unnamed snapshot this old is garbage: no write can still name it
 _SNAPSHOT_NAME = re.compile(r"[0-9a-f]{16}")  # creation time (8 hex digits of seconds) + random
-
-Key = tuple[str, str]
 
 Lines = dict[Key, tuple[Record, str]]  # key -> (record, its line): see _line
 

@@ -33,9 +33,9 @@ import dns.exception
 import dns.rdatatype
 import dns.zone
 
-from .block import BEGIN_PREFIX, END_MARKER, Key, ManagedBlock, block_records
+from .block import BEGIN_PREFIX, END_MARKER, ManagedBlock, block_records
 from .errors import ZoneError
-from .records import Record
+from .records import Key, Record
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class ZoneText:
 # ---------------------------------------------------------------------------------------------
 # Locating the SOA serial in the operator's text
 
-def _tokens(text: str) -> Iterator[tuple[int, int]]:
+def _zone_tokens(text: str) -> Iterator[tuple[int, int]]:
     """Spans of the zone-file tokens in `text`: comments skipped, quoted strings and `\\x`
     escapes kept whole, parentheses dropped (they only join lines)."""
     i, n = 0, len(text)
@@ -150,7 +150,7 @@ def _tokens(text: str) -> Iterator[tuple[int, int]]:
 def soa_serial(text: str) -> int | None:
     """The serial of the first SOA in `text`, read as CoreDNS's reload check reads it (only up to
     the SOA), or None; for a file that does not parse as a whole."""
-    spans = list(_tokens(text))
+    spans = list(_zone_tokens(text))
     for i, (start, end) in enumerate(spans):
         if text[start:end].upper() == "SOA" and i + 3 < len(spans):
             digits = text[spans[i + 3][0]:spans[i + 3][1]]
@@ -161,7 +161,7 @@ def soa_serial(text: str) -> int | None:
 def serial_span(text: str, serial: int) -> tuple[int, int]:
     """Where in `text` the digits of the SOA serial are: the third token after the first `SOA`
     token whose third token is that serial. The SOA may span lines and carry comments."""
-    spans = list(_tokens(text))
+    spans = list(_zone_tokens(text))
     for i, (start, end) in enumerate(spans):
         if text[start:end].upper() == "SOA" and i + 3 < len(spans):
             s_start, s_end = spans[i + 3]

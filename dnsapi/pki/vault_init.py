@@ -39,7 +39,7 @@ class InitError(Exception):
 
 
 @dataclass(frozen=True)
-class Change:
+class Step:
     status: str  # created | updated | unchanged | skipped | warning
     what: str
     detail: str = ""
@@ -137,7 +137,7 @@ def unsafe_directories(path: Path) -> list[str]:
 
 class VaultInit:
     def __init__(self, config: Config, client: hvac.Client, root_only: bool = False,
-                 report: Callable[[Change], None] = lambda change: None) -> None:
+                 report: Callable[[Step], None] = lambda change: None) -> None:
         approle = config.vault.approle
         if approle is not None and (approle.role_id_file is None or approle.secret_id_file is None):
             raise InitError("vault.approle: vault-init writes dnsapi's AppRole credentials to "
@@ -149,9 +149,9 @@ class VaultInit:
         self.root_mount = self.pki.mount if root_only else self.pki.root_mount
         self.intermediate = self.pki.intermediate and not root_only
         self.report = report
-        self.changes: list[Change] = []
+        self.changes: list[Step] = []
 
-    def run(self) -> list[Change]:
+    def run(self) -> list[Step]:
         """Every step in order; returns what each one found or did."""
         self.kv_mount()
         self.policy()
@@ -171,7 +171,7 @@ class VaultInit:
     # -- helpers -----------------------------------------------------------------------------
 
     def _note(self, status: str, what: str, detail: str = "") -> None:
-        change = Change(status, what, detail)
+        change = Step(status, what, detail)
         self.changes.append(change)
         self.report(change)
 
@@ -201,7 +201,7 @@ class VaultInit:
         (private for a private file), others' access on the way is reported, then `write_file`."""
         path.parent.mkdir(mode=0o700 if mode & 0o077 == 0 else 0o755, parents=True, exist_ok=True)
         for reason in unsafe_directories(path):
-            warning = Change("warning", f"{reason}: another user could replace files written there")
+            warning = Step("warning", f"{reason}: another user could replace files written there")
             if warning not in self.changes:
                 self._note(warning.status, warning.what)
         write_file(path, text, mode)
