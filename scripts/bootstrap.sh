@@ -32,7 +32,7 @@ fi
 # the OpenBao server. -I keeps the current directory off sys.path, so this sees the installed copy.
 installed_here() {
   python3 -I -c 'import os, sys, dnsapi, hvac, aiohttp, dns, yaml, pytest, pytest_asyncio, hypothesis
-import cryptography, prometheus_client, schemathesis, pydantic, mypy
+import cryptography, prometheus_client, schemathesis, pydantic, mypy, build
 sys.exit(os.path.dirname(os.path.realpath(dnsapi.__file__)) != os.path.realpath("dnsapi"))' 2>/dev/null
 }
 if ! installed_here || ! command -v bao >/dev/null 2>&1 || ! command -v dnsapi >/dev/null 2>&1 \

@@ -1,0 +1,1 @@
+../../../hooks/dns_internal.sh

@@ -1,0 +1,1 @@
+../../../hooks/lego-exec.sh

@@ -1,0 +1,1 @@
+../../../deploy/vault/dnsapi-policy.hcl
