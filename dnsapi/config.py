@@ -12,6 +12,8 @@ Config, VaultInitConfig and PkiWatchConfig the code reads (`ttl: {min}` becomes 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -366,6 +368,68 @@ class TokenConfig(_Model):
     allow: Annotated[tuple[str, ...], BeforeValidator(_patterns)]
 
 
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha1", "hmac-sha224", "hmac-sha384", "hmac-sha512",
+                   "hmac-md5")
+
+
+def _key_name(value: object) -> str:
+    return normalize_name(_text(value), "key name")
+
+
+def _base64(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be base64 (as `tsig-keygen` or `dnssec-keygen` print it)") from None
+    return value
+
+
+class TsigKeyConfig(_Model):
+    """A TSIG key for the RFC 2136 front door: its secret comes from exactly one of `secret`,
+    `secret_file` (read at start) or `secret_env` (an environment variable's name), and never
+    appears in a log or in repr()."""
+
+    name: Annotated[str, BeforeValidator(_key_name)]
+    algorithm: Annotated[str, _one_of(TSIG_ALGORITHMS)] = "hmac-sha256"
+    secret: Annotated[Text | None, AfterValidator(_base64)] = Field(None, repr=False)
+    secret_file: File | None = None
+    secret_env: Text | None = None
+    allow: Annotated[tuple[str, ...], BeforeValidator(_patterns)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret(cls, data: Any, info: ValidationInfo) -> Any:
+        """Fill `secret` from the file or the environment, so the rest of dnsapi sees one field."""
+        if not isinstance(data, dict):
+            return data
+        given = [key for key in ("secret", "secret_file", "secret_env") if data.get(key)]
+        if len(given) != 1:
+            raise _Invalid("set exactly one of secret, secret_file or secret_env", "secret")
+        if given == ["secret_env"]:
+            value = (info.context or {}).get("env", {}).get(data["secret_env"])
+            if not value:
+                raise _Invalid(f"the environment variable {data['secret_env']} is not set", "secret_env")
+            return {**data, "secret": value.strip()}
+        if given == ["secret_file"]:
+            path = _base(info) / _path(data["secret_file"])
+            try:
+                return {**data, "secret": path.read_text().strip()}
+            except OSError as exc:
+                raise _Invalid(f"cannot read {path}: {exc.strerror}", "secret_file") from None
+        return data
+
+
+class DnsUpdateConfig(_Model):
+    """The RFC 2136 front door: DNS UPDATE signed with TSIG, on UDP and TCP."""
+
+    listen: HostPort
+    keys: Annotated[tuple[TsigKeyConfig, ...], _list_of("must be a non-empty list of {name, "
+                                                        "algorithm, secret|secret_file|secret_env, "
+                                                        "allow}", empty=False),
+                    _distinct(name="key name {!r} is used twice")] = Field((), validate_default=True)
+
+
 class PkiConfig(_Model):
     """The private CA that `dnsapi vault-init` sets up (see docs/pki.md)."""
 
@@ -542,6 +606,7 @@ class Config(_Model):
     open_on_loopback: bool  # no tokens at all: anyone who can reach the loopback listener
     vault_init: VaultInitConfig
     pki_watch: PkiWatchConfig
+    dns_update: DnsUpdateConfig | None  # None: no RFC 2136 front door
 
     @property
     def zone_names(self) -> tuple[str, ...]:
@@ -654,6 +719,7 @@ class _File(_Model):
     max_body_bytes: Annotated[int, _between(256, 1 << 20)] = 16384
     max_age: Duration = _HOUR
     pki_watch: _PkiWatchFile = _section()
+    dns_update: DnsUpdateConfig | None = None
 
     @model_validator(mode="after")
     def _tokens_or_open_loopback(self) -> Self:
@@ -679,7 +745,7 @@ class _File(_Model):
             max_age=self.max_age, rate_limit=self.rate_limit.per_second, rate_burst=self.rate_limit.burst,
             refusals=self.refusals, http=self.http, waits=self.waits, allowed_origins=self.allowed_origins,
             audit_file=self.audit.file, open_on_loopback=self.open_on_loopback, vault_init=vault_init,
-            pki_watch=self.pki_watch.config(vault_init.pki),
+            pki_watch=self.pki_watch.config(vault_init.pki), dns_update=self.dns_update,
         )
 
 

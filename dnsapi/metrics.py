@@ -73,6 +73,11 @@ class Metrics:
                            registry=r)
         self.waits_refused = Counter("dnsapi_propagation_waits_refused", "`wait` requests refused "
                                      "by the per-token or total limit", registry=r)
+        self.dns_requests = Counter("dnsapi_dns_requests", "RFC 2136 front door: messages by "
+                                    "opcode and the rcode answered", ["opcode", "rcode"], registry=r)
+        self.dns_request_seconds = Histogram("dnsapi_dns_request_duration_seconds", "RFC 2136 front "
+                                             "door: time to answer a message", buckets=_SLOW,
+                                             registry=r)
         self.bad_records = Counter("dnsapi_vault_bad_records", "records read from Vault that failed "
                                    "validation and were skipped", ["zone"], registry=r)
 

@@ -27,9 +27,10 @@ class Record:
 
 @dataclass(frozen=True)
 class Change:
-    """A requested add or remove. For a remove only fqdn and value matter."""
+    """A requested add or remove. For a remove only fqdn and value matter; "remove_name" removes
+    every value at record.fqdn (RFC 2136's delete of an RRset or of a name)."""
 
-    action: str  # "add" | "remove"
+    action: str  # "add" | "remove" | "remove_name"
     record: Record
 
 
@@ -40,35 +41,100 @@ class Outcome(Enum):
     ABSENT = "absent"  # remove of a pair that was not there: nothing changed
     FULL = "full"  # add refused: the zone holds its maximum number of records
     QUOTA = "quota"  # add refused: the adding token holds its maximum number of records
+    APPLIED = "applied"  # an Update: every change applied (or already so)
+    # An Update whose prerequisite does not hold, by the rcode RFC 2136 gives it; nothing applied.
+    NXDOMAIN = "nxdomain"  # a name that should be in use is not
+    YXDOMAIN = "yxdomain"  # a name that should not be in use is
+    NXRRSET = "nxrrset"  # an RRset that should exist (with these values) does not
+    YXRRSET = "yxrrset"  # an RRset that should not exist does
 
 
-def apply_changes(records: dict[tuple[str, str], Record], changes: list[Change],
+PREREQUISITE_FAILURES = (Outcome.NXDOMAIN, Outcome.YXDOMAIN, Outcome.NXRRSET, Outcome.YXRRSET)
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """An RFC 2136 §2.4 prerequisite on the zone's TXT challenge records at `fqdn`: `exists`,
+    `exists_exactly` (the TXT RRset is exactly `values`) or `absent`. Checked against dnsapi's
+    records inside the zone's writer, so atomically with the changes; what the operator's own
+    records say is decided by the front door before. `failure` is the outcome when it does not
+    hold (RFC 2136 §3.2.5 names an rcode for each kind)."""
+
+    kind: str  # "exists" | "exists_exactly" | "absent"
+    fqdn: str
+    failure: Outcome
+    values: frozenset[str] = frozenset()
+
+    def holds(self, records: dict[Key, Record]) -> bool:
+        present = {value for (fqdn, value) in records if fqdn == self.fqdn}
+        if self.kind == "exists":
+            return bool(present)
+        if self.kind == "absent":
+            return not present
+        return present == self.values
+
+
+@dataclass(frozen=True)
+class Update:
+    """Changes applied all together or not at all, if every prerequisite holds (one RFC 2136
+    UPDATE message)."""
+
+    changes: tuple[Change, ...]
+    prerequisites: tuple[Prerequisite, ...] = ()
+
+
+
+def apply_changes(records: dict[Key, Record], changes: list[Change | Update],
                   limit: int, quota: int | None = None) -> list[Outcome]:
     """Apply `changes` in order to `records` (mutated in place), one Outcome per change.
 
     An existing pair is left as it was, so repeating an add (a client retry) is harmless. An add
     that would give its owner more than `quota` records in the zone is refused, and so, after
     that, is one that would take the zone past `limit`: so one narrow token cannot fill the zone
-    for every other.
+    for every other. An Update applies all its changes or none.
     """
     owned = Counter(r.owner for r in records.values()) if quota is not None else Counter()
     outcomes = []
     for change in changes:
-        key, owner = change.record.key, change.record.owner
-        if change.action == "add":
-            if key in records:
-                outcomes.append(Outcome.EXISTED)
-            elif quota is not None and owner and owned[owner] >= quota:
-                outcomes.append(Outcome.QUOTA)
-            elif len(records) >= limit:
-                outcomes.append(Outcome.FULL)
-            else:
-                records[key] = change.record
-                owned[owner] += 1
-                outcomes.append(Outcome.CREATED)
+        if isinstance(change, Update):
+            outcomes.append(_apply_update(records, change, owned, limit, quota))
         else:
-            removed = records.pop(key, None)
-            if removed is not None:
-                owned[removed.owner] -= 1
-            outcomes.append(Outcome.REMOVED if removed else Outcome.ABSENT)
+            outcomes.append(_apply_one(records, change, owned, limit, quota))
     return outcomes
+
+
+def _apply_one(records: dict[Key, Record], change: Change, owned: Counter[str], limit: int,
+               quota: int | None) -> Outcome:
+    key, owner = change.record.key, change.record.owner
+    if change.action == "add":
+        if key in records:
+            return Outcome.EXISTED
+        if quota is not None and owner and owned[owner] >= quota:
+            return Outcome.QUOTA
+        if len(records) >= limit:
+            return Outcome.FULL
+        records[key] = change.record
+        owned[owner] += 1
+        return Outcome.CREATED
+    gone = [k for k in records if k[0] == key[0]] if change.action == "remove_name" else [key]
+    removed = [records.pop(k) for k in gone if k in records]
+    for record in removed:
+        owned[record.owner] -= 1
+    return Outcome.REMOVED if removed else Outcome.ABSENT
+
+
+def _apply_update(records: dict[Key, Record], update: Update, owned: Counter[str], limit: int,
+                  quota: int | None) -> Outcome:
+    for prerequisite in update.prerequisites:
+        if not prerequisite.holds(records):
+            return prerequisite.failure
+    trial, trial_owned = dict(records), Counter(owned)
+    for change in update.changes:
+        outcome = _apply_one(trial, change, trial_owned, limit, quota)
+        if outcome in (Outcome.FULL, Outcome.QUOTA):
+            return outcome
+    records.clear()
+    records.update(trial)
+    owned.clear()
+    owned.update(trial_owned)
+    return Outcome.APPLIED

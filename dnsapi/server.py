@@ -22,6 +22,7 @@ from . import systemd
 from .api import GUARD, RUNTIME, SERVICE, Handler, create_app
 from .config import Config
 from .connections import GuardedSite
+from .dnsupdate import DnsUpdateServer
 from .errors import ConfigError
 
 log = logging.getLogger("dnsapi")
@@ -81,6 +82,10 @@ async def serve(path: Path) -> None:
                            keepalive_timeout=config.http.keepalive_timeout, handler_cancellation=True)
     await runner.setup()  # starts the service: zone files are checked here
     site = GuardedSite(runner, config.listen_host, config.listen_port, app[GUARD], context)
+    dns_update = None
+    if config.dns_update is not None:
+        dns_update = DnsUpdateServer(config, app[SERVICE], lambda: app[RUNTIME].audit)
+        await dns_update.start()
     await site.start()
     status = (f"serving {'https' if context else 'http'}://{config.listen_host}:{config.listen_port}, "
               f"zones: {', '.join(z.name for z in config.zones)}")
@@ -104,6 +109,8 @@ async def serve(path: Path) -> None:
     runtime.stopping.set()
     for running in list(runner.sites):
         await running.stop()
+    if dns_update is not None:
+        await dns_update.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(in_flight.idle.wait(), SHUTDOWN_TIMEOUT)
     await runner.cleanup()
@@ -113,7 +120,8 @@ async def serve(path: Path) -> None:
 # Settings a running instance cannot change (its listener, Vault session and zone writers are
 # built from them): a reload keeps the running values and reports the key.
 _RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "tls": "tls", "vault": "vault",
-                 "zones": "zones", "max_body_bytes": "max_body_bytes", "http": "http"}
+                 "zones": "zones", "max_body_bytes": "max_body_bytes", "http": "http",
+                 "dns_update": "dns_update"}
 
 
 def reconfigure(app: web.Application, config: Config) -> list[str]:

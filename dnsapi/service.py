@@ -30,7 +30,7 @@ from .errors import DnsapiError, NameConflict, PropagationTimeout, TooManyRecord
 from .metrics import Metrics
 from .names import InvalidInput, validate_challenge_name, validate_ttl, validate_value, zone_for
 from .propagation import Waits, served_serial
-from .records import Change, Key, Outcome, Record, apply_changes
+from .records import PREREQUISITE_FAILURES, Change, Key, Outcome, Record, Update, apply_changes
 from .store import CasConflict, VaultStore, ZoneState
 from .zonefile import ZoneFile, serial_gt, soa_serial
 
@@ -43,9 +43,10 @@ SWEEP_INTERVAL = 3600.0  # how often unnamed snapshots are looked for (they are 
 
 @dataclass
 class _Job:
-    """A queued change (or, with change=None, a request to reconcile) and its caller's future."""
+    """A queued change or atomic update (or, with change=None, a request to reconcile) and its
+    caller's future."""
 
-    change: Change | None
+    change: Change | Update | None
     future: asyncio.Future[Outcome | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -65,7 +66,7 @@ class ZoneWriter:
         self.state: ZoneState | None = None  # last state read from or written to Vault
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
 
-    async def submit(self, change: Change | None) -> Outcome | None:
+    async def submit(self, change: Change | Update | None) -> Outcome | None:
         job = _Job(change)
         await self.queue.put(job)
         return await job.future
@@ -113,7 +114,8 @@ class ZoneWriter:
             error = ZoneError(f"{exc.message} (the change is stored in Vault and will be written "
                               "to the zone file once this is fixed)")
             for job, result in zip(jobs, results, strict=True):
-                _settle(job.future, result if result in (Outcome.FULL, Outcome.QUOTA) else error)
+                unchanged = (Outcome.FULL, Outcome.QUOTA, *PREREQUISITE_FAILURES)
+                _settle(job.future, result if result in unchanged else error)
             return
         for job, result in zip(jobs, results, strict=True):
             _settle(job.future, result)
@@ -123,8 +125,7 @@ class ZoneWriter:
         name, a DNAME or delegation above it): written, they would stop the zone from loading
         or never be served. If the zone file cannot be read or parsed now, the adds go ahead:
         Vault keeps them and the zone write reports the problem."""
-        names = {job.change.record.fqdn for job in jobs
-                 if job.change is not None and job.change.action == "add"}
+        names = {name for job in jobs for name in _added_names(job.change)}
         if not names:
             return jobs
         try:
@@ -133,15 +134,15 @@ class ZoneWriter:
             return jobs
         kept = []
         for job in jobs:
-            change = job.change
-            why = conflicts.get(change.record.fqdn) if change and change.action == "add" else None
-            if change is None or why is None:
+            clash = next((name for name in _added_names(job.change) if name in conflicts), None)
+            if clash is None:
                 kept.append(job)
             else:
-                _settle(job.future, NameConflict(f"cannot add a TXT record at {change.record.fqdn}: {why}"))
+                _settle(job.future, NameConflict(f"cannot add a TXT record at {clash}: "
+                                                 f"{conflicts[clash]}"))
         return kept
 
-    async def _apply_to_vault(self, changes: list[Change], reconcile: bool) -> list[Outcome]:
+    async def _apply_to_vault(self, changes: list[Change | Update], reconcile: bool) -> list[Outcome]:
         """Apply `changes` on top of Vault's current state and store the result with CAS."""
         fresh = False
         if self.state is None or reconcile:
@@ -160,7 +161,7 @@ class ZoneWriter:
                 continue
             if records == self.state.records:
                 return outcomes
-            touched = [c.record.key for c in changes] + [r.key for r in expired]
+            touched = _touched(changes, self.state.records, records) + [r.key for r in expired]
             try:
                 state = await self.store.write_zone(self.zone.name, records, self.state, touched)
             except CasConflict:
@@ -228,6 +229,20 @@ class ZoneWriter:
             if self.audit is not None:
                 self.audit.write(action="expire", fqdn=record.fqdn,
                                  value_sha256=value_hash(record.value), result="removed")
+
+
+def _added_names(change: Change | Update | None) -> list[str]:
+    changes = change.changes if isinstance(change, Update) else (change,) if change else ()
+    return [c.record.fqdn for c in changes if c.action == "add"]
+
+
+def _touched(changes: list[Change | Update], old: dict[Key, Record], new: dict[Key, Record]
+             ) -> list[Key]:
+    """Every key that may differ between `old` and `new`: the keys of plain adds and removes,
+    or, when a change names no single key (an Update, a remove of a whole name), the difference."""
+    if all(isinstance(c, Change) and c.action != "remove_name" for c in changes):
+        return [c.record.key for c in changes if isinstance(c, Change)]
+    return [key for key in old.keys() | new.keys() if old.get(key) is not new.get(key)]
 
 
 def _settle(future: asyncio.Future[Outcome | None], result: Outcome | None | Exception) -> None:
@@ -357,6 +372,13 @@ class RecordService:
         if outcome is Outcome.FULL:
             raise TooManyRecords(f"zone {zone_for(record.fqdn, self.writers)} already holds "
                                  f"{self.config.max_records_per_zone} challenge records")
+        assert outcome is not None
+        return outcome
+
+    async def update(self, zone: str, update: Update) -> Outcome:
+        """Apply an atomic Update to `zone` (validated names below it): APPLIED once Vault has
+        every change; a failed prerequisite's outcome (nothing changed); or FULL / QUOTA."""
+        outcome = await self.writers[zone].submit(update)
         assert outcome is not None
         return outcome
 

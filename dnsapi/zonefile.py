@@ -26,10 +26,12 @@ import re
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dns.exception
+import dns.rdataclass
+import dns.rdataset
 import dns.rdatatype
 import dns.zone
 
@@ -209,18 +211,17 @@ class NameRules:
     cnames: frozenset[str] = frozenset()
     dnames: frozenset[str] = frozenset()
     cuts: frozenset[str] = frozenset()  # owners of NS records other than the apex
+    types: Mapping[str, frozenset[int]] = field(default_factory=dict)  # owner -> its rdtypes
 
     @classmethod
     def of(cls, zone: dns.zone.Zone, origin: str) -> NameRules:
-        owners: dict[int, set[str]] = {dns.rdatatype.CNAME: set(), dns.rdatatype.DNAME: set(),
-                                       dns.rdatatype.NS: set()}
-        for name, node in zone.nodes.items():
-            for rdataset in node.rdatasets:
-                if rdataset.rdtype in owners:
-                    owners[rdataset.rdtype].add(name.to_text(omit_final_dot=True).lower())
-        return cls(origin, frozenset(owners[dns.rdatatype.CNAME]),
-                   frozenset(owners[dns.rdatatype.DNAME]),
-                   frozenset(owners[dns.rdatatype.NS] - {origin}))
+        types = {name.to_text(omit_final_dot=True).lower():
+                 frozenset(rdataset.rdtype for rdataset in node.rdatasets)
+                 for name, node in zone.nodes.items()}
+        owners = {rdtype: frozenset(name for name, held in types.items() if rdtype in held)
+                  for rdtype in (dns.rdatatype.CNAME, dns.rdatatype.DNAME, dns.rdatatype.NS)}
+        return cls(origin, owners[dns.rdatatype.CNAME], owners[dns.rdatatype.DNAME],
+                   owners[dns.rdatatype.NS] - {origin}, types)
 
     def conflict(self, fqdn: str) -> str | None:
         """Why a TXT record at `fqdn` cannot be in this zone, or None."""
@@ -246,6 +247,8 @@ class _Validated:
     after: str  # after dnsapi's block
     rdatas: int  # how many records the operator's text holds (SOA included)
     rules: NameRules  # names dnsapi may not use, by the operator's records
+    soa: dns.rdataset.Rdataset  # the apex SOA and NS, for answering SOA/NS queries
+    ns: dns.rdataset.Rdataset | None
 
     def serial_of(self, parts: ZoneText) -> int | None:
         """The serial in `parts` if everything else of the operator's text is unchanged."""
@@ -274,8 +277,11 @@ def _validate(parts: ZoneText, origin: str) -> tuple[int, _Validated]:
     if parts.after and _OWNERLESS_FIRST_LINE.match(parts.after):
         raise ZoneError("the first record after dnsapi's END marker has no owner name and "
                         "would inherit one of dnsapi's names; give it an owner name")
+    apex = operator.find_node(origin + ".")
     return serial, _Validated(parts.before[:start], parts.before[end:], parts.after,
-                              _rdata_count(operator), NameRules.of(operator, origin))
+                              _rdata_count(operator), NameRules.of(operator, origin),
+                              apex.find_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA),
+                              apex.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NS))
 
 
 def _block_of(text: str) -> str | None:
@@ -344,8 +350,21 @@ class ZoneFile:
 
     def conflicts(self, names: Iterable[str]) -> dict[str, str]:
         """{name: why} for the names that cannot hold a TXT record in the zone as it is now."""
-        rules = self._operator_serial(ZoneText.split(self.read_text()))[1].rules
+        rules = self.operator()[1].rules
         return {name: why for name in names if (why := rules.conflict(name)) is not None}
+
+    def operator(self) -> tuple[int, _Validated]:
+        """The file's serial now and the validation of the operator's text it holds."""
+        return self._operator_serial(ZoneText.split(self.read_text()))
+
+    def apex(self) -> tuple[dns.rdataset.Rdataset, dns.rdataset.Rdataset | None]:
+        """The zone's SOA (with the serial the file holds now) and NS RRsets, as CoreDNS serves
+        them: for the RFC 2136 front door's SOA and NS answers."""
+        serial, valid = self.operator()
+        soa = valid.soa.copy()
+        soa.clear()
+        soa.add(valid.soa[0].replace(serial=serial))
+        return soa, valid.ns
 
     def sync(self, records: Mapping[Key, Record] | Iterable[Record],
              today: dt.date | None = None) -> int | None:

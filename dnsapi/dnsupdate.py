@@ -1,0 +1,406 @@
+"""The RFC 2136 front door: DNS UPDATE signed with TSIG (RFC 8945), on UDP and TCP.
+
+cert-manager's rfc2136 solver, certbot-dns-rfc2136, lego's rfc2136 provider, acme.sh's
+dns_nsupdate and plain nsupdate speak it. Like the HTTP API this module only authenticates,
+validates and translates: an UPDATE becomes one atomic `Update` for the zone's writer (Vault
+first, then the zone file), and the answer is NOERROR only once both have it.
+
+What it accepts: TXT records at challenge names (`_acme-challenge.<name>` below a configured
+zone) inside the key's `allow` patterns: add an RR, delete one RR (class NONE), delete the TXT
+RRset or every RRset at a name (class ANY); prerequisites (RFC 2136 §2.4) against the zone as
+served. Anything else is REFUSED and nothing changes. Clients find the zone by asking this server
+for SOA (lego with RD=1, certbot over TCP with RD=0, nsupdate signed), so SOA and NS queries for
+the configured zones are answered authoritatively from the operator's zone file; every other
+query is REFUSED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Callable, Mapping
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.TSIG
+import dns.rrset
+import dns.tsig
+import dns.update
+
+from .audit import AuditLog, value_hash
+from .config import Config, TsigKeyConfig
+from .errors import DnsapiError, NameConflict, TooManyRecords
+from .names import InvalidInput, pattern_allows, validate_challenge_name, validate_ttl, validate_value
+from .ratelimit import RateLimiter
+from .records import Change, Outcome, Prerequisite, Record, Update
+from .service import RecordService
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 65535  # a DNS message over TCP; a longer length prefix is refused
+TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message
+
+_RCODE_OF = {Outcome.NXDOMAIN: dns.rcode.NXDOMAIN, Outcome.YXDOMAIN: dns.rcode.YXDOMAIN,
+             Outcome.NXRRSET: dns.rcode.NXRRSET, Outcome.YXRRSET: dns.rcode.YXRRSET,
+             Outcome.FULL: dns.rcode.REFUSED, Outcome.QUOTA: dns.rcode.REFUSED}
+
+
+class Refused(Exception):
+    """The request is answered with `rcode` and changes nothing; `reason` goes to the audit."""
+
+    def __init__(self, rcode: dns.rcode.Rcode, reason: str) -> None:
+        super().__init__(reason)
+        self.rcode = rcode
+        self.reason = reason
+
+
+def algorithm(name: str) -> dns.name.Name:
+    """The TSIG algorithm's name on the wire (RFC 8945 §6: hmac-md5 has a long one)."""
+    return dns.tsig.HMAC_MD5 if name == "hmac-md5" else dns.name.from_text(name)
+
+
+def keyring(keys: tuple[TsigKeyConfig, ...]) -> dict[dns.name.Name, dns.tsig.Key]:
+    """dnspython's keyring: a request signed with a key or algorithm not listed is refused
+    (hmac-md5 only where a key names it)."""
+    ring = {}
+    for key in keys:
+        name = dns.name.from_text(key.name)
+        ring[name] = dns.tsig.Key(name, base64.b64decode(key.secret or ""), algorithm(key.algorithm))
+    return ring
+
+
+class DnsUpdateServer:
+    """Answers UPDATE, SOA and NS on one address, UDP and TCP."""
+
+    def __init__(self, config: Config, service: RecordService,
+                 audit: Callable[[], AuditLog]) -> None:
+        assert config.dns_update is not None
+        self.config = config
+        self.settings = config.dns_update
+        self.service = service
+        self.audit = audit
+        self.metrics = service.metrics
+        self.keys = {dns.name.from_text(k.name): k for k in self.settings.keys}
+        self.keyring = keyring(self.settings.keys)
+        self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.settings.listen
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
+        self._tcp = await asyncio.start_server(self._serve_tcp, host, port)
+        log.info("RFC 2136 UPDATE on %s:%d (UDP and TCP), %d key(s)", host, port, len(self.keys))
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- transports --------------------------------------------------------------------------
+
+    def spawn(self, wire: bytes, remote: tuple[str, int]) -> None:
+        task = asyncio.create_task(self._answer_udp(wire, remote))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_udp(self, wire: bytes, remote: tuple[str, int]) -> None:
+        reply = await self.handle(wire, remote[0], tcp=False)
+        if reply is not None and self._udp is not None:
+            self._udp.sendto(reply, remote)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        remote = str((writer.get_extra_info("peername") or ("unknown",))[0])
+        try:
+            while True:
+                prefix = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                (length,) = struct.unpack("!H", prefix)
+                wire = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
+                reply = await self.handle(wire, remote, tcp=True)
+                if reply is None:
+                    return
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    # -- one message -------------------------------------------------------------------------
+
+    async def handle(self, wire: bytes, remote: str, tcp: bool) -> bytes | None:
+        """The reply to one message (None: too broken to answer, e.g. no header)."""
+        started = time.perf_counter()
+        try:
+            message = dns.message.from_wire(wire, keyring=self.keyring)
+        except (dns.message.UnknownTSIGKey, dns.tsig.BadAlgorithm):
+            return self._tsig_error(wire, remote, dns.rcode.BADKEY, "unknown TSIG key or algorithm")
+        except dns.tsig.BadSignature:
+            return self._tsig_error(wire, remote, dns.rcode.BADSIG, "bad TSIG signature")
+        except dns.tsig.BadTime:
+            return self._tsig_error(wire, remote, dns.rcode.BADTIME, "TSIG time outside the fudge")
+        except (dns.exception.DNSException, ValueError, IndexError, struct.error):
+            return self._formerr(wire, remote)
+        opcode = message.opcode()
+        if opcode == dns.opcode.QUERY:
+            reply = self._query(message)
+        elif opcode == dns.opcode.UPDATE and isinstance(message, dns.update.UpdateMessage):
+            reply = await self._update(message, remote)
+        else:
+            reply = _reply(message, dns.rcode.NOTIMP)
+        self.metrics.dns_requests.labels(dns.opcode.to_text(opcode),
+                                         dns.rcode.to_text(reply.rcode())).inc()
+        self.metrics.dns_request_seconds.observe(time.perf_counter() - started)
+        return reply.to_wire(max_size=MAX_MESSAGE if tcp else 512 if message.edns < 0
+                             else max(512, message.payload))
+
+    def _query(self, query: dns.message.Message) -> dns.message.Message:
+        """SOA and NS of a configured zone, authoritatively; NODATA with the SOA for a name
+        below one (clients walk up the labels); REFUSED for everything else."""
+        if len(query.question) != 1:
+            return _reply(query, dns.rcode.FORMERR)
+        question = query.question[0]
+        name = question.name.to_text(omit_final_dot=True).lower()
+        zone = _zone_of(name, self.config.zone_names)
+        if zone is None or question.rdclass != dns.rdataclass.IN \
+                or question.rdtype not in (dns.rdatatype.SOA, dns.rdatatype.NS):
+            return _reply(query, dns.rcode.REFUSED)
+        try:
+            soa, ns = self.service.writers[zone].file.apex()
+        except DnsapiError:
+            return _reply(query, dns.rcode.SERVFAIL)
+        reply = _reply(query, dns.rcode.NOERROR)
+        reply.flags |= dns.flags.AA
+        apex = dns.name.from_text(zone)
+        wanted = soa if question.rdtype == dns.rdatatype.SOA else ns
+        if name == zone and wanted is not None:
+            reply.answer.append(dns.rrset.from_rdata_list(apex, wanted.ttl, list(wanted)))
+        else:
+            reply.authority.append(dns.rrset.from_rdata_list(apex, soa.ttl, list(soa)))
+        return reply
+
+    async def _update(self, message: dns.update.UpdateMessage, remote: str) -> dns.message.Message:
+        key = self.keys.get(message.keyname) if message.had_tsig and message.keyname else None
+        who = key.name if key is not None else None
+        try:
+            if key is None:
+                raise Refused(dns.rcode.NOTAUTH, "unsigned UPDATE")
+            wait = self.limiter.allow(key.name)
+            if wait:
+                raise Refused(dns.rcode.REFUSED, f"key {key.name} is over its rate limit")
+            zone, update, names = self._translate(message, key)
+            outcome = await self.service.update(zone, update)
+        except Refused as refused:
+            self._audit(remote, who, message, "refused", refused.rcode, refused.reason)
+            return _reply(message, refused.rcode)
+        except NameConflict as exc:
+            self._audit(remote, who, message, "refused", dns.rcode.REFUSED, exc.message)
+            return _reply(message, dns.rcode.REFUSED)
+        except (DnsapiError, TooManyRecords) as exc:
+            self._audit(remote, who, message, "failed", dns.rcode.SERVFAIL, exc.message)
+            return _reply(message, dns.rcode.SERVFAIL)
+        rcode = _RCODE_OF.get(outcome, dns.rcode.NOERROR)
+        self._audit(remote, who, message, outcome.value, rcode, None, names)
+        return _reply(message, rcode)
+
+    def _translate(self, message: dns.update.UpdateMessage, key: TsigKeyConfig
+                   ) -> tuple[str, Update, list[str]]:
+        """The message as one Update for its zone, every name and value checked."""
+        if len(message.zone) != 1 or message.zone[0].rdtype != dns.rdatatype.SOA:
+            raise Refused(dns.rcode.FORMERR, "the zone section must hold one SOA question")
+        zone = message.zone[0].name.to_text(omit_final_dot=True).lower()
+        if zone not in self.config.zone_names:
+            raise Refused(dns.rcode.NOTAUTH, f"not a zone this server updates: {zone}")
+        types = self.service.writers[zone].file.operator()[1].rules.types
+        prerequisites = tuple(p for rrset in message.prerequisite
+                              if (p := self._prerequisite(rrset, zone, types)) is not None)
+        changes, names = [], []
+        for rrset in message.update:
+            fqdn = self._name(rrset.name, zone, key)
+            names.append(fqdn)
+            changes.extend(self._changes(rrset, fqdn, types, key))
+        return zone, Update(tuple(changes), prerequisites), names
+
+    def _name(self, name: dns.name.Name, zone: str, key: TsigKeyConfig) -> str:
+        """A challenge name in `zone` that `key` may change, or Refused."""
+        try:
+            fqdn, found = validate_challenge_name(name.to_text(omit_final_dot=True),
+                                                  self.config.zone_names, self.config.challenge_label)
+        except InvalidInput as exc:
+            raise Refused(dns.rcode.REFUSED, exc.message) from None
+        if found != zone:
+            raise Refused(dns.rcode.NOTZONE, f"{fqdn} is not in zone {zone}")
+        if not any(pattern_allows(p, fqdn, self.config.challenge_label) for p in key.allow):
+            raise Refused(dns.rcode.REFUSED, f"key {key.name} may not change {fqdn}")
+        return fqdn
+
+    def _changes(self, rrset: dns.rrset.RRset, fqdn: str, types: Mapping[str, frozenset[int]],
+                 key: TsigKeyConfig) -> list[Change]:
+        """RFC 2136 §2.5: add (class IN), delete one RR (NONE), delete an RRset or every RRset
+        at the name (ANY) — for dnsapi's TXT records only."""
+        if rrset.deleting == dns.rdataclass.ANY:
+            if rrset.rdtype == dns.rdatatype.ANY and types.get(fqdn, frozenset()) - {dns.rdatatype.TXT}:
+                raise Refused(dns.rcode.REFUSED, f"{fqdn} holds the operator's records")
+            if rrset.rdtype not in (dns.rdatatype.TXT, dns.rdatatype.ANY):
+                raise Refused(dns.rcode.REFUSED, "only TXT records can be changed")
+            return [Change("remove_name", Record(fqdn, "", 0, 0.0))]
+        if rrset.rdtype != dns.rdatatype.TXT:
+            raise Refused(dns.rcode.REFUSED, f"only TXT records can be changed, not "
+                                             f"{dns.rdatatype.to_text(rrset.rdtype)}")
+        if rrset.deleting is None and rrset.rdclass != dns.rdataclass.IN:
+            raise Refused(dns.rcode.FORMERR, "an added record must be of class IN")
+        changes = []
+        for rdata in rrset:
+            value = self._value(rdata)
+            if rrset.deleting == dns.rdataclass.NONE:
+                changes.append(Change("remove", Record(fqdn, value, 0, 0.0)))
+            else:
+                try:
+                    ttl = validate_ttl(rrset.ttl, self.config.min_ttl, self.config.max_ttl)
+                except InvalidInput as exc:
+                    raise Refused(dns.rcode.REFUSED, exc.message) from None
+                changes.append(Change("add", Record(fqdn, value, ttl, time.time(), f"key:{key.name}")))
+        return changes
+
+    @staticmethod
+    def _value(rdata: object) -> str:
+        strings: tuple[bytes, ...] = getattr(rdata, "strings", ())
+        if len(strings) != 1:
+            raise Refused(dns.rcode.REFUSED, "a TXT value must be one string")
+        try:
+            return validate_value(strings[0].decode("ascii"))
+        except (UnicodeDecodeError, InvalidInput):
+            raise Refused(dns.rcode.REFUSED, "a TXT value must be base64url, 1-255 characters") from None
+
+    def _prerequisite(self, rrset: dns.rrset.RRset, zone: str,
+                      types: Mapping[str, frozenset[int]]) -> Prerequisite | None:
+        """RFC 2136 §2.4, evaluated against the zone as served: the operator's records here (they
+        change only by an edit), dnsapi's TXT records in the writer, atomically with the update.
+        Returns None when the operator's records decide it and it holds."""
+        name = rrset.name.to_text(omit_final_dot=True).lower()
+        if _zone_of(name, (zone,)) != zone:
+            raise Refused(dns.rcode.NOTZONE, f"prerequisite name {name} is not in zone {zone}")
+        held = types.get(name, frozenset())
+        rdtype = rrset.rdtype
+        if rrset.deleting == dns.rdataclass.ANY and rdtype == dns.rdatatype.ANY:  # name in use
+            return None if held else Prerequisite("exists", name, Outcome.NXDOMAIN)
+        if rrset.deleting == dns.rdataclass.NONE and rdtype == dns.rdatatype.ANY:  # name not in use
+            if held:
+                raise Refused(dns.rcode.YXDOMAIN, f"{name} is in use")
+            return Prerequisite("absent", name, Outcome.YXDOMAIN)
+        if rdtype != dns.rdatatype.TXT:  # only the operator has other types
+            present = rdtype in held
+            wanted = rrset.deleting == dns.rdataclass.ANY
+            if rrset.deleting is None or present != wanted:
+                raise Refused(dns.rcode.NXRRSET if wanted or rrset.deleting is None
+                              else dns.rcode.YXRRSET, f"prerequisite on {name} does not hold")
+            return None
+        if rrset.deleting == dns.rdataclass.ANY:
+            return None if dns.rdatatype.TXT in held else Prerequisite("exists", name, Outcome.NXRRSET)
+        if rrset.deleting == dns.rdataclass.NONE:
+            if dns.rdatatype.TXT in held:
+                raise Refused(dns.rcode.YXRRSET, f"{name} has TXT records")
+            return Prerequisite("absent", name, Outcome.YXRRSET)
+        values = frozenset(self._value(rdata) for rdata in rrset)
+        return Prerequisite("exists_exactly", name, Outcome.NXRRSET, values)
+
+    # -- replies and the audit trail ----------------------------------------------------------
+
+    def _tsig_error(self, wire: bytes, remote: str, error: int, reason: str) -> bytes | None:
+        """NOTAUTH carrying a TSIG RR with the error and an empty MAC, unsigned (RFC 8945 §5.3)."""
+        try:
+            request = dns.message.from_wire(wire, keyring=False)
+        except dns.exception.DNSException:
+            return self._formerr(wire, remote)
+        reply = _unsigned_reply(request, dns.rcode.NOTAUTH)
+        if request.keyname is not None and request.tsig is not None:
+            signed = request.tsig[0]
+            tsig = dns.rdtypes.ANY.TSIG.TSIG(
+                dns.rdataclass.ANY, dns.rdatatype.TSIG, signed.algorithm,
+                int(time.time()) if error == dns.rcode.BADTIME else signed.time_signed,
+                signed.fudge, b"", request.id, error,
+                struct.pack("!Q", int(time.time()))[2:] if error == dns.rcode.BADTIME else b"")
+            reply.additional.append(dns.rrset.from_rdata(request.keyname, 0, tsig))
+        self._audit(remote, str(request.keyname).rstrip(".") if request.keyname else None, request,
+                    "refused", dns.rcode.NOTAUTH, reason)
+        return reply.to_wire()
+
+    def _formerr(self, wire: bytes, remote: str) -> bytes | None:
+        """FORMERR echoing the id and opcode, when there is a header to echo."""
+        if len(wire) < 12:
+            return None
+        ident, flags = struct.unpack("!HH", wire[:4])
+        self.metrics.dns_requests.labels("unknown", "FORMERR").inc()
+        self.audit().refused(remote, action="dns_update", result="refused", status=int(dns.rcode.FORMERR),
+                             error="malformed message")
+        opcode_bits = flags & 0x7800
+        return struct.pack("!HHHHHH", ident, 0x8000 | opcode_bits | dns.rcode.FORMERR, 0, 0, 0, 0)
+
+    def _audit(self, remote: str, key: str | None, message: dns.message.Message, result: str,
+               rcode: int, error: str | None, names: list[str] | None = None) -> None:
+        values = [self._digest(rd) for rrset in getattr(message, "update", []) for rd in rrset]
+        entry = dict(token=f"key:{key}" if key else None, action="dns_update",
+                     fqdn=",".join(names)[:300] if names else None,
+                     value_sha256=",".join(v for v in values if v)[:300] or None,
+                     result=result, status=int(rcode), error=error)
+        if rcode == dns.rcode.NOERROR:
+            self.audit().write(remote=remote, **entry)
+        else:
+            self.audit().refused(remote, **entry)
+
+    @staticmethod
+    def _digest(rdata: object) -> str | None:
+        strings = getattr(rdata, "strings", ())
+        with contextlib.suppress(UnicodeDecodeError):
+            return value_hash(b"".join(strings).decode("ascii")) if strings else None
+        return None
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsUpdateServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.server.spawn(data, addr)
+
+
+def _reply(request: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
+    """A reply to `request` with `rcode`, signed with the request's key when it was signed and
+    verified (dnspython keeps the key on the request)."""
+    reply = dns.message.make_response(request)
+    reply.set_rcode(rcode)
+    return reply
+
+
+def _unsigned_reply(request: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
+    """A reply that carries no signature: to a request whose key or signature failed."""
+    reply = type(request)(id=request.id)
+    reply.flags = dns.flags.QR | (request.flags & dns.flags.RD)
+    reply.set_opcode(request.opcode())
+    reply.set_rcode(rcode)
+    reply.question = list(request.question)
+    return reply
+
+
+def _zone_of(name: str, zones: tuple[str, ...]) -> str | None:
+    best = None
+    for zone in zones:
+        if (name == zone or name.endswith("." + zone)) and (best is None or len(zone) > len(best)):
+            best = zone
+    return best
