@@ -49,7 +49,10 @@ import yaml
 from rewrite import measure as rewrite_ms
 from throughput import LEVELS, NAMES, adds_per_second, bodies, send_all
 
-from dnsapi.devstack import Process, free_port, local_stack, soa_answered, wait_for
+from dnsapi.devstack import Process, soa_answered, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.helpers
+from tests.helpers import free_port, local_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 REPS = 5  # per level and server, taking turns; the median is reported
@@ -180,8 +183,8 @@ def rss_mb(tmp: Path) -> float:
         zone = tmp / "db.dev.local"
         zone.write_text(zone.read_text() + "".join(
             f"host{i} IN A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n" for i in range(10_000)))
-        asyncio.run(send_all(stack.api_url, stack.api_token, "POST", 16, bodies("rss", 1000), 201))
-        status = Path(f"/proc/{stack.dnsapi_pid}/status").read_text()
+        asyncio.run(send_all(stack.url, stack.token, "POST", 16, bodies("rss", 1000), 201))
+        status = Path(f"/proc/{stack.dnsapi.popen.pid}/status").read_text()
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
 
 
@@ -235,10 +238,10 @@ def main() -> None:
             bind = Bind(tmp / "bind")
             try:
                 session = requests.Session()
-                session.headers["Authorization"] = f"Bearer {stack.api_token}"
+                session.headers["Authorization"] = f"Bearer {stack.token}"
 
                 def dnsapi_add(fqdn: str, value: str) -> None:
-                    session.post(f"{stack.api_url}/v1/records", json={"fqdn": fqdn, "value": value},
+                    session.post(f"{stack.url}/v1/records", json={"fqdn": fqdn, "value": value},
                                  timeout=30).raise_for_status()
 
                 results["visible_ms"] = {"dnsapi": visible_ms(dnsapi_add, stack.dns_port, "dnsapi"),
@@ -248,7 +251,7 @@ def main() -> None:
                     for rep in range(args.reps):
                         tag = f"c{c}r{rep}"
                         rates["dnsapi"].setdefault(f"c{c}", []).append(
-                            adds_per_second(stack.api_url, stack.api_token, c, n, tag))
+                            adds_per_second(stack.url, stack.token, c, n, tag))
                         rates["bind"].setdefault(f"c{c}", []).append(bind.adds_per_second(c, n, tag))
                 results["adds_per_s"] = {server: {level: round(statistics.median(runs))
                                                   for level, runs in levels.items()}
@@ -257,14 +260,14 @@ def main() -> None:
                                                        for level, runs in levels.items()}
                                               for server, levels in rates.items()}
                 dnsapi_dir = vault_init(tmp / "dnsapi", "pki", f"127.0.0.1:{stack.dns_port}",
-                                        stack.vault_token)
+                                        stack.vault.root_token)
                 bind_dir = vault_init(tmp / "dnsapi", "pki_bind", f"127.0.0.1:{bind.port}",
-                                      stack.vault_token)
+                                      stack.vault.root_token)
                 runs = issuance_s({
                     "dnsapi": (
                         lego(dnsapi_dir, "httpreq", f"127.0.0.1:{stack.dns_port}", "issue.dev.local"),
-                        {"HTTPREQ_ENDPOINT": stack.api_url, "HTTPREQ_USERNAME": "lego",
-                         "HTTPREQ_PASSWORD": stack.api_token, "HTTPREQ_POLLING_INTERVAL": "2"}),
+                        {"HTTPREQ_ENDPOINT": stack.url, "HTTPREQ_USERNAME": "lego",
+                         "HTTPREQ_PASSWORD": stack.token, "HTTPREQ_POLLING_INTERVAL": "2"}),
                     "bind": (
                         lego(bind_dir, "rfc2136", f"127.0.0.1:{bind.port}", "issue.dev.local"),
                         # rfc2136 is a "sequential" provider in lego, 60 s between challenges by

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
-from dnsapi.devstack import local_stack
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.helpers
+from tests.helpers import local_stack
 
 LEVELS = ((1, 300), (16, 1000), (64, 2000))
 NAMES = 50  # the adds go to this many challenge names, round robin
@@ -58,7 +60,7 @@ def main() -> None:
         config["max_records_per_zone"] = config["max_records_per_token"] = 10_000
 
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), unlimited) as stack:
-        results = {f"c{c}": adds_per_second(stack.api_url, stack.api_token, c, n, f"c{c}")
+        results = {f"c{c}": adds_per_second(stack.url, stack.token, c, n, f"c{c}")
                    for c, n in LEVELS}
     print("| concurrency | acknowledged adds/s |")
     print("|---|---|")

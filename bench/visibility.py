@@ -14,6 +14,7 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ import dns.query
 import dns.rdatatype
 import requests
 
-from dnsapi.devstack import local_stack
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.helpers
+from tests.helpers import local_stack
 
 
 def served(port: int, fqdn: str, value: str) -> bool:
@@ -45,12 +47,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp)) as stack:
         session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {stack.api_token}"
+        session.headers["Authorization"] = f"Bearer {stack.token}"
         acked, visible = [], []
         for i in range(args.n):
             fqdn, value = f"_acme-challenge.host{i}.dev.local", f"bench-value-{i:04d}"
             start = time.perf_counter()
-            response = session.post(f"{stack.api_url}/v1/records", json={"fqdn": fqdn, "value": value},
+            response = session.post(f"{stack.url}/v1/records", json={"fqdn": fqdn, "value": value},
                                     timeout=30)
             response.raise_for_status()
             acked.append(time.perf_counter() - start)

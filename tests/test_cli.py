@@ -4,11 +4,12 @@ import hashlib
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from dnsapi.devstack import free_port
+from .helpers import free_port, wait_until
+
+pytestmark = pytest.mark.e2e  # the command as a user runs it: a process each time
 
 
 def run(*args, **kwargs):
@@ -40,14 +41,12 @@ def test_dev_stack_answers_curl_and_dig_then_stops_cleanly(tmp_path):
         result = subprocess.run(["bash", "-c", curl], cwd=tmp_path, capture_output=True,
                                 text=True, timeout=30)
         assert '"created": true' in result.stdout, result.stdout + result.stderr
-        deadline = time.monotonic() + 5
-        while True:
-            answer = subprocess.run(["bash", "-c", "dig " + dig], cwd=tmp_path, capture_output=True,
-                                    text=True, timeout=30).stdout.strip()
-            if answer == '"hello-dnsapi"' or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert answer == '"hello-dnsapi"'
+
+        def dig_answers() -> bool:
+            return subprocess.run(["bash", "-c", "dig " + dig], cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=30).stdout.strip() == '"hello-dnsapi"'
+
+        wait_until(dig_answers, 5, "dig to answer the new record", interval=0.1)
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0

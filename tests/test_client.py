@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from dnsapi.client import AsyncClient, Client, ClientError, Settings
-from dnsapi.devstack import free_port
+
+from .helpers import free_port
 
 NAME = "_acme-challenge.client.dev.local"
 
@@ -24,7 +25,7 @@ def test_sync_client_round_trip(stack):
     with Client(Settings(stack.url, stack.token)) as client:
         added = client.add(NAME, "one", ttl=30, wait=True)
         assert added["created"] is True and added["ttl"] == 30
-        assert added["served_after_ms"] >= 0
+        assert isinstance(added["served_after_ms"], int)  # it waited: the answer says how long
         assert stack.query(NAME) == ("NOERROR", {"one"})  # wait=True: already served
         assert client.add(NAME, "one")["created"] is False
         assert [(r["fqdn"], r["value"]) for r in client.list()] == [(NAME, "one")]
@@ -138,7 +139,7 @@ def test_lego_httpreq_endpoints_with_basic_auth(stack):
     body = {"fqdn": NAME + ".", "value": "httpreq-value"}
     present = requests.post(stack.url + "/present", json=body, auth=("lego", stack.token), timeout=60)
     assert present.status_code == 200, present.text
-    assert present.json()["served_after_ms"] >= 0
+    assert isinstance(present.json()["served_after_ms"], int)  # lego's endpoint always waits
     assert stack.query(NAME) == ("NOERROR", {"httpreq-value"})
     wrong = requests.post(stack.url + "/present", json=body, auth=("lego", "nope"), timeout=60)
     assert wrong.status_code == 401

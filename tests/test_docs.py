@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dnsapi.devstack import coredns_binary, free_port, openbao_binary
+from dnsapi.devstack import coredns_binary, openbao_binary
 
-from .conftest import FIGURES
+from .helpers import FIGURES, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "docs" / "zh" / "tutorial.md"
@@ -47,6 +47,7 @@ def acme_sh_home(home: Path) -> str:
     return "the acme.sh stand-in (lego + the hook under the harness)"
 
 
+@pytest.mark.e2e
 def test_every_bash_block_of_the_chinese_tutorial_runs(tmp_path):
     assert os.geteuid() == 0, "the tutorial trusts its root CA system-wide: run the tests as root"
     blocks = bash_blocks(TUTORIAL.read_text())

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import add_token
+from .helpers import add_token, free_port
+
+pytestmark = pytest.mark.e2e  # every test runs the hook (or a shell tool) as a process
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = ROOT / "hooks" / "dns_internal.sh"
@@ -80,7 +82,6 @@ def test_wrong_token_fails_clearly_and_is_not_saved(stack, tmp_path, shell):
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_server_down(tmp_path, shell):
-    from dnsapi.devstack import free_port
     env = {"DNSAPI_URL": f"http://127.0.0.1:{free_port()}", "DNSAPI_TOKEN": "t"}
     result = hook(shell, "add", NAME, APEX_VALUE, tmp_path / "account.conf", env)
     assert result.returncode != 0
@@ -121,7 +122,6 @@ def test_missing_settings(tmp_path, shell):
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_propagation_timeout_is_reported(make_stack, tmp_path, shell):
-    from dnsapi.devstack import free_port
     silent = free_port()
 
     def unreachable_dns(config):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .conftest import FIGURES
+from .helpers import FIGURES
 
 GOOD_NAME = "_acme-challenge.www.dev.local"
 GOOD_VALUE = "A" * 43

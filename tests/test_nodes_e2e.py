@@ -5,7 +5,7 @@ reconcile timer is set to a minute here so it cannot be what does it)."""
 import statistics
 import time
 
-from .conftest import FIGURES
+from .helpers import FIGURES
 
 NAME = "_acme-challenge.nodes.dev.local"
 

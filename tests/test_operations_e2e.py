@@ -24,7 +24,7 @@ from dnsapi.devstack import coredns_binary
 from dnsapi.openapi import document
 from dnsapi.zonefile import ZoneFile
 
-from .conftest import FIGURES, add_token
+from .helpers import FIGURES, Receiver, add_token, wait_until, write_watch_config
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "deploy" / "systemd"
@@ -115,10 +115,7 @@ def test_notify_reload_and_sigterm_finishing_in_flight_writes(make_stack, tmp_pa
     # SIGTERM while 16 adds are in their handlers (stored, waiting until CoreDNS serves them):
     # every one is answered before the process exits.
     burst = Burst(stack, "term", 16, wait=True)
-    deadline = time.monotonic() + 5
-    while len(stack.vault_records()) < 16:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_until(lambda: len(stack.vault_records()) >= 16, 5, "the 16 adds stored", interval=0.005)
     os.kill(pid, signal.SIGTERM)
     notify.expect("STOPPING=1")
     assert stack.dnsapi.popen.wait(30) == 0
@@ -211,12 +208,19 @@ def test_request_ids_in_responses_json_logs_and_audit(make_stack):
     made = stack.call("GET", "/healthz", headers={"X-Request-Id": "has spaces; and more"})
     generated = made.headers["X-Request-Id"]
     assert len(generated) == 16 and all(c in "0123456789abcdef" for c in generated)
-    time.sleep(0.2)
-    lines = [line for line in (stack.dir / "dnsapi.log").read_text().splitlines() if line.startswith("{")]
-    entries = [json.loads(line) for line in lines]  # every JSON line parses
-    tagged = [e for e in entries if e.get("request_id") == "ticket-42.a"]
-    assert any(e.get("logger") == "aiohttp.access" and "POST /v1/records" in e["message"] for e in tagged)
-    assert any(e.get("action") == "add" and e.get("result") == "created" for e in tagged)  # audit line
+
+    def tagged() -> list[dict]:
+        lines = [line for line in (stack.dir / "dnsapi.log").read_text().splitlines()
+                 if line.startswith("{")]
+        entries = [json.loads(line) for line in lines]  # every JSON line parses
+        return [e for e in entries if e.get("request_id") == "ticket-42.a"]
+
+    def access_line() -> bool:  # aiohttp logs the access line once the response is sent
+        return any(e.get("logger") == "aiohttp.access" and "POST /v1/records" in e["message"]
+                   for e in tagged())
+
+    wait_until(access_line, 5, "the access log line of the request")
+    assert any(e.get("action") == "add" and e.get("result") == "created" for e in tagged())  # audit line
     assert stack.token not in (stack.dir / "dnsapi.log").read_text()
 
 
@@ -249,12 +253,10 @@ def test_schemathesis_finds_nothing_against_the_live_service(make_stack, tmp_pat
 
 def test_pki_watch_notifies_ready_reloading_and_stopping(openbao, tmp_path):
     """pki-watch under Type=notify: READY once the first check is done, STOPPING on SIGTERM."""
-    from .watch_helpers import Receiver, write_config
-
     receiver = Receiver()
     receiver.start()
-    config = write_config(tmp_path, openbao.addr, openbao.root_token, ["pki-none"],
-                          [{"type": "webhook", "url": receiver.url}])
+    config = write_watch_config(tmp_path, openbao.addr, openbao.root_token, ["pki-none"],
+                                [{"type": "webhook", "url": receiver.url}])
     notify = NotifySocket(tmp_path / "notify.sock")
     proc = subprocess.Popen(["dnsapi", "pki-watch", "-c", str(config)], env={
         **os.environ, "NOTIFY_SOCKET": str(notify.path)}, stderr=subprocess.PIPE, text=True)
@@ -312,7 +314,7 @@ def test_check_names_each_problem_with_a_fix(make_stack, openbao):
     assert "✗ Vault accepts dnsapi's token file" in result.stdout
     assert "✗ zone file" in result.stdout
 
-    stack.config_path.write_text(stack.config_path.read_text().replace("vault:", "vaults:"))
+    stack.edit_config(lambda config: config.update(vaults=config.pop("vault")))  # a misspelt key
     result = run_check(stack)
     assert result.returncode == 1 and "✗ configuration" in result.stdout and "vault" in result.stdout
 

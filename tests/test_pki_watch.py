@@ -16,8 +16,9 @@ import pytest
 from dnsapi import config as cfg
 from dnsapi.config import SinkConfig
 from dnsapi.errors import ConfigError
+from dnsapi.pki import watch as watch_module
 from dnsapi.pki.client import CertInfo, Crl, Issuer, PkiUnavailable, StoredCert
-from dnsapi.pki.notify import _payload, send
+from dnsapi.pki.notify import DeliveryError, _payload, send
 from dnsapi.pki.watch import MountCheck, MountState, Pending, PkiWatch, WatchState, days
 
 from .test_config import BASE, changed
@@ -202,10 +203,15 @@ def test_state_round_trip():
     assert set(state.to_data()) == {"format", "state"}  # one string: Vault caps JSON strings
 
 
-def test_delivery_backoff_then_give_up(tmp_path):
+def test_delivery_backoff_then_give_up(monkeypatch):
     config = load({**BASE, "pki_watch": {
-        "sinks": [{"type": "command", "command": ["false"], "name": "broken"}],
+        "sinks": [{"type": "webhook", "url": "https://hooks.example/x", "name": "broken"}],
         "retry": {"initial": "10s", "max": "40s", "give_up": "1h"}}})
+
+    def refused(*args: object) -> None:
+        raise DeliveryError("broken: HTTP 500")
+
+    monkeypatch.setattr(watch_module, "send", refused)  # every delivery fails
     watch = PkiWatch(config)
     state = WatchState(outbox=[Pending({"id": "e1"}, "broken", 0, NOW, NOW)])
     delays = []
@@ -254,6 +260,7 @@ def test_unsigned_formats():
     assert "timestamp" not in _payload(sink("dingtalk"), EVENT)[0]
 
 
+@pytest.mark.e2e  # the command runs as a process
 def test_command_sink_does_not_inherit_vault_credentials(tmp_path, monkeypatch):
     """The review's attack: a command sink saw DNSAPI_VAULT_SECRET_ID, enough to write challenge
     records. Only PATH, LANG and the sink's own `env:` list reach the program now."""

@@ -5,7 +5,6 @@ ACME revocation is tested in test_acme_e2e.py, next to the ACME CA it needs."""
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,11 +17,19 @@ import pytest
 from dnsapi import config as config_module
 from dnsapi.pki.client import PkiClient, revocation_time
 from dnsapi.pki.vault_init import render_pki_watch_policy, render_policy
-from dnsapi.pki.watch import StateStore
+from dnsapi.pki.watch import StateStore, WatchState
 from dnsapi.vault import VaultSession
 
-from .conftest import FIGURES, Vault
-from .watch_helpers import Receiver, run_once, start_watch, write_config
+from .helpers import (
+    FIGURES,
+    Receiver,
+    Vault,
+    run_once,
+    start_watch,
+    wait_for_watch_cycles,
+    wait_until,
+    write_watch_config,
+)
 
 
 @dataclass
@@ -48,16 +55,28 @@ class Pki:
 
     def config(self, **settings: Any) -> Path:
         sinks = settings.pop("sinks", [{"type": "webhook", "url": self.receiver.url + "/hook"}])
-        return write_config(self.dir, self.vault.addr, self.vault.root_token, [self.mount], sinks,
-                            prefix=self.prefix, **settings)
+        return write_watch_config(self.dir, self.vault.addr, self.vault.root_token, [self.mount],
+                                  sinks, prefix=self.prefix, **settings)
 
     def watch(self, **settings: Any):
         return start_watch(self.config(**settings), self.dir / "pki-watch.log")
 
+    def state(self) -> WatchState:
+        """The watch state as pki-watch last saved it in Vault."""
+        cfg = config_module.load(self.dir / "dnsapi.yaml")
+        return StateStore(VaultSession(cfg.vault)).load()
+
     def pending(self) -> int:
         """Undelivered events in the watch state in Vault."""
-        cfg = config_module.load(self.dir / "dnsapi.yaml")
-        return len(StateStore(VaultSession(cfg.vault)).load().outbox)
+        return len(self.state().outbox)
+
+    def wait_cycles(self, cycles: int = 2) -> None:
+        """Wait until the watcher has run `cycles` more check cycles and delivered their events:
+        what they did not report by then, they did not report."""
+        wait_for_watch_cycles(self.vault, self.prefix, cycles)
+
+    def log(self) -> str:
+        return (self.dir / "pki-watch.log").read_text()
 
 
 @pytest.fixture
@@ -83,7 +102,7 @@ def test_revocation_reported_exactly_once_with_its_delay(pki):
         revoked_at = pki.revoke(serial)
         got = pki.receiver.wait_for("certificate_revoked", serial=serial)
         delay = pki.receiver.arrival(got["id"]) - revoked_at
-        time.sleep(2)  # several more cycles
+        pki.wait_cycles()
     finally:
         assert proc.stop() == 0
     assert len(pki.receiver.events("certificate_revoked")) == 1
@@ -106,7 +125,7 @@ def test_restart_neither_repeats_nor_drops(pki):
     proc = pki.watch()
     try:
         pki.receiver.wait_for("certificate_revoked", serial=second)
-        time.sleep(1.5)
+        pki.wait_cycles()
     finally:
         proc.stop()
     assert sorted(e["serial"] for e in pki.receiver.events("certificate_revoked")) == sorted([serial, second])
@@ -118,19 +137,17 @@ def test_receiver_down_then_up_delivers_once_after_retry(pki):
     try:
         serial = pki.issue("outage.dev.local")
         pki.revoke(serial)
-        deadline = time.monotonic() + 15
-        while "attempt 3" not in (pki.dir / "pki-watch.log").read_text():
-            assert time.monotonic() < deadline, (pki.dir / "pki-watch.log").read_text()
-            time.sleep(0.1)
+        wait_until(lambda: "attempt 3" in pki.log(), 15, "a third delivery attempt")
         assert pki.pending() == 1  # waiting in Vault, not only in memory
         pki.receiver.start()
         pki.receiver.wait_for("certificate_revoked", serial=serial, timeout=10)
-        time.sleep(2.5)
+        wait_until(lambda: pki.pending() == 0, 10, "the outbox to empty")
+        pki.wait_cycles()
     finally:
         proc.stop()
     assert len(pki.receiver.events("certificate_revoked")) == 1
     assert pki.pending() == 0
-    assert "ConnectionError" in (pki.dir / "pki-watch.log").read_text()
+    assert "ConnectionError" in pki.log()
 
 
 def test_robot_refusal_is_retried(pki):
@@ -141,15 +158,9 @@ def test_robot_refusal_is_retried(pki):
     try:
         serial = pki.issue("refused.dev.local")
         pki.revoke(serial)
-        deadline = time.monotonic() + 15
-        while len(pki.receiver.received) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: len(pki.receiver.received) >= 2, 15, "a refused delivery and its retry")
         pki.receiver.answer = (200, {"errcode": 0, "errmsg": "ok"})
-        deadline = time.monotonic() + 10
-        while pki.pending():
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: not pki.pending(), 10, "the outbox to empty")
     finally:
         proc.stop()
     log = (pki.dir / "pki-watch.log").read_text()
@@ -168,7 +179,7 @@ def test_expired_crl_raises_one_stale_alert(pki):
     try:
         pki.revoke(pki.issue("stale.dev.local"))
         alert = pki.receiver.wait_for("crl_stale", reason="next_update_passed", timeout=15)
-        time.sleep(1.5)
+        pki.wait_cycles()
     finally:
         proc.stop()
     assert len(pki.receiver.events("crl_stale")) == 1
@@ -209,14 +220,16 @@ def test_ocsp_says_revoked_and_an_unreachable_responder_is_reported(pki):
     pki.issue("good.dev.local")  # the probe: newest valid certificate
     proc = pki.watch()
     try:
-        time.sleep(1.5)
+        pki.wait_cycles()
         assert not pki.receiver.events("ocsp_unreachable") and not pki.receiver.events("ocsp_mismatch")
         pki.client.write_data(f"{pki.mount}/config/crl", data={"ocsp_disable": True})
         alert = pki.receiver.wait_for("ocsp_unreachable", timeout=10)
-        time.sleep(1.5)
+        pki.wait_cycles()
         assert len(pki.receiver.events("ocsp_unreachable")) == 1  # once per outage
         pki.client.write_data(f"{pki.mount}/config/crl", data={"ocsp_disable": False})
-        time.sleep(1.5)
+        wait_until(lambda: "ocsp_unreachable" not in pki.state().mounts[pki.mount].alerts, 10,
+                   "the watcher to see the responder answer again")
+        pki.wait_cycles()
     finally:
         proc.stop()
     assert alert["error"].endswith("HTTP 401")  # what OpenBao answers with OCSP disabled
@@ -232,7 +245,7 @@ def test_expiry_warned_once_per_threshold_and_not_for_renewed(pki):
     try:
         pki.receiver.wait_for("certificate_expiring", serial=soon)
         pki.receiver.wait_for("certificate_expiring", serial=later)
-        time.sleep(2)
+        pki.wait_cycles()
     finally:
         proc.stop()
     warned = {e["serial"]: e for e in pki.receiver.events("certificate_expiring")}
@@ -254,8 +267,8 @@ def test_runs_on_the_least_privilege_policies_and_lists_without_certs_detailed(p
     token = client.auth.token.create(policies=[f"{pki.prefix}-svc", f"{pki.prefix}-watch"],
                                      ttl="10m")["auth"]["client_token"]
     serial = pki.issue("confined.dev.local")
-    config = write_config(pki.dir, pki.vault.addr, token, [pki.mount],
-                          [{"type": "webhook", "url": pki.receiver.url}], prefix=pki.prefix)
+    config = write_watch_config(pki.dir, pki.vault.addr, token, [pki.mount],
+                                [{"type": "webhook", "url": pki.receiver.url}], prefix=pki.prefix)
     assert run_once(config).returncode == 0
     pki.revoke(serial)
     result = run_once(config)
@@ -295,10 +308,8 @@ def test_every_sink_format_is_accepted_by_its_receiver(pki, tmp_path):
     try:
         serial = pki.issue("formats.dev.local")
         pki.revoke(serial)
-        deadline = time.monotonic() + 15
-        while len(pki.receiver.received) < 5 or not out.exists():
-            assert time.monotonic() < deadline, pki.receiver.received
-            time.sleep(0.05)
+        wait_until(lambda: len(pki.receiver.received) >= 5 and out.exists()
+                   and serial in out.read_text(), 15, "every sink's delivery")
     finally:
         proc.stop()
     by_path = {r["path"].split("?")[0]: r for r in pki.receiver.received}

@@ -7,12 +7,13 @@ import aiohttp
 import hvac.exceptions
 import pytest
 
-from dnsapi.block import BEGIN_MARKER
+from dnsapi.block import BEGIN_MARKER, block_records
 from dnsapi.devstack import start_coredns
 from dnsapi.records import Record
 from dnsapi.store import INLINE_MAX, encode_records
+from dnsapi.zonefile import ZoneText, serial_gt, soa_serial
 
-from .conftest import add_token
+from .helpers import add_token, replace_zone_file, wait_until
 
 WWW = "_acme-challenge.www.dev.local"
 V1 = "A" * 43
@@ -156,7 +157,12 @@ def test_operator_lines_preserved_exactly(stack):
     stack.add("_acme-challenge.dev.local", V1)
     text = stack.zone_path.read_text()
     assert operator_part(text) == operator_part(original + BEGIN_MARKER)
-    assert text.startswith(original.split("2026010100")[0])
+    assert text.startswith(original.split(str(soa_serial(original)))[0])
+
+
+def block_of(stack) -> set[tuple[str, str]]:
+    """The records in the zone file's managed block."""
+    return set(block_records(ZoneText.split(stack.zone_path.read_text()).block, "dev.local"))
 
 
 def test_restart_keeps_records_and_repairs_a_replaced_zone_file(stack):
@@ -165,12 +171,12 @@ def test_restart_keeps_records_and_repairs_a_replaced_zone_file(stack):
     stack.add(WWW, V2)
     stack.stop_dnsapi()
     stack.wait_served(WWW, {V1, V2})  # CoreDNS keeps serving without dnsapi
-    stack.zone_path.write_text(original.replace("2026010100", "2030010100"))  # records lost
+    replaced = replace_zone_file(stack.zone_path, original)  # records lost
     stack.wait_served(WWW, set())
     stack.start_dnsapi()  # reconciles from Vault at start
     stack.wait_served(WWW, {V1, V2})
     assert stack.vault_records() == {(WWW, V1), (WWW, V2)}
-    assert "2030010100" not in stack.zone_path.read_text()  # serial moved on, not back
+    assert serial_gt(soa_serial(stack.zone_path.read_text()), replaced)  # moved on, not back
 
 
 async def test_a_large_zone_is_rebuilt_from_snapshot_and_delta_after_a_restart(make_stack):
@@ -193,7 +199,7 @@ async def test_a_large_zone_is_rebuilt_from_snapshot_and_delta_after_a_restart(m
         secret = stack.vault_secret("zones/dev.local")
         assert secret["format"] == 3 and stack.vault_secret(f"snapshots/dev.local/{secret['base']}")
         stack.stop_dnsapi()
-        stack.zone_path.write_text(original.replace("2026010100", "2030010100"))  # records lost
+        replace_zone_file(stack.zone_path, original)  # records lost
         stack.start_dnsapi()
         for name in names:
             stack.wait_served(name, {v for f, v in pairs if f == name})
@@ -208,9 +214,12 @@ async def test_a_large_zone_is_rebuilt_from_snapshot_and_delta_after_a_restart(m
 def test_reconcile_timer_repairs_file_and_picks_up_vault_changes(make_stack):
     stack = make_stack(edit=lambda c: c.update(reconcile_interval="500ms"))
     stack.add(WWW, V1)
-    # someone damages the block by hand
-    text = stack.zone_path.read_text()
-    stack.zone_path.write_text(text.replace(V1, "tampered").replace("2026", "2031", 1))
+    # someone damages the block by hand, with a new serial so that CoreDNS loads it
+    tampered = stack.zone_path.read_text().replace(V1, "tampered")
+    assert "tampered" in tampered
+    serial = replace_zone_file(stack.zone_path, tampered)
+    wait_until(lambda: block_of(stack) == {(WWW, V1)}, 5, "the block to be rewritten from Vault")
+    assert serial_gt(soa_serial(stack.zone_path.read_text()), serial)
     stack.wait_served(WWW, {V1}, timeout=5)
     # a change written to Vault by another node shows up without any request here
     stack.vault.client.secrets.kv.v2.create_or_update_secret(

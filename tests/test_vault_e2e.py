@@ -6,7 +6,9 @@ import uuid
 import pytest
 
 from dnsapi.auth import new_token
-from dnsapi.devstack import free_port, start_openbao
+from dnsapi.devstack import start_openbao
+
+from .helpers import free_port
 
 WWW = "_acme-challenge.www.dev.local"
 
@@ -54,8 +56,7 @@ def test_revoked_token_is_503_and_touches_nothing(make_stack, openbao):
     policy = least_privilege_policy(openbao, stack.prefix)
     token = openbao.client.auth.token.create(policies=[policy], ttl="1h")["auth"]["client_token"]
     stack.env["DNSAPI_VAULT_TOKEN"] = token
-    config = stack.config_path.read_text().replace("  token_file: vault-token\n", "")
-    stack.config_path.write_text(config)
+    stack.edit_config(lambda config: config["vault"].pop("token_file"))
     stack.start_dnsapi()
     assert stack.add(WWW, "before").status_code == 201
     zone_before = stack.zone_path.read_bytes()
@@ -121,10 +122,12 @@ def start_on_approle(stack, openbao, mount: str, **token_settings: str) -> tuple
     secret_id = approle.generate_secret_id(role, mount_point=mount)["data"]["secret_id"]
     (stack.dir / "role-id").write_text(role_id)
     (stack.dir / "secret-id").write_text(secret_id)
-    config = stack.config_path.read_text().replace(
-        "  token_file: vault-token\n",
-        f"  approle: {{role_id_file: role-id, secret_id_file: secret-id, mount: {mount}}}\n")
-    stack.config_path.write_text(config)
+
+    def on_approle(config: dict) -> None:
+        del config["vault"]["token_file"]
+        config["vault"]["approle"] = {"role_id_file": "role-id", "secret_id_file": "secret-id",
+                                      "mount": mount}
+    stack.edit_config(on_approle)
     stack.start_dnsapi()
     return role_id, secret_id
 

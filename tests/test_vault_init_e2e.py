@@ -20,11 +20,9 @@ import pytest
 import requests
 import yaml
 
-from dnsapi.auth import new_token
-from dnsapi.devstack import Process, free_port, prepare, start_coredns, start_dnsapi, start_openbao
 from dnsapi.pki.vault_init import render_pki_watch_policy, render_policy
 
-from .conftest import ZONE, Stack, Vault
+from .helpers import Stack, Vault, free_port, openbao_server, start_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "web.dev.local"
@@ -42,41 +40,30 @@ class Setup:
     stack: Stack
     first_run: str
     second_run: str
-    dnsapi: Process
+
+
+def approle_and_pki(config: dict) -> None:
+    """dnsapi on the AppRole credentials vault-init writes, and vault-init's PKI settings."""
+    del config["vault"]["token_file"]
+    config["vault"]["approle"] = {"role_id_file": "creds/role-id", "secret_id_file": "creds/secret-id"}
+    config["vault_init"] = {"pki": {"common_name": "dev.local test root", "root_ca_file": "root-ca.pem"}}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     base = tmp_path_factory.mktemp("vault-init")
-    vault_port, dns_port, api_port = free_port(), free_port(), free_port()
-    root_token = new_token()
-    procs = [start_openbao(vault_port, root_token, base / "openbao.log")]
-    try:
-        vault = Vault(f"http://127.0.0.1:{vault_port}", root_token, procs[0])
-        directory = base / "stack"
-        api_token = prepare(directory, vault_addr=vault.addr, vault_token="unused",
-                            dns_port=dns_port, api_port=api_port)
-        (directory / "vault-token").unlink()
-        config = yaml.safe_load((directory / "dnsapi.yaml").read_text())
-        del config["vault"]["token_file"]
-        config["vault"]["approle"] = {"role_id_file": "creds/role-id", "secret_id_file": "creds/secret-id"}
-        config["vault_init"] = {"pki": {"common_name": "dev.local test root", "root_ca_file": "root-ca.pem"}}
-        (directory / "dnsapi.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-        first = vault_init(directory / "dnsapi.yaml", root_token)
-        assert first.returncode == 0, first.stderr
-        second = vault_init(directory / "dnsapi.yaml", root_token)
-        assert second.returncode == 0, second.stderr
-
-        stack = Stack(directory, vault, "dnsapi", dns_port, api_port, api_token, {})
-        procs.append(start_coredns(directory, dns_port, [ZONE], directory / "coredns.log"))
-        env = {k: v for k, v in os.environ.items() if "TOKEN" not in k}  # AppRole only
-        dnsapi = start_dnsapi(directory / "dnsapi.yaml", api_port, directory / "dnsapi.log", env)
-        procs.append(dnsapi)
-        yield Setup(vault, stack, first.stdout, second.stdout, dnsapi)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
+    with openbao_server(base) as vault:
+        stack = start_stack(base / "stack", vault, edit=approle_and_pki, prefix="dnsapi", start=False)
+        try:
+            (stack.dir / "vault-token").unlink()  # AppRole only
+            first = vault_init(stack.config_path, vault.root_token)
+            assert first.returncode == 0, first.stderr
+            second = vault_init(stack.config_path, vault.root_token)
+            assert second.returncode == 0, second.stderr
+            stack.start_dnsapi()  # helpers keep the test runner's Vault credentials away from it
+            yield Setup(vault, stack, first.stdout, second.stdout)
+        finally:
+            stack.stop()
 
 
 def test_first_run_creates_everything(setup):

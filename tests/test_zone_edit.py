@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,8 @@ from dnsapi.block import BEGIN_MARKER, END_MARKER, block_records
 from dnsapi.errors import ZoneError
 from dnsapi.records import Record
 from dnsapi.zonefile import EditConflict, ZoneFile, ZoneText, parse_zone, soa_serial
+
+from .helpers import lock_waiters, wait_until
 
 ZONE = "dev.local"
 DAY = dt.date(2026, 11, 28)
@@ -119,6 +120,7 @@ def dnsapi_rewriting(path: Path):
         process.join(10)
 
 
+@pytest.mark.e2e  # dnsapi's writer runs in a process of its own, for seconds
 def test_edits_through_the_safe_path_are_never_lost_while_dnsapi_rewrites(zone):
     """Issue 13, item 11: one operator save in 300 was overwritten by a rewrite. Here dnsapi
     rewrites non-stop (a different record set each time) while 300 edits go through the path
@@ -158,7 +160,8 @@ def test_a_safe_edit_in_the_window_before_the_rename_waits_and_is_kept(zone, mon
 
     def start_edit() -> None:
         edit.start()
-        edit.join(0.3)
+        wait_until(lambda: lock_waiters(zone.path.parent) or not edit.is_alive(), 10,
+                   "the edit to wait for dnsapi's lock")
         assert edit.is_alive()  # waiting for dnsapi's lock, not writing
 
     pause_at_rename(monkeypatch, start_edit)
@@ -275,6 +278,7 @@ def test_a_broken_file_can_be_repaired_through_zone_edit(zone):
 
 # -- the editor --------------------------------------------------------------------------------
 
+@pytest.mark.e2e  # runs an editor process
 def test_the_editor_runs_without_the_lock_and_its_save_is_applied(zone, config, tmp_path):
     script = editor_script(tmp_path, f"""\
 free = subprocess.run(["flock", "-n", "{zone.path.parent}", "true"]).returncode == 0
@@ -287,6 +291,7 @@ copy.write_text(copy.read_text() + "edited IN A 127.0.0.8\\n")""")
     assert "\nedited IN A 127.0.0.8\n" in zone.path.read_text()
 
 
+@pytest.mark.e2e  # runs an editor process
 def test_a_refused_edit_keeps_the_copy_when_nobody_can_answer(zone, config, tmp_path):
     before = zone.path.read_bytes()
     script = editor_script(tmp_path, 'copy.write_text(copy.read_text() + "bad IN A 1.2.3\\n")')
@@ -306,6 +311,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.e2e  # runs an editor process
 def test_at_a_terminal_a_refused_edit_reopens_the_editor(zone, config, tmp_path, monkeypatch):
     """First save: a broken record; the person answers y; second save: fixed."""
     script = editor_script(tmp_path, f"""\
@@ -320,6 +326,7 @@ copy.write_text(text + "fix IN A 1.2.3\\n" if first else text.replace("1.2.3\\n"
     assert "\nfix IN A 1.2.3.4\n" in zone.path.read_text()
 
 
+@pytest.mark.e2e  # runs an editor process
 def test_an_editor_that_fails_abandons_the_edit(zone, config, tmp_path, monkeypatch):
     before = zone.path.read_bytes()
     monkeypatch.setenv("EDITOR", str(editor_script(tmp_path, "sys.exit(1)")))
@@ -347,7 +354,7 @@ def test_sync_waits_for_the_lock_rather_than_failing(zone):
     done = []
     writer = threading.Thread(target=lambda: done.append(zone.sync([rec("v9")], today=DAY)))
     writer.start()
-    time.sleep(0.2)
+    wait_until(lambda: lock_waiters(zone.path.parent) or done, 10, "the writer to meet the lock")
     assert not done
     os.close(fd)
     writer.join()

@@ -18,6 +18,8 @@ from dnsapi.zonefile import ZoneFile
 ZONE = "dev.local"
 ZONES = 300
 
+pytestmark = pytest.mark.e2e  # named-checkzone, as a process, 600 times
+
 def named_checkzone(path: Path) -> tuple[bool, str]:
     result = subprocess.run(["named-checkzone", ZONE, str(path)], capture_output=True, text=True,
                             check=False)

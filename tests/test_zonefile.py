@@ -204,10 +204,14 @@ def test_damaged_markers_are_refused(zone, markers):
     assert zone.path.read_text() == OPERATOR_ZONE + markers
 
 
-def test_missing_file_and_unwritable_directory(tmp_path):
+def test_a_missing_file_is_a_zone_error(tmp_path):
     missing = ZoneFile(tmp_path / "nope", "dev.local")
     with pytest.raises(ZoneError, match="does not exist"):
         missing.sync([rec("www.", "v1")], today=DAY)
+
+
+@pytest.mark.e2e  # chattr, as root
+def test_an_unwritable_directory_is_a_zone_error_and_leaves_nothing_behind(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     (locked / "db").write_text(OPERATOR_ZONE)

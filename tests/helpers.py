@@ -1,0 +1,623 @@
+"""Test helpers: the one stack factory for the end-to-end tests (OpenBao, CoreDNS and `dnsapi
+serve` as real processes on loopback), pki-watch helpers, condition waits, zone text helpers, and
+the in-memory store double the in-process tests run RecordService against.
+
+conftest.py turns some of these into fixtures; the benchmarks (bench/) use `local_stack`. Nothing
+here imports pytest, so the benchmarks run without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import hvac
+import hvac.exceptions
+import requests
+import yaml
+
+from dnsapi import config as config_module
+from dnsapi.auth import hash_token, new_token
+from dnsapi.config import ENV_APPROLE_SECRET_ID, ENV_VAULT_TOKEN, Config
+from dnsapi.devstack import (
+    Process,
+    StackError,
+    http_status,
+    prepare,
+    start_coredns,
+    start_openbao,
+    wait_for,
+)
+from dnsapi.metrics import Metrics
+from dnsapi.records import Key, Record
+from dnsapi.store import DELTA_FORMAT, ZoneState, apply_delta, decode_records
+from dnsapi.vault import CasConflict
+from dnsapi.zonefile import serial_span, soa_serial
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+ZONE = "dev.local"
+FIGURES: dict[str, str] = {}  # measurements tests report; printed in the summary, never asserted
+
+ConfigEdit = Callable[[dict[str, Any]], None]
+
+
+# -- waiting ------------------------------------------------------------------------------------
+
+def wait_until(check: Callable[[], object], timeout: float = 10, what: str = "the condition",
+               interval: float = 0.05) -> None:
+    """Poll `check` until it is true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def until(check: Callable[[], object], what: str = "the condition", turns: int = 1000) -> None:
+    """Let the event loop run until `check` is true (no clock involved: at most `turns` turns)."""
+    for _ in range(turns):
+        if check():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{what} did not happen within {turns} turns of the event loop")
+
+
+# -- ports --------------------------------------------------------------------------------------
+
+_HANDED_OUT: set[int] = set()
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 for both TCP and UDP (DNS needs both), whose next port is free
+    too: an OpenBao dev server also listens on port + 1 (its cluster port). Ports handed out
+    before, and their next ports, are never handed out again by this process."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            if {port, port + 1} & _HANDED_OUT or port >= 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as neighbour:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                    neighbour.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                _HANDED_OUT.update((port, port + 1))
+                return port
+    raise StackError("no free port on 127.0.0.1")
+
+
+# -- config and zone text -----------------------------------------------------------------------
+
+def add_token(config: dict[str, Any], name: str, allow: list[str]) -> str:
+    """Add an API token to a config dict; returns the token."""
+    token = new_token()
+    config["tokens"].append({"name": name, "sha256": hash_token(token), "allow": allow})
+    return token
+
+
+def edit_yaml(path: Path, edit: ConfigEdit) -> None:
+    """Apply `edit` to the parsed YAML file at `path` and write it back."""
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def with_serial(text: str, serial: int) -> str:
+    """Zone text with the digits of its SOA serial replaced by `serial`."""
+    old = soa_serial(text)
+    assert old is not None, "the zone text has no SOA serial"
+    start, end = serial_span(text, old)
+    return text[:start] + str(serial) + text[end:]
+
+
+def replace_zone_file(path: Path, text: str) -> int:
+    """Write `text` over the zone file at `path` with a serial one above the file's current one,
+    so CoreDNS loads it whatever today's date; returns that serial."""
+    current = soa_serial(path.read_text())
+    assert current is not None, f"{path} has no SOA serial"
+    serial = current + 1
+    path.write_text(with_serial(text, serial))
+    return serial
+
+
+def lock_waiters(path: Path) -> int:
+    """How many flock() calls are blocked on `path` now (from /proc/locks)."""
+    inode = os.stat(path).st_ino
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+               if "-> FLOCK" in line and line.split()[6].endswith(f":{inode}"))
+
+
+# -- in-process service -------------------------------------------------------------------------
+
+@dataclass
+class Tokens:
+    """The API tokens of a test config, by name."""
+
+    secrets: dict[str, str]
+
+    def header(self, name: str = "acme") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secrets[name]}"}
+
+
+def service_config(directory: Path, tokens: dict[str, list[str]] | None = None,
+                   **settings: Any) -> tuple[Config, Tokens]:
+    """A Config for an in-process service: the shipped example zone copied into `directory`, no
+    DNS servers, timers that never fire during a test, the audit trail in directory/audit.jsonl,
+    and one token per entry of `tokens` (name -> allow; default: acme for *.dev.local).
+    `settings` override top-level keys."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "coredns" / "db.dev.local", directory / "db.dev.local")
+    allowed = tokens or {"acme": ["*.dev.local"]}
+    secrets = {name: new_token() for name in allowed}
+    raw = {
+        "vault": {"addr": "http://127.0.0.1:1", "token": "unused"},
+        "zones": [{"name": ZONE, "file": "db.dev.local"}],
+        "dns_servers": [],
+        "tokens": [{"name": name, "sha256": hash_token(secrets[name]), "allow": allow}
+                   for name, allow in allowed.items()],
+        "reconcile_interval": "1h", "watch_interval": "1h",
+        "audit": {"file": "audit.jsonl"},
+        **settings,
+    }
+    return config_module.from_dict(raw, base=directory, env={}), Tokens(secrets)
+
+
+class Gate:
+    """Holds one store call until the test releases it; `entered` is set once the call waits."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def enter(self) -> None:
+        """What the held call does: say it is here, then wait for the release."""
+        self.entered.set()
+        await self._released.wait()
+
+
+class MemoryStore:
+    """An in-memory stand-in for dnsapi.store.VaultStore, with the calls RecordService makes.
+    Each zone is a record set and a version written with check-and-set. Tests script it:
+    `fail(op, exc)` makes the next `op` call raise, `hold(op)` stops the next one at a Gate,
+    `before_write` runs inside the next write before its version check (another writer),
+    `put` writes as another instance would, and `writes` lists every accepted write."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
+        self.zones: dict[str, ZoneState] = {}
+        self.writes: list[tuple[str, dict[Key, Record]]] = []  # (zone, records) per accepted write
+        self.attempts = 0  # write_zone calls, refused ones included
+        self.access: str | None = None  # what zone_access answers (None: all is allowed)
+        self.before_write: Callable[[str], None] | None = None
+        self._failures: dict[str, list[Exception]] = {}
+        self._gates: dict[str, Gate] = {}
+
+    # what the test scripts
+
+    def fail(self, operation: str, error: Exception) -> None:
+        """The next call of `operation` raises `error`."""
+        self._failures.setdefault(operation, []).append(error)
+
+    def hold(self, operation: str) -> Gate:
+        """The next call of `operation` waits at the returned gate."""
+        gate = self._gates[operation] = Gate()
+        return gate
+
+    def put(self, zone: str, *records: Record, replace: bool = False) -> None:
+        """Another instance writes `records` into the zone (with `replace`: only these remain)."""
+        current = self.zones.get(zone, ZoneState({}, 0))
+        merged = {} if replace else dict(current.records)
+        merged.update((r.key, r) for r in records)
+        self.zones[zone] = ZoneState(merged, current.version + 1)
+
+    def records(self, zone: str = ZONE) -> set[Key]:
+        """The keys of the records the zone holds now."""
+        return set(self.zones.get(zone, ZoneState({}, 0)).records)
+
+    # what RecordService calls
+
+    async def read_zone(self, zone: str) -> ZoneState:
+        await self._enter("read_zone")
+        state = self.zones.get(zone, ZoneState({}, 0))
+        return ZoneState(dict(state.records), state.version)
+
+    async def write_zone(self, zone: str, records: dict[Key, Record], state: ZoneState,
+                         touched: object) -> ZoneState:
+        self.attempts += 1
+        await self._enter("write_zone")
+        if self.before_write is not None:
+            other, self.before_write = self.before_write, None
+            other(zone)
+        if state.version != self.zones.get(zone, ZoneState({}, 0)).version:
+            raise CasConflict()
+        written = ZoneState(dict(records), state.version + 1)
+        self.zones[zone] = written
+        self.writes.append((zone, dict(records)))
+        return ZoneState(dict(records), written.version)
+
+    async def current_version(self, zone: str) -> int:
+        await self._enter("current_version")
+        return self.zones.get(zone, ZoneState({}, 0)).version
+
+    async def zone_access(self, zone: str) -> str | None:
+        await self._enter("zone_access")
+        return self.access
+
+    async def sweep_snapshots(self, zone: str) -> int:
+        await self._enter("sweep_snapshots")
+        return 0
+
+    async def _enter(self, operation: str) -> None:
+        failures = self._failures.get(operation)
+        if failures:
+            raise failures.pop(0)
+        gate = self._gates.pop(operation, None)
+        if gate is not None:
+            await gate.enter()
+
+
+class FakeClock:
+    """A clock (for RateLimiter and AuditLog) that moves only when the test moves it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# -- real processes -----------------------------------------------------------------------------
+
+@dataclass
+class Vault:
+    """An OpenBao dev server and a root client for it."""
+
+    addr: str
+    root_token: str
+    process: Process
+    ca: Path | None = None  # set when OpenBao serves HTTPS
+    client: hvac.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = hvac.Client(url=self.addr, token=self.root_token,
+                                  verify=str(self.ca) if self.ca else True)
+
+
+@contextlib.contextmanager
+def openbao_server(directory: Path, tls: bool = False) -> Iterator[Vault]:
+    """An OpenBao dev server on a free port (HTTPS with `tls`), logging to directory/logs, stopped
+    on exit."""
+    port, token = free_port(), new_token()
+    tls_dir = directory / "vault-tls" if tls else None
+    process = start_openbao(port, token, directory / "logs" / "openbao.log", tls_dir=tls_dir)
+    try:
+        yield Vault(f"{'https' if tls else 'http'}://127.0.0.1:{port}", token, process,
+                    ca=tls_dir / "vault-ca.pem" if tls_dir else None)
+    finally:
+        process.stop()
+
+
+@dataclass
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it (openssl)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dnsapi test CA")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    return TlsFiles(ca=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key")
+
+
+# Vault credentials of the environment the tests run in never reach a stack's dnsapi.
+_VAULT_ENV = (ENV_VAULT_TOKEN, ENV_APPROLE_SECRET_ID)
+
+
+@dataclass
+class Stack:
+    """One CoreDNS + one `dnsapi serve` in a directory of their own, on one Vault under a prefix."""
+
+    dir: Path
+    vault: Vault
+    prefix: str
+    dns_port: int
+    api_port: int
+    token: str
+    env: dict[str, str]  # extra environment for dnsapi
+    coredns: Process | None = None
+    dnsapi: Process | None = None
+    cafile: Path | None = None  # set when dnsapi serves HTTPS
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.cafile else 'http'}://127.0.0.1:{self.api_port}"
+
+    @property
+    def zone_path(self) -> Path:
+        return self.dir / "db.dev.local"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "dnsapi.yaml"
+
+    def edit_config(self, edit: ConfigEdit) -> None:
+        """Change dnsapi.yaml through its parsed form (takes effect at the next start or SIGHUP)."""
+        edit_yaml(self.config_path, edit)
+
+    def start_dnsapi(self, *args: str, env: dict[str, str] | None = None) -> None:
+        """`dnsapi serve [args]`; returns once /healthz answers (raises StackError otherwise)."""
+        environment = {k: v for k, v in os.environ.items() if k not in _VAULT_ENV}
+        environment.update(self.env, **(env or {}))
+        self.dnsapi = Process.start("dnsapi", [sys.executable, "-m", "dnsapi", "serve", "-c",
+                                               str(self.config_path), *args],
+                                    self.dir / "dnsapi.log", env=environment)
+        wait_for(lambda: http_status(f"{self.url}/healthz", cafile=self.cafile) == 200, 30,
+                 "dnsapi", self.dnsapi)
+
+    def stop_dnsapi(self) -> None:
+        assert self.dnsapi is not None
+        self.dnsapi.stop()
+
+    def stop(self) -> None:
+        for process in (self.dnsapi, self.coredns):
+            if process is not None:
+                process.stop()
+
+    def call(self, method: str, path: str, token: str | None | bool = True, **kwargs: Any
+             ) -> requests.Response:
+        headers = kwargs.pop("headers", {})
+        if token is True:
+            token = self.token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return requests.request(method, self.url + path, headers=headers, timeout=30,
+                                verify=str(self.cafile) if self.cafile else True, **kwargs)
+
+    def add(self, fqdn: str, value: str, **extra: Any) -> requests.Response:
+        return self.call("POST", "/v1/records", json={"fqdn": fqdn, "value": value, **extra})
+
+    def remove(self, fqdn: str, value: str) -> requests.Response:
+        return self.call("DELETE", "/v1/records", json={"fqdn": fqdn, "value": value})
+
+    def query(self, fqdn: str) -> tuple[str, set[str]]:
+        """Ask CoreDNS (TCP, so large answers are whole): (rcode name, TXT values)."""
+        response = dns.query.tcp(dns.message.make_query(fqdn + ".", dns.rdatatype.TXT),
+                                 "127.0.0.1", port=self.dns_port, timeout=2)
+        values = {b"".join(rd.strings).decode() for rrset in response.answer
+                  if rrset.rdtype == dns.rdatatype.TXT for rd in rrset}
+        return dns.rcode.to_text(response.rcode()), values
+
+    def wait_served(self, fqdn: str, values: set[str], timeout: float = 5) -> float:
+        """Poll CoreDNS until `fqdn` answers exactly `values` (empty set: NXDOMAIN); returns the
+        seconds it took. Fails with what was served instead."""
+        start = time.monotonic()
+        while True:
+            rcode, served = self.query(fqdn)
+            if served == values and (values or rcode == "NXDOMAIN"):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"CoreDNS served {rcode} {served} for {fqdn}, expected "
+                                     f"{values or 'NXDOMAIN'}")
+            time.sleep(0.02)
+
+    def vault_secret(self, path: str) -> dict[str, Any]:
+        """A secret's latest data under the stack's prefix ({} when there is none)."""
+        try:
+            secret = self.vault.client.secrets.kv.v2.read_secret_version(
+                path=f"{self.prefix}/{path}", mount_point="secret", raise_on_deleted_version=False)
+        except hvac.exceptions.InvalidPath:
+            return {}
+        return secret["data"]["data"] or {}
+
+    def vault_records(self, zone: str = ZONE) -> set[Key]:
+        """The zone's records as Vault holds them, read straight from the secrets' layout."""
+        data = self.vault_secret(f"zones/{zone}")
+        if data.get("format") != DELTA_FORMAT:
+            return set(decode_records(data))
+        snapshot = self.vault_secret(f"snapshots/{zone}/{data['base']}")
+        assert snapshot, f"zone {zone}: snapshot {data['base']} is missing"
+        return set(apply_delta(decode_records(snapshot), data)[0])
+
+
+def start_stack(directory: Path, vault: Vault, *, edit: ConfigEdit | None = None,
+                prefix: str | None = None, env: dict[str, str] | None = None, start: bool = True,
+                tls: TlsFiles | None = None) -> Stack:
+    """The one stack factory: the shipped Corefile, zone and config (deploy/dnsapi.yaml) in
+    `directory` on free ports, `edit` applied to the parsed config, CoreDNS started and, unless
+    `start` is false, dnsapi. `prefix` (default: a fresh one) lets stacks share records; `tls`
+    makes dnsapi serve HTTPS; a Vault serving HTTPS is trusted through its CA. The caller stops
+    the stack (Stack.stop)."""
+    prefix = prefix or f"test-{uuid.uuid4().hex[:12]}"
+    dns_port, api_port = free_port(), free_port()
+    token = prepare(directory, vault_addr=vault.addr, vault_token=vault.root_token,
+                    dns_port=dns_port, api_port=api_port, prefix=prefix)
+
+    def configure(config: dict[str, Any]) -> None:
+        if vault.ca is not None:
+            config["vault"]["ca_cert"] = str(vault.ca)
+        if tls is not None:
+            config["tls"] = {"cert": str(tls.cert), "key": str(tls.key)}
+        if edit is not None:
+            edit(config)
+
+    edit_yaml(directory / "dnsapi.yaml", configure)
+    stack = Stack(directory, vault, prefix, dns_port, api_port, token, dict(env or {}),
+                  cafile=tls.ca if tls else None)
+    try:
+        stack.coredns = start_coredns(directory, dns_port, [ZONE], directory / "coredns.log")
+        if start:
+            stack.start_dnsapi()
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+@contextlib.contextmanager
+def local_stack(directory: Path, edit: ConfigEdit | None = None) -> Iterator[Stack]:
+    """A private OpenBao + CoreDNS + dnsapi in `directory` (for benchmarks), stopped on exit."""
+    with openbao_server(directory) as vault:
+        stack = start_stack(directory, vault, edit=edit, prefix="dnsapi")
+        try:
+            yield stack
+        finally:
+            stack.stop()
+
+
+# -- pki-watch ----------------------------------------------------------------------------------
+
+class Receiver:
+    """A webhook receiver on loopback: records every POST, answers what the test asks for, and
+    can be stopped and started again on the same port (a receiver outage)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[dict[str, Any]] = []  # {"path", "body", "headers", "at"}
+        self.answer: tuple[int, dict[str, Any]] = (200, {"errcode": 0, "errmsg": "ok"})
+        self._server: ThreadingHTTPServer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with receiver._lock:
+                    receiver.received.append({"path": self.path, "body": body,
+                                              "headers": dict(self.headers), "at": time.time()})
+                    status, answer = receiver.answer
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def events(self, kind: str | None = None, **match: Any) -> list[dict[str, Any]]:
+        with self._lock:
+            bodies = [r["body"] for r in self.received]
+        return [b for b in bodies if (kind is None or b.get("type") == kind)
+                and all(b.get(k) == v for k, v in match.items())]
+
+    def wait_for(self, kind: str, timeout: float = 20, **match: Any) -> dict[str, Any]:
+        """The first `kind` event matching `match`, once it has arrived."""
+        wait_until(lambda: self.events(kind, **match), timeout,
+                   f"a {kind} event {match} (got {self.events()})")
+        return self.events(kind, **match)[0]
+
+    def arrival(self, event_id: str) -> float:
+        with self._lock:
+            return next(r["at"] for r in self.received if r["body"].get("id") == event_id)
+
+
+def write_watch_config(directory: Path, vault_addr: str, token: str, mounts: list[str],
+                       sinks: list[dict[str, Any]], ca: Path | None = None, prefix: str = "watch",
+                       **settings: Any) -> Path:
+    """A dnsapi.yaml holding just what pki-watch needs (the zone section is required but unused)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "vault": {"addr": vault_addr, "token": token, "prefix": prefix, "ca_cert": str(ca) if ca else None},
+        "zones": [{"name": ZONE, "file": "db.dev.local"}],
+        "open_on_loopback": True,
+        "pki_watch": {"mounts": mounts, "interval": "500ms", "sinks": sinks,
+                      "retry": {"initial": "300ms", "max": "1s"}, **settings},
+    }
+    path = directory / "dnsapi.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_watch(config: Path, log: Path) -> Process:
+    """`dnsapi pki-watch` in the background; returns once it has finished its first cycle."""
+    proc = Process.start("pki-watch", [sys.executable, "-m", "dnsapi", "pki-watch", "-c", str(config)],
+                         log, env=dict(os.environ))
+    try:
+        wait_until(lambda: proc.popen.poll() is not None or "first check done" in log.read_text(), 20,
+                   "pki-watch's first check")
+    except AssertionError:
+        proc.stop()
+        raise
+    if proc.popen.poll() is not None:
+        raise AssertionError(f"pki-watch did not start:\n{log.read_text()[-3000:]}")
+    return proc
+
+
+def run_once(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dnsapi", "pki-watch", "-c", str(config), "--once"],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def watch_saves(vault: Vault, prefix: str) -> int:
+    """How often pki-watch has saved its state in Vault: once per check cycle, and once more
+    after each delivery pass that changed its outbox."""
+    try:
+        metadata = vault.client.secrets.kv.v2.read_secret_metadata(
+            path=f"{prefix}/pki-watch/state", mount_point="secret")
+    except hvac.exceptions.InvalidPath:
+        return 0
+    return int(metadata["data"]["current_version"])
+
+
+def wait_for_watch_cycles(vault: Vault, prefix: str, cycles: int = 2, timeout: float = 20) -> None:
+    """Wait until pki-watch has run `cycles` more check cycles and delivered what they raised:
+    the positive marker after which an event that was not repeated will not be."""
+    start = watch_saves(vault, prefix)
+    # each cycle saves once after checking and once more after delivering any event it raised
+    wait_until(lambda: watch_saves(vault, prefix) >= start + 2 * cycles, timeout,
+               f"{cycles} more pki-watch cycles")
+
