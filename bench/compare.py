@@ -3,8 +3,9 @@
 Starts a private OpenBao dev server, CoreDNS + dnsapi, and BIND (named, TSIG-signed dynamic zone)
 on free loopback ports, then measures side by side:
   - acknowledged adds per second at concurrency 1, 16, 64 (dnsapi's HTTP API vs dnspython
-    RFC 2136 updates to BIND, one TCP connection per update), the median of --reps runs per level
-    taking turns; like an ACME client, each run's records are removed afterwards (not timed);
+    RFC 2136 updates to BIND, one TCP connection per update, and the same updates to dnsapi's
+    dns_update listener), the median of --reps runs per level taking turns; like an ACME client,
+    each run's records are removed afterwards (not timed);
   - time from an add to the DNS server answering it, p50 and p99;
   - wall time of one apex + wildcard issuance with lego against OpenBao ACME (httpreq to dnsapi
     vs lego's rfc2136 provider to BIND; both --dns.disable-cp, same polling), the mean of
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import dns.message
 import dns.query
+import dns.rcode
 import dns.rdatatype
 import dns.tsigkeyring
 import dns.update
@@ -69,13 +71,53 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-# -- BIND ----------------------------------------------------------------------------------------
+# -- RFC 2136 ------------------------------------------------------------------------------------
 
-class Bind:
+class Updater:
+    """The RFC 2136 client load, the same for BIND and for dnsapi's dns_update listener: one
+    UPDATE adding one TXT record, signed with an hmac-sha256 TSIG key, over UDP or one TCP
+    connection each; acknowledged means answered NOERROR."""
+
+    def __init__(self, label: str, port: int, secret: str, udp: bool = False) -> None:
+        self.label, self.port, self.secret, self.udp = label, port, secret, udp
+        self.keyring = dns.tsigkeyring.from_text({"bench.": ("hmac-sha256", secret)})
+
+    def over_udp(self) -> Updater:
+        """The same client load to the same server, over UDP (as cert-manager and lego send)."""
+        return Updater(f"{self.label}, UDP", self.port, self.secret, udp=True)
+
+    def send(self, update: dns.update.UpdateMessage, timeout: float) -> None:
+        query = dns.query.udp if self.udp else dns.query.tcp
+        response = query(update, "127.0.0.1", port=self.port, timeout=timeout)
+        if response.rcode() != dns.rcode.NOERROR:
+            raise SystemExit(f"{self.label} refused an update: rcode {dns.rcode.to_text(response.rcode())}")
+
+    def add(self, fqdn: str, value: str) -> None:
+        update = dns.update.Update("dev.local.", keyring=self.keyring, keyalgorithm="hmac-sha256")
+        update.add(fqdn + ".", 60, "TXT", f'"{value}"')
+        self.send(update, 10)
+
+    def adds_per_second(self, concurrency: int, count: int, tag: str) -> float:
+        """Rate of `count` updates at `concurrency`; the records are removed again afterwards."""
+        start = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda body: self.add(body["fqdn"], body["value"]), bodies(tag, count)))
+        rate = count / (time.perf_counter() - start)
+        update = dns.update.Update("dev.local.", keyring=self.keyring, keyalgorithm="hmac-sha256")
+        for i in range(NAMES):
+            update.delete(f"_acme-challenge.h{i}.dev.local.", "TXT")
+        self.send(update, 30)
+        return rate
+
+
+def new_secret() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class Bind(Updater):
     def __init__(self, directory: Path) -> None:
-        self.dir, self.port = directory, free_port()
-        self.secret = base64.b64encode(secrets.token_bytes(32)).decode()
-        self.keyring = dns.tsigkeyring.from_text({"bench.": ("hmac-sha256", self.secret)})
+        super().__init__("BIND", free_port(), new_secret())
+        self.dir = directory
         directory.mkdir()
         (directory / "db.dev.local").write_text((ROOT / "coredns" / "db.dev.local").read_text())
         (directory / "named.conf").write_text(f"""options {{
@@ -90,25 +132,6 @@ zone "dev.local" {{ type primary; file "{directory}/db.dev.local"; allow-update 
         self.proc = Process.start("named", ["named", "-g", "-u", "root", "-c", str(directory / "named.conf")],
                                   directory / "named.log")
         wait_for(lambda: soa_answered(self.port, "dev.local"), 30, "BIND", self.proc)
-
-    def add(self, fqdn: str, value: str) -> None:
-        update = dns.update.Update("dev.local.", keyring=self.keyring, keyalgorithm="hmac-sha256")
-        update.add(fqdn + ".", 60, "TXT", f'"{value}"')
-        response = dns.query.tcp(update, "127.0.0.1", port=self.port, timeout=10)
-        if response.rcode() != 0:
-            raise SystemExit(f"BIND refused an update: rcode {response.rcode()}")
-
-    def adds_per_second(self, concurrency: int, count: int, tag: str) -> float:
-        """Rate of `count` updates at `concurrency`; the records are removed again afterwards."""
-        start = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda body: self.add(body["fqdn"], body["value"]), bodies(tag, count)))
-        rate = count / (time.perf_counter() - start)
-        update = dns.update.Update("dev.local.", keyring=self.keyring, keyalgorithm="hmac-sha256")
-        for i in range(NAMES):
-            update.delete(f"_acme-challenge.h{i}.dev.local.", "TXT")
-        dns.query.tcp(update, "127.0.0.1", port=self.port, timeout=30)
-        return rate
 
 
 # -- shared measurements ----------------------------------------------------------------------------
@@ -195,23 +218,32 @@ def ratio_se(a: list[float], b: list[float]) -> float:
                                statistics.variance(b) / len(b) / mb**2)
 
 
+def per_level(rates: dict[str, float]) -> str:
+    """One server's adds/s at concurrency 1, 16 and 64, as one table cell."""
+    return " / ".join(f"{rates[c]:.0f}" for c in ("c1", "c16", "c64"))
+
+
 def targets(results: dict) -> list[str]:
     """The issue's targets against this run's figures, one line each."""
     a, v, i, rw = (results["adds_per_s"], results["visible_ms"], results["issuance_s"],
                    results["rewrite_ms"])
     runs = results["issuance_runs_s"]
     c64 = a["dnsapi"]["c64"] / a["bind"]["c64"]
+    rfc2136 = a["dnsapi_rfc2136"]["c64"] / a["bind_udp"]["c64"] if "bind_udp" in a else None
     issuance = i["dnsapi"] / i["bind"]
     growth = rw["100k"] / rw["10k"]
     checks = [
         (c64 >= 2, f"c64 adds/s ≥ 2× BIND's: {c64:.2f}×"),
+        (None if rfc2136 is None else rfc2136 >= 1,  # None: results.json from before this path
+         f"c64 UPDATEs/s ≥ BIND's: {'—' if rfc2136 is None else f'{rfc2136:.2f}×'}"),
         (v["dnsapi"]["p99"] <= 500, f"add → answered p99 ≤ 0.5 s: {v['dnsapi']['p99']:.0f} ms"),
         (issuance <= 1.1, f"issuance ≤ 1.1× BIND's: {issuance:.2f}× "
                           f"(± {ratio_se(runs['dnsapi'], runs['bind']):.2f} standard error)"),
         (results["rss_mb"]["dnsapi"] <= 80, f"RSS ≤ 80 MB: {results['rss_mb']['dnsapi']:.0f} MB"),
         (growth <= 10, f"rewrite growing no worse than linearly: 10k → 100k lines ×{growth:.1f}"),
     ]
-    return [f"- {'met' if ok else 'MISSED'}: {text}" for ok, text in checks]
+    verdict = {True: "met", False: "MISSED", None: "not measured"}
+    return [f"- {verdict[ok]}: {text}" for ok, text in checks]
 
 
 def main() -> None:
@@ -220,7 +252,7 @@ def main() -> None:
     parser.add_argument("--issuance-runs", type=int, default=ISSUANCE_RUNS, metavar="N",
                         help=f"issuances per path (default {ISSUANCE_RUNS})")
     parser.add_argument("--reps", type=int, default=REPS, metavar="N",
-                        help=f"adds/s runs per level and server; the median is reported (default {REPS})")
+                        help=f"adds/s runs per level and path; the median is reported (default {REPS})")
     args = parser.parse_args()
     if args.issuance_runs < 2 or args.reps < 1:
         parser.error("--issuance-runs must be at least 2 and --reps at least 1")
@@ -229,10 +261,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
 
+        updates = Updater("dnsapi (RFC 2136)", free_port(), new_secret(), udp=True)
+
         def unlimited(config: dict) -> None:
             config["rate_limit"] = {"per_second": 0}
-            config["max_records_per_zone"] = config["max_records_per_token"] = 10_000
+            config["max_records_per_zone"] = config["max_records_per_token"] = 10_000  # tokens and keys
             config["waits"] = {"per_token": 1000, "total": 1000}
+            config["dns_update"] = {"listen": f"127.0.0.1:{updates.port}", "keys": [
+                {"name": "bench", "algorithm": "hmac-sha256", "secret": updates.secret,
+                 "allow": ["*.dev.local"]}]}
 
         with local_stack(tmp / "dnsapi", unlimited) as stack:
             bind = Bind(tmp / "bind")
@@ -246,13 +283,19 @@ def main() -> None:
 
                 results["visible_ms"] = {"dnsapi": visible_ms(dnsapi_add, stack.dns_port, "dnsapi"),
                                          "bind": visible_ms(bind.add, bind.port, "bind")}
-                rates: dict[str, dict[str, list[float]]] = {"dnsapi": {}, "bind": {}}
+                bind_udp = bind.over_udp()
+                rates: dict[str, dict[str, list[float]]] = {"dnsapi": {}, "bind": {}, "dnsapi_rfc2136": {},
+                                                            "bind_udp": {}}
                 for c, n in LEVELS:
                     for rep in range(args.reps):
                         tag = f"c{c}r{rep}"
                         rates["dnsapi"].setdefault(f"c{c}", []).append(
                             adds_per_second(stack.url, stack.token, c, n, tag))
                         rates["bind"].setdefault(f"c{c}", []).append(bind.adds_per_second(c, n, tag))
+                        rates["dnsapi_rfc2136"].setdefault(f"c{c}", []).append(
+                            updates.adds_per_second(c, n, tag))
+                        rates["bind_udp"].setdefault(f"c{c}", []).append(
+                            bind_udp.adds_per_second(c, n, tag))
                 results["adds_per_s"] = {server: {level: round(statistics.median(runs))
                                                   for level, runs in levels.items()}
                                          for server, levels in rates.items()}
@@ -290,6 +333,8 @@ def main() -> None:
     print("|---|---|---|")
     for c in ("c1", "c16", "c64"):
         print(f"| acknowledged adds/s, concurrency {c[1:]} | {a['dnsapi'][c]:.0f} | {a['bind'][c]:.0f} |")
+    print(f"| acknowledged RFC 2136 UPDATEs/s (UDP), concurrency 1 / 16 / 64 | "
+          f"{per_level(a['dnsapi_rfc2136'])} | {per_level(a['bind_udp'])} |")
     for p in ("p50", "p99"):
         print(f"| add → answered, {p} | {v['dnsapi'][p]:.0f} ms | {v['bind'][p]:.1f} ms |")
     print(f"| lego apex + wildcard issuance (mean of {args.issuance_runs}) | {i['dnsapi']:.1f} s "

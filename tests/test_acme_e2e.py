@@ -1,11 +1,15 @@
 """Real certificates from a real ACME CA: OpenBao PKI with ACME enabled, validating DNS-01 against
 CoreDNS, with dnsapi writing the challenge records. One apex + wildcard certificate per client:
-lego (httpreq), lego (exec), certbot (manual hooks), and the acme.sh hook under the harness; and
-an ACME revocation, which pki-watch must report."""
+lego (httpreq), lego (exec), certbot (manual hooks), the acme.sh hook under the harness, and
+through the RFC 2136 front door lego's rfc2136 provider and certbot-dns-rfc2136 (hmac-md5 and
+hmac-sha512 keys); and an ACME revocation, which pki-watch must report."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -24,6 +28,7 @@ from .helpers import (
     Receiver,
     Stack,
     Vault,
+    free_port,
     openbao_server,
     start_stack,
     start_watch,
@@ -34,6 +39,14 @@ from .helpers import (
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "tests" / "acmesh" / "harness.sh"
 HOOK = ROOT / "hooks" / "dns_internal.sh"
+
+# The RFC 2136 front door's keys in the `acme` stack: name -> (algorithm, the one name whose
+# challenge records the key may change, how dnsapi's config gives its secret).
+TSIG_KEYS = {
+    "lego": ("hmac-sha256", "lego-rfc2136.dev.local", "secret"),
+    "certbot-md5": ("hmac-md5", "certbot-rfc2136-md5.dev.local", "secret_file"),
+    "certbot-sha512": ("hmac-sha512", "certbot-rfc2136-sha512.dev.local", "secret_env"),
+}
 
 
 def setup_acme_pki(vault: Vault, dns_port: int) -> str:
@@ -63,11 +76,23 @@ class AcmeEnv:
     directory: str
     root_pem: Path
     bin_dir: Path  # holds a `dnsapi` that runs this checkout's code
+    update_port: int  # the RFC 2136 front door (dns_update.listen), UDP and TCP on 127.0.0.1
+    tsig: dict[str, tuple[str, str]]  # its keys: name -> (algorithm, base64 secret)
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "PATH": f"{self.bin_dir}:{os.environ['PATH']}",
                 "PYTHONPATH": str(ROOT), "DNSAPI_URL": self.stack.url,
                 "DNSAPI_TOKEN": self.stack.token, **extra}
+
+    def front_door_env(self, **extra: str) -> dict[str, str]:
+        """The environment without dnsapi's HTTP API: no DNSAPI_* variable, no `dnsapi` on PATH."""
+        return {**{k: v for k, v in os.environ.items() if not k.startswith("DNSAPI_")}, **extra}
+
+    def front_door_audit(self, key: str) -> list[dict[str, object]]:
+        """The audit lines of the RFC 2136 front door for `key`."""
+        lines = (self.stack.dir / "audit.jsonl").read_text().splitlines()
+        return [entry for entry in map(json.loads, lines)
+                if entry.get("action") == "dns_update" and entry.get("token") == f"key:{key}"]
 
     def check_certificate(self, cert: Path, name: str) -> None:
         """The certificate verifies against the OpenBao root, covers NAME and *.NAME, and no
@@ -90,8 +115,25 @@ class AcmeEnv:
 @pytest.fixture(scope="module")
 def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeEnv]:
     base = tmp_path_factory.mktemp("acme")
+    update_port = free_port()
+    tsig = {name: (algorithm, base64.b64encode(secrets.token_bytes(32)).decode())
+            for name, (algorithm, _, _) in TSIG_KEYS.items()}
+    env: dict[str, str] = {}  # for dnsapi: the secret_env secrets
+    keys: list[dict[str, object]] = []
+    for i, (name, (algorithm, allowed, how)) in enumerate(TSIG_KEYS.items()):
+        secret = tsig[name][1]
+        (base / f"tsig-{i}.key").write_text(secret + "\n")
+        env[f"ACME_TEST_TSIG_{i}"] = secret
+        given = {"secret": secret, "secret_file": str(base / f"tsig-{i}.key"),
+                 "secret_env": f"ACME_TEST_TSIG_{i}"}
+        keys.append({"name": name, "algorithm": algorithm, how: given[how], "allow": [allowed]})
+
+    def front_door(config: dict[str, object]) -> None:
+        config["audit"] = {"file": "audit.jsonl"}  # the tests read the front door's lines
+        config["dns_update"] = {"listen": f"127.0.0.1:{update_port}", "keys": keys}
+
     with openbao_server(base, tls=True) as vault:
-        stack = start_stack(base / "stack", vault, prefix="acme")
+        stack = start_stack(base / "stack", vault, prefix="acme", edit=front_door, env=env)
         try:
             root_pem = base / "root.pem"
             root_pem.write_text(setup_acme_pki(vault, stack.dns_port))
@@ -100,7 +142,7 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeEnv]:
             (bin_dir / "dnsapi").write_text(f'#!/bin/sh\nexec {sys.executable} -m dnsapi "$@"\n')
             (bin_dir / "dnsapi").chmod(0o755)
             yield AcmeEnv(stack, vault, f"{vault.addr}/v1/pki/roles/acme/acme/directory", root_pem,
-                          bin_dir)
+                          bin_dir, update_port, tsig)
         finally:
             stack.stop()
 
@@ -147,6 +189,63 @@ def test_certbot_manual_hooks(acme, tmp_path):
             "--logs-dir", str(tmp_path / "logs"), "--key-type", "ecdsa", "-d", name, "-d", f"*.{name}"]
     timed("certbot manual hooks", argv, acme.env(REQUESTS_CA_BUNDLE=str(acme.vault.ca)), tmp_path)
     acme.check_certificate(tmp_path / "config" / "live" / name / "fullchain.pem", name)
+
+
+def assert_front_door_did_it(acme: AcmeEnv, key: str, name: str) -> None:
+    """Both challenges were presented and cleaned up through the RFC 2136 front door with `key`:
+    four UPDATEs (two adds, two deletes), each applied, none refused, all at the one name."""
+    entries = acme.front_door_audit(key)
+    assert [entry["result"] for entry in entries] == ["applied"] * 4, entries
+    assert {fqdn for entry in entries for fqdn in str(entry["fqdn"]).split(",")} == \
+        {f"_acme-challenge.{name}"}
+
+
+def test_lego_rfc2136(acme, tmp_path):
+    """lego's rfc2136 provider: finds the zone by SOA queries to the front door (UDP, RD=1,
+    walking up the labels until the SOA is in the answer), then per challenge one UPDATE that
+    deletes the TXT RRset and inserts the value, and one that removes the value."""
+    key = "lego"
+    algorithm, secret = acme.tsig[key]
+    name = TSIG_KEYS[key][1]
+    # RFC2136_SEQUENCE_INTERVAL: lego solves rfc2136 challenges one at a time (each Present
+    # replaces the whole TXT RRset), 60 s apart by default; dnsapi needs no gap.
+    env = acme.front_door_env(RFC2136_NAMESERVER=f"127.0.0.1:{acme.update_port}",
+                              RFC2136_TSIG_KEY=key, RFC2136_TSIG_SECRET=secret,
+                              RFC2136_TSIG_ALGORITHM=f"{algorithm}.", RFC2136_SEQUENCE_INTERVAL="1",
+                              LEGO_CA_CERTIFICATES=str(acme.vault.ca))
+    timed("lego rfc2136 (hmac-sha256)", lego_argv(acme, tmp_path, "rfc2136", name), env, tmp_path)
+    acme.check_certificate(tmp_path / "certificates" / f"{name}.crt", name)
+    assert_front_door_did_it(acme, key, name)
+
+
+@pytest.mark.parametrize("key", ["certbot-md5", "certbot-sha512"])
+def test_certbot_dns_rfc2136(acme, tmp_path, key):
+    """certbot-dns-rfc2136: finds the zone by signed SOA queries over TCP with RD=0 (it wants AA
+    and the SOA in the answer), adds both challenge values, sleeps the propagation seconds once,
+    then deletes each value."""
+    algorithm, secret = acme.tsig[key]
+    name = TSIG_KEYS[key][1]
+    credentials = tmp_path / "rfc2136.ini"
+    # The algorithm in capitals: certbot 2.1 checks it case-insensitively but looks it up as
+    # written, so `hmac-sha512` would sign with HMAC-MD5 (dnsapi: BADKEY).
+    credentials.write_text(f"dns_rfc2136_server = 127.0.0.1\ndns_rfc2136_port = {acme.update_port}\n"
+                           f"dns_rfc2136_name = {key}\ndns_rfc2136_secret = {secret}\n"
+                           f"dns_rfc2136_algorithm = {algorithm.upper()}\n")
+    credentials.chmod(0o600)
+    # --dns-rfc2136-propagation-seconds 1: dnsapi answers the UPDATE only once the zone file holds
+    # the record, and CoreDNS re-reads the file within its `reload 250ms`, so one second always
+    # covers it. 0 issues too, but slowly: the CA validates within milliseconds of certbot's
+    # answer, mostly before CoreDNS has reloaded, and OpenBao retries a failed validation only
+    # 5 s later (about 9 s per certificate instead of 4).
+    argv = ["certbot", "certonly", "--non-interactive", "--agree-tos", "--email", "admin@dev.local",
+            "--no-eff-email", "--server", acme.directory, "--authenticator", "dns-rfc2136",
+            "--dns-rfc2136-credentials", str(credentials), "--dns-rfc2136-propagation-seconds", "1",
+            "--config-dir", str(tmp_path / "config"), "--work-dir", str(tmp_path / "work"),
+            "--logs-dir", str(tmp_path / "logs"), "--key-type", "ecdsa", "-d", name, "-d", f"*.{name}"]
+    timed(f"certbot dns-rfc2136 ({algorithm})", argv,
+          acme.front_door_env(REQUESTS_CA_BUNDLE=str(acme.vault.ca)), tmp_path)
+    acme.check_certificate(tmp_path / "config" / "live" / name / "fullchain.pem", name)
+    assert_front_door_did_it(acme, key, name)
 
 
 @pytest.mark.parametrize("shell", ["sh", "bash"])
