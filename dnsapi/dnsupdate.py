@@ -227,7 +227,7 @@ class DnsUpdateServer:
         zone = message.zone[0].name.to_text(omit_final_dot=True).lower()
         if zone not in self.config.zone_names:
             raise Refused(dns.rcode.NOTAUTH, f"not a zone this server updates: {zone}")
-        types = self.service.writers[zone].file.operator()[1].rules.types
+        types = self.service.writers[zone].file.rules().types
         prerequisites = tuple(p for rrset in message.prerequisite
                               if (p := self._prerequisite(rrset, zone, types)) is not None)
         changes, names = [], []

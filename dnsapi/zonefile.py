@@ -330,6 +330,7 @@ class ZoneFile:
         self._validated: _Validated | None = None  # the operator's text, parsed on its own
         self._in_context: _Validated | None = None  # ...and the whole file made from it, too
         self._written: int | None = None  # the last serial this process wrote
+        self._seen: tuple[int, int, int] | None = None  # the file's identity when last read or written
         self.block = ManagedBlock(origin)
 
     def read_text(self) -> str:
@@ -349,13 +350,33 @@ class ZoneFile:
         return self._operator_serial(ZoneText.split(self.read_text()))[0]
 
     def conflicts(self, names: Iterable[str]) -> dict[str, str]:
-        """{name: why} for the names that cannot hold a TXT record in the zone as it is now."""
-        rules = self.operator()[1].rules
+        """{name: why} for the names that cannot hold a TXT record in the zone as it is now. The
+        file is read again only when it is no longer the one dnsapi last read or wrote (inode,
+        size, mtime): a busy zone's file is large, and this runs for every batch."""
+        remembered = self._validated
+        rules = remembered.rules if remembered is not None and self._seen == self._identity() \
+            else self.operator()[1].rules
         return {name: why for name in names if (why := rules.conflict(name)) is not None}
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def rules(self) -> NameRules:
+        """The operator's names as last validated; read afresh only when none was. The zone's
+        writer revalidates each batch (`conflicts`), so this lags an operator edit by a batch."""
+        remembered = self._validated
+        return remembered.rules if remembered is not None else self.operator()[1].rules
 
     def operator(self) -> tuple[int, _Validated]:
         """The file's serial now and the validation of the operator's text it holds."""
-        return self._operator_serial(ZoneText.split(self.read_text()))
+        seen = self._identity()  # before the read: a change after it shows as a new identity
+        result = self._operator_serial(ZoneText.split(self.read_text()))
+        self._seen = seen
+        return result
 
     def apex(self) -> tuple[dns.rdataset.Rdataset, dns.rdataset.Rdataset | None]:
         """The zone's SOA (with the serial the file holds now) and NS RRsets, as CoreDNS serves
@@ -545,6 +566,7 @@ class ZoneFile:
             if self.path.read_bytes() != expected:
                 raise _FileChanged()
             os.replace(tmp, self.path)
+            self._seen = self._identity()
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
