@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 65535  # a DNS message over TCP; a longer length prefix is refused
 TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message
+MAX_TCP = 64  # open TCP connections at once; more are closed at once (they share the descriptors
+# the HTTP side keeps in reserve, see connections.DESCRIPTOR_RESERVE)
 
 _RCODE_OF = {Outcome.NXDOMAIN: dns.rcode.NXDOMAIN, Outcome.YXDOMAIN: dns.rcode.YXDOMAIN,
              Outcome.NXRRSET: dns.rcode.NXRRSET, Outcome.YXRRSET: dns.rcode.YXRRSET,
@@ -96,6 +98,7 @@ class DnsUpdateServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tcp_open = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -127,6 +130,11 @@ class DnsUpdateServer:
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         remote = str((writer.get_extra_info("peername") or ("unknown",))[0])
+        if self._tcp_open >= MAX_TCP:
+            self.metrics.connections_refused.labels("dns_tcp").inc()
+            writer.transport.abort()
+            return
+        self._tcp_open += 1
         try:
             while True:
                 prefix = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
@@ -140,6 +148,7 @@ class DnsUpdateServer:
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             return
         finally:
+            self._tcp_open -= 1
             writer.close()
 
     # -- one message -------------------------------------------------------------------------

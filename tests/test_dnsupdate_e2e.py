@@ -11,6 +11,7 @@ import subprocess
 import time
 from unittest import mock
 
+import dns.exception
 import dns.message
 import dns.name
 import dns.query
@@ -23,7 +24,7 @@ import pytest
 
 from dnsapi.dnsupdate import algorithm
 
-from .helpers import free_port
+from .helpers import free_port, wait_until
 
 ZONE = "dev.local"
 NAME = "_acme-challenge.www.dev.local"
@@ -247,3 +248,24 @@ def test_updates_are_audited_and_counted(door):
     metrics = door.call("GET", "/metrics").text
     assert 'dnsapi_dns_requests_total{opcode="UPDATE",rcode="NOERROR"}' in metrics
     assert 'dnsapi_dns_requests_total{opcode="UPDATE",rcode="REFUSED"}' in metrics
+
+
+def test_idle_tcp_connections_are_capped_and_the_door_keeps_answering(door):
+    """A slow-client flood on the DNS port must not take descriptors from everything else."""
+    from dnsapi.dnsupdate import MAX_TCP
+    held = [socket.create_connection(("127.0.0.1", door.update_port), timeout=5) for _ in range(MAX_TCP + 20)]
+    try:
+        assert nsupdate(door, f"update add {NAME} 60 TXT {VALUE}\n").returncode == 0  # UDP still works
+        metrics = door.call("GET", "/metrics").text
+        assert 'dnsapi_http_connections_refused_total{reason="dns_tcp"}' in metrics
+    finally:
+        for sock in held:
+            sock.close()
+
+    def tcp_answers() -> bool:  # again, once the held connections are gone
+        try:
+            return send(door, dns.message.make_query(ZONE + ".", dns.rdatatype.SOA), tcp=True).rcode() \
+                == dns.rcode.NOERROR
+        except (OSError, EOFError, dns.exception.DNSException):
+            return False
+    wait_until(tcp_answers, what="a TCP answer after the flood")
