@@ -60,7 +60,9 @@ async def attack_while_adding(stack: Stack, seconds: float) -> list[float]:
     attackers = [asyncio.create_task(slow_client(stack.api_port, f"127.0.0.{2 + i % ATTACK_ADDRESSES}",
                                                  stop_at, counts))
                  for i in range(SLOW_CONNECTIONS)]
-    await asyncio.sleep(2)  # let the flood build up first
+    while counts["opened"] < SLOW_CONNECTIONS:  # the whole flood is up before the client starts
+        assert time.monotonic() < stop_at - 5, f"only {counts['opened']} slow connections opened"
+        await asyncio.sleep(0.05)
     latencies = []
     while time.monotonic() < stop_at - 1:  # an ACME client's pace: add, remove, a pause
         start = time.monotonic()

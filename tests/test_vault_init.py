@@ -249,20 +249,23 @@ def test_files_have_their_mode_and_content_and_are_synced_before_the_rename(tmp_
     assert sorted(os.listdir(conf)) == ["creds", "root-ca.pem"]  # no temp file left behind
 
 
-def test_directories_other_users_can_change_are_reported(tmp_path):
+def test_directories_other_users_can_change_are_reported(tmp_path, monkeypatch):
     """World- or group-writable without the sticky bit, or owned by another user: warned (once
     per directory); private or sticky: not."""
     modes = {"world": 0o777, "group": 0o770, "sticky": 0o1777, "private": 0o755, "foreign": 0o755}
     changes: list = []
+    foreign_uid = 65534 if os.geteuid() == 0 else os.geteuid()
     for name, mode in modes.items():
         directory = tmp_path / name
         directory.mkdir()
         directory.chmod(mode)
-        if name == "foreign":
-            if os.geteuid() != 0:
-                pytest.skip("needs root to give a directory to another user")
-            os.chown(directory, 65534, -1)
-        write_all(init_in(directory, changes=changes))
+        with monkeypatch.context() as patch:
+            if name == "foreign":
+                if os.geteuid() == 0:
+                    os.chown(directory, foreign_uid, -1)
+                else:  # no chown without root: be, for this write, a user who does not own it
+                    patch.setattr(os, "geteuid", lambda: foreign_uid + 1)
+            write_all(init_in(directory, changes=changes))
         assert (directory / "root-ca.pem").read_text() == PEM + "\n"
     warned = [change.what for change in changes if change.status == "warning"
               and change.what.startswith(str(tmp_path))]
@@ -271,8 +274,8 @@ def test_directories_other_users_can_change_are_reported(tmp_path):
         "could replace files written there",
         f"{tmp_path / 'group'} is writable by other users (mode 0770, no sticky bit): another user "
         "could replace files written there",
-        f"{tmp_path / 'foreign'} is owned by another user (uid 65534): another user could replace "
-        "files written there",
+        f"{tmp_path / 'foreign'} is owned by another user (uid {foreign_uid}): another user could "
+        "replace files written there",
     ]
 
 
