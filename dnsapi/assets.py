@@ -9,9 +9,10 @@ installed dnsapi hands out exactly the repository's files (`dnsapi hooks`, `dnsa
 from __future__ import annotations
 
 import os
-import tempfile
 from importlib.resources import files
 from pathlib import Path
+
+from .files import write_file
 
 DATA = Path(str(files("dnsapi") / "data"))
 
@@ -56,13 +57,5 @@ def install_hook(hook: str, home: Path) -> Path:
     target = home / "dnsapi" / source.name if hook == "acme.sh" else home / source.name
     mode = 0o644 if hook == "acme.sh" else 0o755
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(fd, mode)
-            handle.write(source.read_bytes())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file(target, source.read_bytes(), mode)
     return target

@@ -15,7 +15,7 @@ import secrets
 
 from .config import TokenConfig
 from .errors import Forbidden, Unauthorized
-from .names import pattern_allows
+from .names import patterns_allow
 
 
 def hash_token(token: str) -> str:
@@ -68,7 +68,7 @@ class Authenticator:
         return found
 
     def allows(self, token: TokenConfig, fqdn: str) -> bool:
-        return any(pattern_allows(p, fqdn, self.challenge_label) for p in token.allow)
+        return patterns_allow(token.allow, fqdn, self.challenge_label)
 
     def authorize(self, token: TokenConfig, fqdn: str) -> None:
         if not self.allows(token, fqdn):

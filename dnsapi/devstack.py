@@ -30,6 +30,7 @@ import yaml
 
 from . import assets
 from .auth import hash_token, new_token
+from .files import write_file
 
 COREDNS_VERSION = "v1.14.7"
 # The shipped example Corefile, zone and config (coredns/ and deploy/ in the repository).
@@ -191,8 +192,8 @@ def prepare(directory: Path, *, vault_addr: str, vault_token: str, dns_port: int
     for name in ("Corefile", "db.dev.local"):
         shutil.copyfile(EXAMPLES / name, directory / name)
     api_token = new_token()
-    _write_private(directory / "token", api_token + "\n")
-    _write_private(directory / "vault-token", vault_token + "\n")
+    write_file(directory / "token", f"{api_token}\n".encode(), 0o600)
+    write_file(directory / "vault-token", f"{vault_token}\n".encode(), 0o600)
     config = yaml.safe_load(CONFIG_EXAMPLE.read_text())
     config["listen"] = f"127.0.0.1:{api_port}"
     config["vault"].update(addr=vault_addr, token_file="vault-token", prefix=prefix)
@@ -204,13 +205,6 @@ def prepare(directory: Path, *, vault_addr: str, vault_token: str, dns_port: int
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(path, 0o600)
 
 
 def run_dev(directory: Path, vault_port: int, dns_port: int, api_port: int) -> int:

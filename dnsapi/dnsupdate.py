@@ -40,7 +40,14 @@ import dns.update
 from .audit import AuditLog, value_hash
 from .config import Config, TsigKeyConfig
 from .errors import DnsapiError, NameConflict, TooManyRecords
-from .names import InvalidInput, pattern_allows, validate_challenge_name, validate_ttl, validate_value
+from .names import (
+    InvalidInput,
+    patterns_allow,
+    validate_challenge_name,
+    validate_ttl,
+    validate_value,
+    zone_for,
+)
 from .ratelimit import RateLimiter
 from .records import Change, Outcome, Prerequisite, Record, Update
 from .service import RecordService
@@ -186,7 +193,7 @@ class DnsUpdateServer:
             return _reply(query, dns.rcode.FORMERR)
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True).lower()
-        zone = _zone_of(name, self.config.zone_names)
+        zone = zone_for(name, self.config.zone_names)
         if zone is None or question.rdclass != dns.rdataclass.IN \
                 or question.rdtype not in (dns.rdatatype.SOA, dns.rdatatype.NS):
             return _reply(query, dns.rcode.REFUSED)
@@ -255,7 +262,7 @@ class DnsUpdateServer:
             raise Refused(dns.rcode.REFUSED, exc.message) from None
         if found != zone:
             raise Refused(dns.rcode.NOTZONE, f"{fqdn} is not in zone {zone}")
-        if not any(pattern_allows(p, fqdn, self.config.challenge_label) for p in key.allow):
+        if not patterns_allow(key.allow, fqdn, self.config.challenge_label):
             raise Refused(dns.rcode.REFUSED, f"key {key.name} may not change {fqdn}")
         return fqdn
 
@@ -303,7 +310,7 @@ class DnsUpdateServer:
         change only by an edit), dnsapi's TXT records in the writer, atomically with the update.
         Returns None when the operator's records decide it and it holds."""
         name = rrset.name.to_text(omit_final_dot=True).lower()
-        if _zone_of(name, (zone,)) != zone:
+        if zone_for(name, (zone,)) != zone:
             raise Refused(dns.rcode.NOTZONE, f"prerequisite name {name} is not in zone {zone}")
         held = types.get(name, frozenset())
         rdtype = rrset.rdtype
@@ -405,11 +412,3 @@ def _unsigned_reply(request: dns.message.Message, rcode: dns.rcode.Rcode) -> dns
     reply.set_rcode(rcode)
     reply.question = list(request.question)
     return reply
-
-
-def _zone_of(name: str, zones: tuple[str, ...]) -> str | None:
-    best = None
-    for zone in zones:
-        if (name == zone or name.endswith("." + zone)) and (best is None or len(zone) > len(best)):
-            best = zone
-    return best

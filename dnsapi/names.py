@@ -126,6 +126,11 @@ def normalize_pattern(pattern: str) -> str:
     return normalize_name(pattern, "pattern")
 
 
+def patterns_allow(patterns: Iterable[str], fqdn: str, challenge_label: str) -> bool:
+    """Does any of a token's or a key's `allow` patterns cover `fqdn`?"""
+    return any(pattern_allows(p, fqdn, challenge_label) for p in patterns)
+
+
 def pattern_allows(pattern: str, fqdn: str, challenge_label: str) -> bool:
     """Does a normalised `allow` pattern cover the normalised challenge name `fqdn`?
 

@@ -149,27 +149,31 @@ def _zone_tokens(text: str) -> Iterator[tuple[int, int]]:
             yield start, min(i, n)
 
 
-def soa_serial(text: str) -> int | None:
-    """The serial of the first SOA in `text`, read as CoreDNS's reload check reads it (only up to
-    the SOA), or None; for a file that does not parse as a whole."""
+def _serial_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of the third token after each `SOA` token: where an SOA's serial stands. The SOA
+    may span lines and carry comments."""
     spans = list(_zone_tokens(text))
     for i, (start, end) in enumerate(spans):
         if text[start:end].upper() == "SOA" and i + 3 < len(spans):
-            digits = text[spans[i + 3][0]:spans[i + 3][1]]
-            return int(digits) if digits.isdigit() else None
+            yield spans[i + 3]
+
+
+def soa_serial(text: str) -> int | None:
+    """The serial of the first SOA in `text`, read as CoreDNS's reload check reads it (only up to
+    the SOA), or None; for a file that does not parse as a whole."""
+    for start, end in _serial_spans(text):
+        digits = text[start:end]
+        return int(digits) if digits.isdigit() else None
     return None
 
 
 def serial_span(text: str, serial: int) -> tuple[int, int]:
-    """Where in `text` the digits of the SOA serial are: the third token after the first `SOA`
-    token whose third token is that serial. The SOA may span lines and carry comments."""
-    spans = list(_zone_tokens(text))
-    for i, (start, end) in enumerate(spans):
-        if text[start:end].upper() == "SOA" and i + 3 < len(spans):
-            s_start, s_end = spans[i + 3]
-            candidate = text[s_start:s_end]
-            if candidate.isdigit() and int(candidate) == serial:
-                return s_start, s_end
+    """Where in `text` the digits of the SOA serial are: the serial span of the first `SOA`
+    whose serial is `serial`."""
+    for start, end in _serial_spans(text):
+        candidate = text[start:end]
+        if candidate.isdigit() and int(candidate) == serial:
+            return start, end
     raise ZoneError("cannot find the SOA serial in the zone file's own text (is the SOA in an "
                     "$INCLUDE file?); dnsapi must be able to bump it")
 
@@ -350,13 +354,18 @@ class ZoneFile:
         return self._operator_serial(ZoneText.split(self.read_text()))[0]
 
     def conflicts(self, names: Iterable[str]) -> dict[str, str]:
-        """{name: why} for the names that cannot hold a TXT record in the zone as it is now. The
-        file is read again only when it is no longer the one dnsapi last read or wrote (inode,
-        size, mtime): a busy zone's file is large, and this runs for every batch."""
-        remembered = self._validated
-        rules = remembered.rules if remembered is not None and self._seen == self._identity() \
-            else self.operator()[1].rules
+        """{name: why} for the names that cannot hold a TXT record in the zone as it is now."""
+        rules = self.rules()
         return {name: why for name in names if (why := rules.conflict(name)) is not None}
+
+    def rules(self) -> NameRules:
+        """What the operator's records say of names, for the file as it is now. The file is read
+        again only when it is no longer the one dnsapi last read or wrote (inode, size, mtime):
+        a busy zone's file is large, and this runs for every batch and every UPDATE."""
+        remembered = self._validated
+        if remembered is not None and self._seen == self._identity():
+            return remembered.rules
+        return self.operator()[1].rules
 
     def _identity(self) -> tuple[int, int, int] | None:
         try:
@@ -364,12 +373,6 @@ class ZoneFile:
         except OSError:
             return None
         return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-    def rules(self) -> NameRules:
-        """The operator's names as last validated; read afresh only when none was. The zone's
-        writer revalidates each batch (`conflicts`), so this lags an operator edit by a batch."""
-        remembered = self._validated
-        return remembered.rules if remembered is not None else self.operator()[1].rules
 
     def operator(self) -> tuple[int, _Validated]:
         """The file's serial now and the validation of the operator's text it holds."""

@@ -15,10 +15,8 @@ The API calls are those Vault ≥ 1.14 and OpenBao share (both serve ACME from t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import hvac
 import hvac.exceptions
 
+from .. import files
 from ..config import Config, parse_duration
 from ..vault import is_kv2
 
@@ -84,31 +83,10 @@ def differences(desired: dict[str, Any], current: dict[str, Any] | None,
 
 
 def write_file(path: Path, text: str, mode: int) -> None:
-    """Replace `path` by a file holding `text`, with `mode` from the first byte.
-
-    Nothing planted in the directory can receive `text`: the temp file has an unpredictable name
-    and is created exclusively without following symlinks (mkstemp), and the final rename replaces
-    whatever is at `path` instead of writing through it. A symlink at `path` is refused all the
-    same, so the operator hears of it. Synced before the rename, so a crash leaves the old file or
-    the new one, never a truncated one."""
+    """`files.write_file`, refusing a symlink at `path` so the operator hears of it (the rename
+    would only replace it)."""
     refuse_symlink(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            os.fchmod(fd, mode)
-            handle.write(text)
-            handle.flush()
-            os.fsync(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)  # makes the rename itself durable
-    finally:
-        os.close(directory)
+    files.write_file(path, text.encode(), mode)
 
 
 def refuse_symlink(path: Path) -> None:
