@@ -30,7 +30,7 @@ import ssl
 import time
 from collections import Counter as Tally
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -51,7 +51,6 @@ class _Connection:
     sock: socket.socket
     address: str
     transport: asyncio.Transport | None = None  # None until the transport exists
-    opened: float = field(default_factory=time.monotonic)
     busy: int = 0  # requests of this connection inside dnsapi's handlers
     timer: asyncio.TimerHandle | None = None
 
