@@ -36,6 +36,8 @@ MAX_TTL = 2**31 - 1  # RFC 2181 8
 # reading (no escapes, no parentheses, no comment, no $directive, no relative name), so matching
 # it proves what a zone parser makes of it; any other line is proven by parsing it.
 _PLAIN_LINE = re.compile(r'((?:[A-Za-z0-9_-]{1,63}\.)+) ([0-9]{1,10}) IN TXT "([A-Za-z0-9_=-]{1,255})"')
+# The same for the one other kind dnsapi writes, a CNAME to an acme-dns account's name.
+_PLAIN_CNAME = re.compile(r'((?:[A-Za-z0-9_-]{1,63}\.)+) ([0-9]{1,10}) IN CNAME ((?:[A-Za-z0-9_-]{1,63}\.)+)')
 
 
 def quote_txt(value: str) -> str:
@@ -47,23 +49,37 @@ def _txt_line(fqdn: str, ttl: int, value: str) -> str:
     return f"{fqdn}. {ttl} IN TXT {quote_txt(value)}"
 
 
+def _line(fqdn: str, ttl: int, value: str, kind: str) -> str:
+    return f"{fqdn}. {ttl} IN CNAME {value}." if kind == "CNAME" else _txt_line(fqdn, ttl, value)
+
+
 def block_records(block: str, origin: str) -> dict[Key, int]:
-    """The TXT records in a managed block as {(fqdn, value): ttl}; ZoneError if it is not only
-    TXT records below `origin`."""
+    """The records in a managed block as {(fqdn, value): ttl} (a CNAME's value: its target);
+    ZoneError if it is not only TXT and CNAME records below `origin`."""
+    return {key: ttl for key, (ttl, _) in block_entries(block, origin).items()}
+
+
+def block_entries(block: str, origin: str) -> dict[Key, tuple[int, str]]:
+    """The records in a managed block as {(fqdn, value): (ttl, kind)}."""
     if not block:
         return {}
     try:
         zone = dns.zone.from_text(block, origin=origin + ".", relativize=False, check_origin=False)
     except dns.exception.DNSException as exc:
         raise ZoneError(f"the managed block for {origin} does not parse: {exc}") from None
-    found: dict[Key, int] = {}
+    found: dict[Key, tuple[int, str]] = {}
     for name, node in zone.nodes.items():
         for rdataset in node.rdatasets:
-            if rdataset.rdtype != dns.rdatatype.TXT:
-                raise ZoneError(f"the managed block for {origin} holds a non-TXT record at {name}")
             fqdn = name.to_text(omit_final_dot=True)
+            if rdataset.rdtype == dns.rdatatype.CNAME:
+                for rdata in rdataset:
+                    found[(fqdn, rdata.target.to_text(omit_final_dot=True))] = (rdataset.ttl, "CNAME")
+                continue
+            if rdataset.rdtype != dns.rdatatype.TXT:
+                raise ZoneError(f"the managed block for {origin} holds a record other than TXT "
+                                f"and CNAME at {name}")
             for rdata in rdataset:
-                found[(fqdn, b"".join(rdata.strings).decode("ascii"))] = rdataset.ttl
+                found[(fqdn, b"".join(rdata.strings).decode("ascii"))] = (rdataset.ttl, "TXT")
     return found
 
 
@@ -127,7 +143,8 @@ class ManagedBlock:
                 start = bisect.bisect_left(self._keys, (fqdn,))
                 stale.update(self._keys[start:bisect.bisect_left(self._keys, (fqdn + "\0",))])
         for fqdn, value in stale:
-            self._lines[(fqdn, value)] = self._proven(fqdn, value, self._ttl[fqdn]) + self._newline
+            self._lines[(fqdn, value)] = self._proven(fqdn, value, self._ttl[fqdn],
+                                                      records[(fqdn, value)].kind) + self._newline
         self._records = dict(records)
 
     def _count(self, fqdn: str, ttl: int, delta: int) -> None:
@@ -138,27 +155,32 @@ class ManagedBlock:
             if not counts:
                 del self._ttls[fqdn]
 
-    def _proven(self, fqdn: str, value: str, ttl: int) -> str:
-        line = _txt_line(fqdn, ttl, value)
+    def _proven(self, fqdn: str, value: str, ttl: int, kind: str) -> str:
+        line = _line(fqdn, ttl, value, kind)
         found = self.read_plain(line)
         if found is None:
-            parsed = block_records(line, self.origin)
+            parsed = block_entries(line, self.origin)
             if len(parsed) != 1:
                 raise ZoneError(f"internal check failed: a managed line for {self.origin} does "
                                 "not parse back to one record; not written")
-            ((name, text), found_ttl), = parsed.items()
-            found = (name, text, found_ttl)
-        if found != (fqdn, value, ttl):
+            ((name, text), (found_ttl, found_kind)), = parsed.items()
+            found = (name, text, found_ttl, found_kind)
+        if found != (fqdn, value, ttl, kind):
             raise ZoneError(f"internal check failed: a managed line for {self.origin} does not "
                             "parse back to the requested record; not written")
         return line
 
-    def read_plain(self, line: str) -> tuple[str, str, int] | None:
-        """(fqdn, value, ttl) of a line in the plain shape naming a record in this zone; None
+    def read_plain(self, line: str) -> tuple[str, str, int, str] | None:
+        """(fqdn, value, ttl, kind) of a line in a plain shape naming a record in this zone; None
         for any other line."""
-        match = _PLAIN_LINE.fullmatch(line)
+        kind, match = "TXT", _PLAIN_LINE.fullmatch(line)
+        if match is None:
+            kind, match = "CNAME", _PLAIN_CNAME.fullmatch(line)
+            if match is not None and len(match[3]) > 254:
+                return None
         if match is None or len(match[1]) > 254 or int(match[2]) > MAX_TTL:  # 255 octets on the wire
             return None
         if match[1] != self._suffix[1:] and not match[1].endswith(self._suffix):
             return None
-        return match[1][:-1], match[3], int(match[2])
+        return match[1][:-1], match[3].removesuffix(".") if kind == "CNAME" else match[3], \
+            int(match[2]), kind

@@ -2,7 +2,8 @@
 ✓/✗ lines with a fix for each ✗. Exit status 0 only when every item passes.
 
 It checks, in order: the config file; Vault (reachable, unsealed, our credentials work, the KV
-mount is version 2, the token may read and write each zone's secret); each zone file (parses,
+mount is version 2, the token may read and write each zone's secret, an audit device records
+requests); each zone file (parses,
 its directory is writable by this user); the Corefile (serves each zone from the same file with
 a `file` reload interval, no cache in front of it); and each DNS server in `dns_servers`
 (answers the zone's SOA authoritatively, with the serial the file has).
@@ -15,12 +16,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.flags
 import dns.message
 import dns.query
 import dns.rdatatype
+import hvac.exceptions
 
 from . import config as config_module
 from .config import Config, ZoneConfig, parse_duration
@@ -32,7 +35,7 @@ from .zonefile import ZoneFile
 
 @dataclass
 class Item:
-    ok: bool
+    ok: bool | None  # None: could not be checked with dnsapi's rights (not a failure)
     text: str
     fix: str = ""
 
@@ -41,24 +44,27 @@ class Item:
 class Checklist:
     items: list[Item] = field(default_factory=list)
 
-    def add(self, ok: bool, text: str, fix: str = "") -> bool:
+    def add(self, ok: bool | None, text: str, fix: str = "") -> bool | None:
+        """One item; with `ok` None it says what could not be checked, and `fix` how to."""
         self.items.append(Item(ok, text, "" if ok else fix))
         return ok
 
     def render(self) -> str:
         lines = []
         for item in self.items:
-            lines.append(f"  {'✓' if item.ok else '✗'} {item.text}")
+            lines.append(f"  {'✓' if item.ok else '?' if item.ok is None else '✗'} {item.text}")
             if item.fix:
-                lines.append(f"      fix: {item.fix}")
-        failed = sum(not item.ok for item in self.items)
-        lines.append(f"{len(self.items)} checks, {failed} failed" if failed else
-                     f"{len(self.items)} checks, all passed")
+                lines.append(f"      {'fix' if item.ok is False else 'check'}: {item.fix}")
+        failed = sum(item.ok is False for item in self.items)
+        unknown = sum(item.ok is None for item in self.items)
+        summary = (f"{len(self.items)} checks, {failed} failed" if failed else
+                   f"{len(self.items)} checks, all passed")
+        lines.append(summary + (f" ({unknown} could not be checked)" if unknown else ""))
         return "\n".join(lines)
 
     @property
     def passed(self) -> bool:
-        return all(item.ok for item in self.items)
+        return all(item.ok is not False for item in self.items)
 
 
 def run(path: Path, corefile: Path) -> Checklist:
@@ -124,6 +130,34 @@ def _vault(config: Config, checks: Checklist) -> None:
                    + ("" if problem is None else f" ({problem})"),
                    f"give it the {config.vault_init.policy} policy (deploy/vault/dnsapi-policy.hcl; "
                    "`dnsapi vault-init` writes it)")
+    _audit(session, checks)
+
+
+def _audit(session: VaultSession, checks: Checklist) -> None:
+    """An audit device records every issuance request and every change dnsapi makes. Listing
+    them needs sudo, which dnsapi's own policy rightly lacks: then say so, not ✓ or ✗."""
+    def devices() -> dict[str, Any] | None:
+        try:
+            return dict(session.client.sys.list_enabled_audit_devices()["data"])
+        except hvac.exceptions.Forbidden:
+            return None
+
+    try:
+        found = session.run(devices)
+    except VaultUnavailable as exc:
+        checks.add(False, f"Vault lists its audit devices: {exc.message}", "see the items above")
+        return
+    if found is None:
+        checks.add(None, "Vault has an audit device: not checked, dnsapi's token may not read "
+                   "sys/audit (that needs sudo)",
+                   "with an admin token: bao audit list (or vault audit list)")
+        return
+    checks.add(bool(found), "Vault has an audit device" + (
+        ": " + ", ".join(f"{path} ({device['type']})" for path, device in sorted(found.items()))
+        if found else " (nothing records issuance requests or dnsapi's writes)"),
+        "OpenBao: declare one in every node's server config (`dnsapi vault-init` prints the "
+        "stanza; deploy/vault/openbao-raft.hcl has it), then restart or SIGHUP each node; "
+        "HashiCorp Vault: `dnsapi vault-init`, or vault audit enable file file_path=/var/log/vault/audit.log")
 
 
 # -- zone files -----------------------------------------------------------------------------------

@@ -170,6 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
                            "scripts); it is checked and written the same way")
     edit.add_argument("zone", metavar="ZONE", help="the zone's name, as in the config's zones[].name")
 
+    acme_dns = commands.add_parser(
+        "acme-dns", help="create, list and delete acme-dns accounts",
+        description="Accounts of the acme-dns compatible API (the config's acme_dns section; see "
+                    "docs/acme-dns.md). These commands use the config's Vault credentials and "
+                    "write through the zone writers, so they are safe while dnsapi serve runs.")
+    acme_dns_commands = acme_dns.add_subparsers(dest="acme_dns_command", metavar="COMMAND",
+                                                required=True)
+    acme_register = acme_dns_commands.add_parser(
+        "register", help="create an account and delegate names to it",
+        description="Create an account and write _acme-challenge.NAME CNAME <subdomain>.<acme_dns.zone> "
+                    "into the managed block for each --for NAME (one CNAME serves NAME and *.NAME). "
+                    "Prints the account as JSON keyed by NAME: lego's ACME_DNS_STORAGE_PATH file "
+                    "and cert-manager's acmedns.json take it as it is. The password is shown only "
+                    "here; Vault keeps only its scrypt hash.")
+    acme_register.add_argument("--for", dest="names", action="append", required=True, metavar="NAME",
+                               help="a name to delegate (repeat for more)")
+    acme_register.add_argument("--allow-from", action="append", default=[], metavar="CIDR",
+                               help="accept this account's updates only from this network (repeatable)")
+    acme_ls = acme_dns_commands.add_parser("ls", help="list accounts (never their passwords)")
+    acme_rm = acme_dns_commands.add_parser(
+        "rm", help="delete an account, its CNAMEs and its TXT values")
+    acme_rm.add_argument("username")
+    for sub in (acme_register, acme_ls, acme_rm):
+        sub.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
+
     dev = commands.add_parser(
         "dev", help="run a throwaway local stack: OpenBao dev server, CoreDNS and dnsapi",
         description="Start an in-memory OpenBao dev server, CoreDNS serving dev.local and dnsapi, "
@@ -345,6 +370,12 @@ def _zone_edit(args: argparse.Namespace) -> int:
     return run_program(args.config, args.zone, args.apply)
 
 
+def _acme_dns(args: argparse.Namespace) -> int:
+    from .acmedns_admin import run_program
+
+    return run_program(args)
+
+
 def _check(args: argparse.Namespace) -> int:
     from .check import run
 
@@ -401,5 +432,6 @@ def _hash_token(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _serve, "hash-token": _hash_token, "vault-init": _vault_init, "pki-watch": _pki_watch,
-    "check": _check, "zone": _zone_edit, "hooks": _hooks, "example": _example, "dev": _dev,
+    "check": _check, "zone": _zone_edit, "acme-dns": _acme_dns, "hooks": _hooks, "example": _example,
+    "dev": _dev,
 }

@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .names import normalize_name, normalize_pattern
+from .names import is_below, normalize_name, normalize_pattern
 
 ENV_VAULT_TOKEN = "DNSAPI_VAULT_TOKEN"
 ENV_APPROLE_SECRET_ID = "DNSAPI_VAULT_SECRET_ID"
@@ -337,15 +337,36 @@ class AppRoleConfig(_Model):
         return self
 
 
+def _vault_addrs(value: object) -> tuple[str, ...]:
+    values = value if isinstance(value, list | tuple) else [value]
+    if not values:
+        raise ValueError("must be a URL or a non-empty list of URLs (every node of one cluster)")
+    addrs = tuple(_base_url(item) for item in values)
+    if len(set(addrs)) != len(addrs):
+        raise ValueError("lists a URL twice")
+    return addrs
+
+
 class VaultConfig(_Model):
-    addr: BaseUrl
-    token: Annotated[Text | None, _or_env(ENV_VAULT_TOKEN)] = Field(None, validate_default=True)
+    """How dnsapi reaches Vault: `addr` is one URL, or every node of one cluster (dnsapi talks to
+    whichever is active and keeps retrying through an election for `failover_timeout`)."""
+
+    addrs: Annotated[tuple[str, ...], BeforeValidator(_vault_addrs)] = Field(alias="addr")
+    token: Annotated[Text | None, _or_env(ENV_VAULT_TOKEN)] = Field(None, validate_default=True,
+                                                                     repr=False)
     token_file: File | None = None
     approle: AppRoleConfig | None = None
     ca_cert: File | None = None
     kv_mount: VaultPath = "secret"
     prefix: VaultPath = "dnsapi"
     timeout: Duration = 10.0
+    failover_timeout: Duration = 30.0
+
+    @property
+    def addr(self) -> str:
+        """The first address: what dnsapi names when it speaks of "Vault" (a cluster's nodes
+        all serve the same data)."""
+        return self.addrs[0]
 
     @model_validator(mode="after")
     def _one_login(self) -> Self:
@@ -428,6 +449,34 @@ class DnsUpdateConfig(_Model):
                                                         "algorithm, secret|secret_file|secret_env, "
                                                         "allow}", empty=False),
                     _distinct(name="key name {!r} is used twice")] = Field((), validate_default=True)
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of networks such as 10.0.0.0/8 or 127.0.0.1/32")
+    try:
+        return tuple(str(ipaddress.ip_network(v.strip(), strict=False)) for v in value)
+    except ValueError:
+        raise ValueError("must be a list of networks such as 10.0.0.0/8 or 127.0.0.1/32") from None
+
+
+class AcmeDnsRegisterConfig(_Model):
+    """Who may create acme-dns accounts with POST /register: nobody unless listed here."""
+
+    allow_from: Annotated[tuple[str, ...], BeforeValidator(_networks)] = ()  # source networks
+    # bearer tokens; a token may register when its `allow` covers the new account's name
+    tokens: Annotated[tuple[TokenConfig, ...], _list_of("must be a list of {name, sha256, allow}"),
+                      _distinct(name="token name {!r} is used twice",
+                                sha256="the same token hash is listed twice")] = ()
+
+
+class AcmeDnsConfig(_Model):
+    """The acme-dns compatible front door (docs/acme-dns.md): accounts get names `<uuid>.<zone>`."""
+
+    zone: Annotated[str, BeforeValidator(_zone_name)]
+    listen: HostPort | None = None  # None: the routes are served on the main listener
+    registration: AcmeDnsRegisterConfig = Field(default_factory=dict, validate_default=True,
+                                                alias="register")
 
 
 class PkiConfig(_Model):
@@ -607,10 +656,16 @@ class Config(_Model):
     vault_init: VaultInitConfig
     pki_watch: PkiWatchConfig
     dns_update: DnsUpdateConfig | None  # None: no RFC 2136 front door
+    acme_dns: AcmeDnsConfig | None  # None: no acme-dns front door
 
     @property
     def zone_names(self) -> tuple[str, ...]:
         return tuple(zone.name for zone in self.zones)
+
+    @property
+    def account_zone(self) -> str | None:
+        """The zone acme-dns accounts' names are in, when acme-dns is on."""
+        return self.acme_dns.zone if self.acme_dns is not None else None
 
 
 # The file's own shape where it nests what the code reads flat.
@@ -720,6 +775,22 @@ class _File(_Model):
     max_age: Duration = _HOUR
     pki_watch: _PkiWatchFile = _section()
     dns_update: DnsUpdateConfig | None = None
+    acme_dns: AcmeDnsConfig | None = None
+
+    @model_validator(mode="after")
+    def _acme_dns_fits(self) -> Self:
+        """The accounts' zone must be one dnsapi writes (a zone of its own or below one), and
+        its own listener must not take a port already in use here."""
+        if self.acme_dns is None:
+            return self
+        if not any(is_below(self.acme_dns.zone, zone.name) for zone in self.zones):
+            raise _Invalid(f"{self.acme_dns.zone} is not one of the zones, nor below one: list its "
+                           "zone file under zones, or use a name below a listed zone",
+                           "acme_dns", "zone")
+        taken = [self.listen] + ([self.dns_update.listen] if self.dns_update else [])
+        if self.acme_dns.listen is not None and self.acme_dns.listen in taken:
+            raise _Invalid("must differ from listen and dns_update.listen", "acme_dns", "listen")
+        return self
 
     @model_validator(mode="after")
     def _tokens_or_open_loopback(self) -> Self:
@@ -746,6 +817,7 @@ class _File(_Model):
             refusals=self.refusals, http=self.http, waits=self.waits, allowed_origins=self.allowed_origins,
             audit_file=self.audit.file, open_on_loopback=self.open_on_loopback, vault_init=vault_init,
             pki_watch=self.pki_watch.config(vault_init.pki), dns_update=self.dns_update,
+            acme_dns=self.acme_dns,
         )
 
 

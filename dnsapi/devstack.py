@@ -142,11 +142,15 @@ def http_status(url: str, timeout: float = 2, cafile: Path | None = None) -> int
         return exc.code
 
 
-def start_openbao(port: int, root_token: str, log_path: Path, tls_dir: Path | None = None) -> Process:
+def start_openbao(port: int, root_token: str, log_path: Path, tls_dir: Path | None = None,
+                  config: Path | None = None) -> Process:
     """`bao server -dev` on 127.0.0.1:port with a known root token; KV v2 is mounted at secret/.
-    With `tls_dir` it serves HTTPS with a CA written to tls_dir/vault-ca.pem."""
+    With `tls_dir` it serves HTTPS with a CA written to tls_dir/vault-ca.pem; `config` is a
+    server config file added to the dev settings (e.g. an audit stanza)."""
     argv = [openbao_binary(), "server", "-dev", f"-dev-root-token-id={root_token}",
             f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"]
+    if config is not None:
+        argv.append(f"-config={config}")
     if tls_dir is not None:
         tls_dir.mkdir(parents=True, exist_ok=True)
         argv += ["-dev-tls", f"-dev-tls-cert-dir={tls_dir}"]

@@ -56,12 +56,14 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 65535  # a DNS message over TCP; a longer length prefix is refused
 TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message
+TSIG_FUDGE = 300  # seconds of clock skew a signed reply allows (dnspython's and BIND's default)
 MAX_TCP = 64  # open TCP connections at once; more are closed at once (they share the descriptors
 # the HTTP side keeps in reserve, see connections.DESCRIPTOR_RESERVE)
 
 _RCODE_OF = {Outcome.NXDOMAIN: dns.rcode.NXDOMAIN, Outcome.YXDOMAIN: dns.rcode.YXDOMAIN,
              Outcome.NXRRSET: dns.rcode.NXRRSET, Outcome.YXRRSET: dns.rcode.YXRRSET,
-             Outcome.FULL: dns.rcode.REFUSED, Outcome.QUOTA: dns.rcode.REFUSED}
+             Outcome.FULL: dns.rcode.REFUSED, Outcome.QUOTA: dns.rcode.REFUSED,
+             Outcome.CONFLICT: dns.rcode.REFUSED}
 
 
 class Refused(Exception):
@@ -173,20 +175,20 @@ class DnsUpdateServer:
             return self._tsig_error(wire, remote, dns.rcode.BADTIME, "TSIG time outside the fudge")
         except (dns.exception.DNSException, ValueError, IndexError, struct.error):
             return self._formerr(wire, remote)
+        max_size = MAX_MESSAGE if tcp else 512 if message.edns < 0 else max(512, message.payload)
         opcode = message.opcode()
-        if opcode == dns.opcode.QUERY:
-            reply = self._query(message)
-        elif opcode == dns.opcode.UPDATE and isinstance(message, dns.update.UpdateMessage):
-            reply = await self._update(message, remote)
+        if opcode == dns.opcode.UPDATE and isinstance(message, dns.update.UpdateMessage):
+            rcode = await self._update(message, remote)
+            reply = status_reply(message, rcode, max_size)
         else:
-            reply = _reply(message, dns.rcode.NOTIMP)
-        self.metrics.dns_requests.labels(dns.opcode.to_text(opcode),
-                                         dns.rcode.to_text(reply.rcode())).inc()
+            answer = await self._query(message) if opcode == dns.opcode.QUERY \
+                else _reply(message, dns.rcode.NOTIMP)
+            rcode, reply = answer.rcode(), answer.to_wire(max_size=max_size)
+        self.metrics.dns_requests.labels(dns.opcode.to_text(opcode), dns.rcode.to_text(rcode)).inc()
         self.metrics.dns_request_seconds.observe(time.perf_counter() - started)
-        return reply.to_wire(max_size=MAX_MESSAGE if tcp else 512 if message.edns < 0
-                             else max(512, message.payload))
+        return reply
 
-    def _query(self, query: dns.message.Message) -> dns.message.Message:
+    async def _query(self, query: dns.message.Message) -> dns.message.Message:
         """SOA and NS of a configured zone, authoritatively; NODATA with the SOA for a name
         below one (clients walk up the labels); REFUSED for everything else."""
         if len(query.question) != 1:
@@ -198,7 +200,7 @@ class DnsUpdateServer:
                 or question.rdtype not in (dns.rdatatype.SOA, dns.rdatatype.NS):
             return _reply(query, dns.rcode.REFUSED)
         try:
-            soa, ns = self.service.writers[zone].file.apex()
+            soa, ns = await asyncio.to_thread(self.service.writers[zone].file.apex)
         except DnsapiError:
             return _reply(query, dns.rcode.SERVFAIL)
         reply = _reply(query, dns.rcode.NOERROR)
@@ -211,7 +213,8 @@ class DnsUpdateServer:
             reply.authority.append(dns.rrset.from_rdata_list(apex, soa.ttl, list(soa)))
         return reply
 
-    async def _update(self, message: dns.update.UpdateMessage, remote: str) -> dns.message.Message:
+    async def _update(self, message: dns.update.UpdateMessage, remote: str) -> dns.rcode.Rcode:
+        """Apply the UPDATE; its rcode."""
         key = self.keys.get(message.keyname) if message.had_tsig and message.keyname else None
         who = key.name if key is not None else None
         try:
@@ -220,30 +223,34 @@ class DnsUpdateServer:
             wait = self.limiter.allow(key.name)
             if wait:
                 raise Refused(dns.rcode.REFUSED, f"key {key.name} is over its rate limit")
-            zone, update, names = self._translate(message, key)
+            zone, update, names = await self._translate(message, key)
             outcome = await self.service.update(zone, update)
         except Refused as refused:
             self._audit(remote, who, message, "refused", refused.rcode, refused.reason)
-            return _reply(message, refused.rcode)
+            return refused.rcode
         except NameConflict as exc:
             self._audit(remote, who, message, "refused", dns.rcode.REFUSED, exc.message)
-            return _reply(message, dns.rcode.REFUSED)
+            return dns.rcode.REFUSED
         except (DnsapiError, TooManyRecords) as exc:
             self._audit(remote, who, message, "failed", dns.rcode.SERVFAIL, exc.message)
-            return _reply(message, dns.rcode.SERVFAIL)
+            return dns.rcode.SERVFAIL
         rcode = _RCODE_OF.get(outcome, dns.rcode.NOERROR)
         self._audit(remote, who, message, outcome.value, rcode, None, names)
-        return _reply(message, rcode)
+        return rcode
 
-    def _translate(self, message: dns.update.UpdateMessage, key: TsigKeyConfig
-                   ) -> tuple[str, Update, list[str]]:
-        """The message as one Update for its zone, every name and value checked."""
+    async def _translate(self, message: dns.update.UpdateMessage, key: TsigKeyConfig
+                         ) -> tuple[str, Update, list[str]]:
+        """The message as one Update for its zone, every name and value checked. The operator's
+        records are known without reading the file unless it changed (then read in a thread:
+        a large zone must not stall the event loop)."""
         if len(message.zone) != 1 or message.zone[0].rdtype != dns.rdatatype.SOA:
             raise Refused(dns.rcode.FORMERR, "the zone section must hold one SOA question")
         zone = message.zone[0].name.to_text(omit_final_dot=True).lower()
         if zone not in self.config.zone_names:
             raise Refused(dns.rcode.NOTAUTH, f"not a zone this server updates: {zone}")
-        types = self.service.writers[zone].file.rules().types
+        file = self.service.writers[zone].file
+        rules = file.known_rules()
+        types = (rules if rules is not None else await asyncio.to_thread(file.rules)).types
         prerequisites = tuple(p for rrset in message.prerequisite
                               if (p := self._prerequisite(rrset, zone, types)) is not None)
         changes, names = [], []
@@ -402,6 +409,44 @@ def _reply(request: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.
     reply = dns.message.make_response(request)
     reply.set_rcode(rcode)
     return reply
+
+
+def status_reply(request: dns.message.Message, rcode: dns.rcode.Rcode, max_size: int) -> bytes:
+    """The reply to an UPDATE: the request's zone section and `rcode`, signed (RFC 8945 §5.3)
+    with the request's key when it was signed. Built byte by byte: dnspython's make_response
+    and to_wire make the same message at several times the cost, and every acknowledged UPDATE
+    pays it. A request with EDNS takes the long way, which adds the OPT record."""
+    if request.edns >= 0:
+        return _reply(request, rcode).to_wire(max_size=max_size)
+    flags = dns.flags.QR | (request.flags & dns.flags.RD) | dns.opcode.to_flags(request.opcode())
+    question = b"".join(_name_wire(q.name) + struct.pack("!HH", q.rdtype, q.rdclass)
+                        for q in request.question)
+    key = request.keyring
+    signed = request.had_tsig and isinstance(key, dns.tsig.Key)
+    header = struct.pack("!HHHHHH", request.id, flags | (rcode & 0xF), len(request.question), 0, 0,
+                         int(signed))
+    if not signed:
+        return header + question
+    assert isinstance(key, dns.tsig.Key) and request.mac is not None
+    now = int(time.time())
+    timers = struct.pack("!HIH", (now >> 32) & 0xFFFF, now & 0xFFFFFFFF, TSIG_FUDGE)
+    mac = dns.tsig.get_context(key)
+    mac.update(struct.pack("!H", len(request.mac)) + request.mac)
+    mac.update(header[:10] + b"\0\0" + question)  # the reply as it is before the TSIG RR
+    mac.update(key.name.to_digestable() + struct.pack("!HI", dns.rdataclass.ANY, 0)
+               + key.algorithm.to_digestable() + timers + struct.pack("!HH", 0, 0))
+    digest = mac.sign()
+    rdata = (_name_wire(key.algorithm) + timers + struct.pack("!H", len(digest)) + digest
+             + struct.pack("!HHH", request.id, 0, 0))
+    tsig = _name_wire(key.name) + struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0,
+                                             len(rdata)) + rdata
+    return header + question + tsig
+
+
+def _name_wire(name: dns.name.Name) -> bytes:
+    """A name uncompressed, as sent (dnspython types to_wire as maybe None: with no file given
+    it always returns the bytes)."""
+    return name.to_wire() or b""
 
 
 def _unsigned_reply(request: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:

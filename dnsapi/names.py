@@ -29,6 +29,7 @@ MAX_VALUE_LENGTH = 255  # one TXT character-string; longer strings would be spli
 # Letters, digits, hyphen, and underscore (for _acme-challenge and other service labels).
 _LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
 _VALUE_RE = re.compile(r"[A-Za-z0-9_=-]")
+_UUID_LABEL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def normalize_name(name: object, what: str = "fqdn") -> str:
@@ -75,13 +76,22 @@ def zone_for(name: str, zones: Iterable[str]) -> str | None:
     return best
 
 
-def validate_challenge_name(fqdn: object, zones: Iterable[str], challenge_label: str) -> tuple[str, str]:
-    """Normalise `fqdn` and check it is `<challenge_label>.<something>` below a configured zone.
+def is_account_name(name: str, account_zone: str | None) -> bool:
+    """Is normalised `name` an acme-dns account's own name, `<uuid>.<account_zone>`? (The CNAME
+    target its clients' challenge names point to, where its TXT values live.)"""
+    label, _, parent = name.partition(".")
+    return account_zone is not None and parent == account_zone and bool(_UUID_LABEL.fullmatch(label))
+
+
+def validate_challenge_name(fqdn: object, zones: Iterable[str], challenge_label: str,
+                            account_zone: str | None = None) -> tuple[str, str]:
+    """Normalise `fqdn` and check it is `<challenge_label>.<something>` below a configured zone,
+    or an acme-dns account's name in `account_zone` (when acme-dns is on).
 
     Returns (fqdn, zone).
     """
     name = normalize_name(fqdn)
-    if name.split(".", 1)[0] != challenge_label:
+    if name.split(".", 1)[0] != challenge_label and not is_account_name(name, account_zone):
         raise InvalidInput(f"fqdn must start with the label {challenge_label!r}", "invalid_name")
     zone = zone_for(name, zones)
     if zone is None:

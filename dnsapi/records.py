@@ -11,14 +11,18 @@ Key = tuple[str, str]  # a record's identity: (fqdn, value)
 
 @dataclass(frozen=True)
 class Record:
-    """One TXT value at one name. (fqdn, value) is the identity; ttl, created_at and the owner
-    (the name of the token that added it, for the per-token quota; "" when unknown) ride along."""
+    """One TXT value at one name, or (kind "CNAME") the alias that points a challenge name to an
+    acme-dns account's name. (fqdn, value) is the identity: a CNAME's value is its target without
+    the trailing dot, and as TXT values never hold a dot the two kinds never share a key. ttl,
+    created_at and the owner (the name of the token that added it, for the per-token quota; ""
+    when unknown) ride along."""
 
     fqdn: str
     value: str
     ttl: int
     created_at: float
     owner: str = ""
+    kind: str = "TXT"  # "TXT" | "CNAME"
 
     @property
     def key(self) -> Key:
@@ -47,6 +51,7 @@ class Outcome(Enum):
     YXDOMAIN = "yxdomain"  # a name that should not be in use is
     NXRRSET = "nxrrset"  # an RRset that should exist (with these values) does not
     YXRRSET = "yxrrset"  # an RRset that should not exist does
+    CONFLICT = "conflict"  # add refused: a CNAME and other data at one name (RFC 1034 3.6.2)
 
 
 PREREQUISITE_FAILURES = (Outcome.NXDOMAIN, Outcome.YXDOMAIN, Outcome.NXRRSET, Outcome.YXRRSET)
@@ -66,7 +71,8 @@ class Prerequisite:
     values: frozenset[str] = frozenset()
 
     def holds(self, records: dict[Key, Record]) -> bool:
-        present = {value for (fqdn, value) in records if fqdn == self.fqdn}
+        present = {value for (fqdn, value), record in records.items()
+                   if fqdn == self.fqdn and record.kind == "TXT"}
         if self.kind == "exists":
             return bool(present)
         if self.kind == "absent":
@@ -91,50 +97,84 @@ def apply_changes(records: dict[Key, Record], changes: list[Change | Update],
     An existing pair is left as it was, so repeating an add (a client retry) is harmless. An add
     that would give its owner more than `quota` records in the zone is refused, and so, after
     that, is one that would take the zone past `limit`: so one narrow token cannot fill the zone
-    for every other. An Update applies all its changes or none.
+    for every other. A CNAME is added only at a name holding nothing, and a TXT value never at a
+    name holding a CNAME (CONFLICT); a remove of a whole name takes only its TXT values. An
+    Update applies all its changes or none.
     """
     owned = Counter(r.owner for r in records.values()) if quota is not None else Counter()
+    cnames = {r.fqdn for r in records.values() if r.kind == "CNAME"}
     outcomes = []
     for change in changes:
         if isinstance(change, Update):
-            outcomes.append(_apply_update(records, change, owned, limit, quota))
+            outcomes.append(_apply_update(records, change, owned, cnames, limit, quota))
         else:
-            outcomes.append(_apply_one(records, change, owned, limit, quota))
+            outcomes.append(_apply_one(records, change, owned, cnames, limit, quota))
     return outcomes
 
 
-def _apply_one(records: dict[Key, Record], change: Change, owned: Counter[str], limit: int,
-               quota: int | None) -> Outcome:
-    key, owner = change.record.key, change.record.owner
+Journal = list[tuple[Key, Record | None]]  # (key, the record it held before: None = none)
+
+
+def _apply_one(records: dict[Key, Record], change: Change, owned: Counter[str], cnames: set[str],
+               limit: int, quota: int | None, journal: Journal | None = None) -> Outcome:
+    record = change.record
+    key, owner = record.key, record.owner
     if change.action == "add":
         if key in records:
             return Outcome.EXISTED
+        if record.fqdn in cnames or (record.kind == "CNAME"
+                                     and any(k[0] == record.fqdn for k in records)):
+            return Outcome.CONFLICT
         if quota is not None and owner and owned[owner] >= quota:
             return Outcome.QUOTA
         if len(records) >= limit:
             return Outcome.FULL
-        records[key] = change.record
-        owned[owner] += 1
+        _put(records, owned, cnames, key, record)
+        if journal is not None:
+            journal.append((key, None))
         return Outcome.CREATED
-    gone = [k for k in records if k[0] == key[0]] if change.action == "remove_name" else [key]
-    removed = [records.pop(k) for k in gone if k in records]
-    for record in removed:
-        owned[record.owner] -= 1
-    return Outcome.REMOVED if removed else Outcome.ABSENT
+    if change.action == "remove_name":
+        gone = [k for k, r in records.items() if k[0] == key[0] and r.kind == "TXT"]
+    else:
+        gone = [key] if key in records and records[key].kind == record.kind else []
+    for k in gone:
+        dropped = _pop(records, owned, cnames, k)
+        if journal is not None:
+            journal.append((k, dropped))
+    return Outcome.REMOVED if gone else Outcome.ABSENT
 
 
-def _apply_update(records: dict[Key, Record], update: Update, owned: Counter[str], limit: int,
-                  quota: int | None) -> Outcome:
+def _apply_update(records: dict[Key, Record], update: Update, owned: Counter[str], cnames: set[str],
+                  limit: int, quota: int | None) -> Outcome:
+    """All of the update's changes, or none: applied in place, undone from a journal when one
+    is refused (copying a large zone's records for every message would cost more)."""
     for prerequisite in update.prerequisites:
         if not prerequisite.holds(records):
             return prerequisite.failure
-    trial, trial_owned = dict(records), Counter(owned)
+    journal: Journal = []
     for change in update.changes:
-        outcome = _apply_one(trial, change, trial_owned, limit, quota)
-        if outcome in (Outcome.FULL, Outcome.QUOTA):
+        outcome = _apply_one(records, change, owned, cnames, limit, quota, journal)
+        if outcome in (Outcome.FULL, Outcome.QUOTA, Outcome.CONFLICT):
+            for key, before in reversed(journal):
+                if before is None:
+                    _pop(records, owned, cnames, key)
+                else:
+                    _put(records, owned, cnames, key, before)
             return outcome
-    records.clear()
-    records.update(trial)
-    owned.clear()
-    owned.update(trial_owned)
     return Outcome.APPLIED
+
+
+def _put(records: dict[Key, Record], owned: Counter[str], cnames: set[str], key: Key,
+         record: Record) -> None:
+    records[key] = record
+    owned[record.owner] += 1
+    if record.kind == "CNAME":
+        cnames.add(record.fqdn)
+
+
+def _pop(records: dict[Key, Record], owned: Counter[str], cnames: set[str], key: Key) -> Record:
+    record = records.pop(key)
+    owned[record.owner] -= 1
+    if record.kind == "CNAME":
+        cnames.discard(record.fqdn)
+    return record

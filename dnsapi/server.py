@@ -17,8 +17,8 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from . import acmedns, systemd
 from . import config as config_module
-from . import systemd
 from .api import GUARD, RUNTIME, SERVICE, Handler, create_app
 from .config import Config
 from .connections import GuardedSite
@@ -80,8 +80,19 @@ async def serve(path: Path) -> None:
     # polling (a change already queued is still written: the zone writer owns it).
     runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=STRAGGLER_GRACE,
                            keepalive_timeout=config.http.keepalive_timeout, handler_cancellation=True)
+    acme_app = acmedns.attach(app) if config.acme_dns is not None else None
     await runner.setup()  # starts the service: zone files are checked here
     site = GuardedSite(runner, config.listen_host, config.listen_port, app[GUARD], context)
+    acme_runner = None
+    if acme_app is not None:
+        assert config.acme_dns is not None and config.acme_dns.listen is not None
+        acme_runner = web.AppRunner(acme_app, access_log_class=AccessLogger,
+                                    shutdown_timeout=STRAGGLER_GRACE,
+                                    keepalive_timeout=config.http.keepalive_timeout,
+                                    handler_cancellation=True)
+        await acme_runner.setup()
+        await GuardedSite(acme_runner, *config.acme_dns.listen, acme_app[GUARD], context).start()
+        log.info("acme-dns API on %s:%d", *config.acme_dns.listen)
     dns_update = None
     if config.dns_update is not None:
         dns_update = DnsUpdateServer(config, app[SERVICE], lambda: app[RUNTIME].audit)
@@ -107,12 +118,14 @@ async def serve(path: Path) -> None:
     # the shutdown until their clients give up.
     runtime = app[RUNTIME]
     runtime.stopping.set()
-    for running in list(runner.sites):
+    for running in [*runner.sites, *(acme_runner.sites if acme_runner else ())]:
         await running.stop()
     if dns_update is not None:
         await dns_update.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(in_flight.idle.wait(), SHUTDOWN_TIMEOUT)
+    if acme_runner is not None:
+        await acme_runner.cleanup()
     await runner.cleanup()
     log.info("stopped")
 
@@ -121,7 +134,7 @@ async def serve(path: Path) -> None:
 # built from them): a reload keeps the running values and reports the key.
 _RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "tls": "tls", "vault": "vault",
                  "zones": "zones", "max_body_bytes": "max_body_bytes", "http": "http",
-                 "dns_update": "dns_update"}
+                 "dns_update": "dns_update", "acme_dns": "acme_dns"}
 
 
 def reconfigure(app: web.Application, config: Config) -> list[str]:

@@ -28,7 +28,15 @@ from .block import MAX_TTL
 from .config import Config, ZoneConfig
 from .errors import DnsapiError, NameConflict, PropagationTimeout, TooManyRecords, VaultUnavailable, ZoneError
 from .metrics import Metrics
-from .names import InvalidInput, validate_challenge_name, validate_ttl, validate_value, zone_for
+from .names import (
+    InvalidInput,
+    is_account_name,
+    normalize_name,
+    validate_challenge_name,
+    validate_ttl,
+    validate_value,
+    zone_for,
+)
 from .propagation import Waits, served_serial
 from .records import PREREQUISITE_FAILURES, Change, Key, Outcome, Record, Update, apply_changes
 from .store import CasConflict, VaultStore, ZoneState
@@ -114,7 +122,7 @@ class ZoneWriter:
             error = ZoneError(f"{exc.message} (the change is stored in Vault and will be written "
                               "to the zone file once this is fixed)")
             for job, result in zip(jobs, results, strict=True):
-                unchanged = (Outcome.FULL, Outcome.QUOTA, *PREREQUISITE_FAILURES)
+                unchanged = (Outcome.FULL, Outcome.QUOTA, Outcome.CONFLICT, *PREREQUISITE_FAILURES)
                 _settle(job.future, result if result in unchanged else error)
             return
         for job, result in zip(jobs, results, strict=True):
@@ -126,19 +134,23 @@ class ZoneWriter:
         or never be served. If the zone file cannot be read or parsed now, the adds go ahead:
         Vault keeps them and the zone write reports the problem."""
         names = {name for job in jobs for name in _added_names(job.change)}
-        if not names:
+        cnames = {name for job in jobs for name in _added_names(job.change, "CNAME")}
+        if not names and not cnames:
             return jobs
         try:
-            conflicts = await asyncio.to_thread(self.file.conflicts, names)
+            rules = self.file.known_rules()
+            conflicts = (self.file.conflicts(names, rules, cnames) if rules is not None
+                         else await asyncio.to_thread(self.file.conflicts, names, None, cnames))
         except ZoneError:
             return jobs
         kept = []
         for job in jobs:
-            clash = next((name for name in _added_names(job.change) if name in conflicts), None)
+            added = _added_names(job.change) + _added_names(job.change, "CNAME")
+            clash = next((name for name in added if name in conflicts), None)
             if clash is None:
                 kept.append(job)
             else:
-                _settle(job.future, NameConflict(f"cannot add a TXT record at {clash}: "
+                _settle(job.future, NameConflict(f"cannot add a record at {clash}: "
                                                  f"{conflicts[clash]}"))
         return kept
 
@@ -161,7 +173,7 @@ class ZoneWriter:
                 continue
             if records == self.state.records:
                 return outcomes
-            touched = _touched(changes, self.state.records, records) + [r.key for r in expired]
+            touched = _touched(changes, self.state.records) + [r.key for r in expired]
             try:
                 state = await self.store.write_zone(self.zone.name, records, self.state, touched)
             except CasConflict:
@@ -198,12 +210,19 @@ class ZoneWriter:
         return state
 
     def _check(self, record: Record) -> bool:
-        """Is `record` one the API would have accepted for this zone?"""
+        """Is `record` one the API (or, for a CNAME, `dnsapi acme-dns register`) would have
+        accepted for this zone?"""
         try:
-            fqdn, zone = validate_challenge_name(record.fqdn, self.config.zone_names,
-                                                 self.config.challenge_label)
-            valid = (fqdn == record.fqdn and zone == self.zone.name
-                     and validate_value(record.value) == record.value
+            if record.kind == "CNAME":
+                fqdn, zone = validate_challenge_name(record.fqdn, self.config.zone_names,
+                                                     self.config.challenge_label)
+                value_ok = is_account_name(normalize_name(record.value), self.config.account_zone)
+            else:
+                fqdn, zone = validate_challenge_name(record.fqdn, self.config.zone_names,
+                                                     self.config.challenge_label,
+                                                     self.config.account_zone)
+                value_ok = record.kind == "TXT" and validate_value(record.value) == record.value
+            valid = (fqdn == record.fqdn and zone == self.zone.name and value_ok
                      and 0 <= record.ttl <= MAX_TTL and math.isfinite(record.created_at))
         except InvalidInput:
             return False
@@ -215,9 +234,10 @@ class ZoneWriter:
 
     def _expire(self, records: dict[tuple[str, str], Record]) -> list[Record]:
         """Take records older than max_age out of `records` (ACME clients that crash, or acme.sh
-        after a failed add, never remove theirs); returns them."""
+        after a failed add, never remove theirs); returns them. A CNAME stays: it is the
+        delegation of a name to an acme-dns account, removed with the account."""
         cutoff = time.time() - self.config.max_age
-        expired = [r for r in records.values() if r.created_at < cutoff]
+        expired = [r for r in records.values() if r.created_at < cutoff and r.kind == "TXT"]
         for record in expired:
             del records[record.key]
         return expired
@@ -231,18 +251,19 @@ class ZoneWriter:
                                  value_sha256=value_hash(record.value), result="removed")
 
 
-def _added_names(change: Change | Update | None) -> list[str]:
+def _added_names(change: Change | Update | None, kind: str = "TXT") -> list[str]:
     changes = change.changes if isinstance(change, Update) else (change,) if change else ()
-    return [c.record.fqdn for c in changes if c.action == "add"]
+    return [c.record.fqdn for c in changes if c.action == "add" and c.record.kind == kind]
 
 
-def _touched(changes: list[Change | Update], old: dict[Key, Record], new: dict[Key, Record]
-             ) -> list[Key]:
-    """Every key that may differ between `old` and `new`: the keys of plain adds and removes,
-    or, when a change names no single key (an Update, a remove of a whole name), the difference."""
-    if all(isinstance(c, Change) and c.action != "remove_name" for c in changes):
-        return [c.record.key for c in changes if isinstance(c, Change)]
-    return [key for key in old.keys() | new.keys() if old.get(key) is not new.get(key)]
+def _touched(changes: list[Change | Update], old: dict[Key, Record]) -> list[Key]:
+    """Every key that may differ after applying `changes` to `old`: the keys the changes name,
+    and for a remove of a whole name every key `old` holds at it."""
+    plain = [change for item in changes
+             for change in (item.changes if isinstance(item, Update) else (item,))]
+    names = {change.record.fqdn for change in plain if change.action == "remove_name"}
+    keys = [change.record.key for change in plain if change.action != "remove_name"]
+    return keys + [key for key in old if key[0] in names] if names else keys
 
 
 def _settle(future: asyncio.Future[Outcome | None], result: Outcome | None | Exception) -> None:
@@ -345,8 +366,19 @@ class RecordService:
     # -- validation ------------------------------------------------------------------------
 
     def challenge_name(self, fqdn: object) -> str:
-        """A caller's name, normalised and checked to be a challenge name in one of our zones."""
-        return validate_challenge_name(fqdn, self.writers, self.config.challenge_label)[0]
+        """A caller's name, normalised and checked to be a challenge name in one of our zones
+        (or an acme-dns account's name)."""
+        return validate_challenge_name(fqdn, self.writers, self.config.challenge_label,
+                                       self.config.account_zone)[0]
+
+    def make_cname(self, name: str, target: str, owner: str) -> Record:
+        """The CNAME delegating `name`'s challenge name to the acme-dns account name `target`."""
+        fqdn = validate_challenge_name(f"{self.config.challenge_label}.{normalize_name(name, 'name')}",
+                                       self.writers, self.config.challenge_label)[0]
+        if not is_account_name(normalize_name(target, "target"), self.config.account_zone):
+            raise InvalidInput(f"{target!r} is not an acme-dns account name", "invalid_name")
+        return Record(fqdn, normalize_name(target, "target"), self.config.default_ttl, time.time(),
+                      owner, "CNAME")
 
     def make_record(self, fqdn: object, value: object, ttl: object = None, owner: str = "") -> Record:
         """A validated record; `owner` is the token adding it (for max_records_per_token)."""
@@ -372,6 +404,10 @@ class RecordService:
         if outcome is Outcome.FULL:
             raise TooManyRecords(f"zone {zone_for(record.fqdn, self.writers)} already holds "
                                  f"{self.config.max_records_per_zone} challenge records")
+        if outcome is Outcome.CONFLICT:
+            raise NameConflict(f"{record.fqdn} holds a CNAME, which allows no other record there"
+                               if record.kind == "TXT" else
+                               f"{record.fqdn} already holds records, so no CNAME can be there")
         assert outcome is not None
         return outcome
 
@@ -382,9 +418,10 @@ class RecordService:
         assert outcome is not None
         return outcome
 
-    async def remove(self, fqdn: str, value: str) -> Outcome:
-        """Remove exactly this value at this name; REMOVED or ABSENT."""
-        outcome = await self._writer(fqdn).submit(Change("remove", Record(fqdn, value, 0, 0.0)))
+    async def remove(self, fqdn: str, value: str, kind: str = "TXT") -> Outcome:
+        """Remove exactly this value (a CNAME: this target) at this name; REMOVED or ABSENT."""
+        outcome = await self._writer(fqdn).submit(Change("remove", Record(fqdn, value, 0, 0.0,
+                                                                          kind=kind)))
         assert outcome is not None
         return outcome
 

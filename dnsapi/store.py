@@ -72,8 +72,9 @@ def _line(record: Record, lines: Lines) -> str:
     (records are immutable and shared between states)."""
     known = lines.get(record.key)
     if known is None or known[0] is not record:
+        kind = "" if record.kind == "TXT" else f" {record.kind}"
         known = lines[record.key] = (record, f"{record.fqdn} {record.value} {record.ttl} "
-                                             f"{record.created_at:.3f}")
+                                             f"{record.created_at:.3f}{kind}")
     return known[1]
 
 
@@ -127,9 +128,13 @@ def decode_records(data: dict[str, Any]) -> dict[Key, Record]:
     owners = _owners(data)
     for line in str(data.get("records") or "").splitlines():
         try:
-            fqdn, value, ttl, created_at = line.split()
+            # A fifth field is the kind of a record other than TXT: only "CNAME" (an older
+            # dnsapi skips such a line).
+            fqdn, value, ttl, created_at, *kind = line.split()
+            if kind not in ([], ["CNAME"]):
+                raise ValueError(kind)
             record = Record(fqdn=fqdn, value=value, ttl=int(ttl), created_at=float(created_at),
-                            owner=owners.get((fqdn, value), ""))
+                            owner=owners.get((fqdn, value), ""), kind=kind[0] if kind else "TXT")
         except ValueError:
             log.warning("ignoring a malformed record line in Vault: %r", line[:200])
             continue
@@ -204,6 +209,7 @@ class VaultStore:
         self.metrics = metrics
         self._lines: Lines = {}
         self._snapshots: dict[str, Snapshot] = {}  # zone -> the last snapshot read or written
+        self._versions: dict[str, int] = {}  # zone -> the newest version read or written
 
     def secret_path(self, zone: str) -> str:
         return zone_secret(self.config.prefix, zone)
@@ -212,7 +218,18 @@ class VaultStore:
         return f"{snapshot_folder(self.config.prefix, zone)}/{name}"
 
     async def read_zone(self, zone: str) -> ZoneState:
-        return await self._call("read_zone", lambda: self._read_zone(zone))
+        """The zone as the active node holds it. A version older than one this store already
+        read or wrote means a node answered that no longer leads (a frozen former leader can
+        claim the lead for a while): read again once every node has been asked which one leads,
+        and take that answer (it is older for real when the secret was deleted by hand)."""
+        state = await self._call("read_zone", lambda: self._read_zone(zone), read=True)
+        if state.version < self._versions.get(zone, 0):
+            log.warning("zone %s: Vault answered version %d after %d; asking every node which "
+                        "one leads", zone, state.version, self._versions[zone])
+            state = await self._call("read_zone", lambda: self._read_zone(zone), read=True,
+                                     confirm=True)
+        self._versions[zone] = state.version
+        return state
 
     async def write_zone(self, zone: str, records: dict[Key, Record], state: ZoneState,
                          touched: Iterable[Key]) -> ZoneState:
@@ -220,14 +237,16 @@ class VaultStore:
         every key that may differ from `state.records`. Returns the new state. Raises
         CasConflict when someone else wrote first."""
         # Encoding too runs in the worker thread: it grows with the changes.
-        return await self._call("write_zone", lambda: self._write_zone(zone, records, state,
-                                                                       frozenset(touched)))
+        written = await self._call("write_zone", lambda: self._write_zone(zone, records, state,
+                                                                          frozenset(touched)))
+        self._versions[zone] = written.version
+        return written
 
     async def sweep_snapshots(self, zone: str) -> int:
         """Delete the zone's snapshots that its secret does not name and that are older than
         SNAPSHOT_GRACE: left by a crash between writing a snapshot and naming it, or by a failed
         delete. Returns how many."""
-        return await self._call("sweep_snapshots", lambda: self._sweep_snapshots(zone))
+        return await self._call("sweep_snapshots", lambda: self._sweep_snapshots(zone), read=True)
 
     async def current_version(self, zone: str) -> int:
         """The zone secret's current KV version (0 when it does not exist): one small metadata
@@ -240,11 +259,11 @@ class VaultStore:
                 return 0
             return int(response["data"]["current_version"])
 
-        return await self._call("current_version", read)
+        return await self._call("current_version", read, read=True)
 
     async def zone_access(self, zone: str) -> str | None:
         """For /readyz: None when the token may do all dnsapi does with the zone, else what it lacks."""
-        return await self._call("capabilities", lambda: zone_access(self.session, zone))
+        return await self._call("capabilities", lambda: zone_access(self.session, zone), patience=0)
 
     def _read_zone(self, zone: str) -> ZoneState:
         path, missing_at = self.secret_path(zone), None
@@ -337,10 +356,37 @@ class VaultStore:
             log.warning("could not delete the replaced snapshot %s of zone %s (%s)",
                         snapshot.name, zone, type(exc).__name__)
 
-    async def _call(self, operation: str, fn: Callable[[], T]) -> T:
+    # -- acme-dns accounts: one secret each, <prefix>/acme-dns/accounts/<username> ------------
+
+    def account_path(self, username: str = "") -> str:
+        return f"{self.config.prefix}/acme-dns/accounts/{username}".rstrip("/")
+
+    async def read_account(self, username: str) -> dict[str, Any]:
+        """An account secret's data ({} when there is none)."""
+        return (await self._call("read_account",
+                                 lambda: self.session.read_kv(self.account_path(username)), read=True))[0]
+
+    async def create_account(self, username: str, data: dict[str, Any]) -> None:
+        """Write a new account secret (create only: an existing one raises CasConflict)."""
+        await self._call("create_account",
+                         lambda: self.session.write_kv(self.account_path(username), data, 0))
+
+    async def list_accounts(self) -> list[str]:
+        return await self._call("list_accounts", lambda: self.session.list_kv(self.account_path()),
+                                read=True)
+
+    async def delete_account(self, username: str) -> None:
+        await self._call("delete_account",
+                         lambda: self.session.delete_kv(self.account_path(username)))
+
+    async def _call(self, operation: str, fn: Callable[[], T], read: bool = False,
+                    patience: float | None = None, confirm: bool = False) -> T:
+        """`fn` in a worker thread on the active node (see VaultSession.run): `read` when what
+        it reads must be current, `patience` to wait less than vault.failover_timeout,
+        `confirm` to ask every node which one leads first."""
         start = time.perf_counter()
         try:
-            return await asyncio.to_thread(self.session.run, fn)
+            return await asyncio.to_thread(self.session.run, fn, read, patience, confirm)
         except CasConflict:
             raise  # counted per zone by the writer
         except Exception:

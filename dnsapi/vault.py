@@ -10,8 +10,10 @@ PKI tools (dnsapi/pki/) and `dnsapi check` all use this module.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -141,19 +143,84 @@ def _read_secret_file(path: Path | None, what: str) -> str:
     return value
 
 
+# Answers that mean "not the active node, or none yet": a standby's redirect (307), an election
+# in progress or a node that just lost its quorum (500, 502), a sealed or stepping-down node (503).
+_NOT_ACTIVE = (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway,
+               hvac.exceptions.VaultDown, hvac.exceptions.UnexpectedError)
+PROBE_TIMEOUT = 1.0  # seconds a node may take to say whether it leads
+PROBE_PAUSE = 0.1  # between rounds of probes while no node is active (an election)
+
+
+class _Standby(Exception):
+    """The node answered, but it is not (or no longer) the active one."""
+
+
 class VaultSession:
-    """An hvac client whose token VaultAuth keeps valid; `run` makes every failure a
-    VaultUnavailable whose message names no secret. Synchronous: call it from a worker thread
-    in async code."""
+    """An hvac client pointed at the cluster's active node, with a token VaultAuth keeps valid.
+    `run` retries through leader changes, node losses and elections for vault.failover_timeout
+    and makes every other failure a VaultUnavailable whose message names no secret.
+    Synchronous: call it from a worker thread in async code.
+
+    Why always the active node: a raft standby forwards writes but, since OpenBao 2.5, answers
+    reads from its own state, which may lag. Writes carry `X-Vault-No-Request-Forwarding`, so a
+    standby answers them with a redirect instead of forwarding, and dnsapi looks for the active
+    node again; a read (`run(..., read=True)`) first asks its node whether it is still active.
+    Retrying a write whose answer was lost is safe because every zone write is a check-and-set:
+    if the first attempt landed, the retry is a conflict, and the writer re-reads and re-applies.
+    """
 
     def __init__(self, config: VaultConfig) -> None:
         self.config = config
-        verify: bool | str = str(config.ca_cert) if config.ca_cert else True
-        self.client = hvac.Client(url=config.addr, verify=verify, timeout=config.timeout)
+        self.verify: bool | str = str(config.ca_cert) if config.ca_cert else True
+        self.client = hvac.Client(url=config.addrs[0], verify=self.verify, timeout=config.timeout,
+                                  allow_redirects=False)
+        self.client.session.headers["X-Vault-No-Request-Forwarding"] = "true"
+        # Configured, not inherited: no proxy, netrc or CA bundle from the environment
+        # (vault.ca_cert names the CA), and no lookup of each on every call.
+        self.client.session.trust_env = False
         self.auth = VaultAuth(config)
+        self._probes = requests.Session()
+        self._probes.trust_env = False
 
-    def run(self, fn: Callable[[], T]) -> T:
-        """Run `fn` with a prepared token; retry once after a 403 if a fresh token can be had."""
+    @property
+    def url(self) -> str:
+        """The node dnsapi talks to now (the active one, as far as it knows)."""
+        return str(self.client.url)
+
+    def run(self, fn: Callable[[], T], read: bool = False, patience: float | None = None,
+            confirm: bool = False) -> T:
+        """Run `fn` on the active node with a prepared token; retry once after a 403 if a fresh
+        token can be had, and through failovers for `patience` seconds (default
+        vault.failover_timeout; /readyz wants an answer now, not after an election). `read`:
+        first ask the node whether it still leads; `confirm`: first ask every node which one
+        leads (for a read that looked stale)."""
+        deadline = time.monotonic() + (self.config.failover_timeout if patience is None else patience)
+        if confirm and not self._find_active(deadline):
+            raise VaultUnavailable(self._unavailable("no node leads"))
+        while True:
+            try:
+                if read and not self._is_active(self.url):
+                    raise _Standby()
+                return self._call(fn)
+            except requests.exceptions.SSLError:
+                raise VaultUnavailable(f"TLS to Vault at {self.url} failed "
+                                       "(check vault.ca_cert)") from None
+            except (_Standby, requests.ConnectionError, requests.Timeout, *_NOT_ACTIVE) as exc:
+                failed = self.url
+                why = _vault_message(exc) if isinstance(exc, hvac.exceptions.VaultError) \
+                    else "not the active node" if isinstance(exc, _Standby) else type(exc).__name__
+                log.info("Vault at %s did not answer as the active node (%s)", failed, why)
+                if not self._find_active(deadline) or (self.url == failed and time.monotonic() >= deadline):
+                    raise VaultUnavailable(self._unavailable(why)) from None
+                if self.url == failed and not isinstance(exc, _Standby):
+                    time.sleep(PROBE_PAUSE)  # still the active node: it may be settling in
+
+    def _unavailable(self, why: str) -> str:
+        if len(self.config.addrs) == 1:
+            return f"Vault at {self.config.addrs[0]} is unreachable or not active ({why})"
+        return f"no active Vault node among {', '.join(self.config.addrs)} ({why})"
+
+    def _call(self, fn: Callable[[], T]) -> T:
         try:
             self.auth.prepare(self.client)
             try:
@@ -162,18 +229,69 @@ class VaultSession:
                 if not self.auth.recover(self.client):
                     raise
                 return fn()
-        except (CasConflict, VaultUnavailable):
+        except (CasConflict, VaultUnavailable, requests.ConnectionError, requests.Timeout,
+                *_NOT_ACTIVE):
             raise
         except hvac.exceptions.Forbidden:
             raise VaultUnavailable("Vault refused dnsapi's token (permission denied or token "
                                    "expired/revoked)") from None
         except hvac.exceptions.VaultError as exc:
             raise VaultUnavailable(f"Vault error: {_vault_message(exc)}") from None
-        except requests.exceptions.SSLError:
-            raise VaultUnavailable(f"TLS to Vault at {self.config.addr} failed "
-                                   "(check vault.ca_cert)") from None
         except requests.RequestException:
-            raise VaultUnavailable(f"Vault at {self.config.addr} is unreachable") from None
+            raise VaultUnavailable(f"Vault at {self.url} is unreachable") from None
+
+    def _find_active(self, deadline: float) -> bool:
+        """Point the client at the active node: the one most nodes name as leader (a node
+        naming itself counts), among the configured nodes and the leaders they name (so a list
+        holding only a standby still finds it). Asking every node, not the first that claims
+        it: a leader that was frozen (SIGSTOP, a paused VM) and resumed goes on claiming the
+        lead after losing it, and answers writes with a redirect. False when no node is active
+        before `deadline`."""
+        while True:
+            answers: dict[str, str] = {}  # node -> the leader it names
+            pending = list(self.config.addrs)
+            while pending:
+                addr = pending.pop(0)
+                if addr in answers:
+                    continue
+                named = self._named_leader(addr)
+                if named is not None:
+                    answers[addr] = named
+                    if named not in answers and named not in pending:
+                        pending.append(named)
+            votes = Counter(leader for leader in answers.values() if leader)
+            for leader, _ in votes.most_common():
+                if answers.get(leader) == leader:
+                    if leader != self.url:
+                        log.warning("Vault: now talking to the active node %s", leader)
+                    self.client.url = leader
+                    return True
+            if time.monotonic() + PROBE_PAUSE >= deadline:
+                return False
+            time.sleep(PROBE_PAUSE)
+
+    def _is_active(self, addr: str) -> bool:
+        """Does the node at `addr` say it leads? (A frozen and resumed former leader may say so
+        wrongly for a while: reads guard against that with the versions they have seen, and
+        writes by the redirect it answers them with.)"""
+        return self._named_leader(addr) == addr
+
+    def _named_leader(self, addr: str) -> str | None:
+        """The node `addr` names as the active one in sys/leader: itself when it leads or runs
+        without HA (one node, nobody else to ask), "" when it knows of none (an election);
+        None when it does not answer."""
+        try:
+            response = self._probes.get(f"{addr}/v1/sys/leader", verify=self.verify,
+                                        timeout=min(PROBE_TIMEOUT, self.config.timeout))
+            answer = response.json() if response.status_code == 200 else None
+        except (requests.RequestException, ValueError):
+            return None
+        if not isinstance(answer, dict):
+            return None
+        if answer.get("is_self") is True or answer.get("ha_enabled") is False:
+            return addr
+        leader = str(answer.get("leader_address") or "").rstrip("/")
+        return leader if re.fullmatch(r"https?://[^\s/]+", leader) else ""
 
     # The calls below are raw hvac calls: run them inside `run`.
 

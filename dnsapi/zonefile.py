@@ -25,6 +25,7 @@ import os
 import re
 import stat
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,10 +228,12 @@ class NameRules:
         return cls(origin, owners[dns.rdatatype.CNAME], owners[dns.rdatatype.DNAME],
                    owners[dns.rdatatype.NS] - {origin}, types)
 
-    def conflict(self, fqdn: str) -> str | None:
-        """Why a TXT record at `fqdn` cannot be in this zone, or None."""
+    def conflict(self, fqdn: str, kind: str = "TXT") -> str | None:
+        """Why a record of `kind` (TXT, or dnsapi's CNAME) at `fqdn` cannot be in this zone, or None."""
         if fqdn in self.cnames:
             return f"the zone file has a CNAME at {fqdn}, which allows no other record there"
+        if kind == "CNAME" and fqdn in self.types:
+            return f"the zone file has records at {fqdn}, so no CNAME can be there"
         name = fqdn
         while True:
             if name in self.dnames:
@@ -353,19 +356,27 @@ class ZoneFile:
         """Validate the file as it is now; returns its serial. Used at start and by /readyz."""
         return self._operator_serial(ZoneText.split(self.read_text()))[0]
 
-    def conflicts(self, names: Iterable[str]) -> dict[str, str]:
-        """{name: why} for the names that cannot hold a TXT record in the zone as it is now."""
-        rules = self.rules()
-        return {name: why for name in names if (why := rules.conflict(name)) is not None}
+    def conflicts(self, names: Iterable[str], rules: NameRules | None = None,
+                  cnames: Iterable[str] = ()) -> dict[str, str]:
+        """{name: why} for the names that cannot hold a TXT record (or, for `cnames`, dnsapi's
+        CNAME) in the zone as it is now (by `rules` when the caller already has them)."""
+        rules = rules if rules is not None else self.rules()
+        wanted = [(name, "TXT") for name in names] + [(name, "CNAME") for name in cnames]
+        return {name: why for name, kind in wanted if (why := rules.conflict(name, kind)) is not None}
 
     def rules(self) -> NameRules:
-        """What the operator's records say of names, for the file as it is now. The file is read
-        again only when it is no longer the one dnsapi last read or wrote (inode, size, mtime):
-        a busy zone's file is large, and this runs for every batch and every UPDATE."""
+        """What the operator's records say of names, for the file as it is now: read and parsed
+        again only when it changed (see known_rules)."""
+        return self.known_rules() or self.operator()[1].rules
+
+    def known_rules(self) -> NameRules | None:
+        """The rules dnsapi already holds, if the file is still the one it last read or wrote
+        (inode, size, mtime); None when it must be read again. Costs one stat, so the event loop
+        may call it for every batch and every UPDATE; reading a large changed file may not."""
         remembered = self._validated
         if remembered is not None and self._seen == self._identity():
             return remembered.rules
-        return self.operator()[1].rules
+        return None
 
     def _identity(self) -> tuple[int, int, int] | None:
         try:
@@ -506,19 +517,30 @@ class ZoneFile:
             # Once per operator text: a check that fails is made again next time, never cached.
             self._verify_in_context(new_text, valid.rdatas + len(records), serial)
             self._in_context = valid
-        self._write_atomic(new_text.encode("utf-8", "surrogateescape"), expected=raw)
+        self._write_atomic(new_text.encode("utf-8", "surrogateescape"), expected=raw, durable=False)
         self._written = serial
         return serial
 
     def _servable(self, records: Mapping[Key, Record], rules: NameRules) -> Mapping[Key, Record]:
         """`records` without those the operator's zone no longer allows (a CNAME added by hand at
-        a challenge name, say): they stay in Vault, but the zone must keep loading."""
-        blocked = {key for key in records if rules.conflict(key[0]) is not None}
-        if not blocked:
+        a challenge name, say), nor a name where dnsapi's CNAME shares the name with another of
+        its records (only a hand-edited Vault secret can hold that): they stay in Vault, but the
+        zone must keep loading."""
+        # Per name and kind, not per record: a busy zone holds many values at few names, and
+        # this runs for every batch.
+        kinds = {(record.fqdn, record.kind) for record in records.values()}
+        refused = {pair: why for pair in kinds if (why := rules.conflict(*pair)) is not None}
+        cnames = {fqdn for fqdn, kind in kinds if kind == "CNAME"}
+        if cnames:
+            held = Counter(key[0] for key in records)
+            refused.update({(fqdn, kind): f"a CNAME and other records at {fqdn} in Vault"
+                            for fqdn, kind in kinds if fqdn in cnames and held[fqdn] > 1})
+        if not refused:
             return records
-        for fqdn in sorted({key[0] for key in blocked}):
-            log.warning("zone %s: not writing the TXT records at %s: %s", self.origin, fqdn,
-                        rules.conflict(fqdn))
+        blocked = {key: refused[(record.fqdn, record.kind)] for key, record in records.items()
+                   if (record.fqdn, record.kind) in refused}
+        for fqdn, reason in sorted({(key[0], reason) for key, reason in blocked.items()}):
+            log.warning("zone %s: not writing the records at %s: %s", self.origin, fqdn, reason)
         return {key: record for key, record in records.items() if key not in blocked}
 
     def _operator_serial(self, parts: ZoneText) -> tuple[int, _Validated]:
@@ -547,9 +569,16 @@ class ZoneFile:
             raise ZoneError(f"dnsapi's block in {self.path} sits inside another record (its markers "
                             "were moved?); put the BEGIN/END lines between records")
 
-    def _write_atomic(self, data: bytes, expected: bytes) -> None:
-        """Temp file in the same directory, fsync, keep mode/owner, rename, fsync the directory;
-        raise _FileChanged instead of renaming if the file no longer holds `expected`."""
+    def _write_atomic(self, data: bytes, expected: bytes, durable: bool = True) -> None:
+        """Temp file in the same directory, fsync, keep mode/owner, rename, and with `durable`
+        fsync the directory; raise _FileChanged instead of renaming if the file no longer holds
+        `expected`.
+
+        The temp file's own fsync always happens: without it a crash could leave the renamed
+        file empty or torn, and the operator's records are in no other place. The directory's
+        fsync only makes the rename itself survive a crash; a rewrite of dnsapi's records does
+        not need that (the previous file comes back whole, and dnsapi rewrites the block from
+        Vault when it starts), an operator's edit does."""
         directory = self.path.parent
         try:
             current = self.path.stat()
@@ -576,6 +605,8 @@ class ZoneFile:
             if isinstance(exc, OSError):
                 raise ZoneError(f"cannot write zone file {self.path}: {exc.strerror}") from None
             raise
+        if not durable:
+            return
         dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             os.fsync(dir_fd)

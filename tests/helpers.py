@@ -213,6 +213,7 @@ class MemoryStore:
         self.attempts = 0  # write_zone calls, refused ones included
         self.access: str | None = None  # what zone_access answers (None: all is allowed)
         self.before_write: Callable[[str], None] | None = None
+        self.accounts: dict[str, dict[str, Any]] = {}  # acme-dns accounts by username
         self._failures: dict[str, list[Exception]] = {}
         self._gates: dict[str, Gate] = {}
 
@@ -271,6 +272,24 @@ class MemoryStore:
         await self._enter("sweep_snapshots")
         return 0
 
+    # what the acme-dns account store calls
+
+    async def read_account(self, username: str) -> dict[str, Any]:
+        await self._enter("read_account")
+        return dict(self.accounts.get(username, {}))
+
+    async def create_account(self, username: str, data: dict[str, Any]) -> None:
+        await self._enter("create_account")
+        if username in self.accounts:
+            raise CasConflict()
+        self.accounts[username] = dict(data)
+
+    async def list_accounts(self) -> list[str]:
+        return sorted(self.accounts)
+
+    async def delete_account(self, username: str) -> None:
+        self.accounts.pop(username, None)
+
     async def _enter(self, operation: str) -> None:
         failures = self._failures.get(operation)
         if failures:
@@ -311,12 +330,18 @@ class Vault:
 
 
 @contextlib.contextmanager
-def openbao_server(directory: Path, tls: bool = False) -> Iterator[Vault]:
+def openbao_server(directory: Path, tls: bool = False, config: str | None = None) -> Iterator[Vault]:
     """An OpenBao dev server on a free port (HTTPS with `tls`), logging to directory/logs, stopped
-    on exit."""
+    on exit. `config`: server config text added to the dev settings (e.g. an audit stanza)."""
     port, token = free_port(), new_token()
     tls_dir = directory / "vault-tls" if tls else None
-    process = start_openbao(port, token, directory / "logs" / "openbao.log", tls_dir=tls_dir)
+    config_file = None
+    if config is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        config_file = directory / "openbao-extra.hcl"
+        config_file.write_text(config)
+    process = start_openbao(port, token, directory / "logs" / "openbao.log", tls_dir=tls_dir,
+                            config=config_file)
     try:
         yield Vault(f"{'https' if tls else 'http'}://127.0.0.1:{port}", token, process,
                     ca=tls_dir / "vault-ca.pem" if tls_dir else None)
@@ -416,10 +441,11 @@ class Stack:
     def remove(self, fqdn: str, value: str) -> requests.Response:
         return self.call("DELETE", "/v1/records", json={"fqdn": fqdn, "value": value})
 
-    def query(self, fqdn: str) -> tuple[str, set[str]]:
-        """Ask CoreDNS (TCP, so large answers are whole): (rcode name, TXT values)."""
+    def query(self, fqdn: str, port: int | None = None) -> tuple[str, set[str]]:
+        """Ask CoreDNS (TCP, so large answers are whole; another server with `port`): (rcode
+        name, TXT values)."""
         response = dns.query.tcp(dns.message.make_query(fqdn + ".", dns.rdatatype.TXT),
-                                 "127.0.0.1", port=self.dns_port, timeout=2)
+                                 "127.0.0.1", port=port or self.dns_port, timeout=2)
         values = {b"".join(rd.strings).decode() for rrset in response.answer
                   if rrset.rdtype == dns.rdatatype.TXT for rd in rrset}
         return dns.rcode.to_text(response.rcode()), values
@@ -458,16 +484,19 @@ class Stack:
 
 def start_stack(directory: Path, vault: Vault, *, edit: ConfigEdit | None = None,
                 prefix: str | None = None, env: dict[str, str] | None = None, start: bool = True,
-                tls: TlsFiles | None = None) -> Stack:
+                tls: TlsFiles | None = None, corefile: str | None = None) -> Stack:
     """The one stack factory: the shipped Corefile, zone and config (deploy/dnsapi.yaml) in
     `directory` on free ports, `edit` applied to the parsed config, CoreDNS started and, unless
     `start` is false, dnsapi. `prefix` (default: a fresh one) lets stacks share records; `tls`
-    makes dnsapi serve HTTPS; a Vault serving HTTPS is trusted through its CA. The caller stops
+    makes dnsapi serve HTTPS; a Vault serving HTTPS is trusted through its CA; `corefile` is
+    Corefile text to run instead of the shipped one (e.g. `primary_corefile`). The caller stops
     the stack (Stack.stop)."""
     prefix = prefix or f"test-{uuid.uuid4().hex[:12]}"
     dns_port, api_port = free_port(), free_port()
     token = prepare(directory, vault_addr=vault.addr, vault_token=vault.root_token,
                     dns_port=dns_port, api_port=api_port, prefix=prefix)
+    if corefile is not None:
+        (directory / "Corefile").write_text(corefile)
 
     def configure(config: dict[str, Any]) -> None:
         if vault.ca is not None:
@@ -488,6 +517,54 @@ def start_stack(directory: Path, vault: Vault, *, edit: ConfigEdit | None = None
         stack.stop()
         raise
     return stack
+
+
+# The shipped primary/secondary Corefiles name these example addresses; tests put their ports in.
+_EXAMPLE_PRIMARY, _EXAMPLE_SECONDARIES = "127.0.0.1:1053", "127.0.0.1:1054 127.0.0.1:1055"
+
+
+@contextlib.contextmanager
+def stack_with_secondaries(directory: Path, vault: Vault, secondaries: int = 2,
+                           edit: ConfigEdit | None = None) -> Iterator[tuple[Stack, list[int]]]:
+    """A stack whose CoreDNS is the shipped primary, `secondaries` secondary CoreDNS servers
+    transferring from it, and dnsapi listing all of them in `dns_servers` (so `wait` covers
+    them); yields the stack and the secondaries' ports, and stops everything on exit."""
+    ports = [free_port() for _ in range(secondaries)]
+
+    def configure(config: dict[str, Any]) -> None:
+        config["dns_servers"] += [f"127.0.0.1:{port}" for port in ports]
+        if edit is not None:
+            edit(config)
+
+    stack = start_stack(directory / "primary", vault, edit=configure, start=False,
+                        corefile=primary_corefile(ports))
+    running: list[Process] = []
+    try:
+        for number, port in enumerate(ports, 1):
+            running.append(start_secondary(directory / f"secondary{number}", port, stack.dns_port))
+        stack.start_dnsapi()
+        yield stack, ports
+    finally:
+        for process in running:
+            process.stop()
+        stack.stop()
+
+
+def primary_corefile(secondary_ports: list[int]) -> str:
+    """coredns/Corefile.primary, sending NOTIFY to (and allowing AXFR by) these secondaries."""
+    text = (ROOT / "coredns" / "Corefile.primary").read_text()
+    assert f"to {_EXAMPLE_SECONDARIES}" in text, "coredns/Corefile.primary changed its example"
+    return text.replace(_EXAMPLE_SECONDARIES, " ".join(f"127.0.0.1:{p}" for p in secondary_ports))
+
+
+def start_secondary(directory: Path, port: int, primary_port: int) -> Process:
+    """A secondary CoreDNS (coredns/Corefile.secondary) on `port` in `directory`, transferring
+    dev.local from the primary on `primary_port`; returns once it serves the zone."""
+    text = (ROOT / "coredns" / "Corefile.secondary").read_text()
+    assert f"transfer from {_EXAMPLE_PRIMARY}" in text, "coredns/Corefile.secondary changed its example"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "Corefile").write_text(text.replace(_EXAMPLE_PRIMARY, f"127.0.0.1:{primary_port}"))
+    return start_coredns(directory, port, [ZONE], directory / "coredns.log")
 
 
 @contextlib.contextmanager

@@ -22,9 +22,18 @@ from dnsapi.api import create_app
 from dnsapi.config import load
 from dnsapi.devstack import coredns_binary
 from dnsapi.openapi import document
+from dnsapi.pki.vault_init import audit_stanza
 from dnsapi.zonefile import ZoneFile
 
-from .helpers import FIGURES, Receiver, add_token, wait_until, write_watch_config
+from .helpers import (
+    FIGURES,
+    Receiver,
+    add_token,
+    openbao_server,
+    start_stack,
+    wait_until,
+    write_watch_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "deploy" / "systemd"
@@ -279,13 +288,31 @@ def run_check(stack, *extra: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
-def test_check_passes_on_a_working_stack(stack):
-    result = run_check(stack)
+def test_check_passes_on_a_working_stack(tmp_path):
+    audit_log = tmp_path / "openbao-audit.log"
+    with openbao_server(tmp_path / "openbao", config=audit_stanza(str(audit_log))) as vault:
+        stack = start_stack(tmp_path / "stack", vault)
+        try:
+            result = run_check(stack)
+        finally:
+            stack.stop()
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
-    assert lines[-1] == "9 checks, all passed" and not any("✗" in line for line in lines)
+    assert lines[-1] == "10 checks, all passed" and not any("✗" in line for line in lines)
     assert any(f"127.0.0.1:{stack.dns_port} answers the SOA of dev.local authoritatively" in line
                for line in lines)
+    assert "✓ Vault has an audit device: file/ (file)" in result.stdout
+    assert "sys/audit" in audit_log.read_text()  # check's own listing is on record
+
+
+def test_check_reports_a_missing_audit_device(stack):
+    """The session's dev server has none: ✗ with how to add one, and nothing else fails."""
+    result = run_check(stack)
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if "✗" in line]
+    assert failed == ["  ✗ Vault has an audit device (nothing records issuance requests or "
+                      "dnsapi's writes)"], result.stdout
+    assert "`dnsapi vault-init` prints the stanza" in result.stdout
 
 
 def test_check_names_each_problem_with_a_fix(make_stack, openbao):
@@ -306,6 +333,10 @@ def test_check_names_each_problem_with_a_fix(make_stack, openbao):
     assert "reload 0" in failed[2]
     assert "127.0.0.1:9 answers the SOA of dev.local" in failed[3]
     assert result.stdout.count("fix:") == 4 and weak not in result.stdout
+    # Listing audit devices needs sudo: said so, neither ✓ nor ✗.
+    assert "  ? Vault has an audit device: not checked, dnsapi's token may not read sys/audit" \
+        in result.stdout
+    assert result.stdout.splitlines()[-1].endswith("4 failed (1 could not be checked)")
 
     stack.zone_path.write_text("not a zone\n")
     (stack.dir / "vault-token").write_text("wrong-token\n")

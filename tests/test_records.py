@@ -1,6 +1,6 @@
 """Applying a batch of changes to a zone's record set (pure logic)."""
 
-from dnsapi.records import Change, Outcome, Record, apply_changes
+from dnsapi.records import Change, Outcome, Record, Update, apply_changes
 from dnsapi.store import apply_delta, decode_records, encode_delta, encode_records
 
 
@@ -80,3 +80,21 @@ def test_a_token_quota_is_checked_before_the_zone_limit():
     gone = Change("remove", Record("_acme-challenge.n0.dev.local", "v", 0, 0.0))
     again = Change("add", Record("_acme-challenge.n9.dev.local", "v", 60, 1.0, owner="narrow"))
     assert apply_changes(records, [gone, again], limit=10, quota=3) == [Outcome.REMOVED, Outcome.CREATED]
+
+
+def test_an_update_refused_midway_leaves_records_and_quota_counts_as_they_were():
+    owned = Record("_acme-challenge.www.dev.local", "kept", 60, 1.0, owner="key:k")
+    other = Record("_acme-challenge.api.dev.local", "other", 60, 1.0, owner="key:k")
+    records = {owned.key: owned, other.key: other}
+    refused = Update((Change("remove_name", rec("", "_acme-challenge.www.dev.local")),
+                      Change("add", Record(owned.fqdn, "new", 60, 1.0, owner="key:k")),
+                      Change("add", Record(owned.fqdn, "newer", 60, 1.0, owner="key:k"))))
+    # quota 2: the remove frees one, the first add takes it, the second is over the quota
+    after = Update((Change("add", Record(other.fqdn, "third", 60, 1.0, owner="key:k")),))
+    assert apply_changes(records, [refused, after], limit=10, quota=2) == [Outcome.QUOTA,
+                                                                           Outcome.QUOTA]
+    assert records == {owned.key: owned, other.key: other}
+    removed = Update((Change("remove", other),))
+    assert apply_changes(records, [removed, after], limit=10, quota=2) == [Outcome.APPLIED,
+                                                                           Outcome.APPLIED]
+    assert set(records) == {owned.key, (other.fqdn, "third")}

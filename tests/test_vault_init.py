@@ -17,8 +17,10 @@ from dnsapi.errors import ConfigError
 from dnsapi.pki.vault_init import (
     ACME_REQUEST_HEADERS,
     ACME_RESPONSE_HEADERS,
+    OPENBAO_AUDIT_FILE,
     InitError,
     VaultInit,
+    audit_stanza,
     differences,
     render_policy,
 )
@@ -305,3 +307,66 @@ def test_the_role_and_acme_allow_only_names_in_the_zones():
     init.issuing_role()
     init.acme()
     assert vault.writes == [] and {change.status for change in changes} == {"unchanged"}
+
+
+class AuditSys:
+    """hvac's sys audit calls as a server answers them: `devices` listed (or Forbidden), and
+    enabling one accepted or refused with `refusal`."""
+
+    def __init__(self, devices: dict[str, Any] | None = None, refusal: Exception | None = None) -> None:
+        self.devices = devices
+        self.refusal = refusal
+        self.enabled: list[tuple[str, str, dict[str, str]]] = []
+
+    def list_enabled_audit_devices(self) -> dict[str, Any]:
+        if self.devices is None:
+            raise hvac.exceptions.Forbidden("permission denied")
+        return {"data": self.devices}
+
+    def enable_audit_device(self, device_type: str, path: str, options: dict[str, str]) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        self.enabled.append((device_type, path, options))
+
+
+def audit_step(sys: AuditSys, audit_file: str | None = None) -> list:
+    changes: list = []
+    VaultInit(load(), SimpleNamespace(sys=sys), report=changes.append, audit_file=audit_file).audit()
+    return [(c.status, c.what, c.detail) for c in changes]
+
+
+def test_an_existing_audit_device_is_kept():
+    sys = AuditSys({"file/": {"type": "file"}, "sock/": {"type": "socket"}})
+    assert audit_step(sys) == [("unchanged", "audit device file/ (file), sock/ (socket)", "")]
+    assert sys.enabled == []
+
+
+def test_where_the_api_allows_it_a_file_audit_device_is_enabled():
+    """HashiCorp Vault (and OpenBao with unsafe_allow_api_audit_creation)."""
+    sys = AuditSys({})
+    assert audit_step(sys, "/srv/audit.log") == [
+        ("created", "audit device file/ (file)", "writing to /srv/audit.log")]
+    assert sys.enabled == [("file", "file", {"file_path": "/srv/audit.log"})]
+    assert audit_step(AuditSys({}))[0][2] == "writing to /var/log/vault/audit.log"
+
+
+def test_openbao_refusing_api_audit_devices_gets_the_stanza_for_its_config():
+    refusal = hvac.exceptions.InvalidRequest("cannot enable audit device via API; use "
+                                             "declarative, config-based audit device management instead")
+    [(status, what, _)] = audit_step(AuditSys({}, refusal))
+    assert status == "warning" and "add this to every node's server config" in what
+    stanza = "\n".join(line.strip() for line in audit_stanza(OPENBAO_AUDIT_FILE).splitlines())
+    assert stanza in "\n".join(line.strip() for line in what.splitlines())
+
+
+def test_other_audit_failures_and_a_token_without_sudo_are_warnings_saying_so():
+    failed = hvac.exceptions.InvalidRequest("sanity check failed; unable to open /var/log/vault/audit.log")
+    [(status, what, _)] = audit_step(AuditSys({}, failed))
+    assert status == "warning" and "sanity check failed" in what and "vault audit enable file" in what
+    [(status, what, _)] = audit_step(AuditSys(None))
+    assert status == "warning" and "may not read sys/audit" in what
+
+
+def test_the_printed_stanza_is_the_one_in_the_shipped_raft_config():
+    template = (Path(__file__).resolve().parent.parent / "deploy" / "vault" / "openbao-raft.hcl").read_text()
+    assert audit_stanza("{{audit_log}}") in template

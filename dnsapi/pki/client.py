@@ -99,12 +99,16 @@ class PkiClient:
     def __init__(self, session: VaultSession, mount: str) -> None:
         self.session = session
         self.mount = mount
-        self.base = f"{session.config.addr}/v1/{mount}"
         self.http = requests.Session()
         # Passed per request: requests lets REQUESTS_CA_BUNDLE override a Session's own verify.
         self.verify: bool | str = str(session.config.ca_cert) if session.config.ca_cert else True
         self.timeout = session.config.timeout
         self._stored: dict[str, StoredCert] = {}  # certificates never change; revocation is re-read
+
+    @property
+    def base(self) -> str:
+        """The mount's URL on the node the session talks to (the active one, after a failover)."""
+        return f"{self.session.url}/v1/{self.mount}"
 
     def certificates(self) -> dict[str, CertInfo]:
         """Every certificate the mount stored (leaves and its own issuers), by serial.

@@ -6,7 +6,9 @@ secret_id, tokens) are written only to 0600 files, never printed. Every file goe
 `write_file` (no writing through symlinks); a directory other users could change is reported as a
 `warning`.
 
-The steps follow the order Vault needs: KV v2 mount and the service policy; AppRole; the root CA
+The steps follow the order Vault needs: a file audit device first (so the rest is on record; on
+OpenBao, which accepts audit devices only from its config, the stanza to add is printed); KV v2
+mount and the service policy; AppRole; the root CA
 and (by default) an intermediate issuing CA signed by it; the issuing role for the zones; cluster,
 AIA/CRL/OCSP URLs, CRL auto-rebuild and auto-tidy; the mount tuned for ACME's headers; ACME
 enabled with `dns_resolver` pointing at the DNS server that serves the zones; the root exported.
@@ -31,6 +33,26 @@ from ..vault import is_kv2
 
 ACME_RESPONSE_HEADERS = ["Last-Modified", "Location", "Replay-Nonce", "Link"]
 ACME_REQUEST_HEADERS = ["If-Modified-Since"]
+
+# The file audit device: where vault-init enables it over the API (HashiCorp Vault, with sudo),
+# and where the stanza it prints for OpenBao's config points. OpenBao refuses API-created audit
+# devices since 2.3 (CVE-2025-54997) with this message (vault/logical_system.go).
+AUDIT_DEVICE = "file"
+VAULT_AUDIT_FILE = "/var/log/vault/audit.log"
+OPENBAO_AUDIT_FILE = "/var/log/openbao/audit.log"
+API_AUDIT_REFUSED = "cannot enable audit device via API"
+
+
+def audit_stanza(file_path: str) -> str:
+    """The declarative file audit device for an OpenBao server config: the block of
+    deploy/vault/openbao-raft.hcl. It must be the same on every node."""
+    return (f'audit "file" "{AUDIT_DEVICE}" {{\n'
+            '  description = "every request, for the record of issuance"\n'
+            '  options {\n'
+            f'    file_path = "{file_path}"\n'
+            '    mode      = "0600"\n'
+            '  }\n'
+            '}\n')
 
 
 class InitError(Exception):
@@ -115,7 +137,8 @@ def unsafe_directories(path: Path) -> list[str]:
 
 class VaultInit:
     def __init__(self, config: Config, client: hvac.Client, root_only: bool = False,
-                 report: Callable[[Step], None] = lambda change: None) -> None:
+                 report: Callable[[Step], None] = lambda change: None,
+                 audit_file: str | None = None) -> None:
         approle = config.vault.approle
         if approle is not None and (approle.role_id_file is None or approle.secret_id_file is None):
             raise InitError("vault.approle: vault-init writes dnsapi's AppRole credentials to "
@@ -127,10 +150,12 @@ class VaultInit:
         self.root_mount = self.pki.mount if root_only else self.pki.root_mount
         self.intermediate = self.pki.intermediate and not root_only
         self.report = report
+        self.audit_file = audit_file  # None: VAULT_AUDIT_FILE, or OPENBAO_AUDIT_FILE in the stanza
         self.changes: list[Step] = []
 
     def run(self) -> list[Step]:
         """Every step in order; returns what each one found or did."""
+        self.audit()
         self.kv_mount()
         self.policy()
         self.approle()
@@ -185,6 +210,38 @@ class VaultInit:
         write_file(path, text, mode)
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def audit(self) -> None:
+        """A file audit device, so every issuance request is on record (paths in clear, values
+        HMAC'd). One that exists is kept; otherwise one is enabled over the API, and when the
+        server refuses that as OpenBao does, the stanza for its config is printed instead."""
+        try:
+            devices = self.client.sys.list_enabled_audit_devices()["data"]
+        except hvac.exceptions.Forbidden:
+            self._note("warning", "audit devices: this token may not read sys/audit (it needs "
+                       "sudo); check with an admin token: bao audit list (or vault audit list)")
+            return
+        if devices:
+            found = ", ".join(f"{path} ({device['type']})" for path, device in sorted(devices.items()))
+            self._note("unchanged", f"audit device {found}")
+            return
+        file_path = self.audit_file or VAULT_AUDIT_FILE
+        try:
+            self.client.sys.enable_audit_device("file", path=AUDIT_DEVICE,
+                                                options={"file_path": file_path})
+        except hvac.exceptions.InvalidRequest as exc:
+            if API_AUDIT_REFUSED not in str(exc):
+                self._note("warning", f"no audit device, and enabling one at {file_path} failed "
+                           f"({str(exc).strip()}): enable one where the server may write, e.g. "
+                           "vault audit enable file file_path=/var/log/vault/audit.log")
+                return
+            stanza = audit_stanza(self.audit_file or OPENBAO_AUDIT_FILE)
+            self._note("warning", "no audit device, and this server creates none over the API "
+                       "(OpenBao since 2.3): add this to every node's server config, then "
+                       "restart or SIGHUP each node:\n"
+                       + "".join(f"            {line}\n" for line in stanza.splitlines()).rstrip())
+            return
+        self._note("created", f"audit device {AUDIT_DEVICE}/ (file)", f"writing to {file_path}")
 
     def kv_mount(self) -> None:
         mount = self.config.vault.kv_mount

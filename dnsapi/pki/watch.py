@@ -100,7 +100,7 @@ class StateStore:
         self.path = f"{session.config.prefix}/pki-watch/state"
 
     def load(self) -> WatchState:
-        data, version = self.session.run(lambda: self.session.read_kv(self.path))
+        data, version = self.session.run(lambda: self.session.read_kv(self.path), read=True)
         return WatchState.from_data(data, version)
 
     def save(self, state: WatchState) -> None:

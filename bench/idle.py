@@ -1,0 +1,82 @@
+"""What CoreDNS's `file` plugin costs while nothing changes: CPU % of one core at idle, per
+reload interval, with a 1k-line and a 100k-line operator zone.
+
+Each tick of `reload` reads the zone file up to its SOA and compares the serial (a changed
+serial means a full parse); with nothing changing that read is all an interval costs, so a
+shorter interval shows a new record sooner and costs more idle CPU. Starts CoreDNS (the pinned
+build) on a free loopback port with the shipped Corefile's plugins and the given interval,
+waits until it serves the zone, then reads its CPU time (user + system) over the window.
+
+    python3 bench/idle.py [--seconds 10] [--reload 250ms 100ms 50ms 25ms 10ms]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rewrite import operator_zone
+
+from dnsapi.devstack import start_coredns
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.helpers
+from tests.helpers import free_port
+
+SIZES = {"1k": 1_000, "100k": 100_000}
+SHIPPED = "250ms"  # coredns/Corefile's `reload`
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu_pct(directory: Path, lines: int, reload: str, seconds: float) -> float:
+    """CoreDNS's CPU % of one core over `seconds` with nothing changing."""
+    directory.mkdir(parents=True)
+    (directory / "db.dev.local").write_text(operator_zone(lines))
+    (directory / "Corefile").write_text(
+        f"dev.local {{\n    bind 127.0.0.1\n    file db.dev.local {{\n        reload {reload}\n"
+        "    }\n    errors\n}\n")
+    proc = start_coredns(directory, free_port(), ["dev.local"], directory / "coredns.log")
+    try:
+        before, start = cpu_seconds(proc.popen.pid), time.monotonic()
+        time.sleep(seconds)
+        return 100 * (cpu_seconds(proc.popen.pid) - before) / (time.monotonic() - start)
+    finally:
+        proc.stop()
+
+
+def measure(reloads: list[str], seconds: float) -> dict[str, dict[str, float]]:
+    """{reload: {size: CPU %}}."""
+    figures: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for reload in reloads:
+            for size, lines in SIZES.items():
+                figures.setdefault(reload, {})[size] = round(
+                    idle_cpu_pct(Path(tmp) / f"{reload}-{size}", lines, reload, seconds), 2)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="idle window per run")
+    parser.add_argument("--reload", nargs="+", default=[SHIPPED], metavar="INTERVAL",
+                        help=f"reload intervals to measure (default: the shipped {SHIPPED})")
+    args = parser.parse_args()
+    figures = measure(args.reload, args.seconds)
+    print("| reload | idle CPU, 1k-line zone | idle CPU, 100k-line zone |")
+    print("|---|---|---|")
+    for reload, cpu in figures.items():
+        print(f"| {reload} | {cpu['1k']:.2f} % | {cpu['100k']:.2f} % |")
+    print(json.dumps({"coredns_idle_cpu_pct": figures}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The acme-dns front door in-process (aiohttp's test client, the in-memory store): acme-dns's
+statuses and bodies byte for byte, Go's JSON decoding, the CNAME record kind's rules."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from dnsapi import acmedns
+from dnsapi.acmedns_accounts import Account
+from dnsapi.api import create_app
+from dnsapi.block import ManagedBlock, block_entries
+from dnsapi.errors import ConfigError, ZoneError
+from dnsapi.records import Change, Outcome, Record, apply_changes
+from dnsapi.service import RecordService
+from dnsapi.store import decode_records, encode_records
+
+from .helpers import MemoryStore, service_config
+
+ZONE_ACME = "acme.dev.local"
+TXT = "x" * 43
+
+
+@contextlib.asynccontextmanager
+async def serving(directory: Path, **acme: Any) -> AsyncIterator[tuple[TestClient, MemoryStore]]:
+    config, _ = service_config(directory, acme_dns={"zone": ZONE_ACME, **acme})
+    store = MemoryStore()
+    service = RecordService(config, store.metrics, store=store)  # type: ignore[arg-type]
+    app = create_app(config, service=service)
+    assert acmedns.attach(app) is None
+    async with TestClient(TestServer(app)) as client:
+        yield client, store
+
+
+def error(name: str) -> str:
+    return f'{{"error": "{name}"}}'
+
+
+async def test_register_is_closed_by_default(tmp_path):
+    async with serving(tmp_path) as (client, store):
+        response = await client.post("/register")
+        assert (response.status, await response.text()) == (401, error("forbidden"))
+        assert store.accounts == {}
+
+
+@pytest.mark.parametrize(("body", "status", "answer"), [
+    (b"", 201, None), (b"null", 201, None), (b'{"AllowFrom": ["127.0.0.0/8"]}', 201, None),
+    (b'{"allowfrom": null, "unknown": {"x": 1}}', 201, None),
+    (b"{", 400, "malformed_json_payload"), (b"[]", 400, "malformed_json_payload"),
+    (b'{"allowfrom": [1]}', 400, "malformed_json_payload"),
+    (b'{"username": 5}', 400, "malformed_json_payload"),
+    (b'{"allowfrom": ["10.0.0.0/8"]} {}', 400, "malformed_json_payload"),
+    (b'{"allowfrom": NaN}', 400, "malformed_json_payload"),
+    (b'\xff', 400, "malformed_json_payload"),
+    (b'{"allowfrom": ["10.0.0.1"]}', 400, "invalid_allowfrom_cidr"),
+    (b'{"allowfrom": [""]}', 400, "invalid_allowfrom_cidr"),
+    (b'{"allowfrom": ["[::1]/128", "10.0.0.1/8"]}', 201, None),
+])
+async def test_register_bodies_as_go_reads_them(tmp_path, body, status, answer):
+    async with serving(tmp_path, register={"allow_from": ["127.0.0.1/32"]}) as (client, store):
+        response = await client.post("/register", data=body)
+        text = await response.text()
+        assert response.status == status, text
+        if answer is not None:
+            assert text == error(answer) and store.accounts == {}
+            return
+        created = json.loads(text)
+        assert list(created) == ["username", "password", "fulldomain", "subdomain", "allowfrom"]
+        assert created["fulldomain"] == f"{created['subdomain']}.{ZONE_ACME}"
+        secret = store.accounts[created["username"]]
+        assert created["password"] not in json.dumps(secret)  # only its scrypt hash is kept
+        assert Account.from_secret(created["username"], secret) is not None
+
+
+async def test_update_checks_in_acme_dns_order_and_answers_like_it(tmp_path):
+    async with serving(tmp_path, register={"allow_from": ["127.0.0.1/32"]}) as (client, store):
+        account = await (await client.post("/register")).json()
+        other = await (await client.post("/register")).json()
+        headers = {"X-Api-User": account["username"], "X-Api-Key": account["password"]}
+
+        async def update(body: bytes, **extra: str) -> tuple[int, str]:
+            response = await client.post("/update", data=body, headers={**headers, **extra})
+            return response.status, await response.text()
+
+        own = account["subdomain"]
+        assert await update(json.dumps({"SubDomain": own, "Txt": TXT}).encode()) == \
+            (200, f'{{"txt": "{TXT}"}}')
+        # Go's Decoder reads the first value only: trailing data is ignored
+        assert (await update(json.dumps({"subdomain": own, "txt": TXT}).encode() + b" junk"))[0] == 200
+        assert await update(b"{") == (401, error("forbidden"))
+        assert await update(json.dumps({"subdomain": other["subdomain"], "txt": TXT}).encode()) == \
+            (401, error("forbidden"))
+        assert await update(json.dumps({"subdomain": own, "txt": TXT[:-1] + "+"}).encode()) == \
+            (400, error("bad_txt"))
+        assert await update(json.dumps({"subdomain": own, "txt": TXT}).encode(),
+                            **{"X-Api-Key": account["password"][:-1] + "!"}) == (401, error("forbidden"))
+        assert await update(json.dumps({"subdomain": own, "txt": TXT}).encode(),
+                            **{"X-Api-User": other["username"]}) == (401, error("forbidden"))
+        assert store.records() == {(account["fulldomain"], TXT)}
+        health = await client.get("/health")
+        assert (health.status, await health.text()) == (200, "")
+
+
+async def test_an_account_outside_its_allowfrom_is_refused(tmp_path):
+    async with serving(tmp_path, register={"allow_from": ["127.0.0.1/32"]}) as (client, store):
+        account = await (await client.post("/register", json={"allowfrom": ["192.0.2.0/24"]})).json()
+        response = await client.post("/update", json={"subdomain": account["subdomain"], "txt": TXT},
+                                     headers={"X-Api-User": account["username"],
+                                              "X-Api-Key": account["password"]})
+        assert (response.status, await response.text()) == (401, error("forbidden"))
+        assert store.records() == set()
+
+
+def test_a_cname_and_other_data_never_share_a_name():
+    cname = Record("_acme-challenge.www.dev.local", f"0a8f4c2e-2b4e-4c1a-9f00-0123456789ab.{ZONE_ACME}",
+                   60, 1.0, kind="CNAME")
+    txt = Record("_acme-challenge.www.dev.local", TXT, 60, 1.0)
+    records: dict = {}
+    assert apply_changes(records, [Change("add", cname), Change("add", txt)], 100) == \
+        [Outcome.CREATED, Outcome.CONFLICT]
+    other: dict = {}
+    assert apply_changes(other, [Change("add", txt), Change("add", cname)], 100) == \
+        [Outcome.CREATED, Outcome.CONFLICT]
+    # a remove of the whole name (RFC 2136) takes TXT values only
+    assert apply_changes(records, [Change("remove_name", Record(cname.fqdn, "", 0, 0.0))], 100) == \
+        [Outcome.ABSENT]
+    assert decode_records(encode_records(records)) == records
+
+
+def test_a_cname_line_is_proven_and_anything_injected_refused(monkeypatch):
+    target = f"0a8f4c2e-2b4e-4c1a-9f00-0123456789ab.{ZONE_ACME}"
+    cname = Record("_acme-challenge.www.dev.local", target, 60, 1.0, kind="CNAME")
+    block = ManagedBlock("dev.local").render({cname.key: cname})
+    assert f"_acme-challenge.www.dev.local. 60 IN CNAME {target}.\n" in block
+    assert block_entries(block, "dev.local") == {cname.key: (60, "CNAME")}
+    evil = Record("_acme-challenge.www.dev.local", target + ". 60 IN A 10.0.0.1\nx", 60, 1.0,
+                  kind="CNAME")
+    with pytest.raises(ZoneError):
+        ManagedBlock("dev.local").render({evil.key: evil})
+
+
+def test_config_refuses_an_acme_zone_outside_the_zones(tmp_path):
+    with pytest.raises(ConfigError, match="acme_dns.zone: .* is not one of the zones"):
+        service_config(tmp_path, acme_dns={"zone": "acme.example"})
+    with pytest.raises(ConfigError, match="acme_dns.register.allow_from: must be a list of networks"):
+        service_config(tmp_path, acme_dns={"zone": ZONE_ACME, "register": {"allow_from": ["x"]}})
+    with pytest.raises(ConfigError, match="acme_dns.surprise: unknown setting"):
+        service_config(tmp_path, acme_dns={"zone": ZONE_ACME, "surprise": 1})

@@ -1,0 +1,67 @@
+"""The HA side of the Vault client, without servers: which node it picks when nodes disagree
+about the leader, and what the store does with a read older than one it has seen."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from dnsapi.config import VaultConfig
+from dnsapi.metrics import Metrics
+from dnsapi.store import VaultStore, ZoneState
+from dnsapi.vault import VaultSession
+
+A, B, C = "http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"
+
+
+def session(addrs: list[str], leaders: dict[str, str | None]) -> VaultSession:
+    """A session whose nodes answer sys/leader from `leaders` (None: no answer)."""
+    vault = VaultSession(VaultConfig.model_validate({"addr": addrs, "token": "t"}))
+    vault._named_leader = leaders.get  # type: ignore[method-assign]
+    return vault
+
+
+def test_the_node_most_nodes_name_wins_over_a_former_leader_that_still_claims_the_lead() -> None:
+    # A was frozen and resumed: it still names itself; B and C name B.
+    vault = session([A, B, C], {A: A, B: B, C: B})
+    assert vault._find_active(deadline=0)
+    assert vault.url == B
+
+
+def test_a_standby_alone_leads_to_the_leader_it_names() -> None:
+    vault = session([C], {C: A, A: A})
+    assert vault._find_active(deadline=0)
+    assert vault.url == A
+
+
+def test_no_leader_during_an_election_is_no_active_node() -> None:
+    vault = session([A, B, C], {A: None, B: "", C: ""})
+    assert not vault._find_active(deadline=0)
+
+
+class Replies:
+    """Stands in for VaultSession.run: answers reads with the next state, noting each call's
+    `confirm`."""
+
+    def __init__(self, *versions: int) -> None:
+        self.versions = list(versions)
+        self.confirms: list[bool] = []
+
+    def run(self, fn: Callable[[], Any], read: bool = False, patience: float | None = None,
+            confirm: bool = False) -> ZoneState:
+        self.confirms.append(confirm)
+        return ZoneState(records={}, version=self.versions.pop(0))
+
+
+def test_a_read_older_than_one_seen_is_read_again_after_asking_every_node() -> None:
+    store = VaultStore(VaultConfig.model_validate({"addr": A, "token": "t"}), Metrics())
+    replies = Replies(7, 5, 7, 3, 3)
+    store.session = replies  # type: ignore[assignment]
+
+    async def reads() -> list[int]:
+        return [(await store.read_zone("dev.local")).version for _ in range(3)]
+
+    # 7; then 5 (stale: asked again, 7); then 3 and, asked again, 3 (deleted by hand: taken)
+    assert asyncio.run(reads()) == [7, 7, 3]
+    assert replies.confirms == [False, False, True, False, True]
