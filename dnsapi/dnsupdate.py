@@ -37,6 +37,7 @@ import dns.rrset
 import dns.tsig
 import dns.update
 
+from . import tsig
 from .audit import AuditLog, value_hash
 from .config import Config, TsigKeyConfig
 from .errors import DnsapiError, NameConflict, TooManyRecords
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 65535  # a DNS message over TCP; a longer length prefix is refused
 TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message
-TSIG_FUDGE = 300  # seconds of clock skew a signed reply allows (dnspython's and BIND's default)
 MAX_TCP = 64  # open TCP connections at once; more are closed at once (they share the descriptors
 # the HTTP side keeps in reserve, see connections.DESCRIPTOR_RESERVE)
 
@@ -163,23 +163,35 @@ class DnsUpdateServer:
     # -- one message -------------------------------------------------------------------------
 
     async def handle(self, wire: bytes, remote: str, tcp: bool) -> bytes | None:
-        """The reply to one message (None: too broken to answer, e.g. no header)."""
+        """The reply to one message (None: nothing to answer: no header, or not a request)."""
         started = time.perf_counter()
-        try:
-            message = dns.message.from_wire(wire, keyring=self.keyring)
-        except (dns.message.UnknownTSIGKey, dns.tsig.BadAlgorithm):
-            return self._tsig_error(wire, remote, dns.rcode.BADKEY, "unknown TSIG key or algorithm")
-        except dns.tsig.BadSignature:
-            return self._tsig_error(wire, remote, dns.rcode.BADSIG, "bad TSIG signature")
-        except dns.tsig.BadTime:
-            return self._tsig_error(wire, remote, dns.rcode.BADTIME, "TSIG time outside the fudge")
-        except (dns.exception.DNSException, ValueError, IndexError, struct.error):
-            return self._formerr(wire, remote)
+        parsed = tsig.verified(wire, self.keyring)
+        signer: tsig.Signer | None
+        if parsed is not None:
+            message, signer = parsed
+        else:
+            try:
+                message = dns.message.from_wire(wire, keyring=self.keyring)
+            except (dns.message.UnknownTSIGKey, dns.tsig.BadAlgorithm):
+                return self._tsig_error(wire, remote, dns.rcode.BADKEY, "unknown TSIG key or algorithm")
+            except dns.tsig.BadSignature:
+                return self._tsig_error(wire, remote, dns.rcode.BADSIG, "bad TSIG signature")
+            except dns.tsig.BadTime:
+                return self._tsig_error(wire, remote, dns.rcode.BADTIME, "TSIG time outside the fudge")
+            except (dns.exception.DNSException, ValueError, IndexError, struct.error):
+                return self._formerr(wire, remote)
+            signer = tsig.Signer(message.keyring, message.mac) \
+                if message.had_tsig and isinstance(message.keyring, dns.tsig.Key) and message.mac \
+                else None
+        if message.flags & dns.flags.QR:
+            return None  # a response: answering it could start a loop between two servers
         max_size = MAX_MESSAGE if tcp else 512 if message.edns < 0 else max(512, message.payload)
         opcode = message.opcode()
         if opcode == dns.opcode.UPDATE and isinstance(message, dns.update.UpdateMessage):
-            rcode = await self._update(message, remote)
-            reply = status_reply(message, rcode, max_size)
+            rcode = await self._update(message, signer, remote)
+            # With EDNS the reply carries OPT: dnspython's way, rare enough to cost what it does.
+            reply = tsig.sign_reply(message, signer, rcode) if message.edns < 0 \
+                else _reply(message, rcode).to_wire(max_size=max_size)
         else:
             answer = await self._query(message) if opcode == dns.opcode.QUERY \
                 else _reply(message, dns.rcode.NOTIMP)
@@ -213,9 +225,10 @@ class DnsUpdateServer:
             reply.authority.append(dns.rrset.from_rdata_list(apex, soa.ttl, list(soa)))
         return reply
 
-    async def _update(self, message: dns.update.UpdateMessage, remote: str) -> dns.rcode.Rcode:
+    async def _update(self, message: dns.update.UpdateMessage, signer: tsig.Signer | None,
+                      remote: str) -> dns.rcode.Rcode:
         """Apply the UPDATE; its rcode."""
-        key = self.keys.get(message.keyname) if message.had_tsig and message.keyname else None
+        key = self.keys.get(signer.key.name) if signer is not None else None
         who = key.name if key is not None else None
         try:
             if key is None:
@@ -409,44 +422,6 @@ def _reply(request: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.
     reply = dns.message.make_response(request)
     reply.set_rcode(rcode)
     return reply
-
-
-def status_reply(request: dns.message.Message, rcode: dns.rcode.Rcode, max_size: int) -> bytes:
-    """The reply to an UPDATE: the request's zone section and `rcode`, signed (RFC 8945 §5.3)
-    with the request's key when it was signed. Built byte by byte: dnspython's make_response
-    and to_wire make the same message at several times the cost, and every acknowledged UPDATE
-    pays it. A request with EDNS takes the long way, which adds the OPT record."""
-    if request.edns >= 0:
-        return _reply(request, rcode).to_wire(max_size=max_size)
-    flags = dns.flags.QR | (request.flags & dns.flags.RD) | dns.opcode.to_flags(request.opcode())
-    question = b"".join(_name_wire(q.name) + struct.pack("!HH", q.rdtype, q.rdclass)
-                        for q in request.question)
-    key = request.keyring
-    signed = request.had_tsig and isinstance(key, dns.tsig.Key)
-    header = struct.pack("!HHHHHH", request.id, flags | (rcode & 0xF), len(request.question), 0, 0,
-                         int(signed))
-    if not signed:
-        return header + question
-    assert isinstance(key, dns.tsig.Key) and request.mac is not None
-    now = int(time.time())
-    timers = struct.pack("!HIH", (now >> 32) & 0xFFFF, now & 0xFFFFFFFF, TSIG_FUDGE)
-    mac = dns.tsig.get_context(key)
-    mac.update(struct.pack("!H", len(request.mac)) + request.mac)
-    mac.update(header[:10] + b"\0\0" + question)  # the reply as it is before the TSIG RR
-    mac.update(key.name.to_digestable() + struct.pack("!HI", dns.rdataclass.ANY, 0)
-               + key.algorithm.to_digestable() + timers + struct.pack("!HH", 0, 0))
-    digest = mac.sign()
-    rdata = (_name_wire(key.algorithm) + timers + struct.pack("!H", len(digest)) + digest
-             + struct.pack("!HHH", request.id, 0, 0))
-    tsig = _name_wire(key.name) + struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0,
-                                             len(rdata)) + rdata
-    return header + question + tsig
-
-
-def _name_wire(name: dns.name.Name) -> bytes:
-    """A name uncompressed, as sent (dnspython types to_wire as maybe None: with no file given
-    it always returns the bytes)."""
-    return name.to_wire() or b""
 
 
 def _unsigned_reply(request: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
