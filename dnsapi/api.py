@@ -266,7 +266,7 @@ def note_target(request: web.Request, fqdn: object, value: object = None) -> Non
 
 
 def record_json(record: Record) -> dict[str, Any]:
-    return {"fqdn": record.fqdn, "value": record.value, "ttl": record.ttl,
+    return {"fqdn": record.fqdn, "type": record.kind, "value": record.value, "ttl": record.ttl,
             "created_at": record.created_at}
 
 

@@ -83,8 +83,11 @@ def document(config: Config) -> dict[str, Any]:
             "served_after_ms": {"type": "integer", "description": "with wait: how long until served"}}},
         "RemoveResult": {"type": "object", "required": ["fqdn", "value", "existed"], "properties": {
             "fqdn": {"type": "string"}, "value": {"type": "string"}, "existed": {"type": "boolean"}}},
-        "Record": {"type": "object", "required": ["fqdn", "value", "ttl", "created_at"], "properties": {
+        "Record": {"type": "object", "required": ["fqdn", "type", "value", "ttl", "created_at"],
+                   "properties": {
             "fqdn": {"type": "string"}, "value": {"type": "string"}, "ttl": {"type": "integer"},
+            "type": {"type": "string", "enum": ["TXT", "CNAME"],
+                     "description": "CNAME: an acme-dns delegation; its value is the target"},
             "created_at": {"type": "number", "description": "Unix time"}}},
         "Checks": {"type": "object", "additionalProperties": {"type": "string"}},
     }

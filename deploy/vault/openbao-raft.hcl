@@ -17,9 +17,8 @@ ui            = false
 api_addr      = "{{api_addr}}"      # https://THIS-NODE:8200, as clients and other nodes reach it
 cluster_addr  = "{{cluster_addr}}"  # https://THIS-NODE:8201, node-to-node (raft and forwarding)
 
-# Standbys answer reads from their own raft state (OpenBao 2.5+). dnsapi sends X-Vault-Index
-# with X-Vault-Inconsistent so it never acts on a stale read; "true" sends every read to the
-# active node instead.
+# Standbys answer reads from their own raft state (OpenBao 2.5+); "true" forwards every read
+# to the active node. dnsapi works with either: it reads only from the active node.
 disable_standby_reads = {{disable_standby_reads}}
 
 listener "tcp" {

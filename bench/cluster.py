@@ -1,0 +1,101 @@
+"""dnsapi on a three-node OpenBao raft cluster beside the same on a dev server, in one run.
+
+The dev server keeps everything in memory; a raft cluster writes each change to disk on every
+node (fsync) and replicates it before it answers. This measures what that costs dnsapi: the
+same acknowledged adds/s at concurrency 1, 16 and 64 as bench/compare.py, one add at
+concurrency 1 beside the bare Vault write it needs, and add → answered by CoreDNS. The
+cluster is tests/cluster.py's (deploy/vault/openbao-raft.hcl on loopback, no TLS); dnsapi
+gets all three addresses. Prints a markdown table and writes bench/cluster.json.
+
+    python3 bench/cluster.py [--reps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+from compare import c1_latency_ms, visible_ms
+from throughput import LEVELS, adds_per_second
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.*
+from tests.cluster import raft_cluster
+from tests.helpers import Stack, local_stack, start_stack
+
+
+def unlimited(config: dict) -> None:
+    config["rate_limit"] = {"per_second": 0}
+    config["max_records_per_zone"] = config["max_records_per_token"] = 10_000
+
+
+def measure(stack: Stack, reps: int) -> dict:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {stack.token}"
+
+    def add(fqdn: str, value: str) -> None:
+        session.post(f"{stack.url}/v1/records", json={"fqdn": fqdn, "value": value},
+                     timeout=30).raise_for_status()
+
+    rates = {f"c{c}": round(statistics.median(adds_per_second(stack.url, stack.token, c, n, f"c{c}r{r}")
+                                              for r in range(reps)))
+             for c, n in LEVELS}
+    write, one_add = c1_latency_ms(stack, session)
+    return {"adds_per_s": rates, "vault_write_ms": write, "add_ms": one_add,
+            "visible_ms": visible_ms(add, stack.dns_port, "cluster")}
+
+
+def on_cluster(tmp: Path, reps: int) -> dict:
+    with raft_cluster(tmp / "cluster") as cluster:
+        def edit(config: dict) -> None:
+            unlimited(config)
+            config["vault"]["addr"] = cluster.addrs
+        stack = start_stack(tmp / "raft", cluster.vault(), edit=edit, prefix="dnsapi")
+        try:
+            return measure(stack, reps)
+        finally:
+            stack.stop()
+
+
+def on_dev_server(tmp: Path, reps: int) -> dict:
+    with local_stack(tmp / "dev", unlimited) as stack:
+        return measure(stack, reps)
+
+
+def table(results: dict[str, dict]) -> str:
+    def row(label: str, cell: Callable[[dict], str]) -> str:
+        return f"| {label} | {cell(results['dev'])} | {cell(results['raft'])} |"
+
+    lines = ["| measure | dev server (memory) | 3-node raft (fsync on every node) |", "|---|---|---|"]
+    for c in ("c1", "c16", "c64"):
+        lines.append(row(f"acknowledged adds/s, concurrency {c[1:]}", lambda r, c=c: f"{r['adds_per_s'][c]}"))
+    lines.append(row("the Vault write an add needs, p50 / p99",
+                     lambda r: f"{r['vault_write_ms']['p50']:.1f} / {r['vault_write_ms']['p99']:.1f} ms"))
+    lines.append(row("one add at concurrency 1, p50 / p99",
+                     lambda r: f"{r['add_ms']['p50']:.1f} / {r['add_ms']['p99']:.1f} ms"))
+    lines.append(row("add → answered by CoreDNS, p50 / p99",
+                     lambda r: f"{r['visible_ms']['p50']:.0f} / {r['visible_ms']['p99']:.0f} ms"))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3, help="adds/s runs per level; the median")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        results = {"dev": on_dev_server(tmp, args.reps), "raft": on_cluster(tmp, args.reps)}
+    print(table(results))
+    out = Path(__file__).resolve().parent / "cluster.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
