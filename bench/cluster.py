@@ -22,16 +22,11 @@ from pathlib import Path
 
 import requests
 from compare import c1_latency_ms, visible_ms
-from throughput import LEVELS, adds_per_second
+from throughput import LEVELS, adds_per_second, unlimited
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.*
 from tests.cluster import raft_cluster
 from tests.helpers import Stack, local_stack, start_stack
-
-
-def unlimited(config: dict) -> None:
-    config["rate_limit"] = {"per_second": 0}
-    config["max_records_per_zone"] = config["max_records_per_token"] = 10_000
 
 
 def measure(stack: Stack, reps: int) -> dict:

@@ -51,7 +51,7 @@ import yaml
 from idle import SHIPPED as SHIPPED_RELOAD
 from idle import measure as idle_cpu
 from rewrite import measure as rewrite_ms
-from throughput import LEVELS, NAMES, adds_per_second, bodies, send_all
+from throughput import LEVELS, NAMES, adds_per_second, bodies, send_all, unlimited
 
 from dnsapi.devstack import Process, soa_answered, wait_for
 
@@ -336,15 +336,14 @@ def main() -> None:
 
         updates = Updater("dnsapi (RFC 2136)", free_port(), new_secret(), udp=True)
 
-        def unlimited(config: dict) -> None:
-            config["rate_limit"] = {"per_second": 0}
-            config["max_records_per_zone"] = config["max_records_per_token"] = 10_000  # tokens and keys
+        def unlimited_with_updates(config: dict) -> None:
+            unlimited(config)  # for the RFC 2136 key as for the token
             config["waits"] = {"per_token": 1000, "total": 1000}
             config["dns_update"] = {"listen": f"127.0.0.1:{updates.port}", "keys": [
                 {"name": "bench", "algorithm": "hmac-sha256", "secret": updates.secret,
                  "allow": ["*.dev.local"]}]}
 
-        with local_stack(tmp / "dnsapi", unlimited) as stack:
+        with local_stack(tmp / "dnsapi", unlimited_with_updates) as stack:
             bind = Bind(tmp / "bind")
             try:
                 session = requests.Session()

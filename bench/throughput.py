@@ -54,11 +54,13 @@ def adds_per_second(url: str, token: str, concurrency: int, count: int, tag: str
     return rate
 
 
-def main() -> None:
-    def unlimited(config: dict) -> None:
-        config["rate_limit"] = {"per_second": 0}
-        config["max_records_per_zone"] = config["max_records_per_token"] = 10_000
+def unlimited(config: dict) -> None:
+    """The stack's config edit for load: no rate limit, room for every record of a run."""
+    config["rate_limit"] = {"per_second": 0}
+    config["max_records_per_zone"] = config["max_records_per_token"] = 10_000
 
+
+def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), unlimited) as stack:
         results = {f"c{c}": adds_per_second(stack.url, stack.token, c, n, f"c{c}")
                    for c, n in LEVELS}
