@@ -37,7 +37,7 @@ import dns.rrset
 import dns.tsig
 import dns.update
 
-from . import tsig
+from . import tsig, update_message
 from .audit import AuditLog, value_hash
 from .config import Config, TsigKeyConfig
 from .errors import DnsapiError, NameConflict, TooManyRecords
@@ -52,6 +52,7 @@ from .names import (
 from .ratelimit import RateLimiter
 from .records import Change, Outcome, Prerequisite, Record, Update
 from .service import RecordService
+from .update_message import Rr, UpdateRequest
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,9 @@ class DnsUpdateServer:
         self.service = service
         self.audit = audit
         self.metrics = service.metrics
-        self.keys = {dns.name.from_text(k.name): k for k in self.settings.keys}
-        self.keyring = keyring(self.settings.keys)
+        self.keys = {k.name: k for k in self.settings.keys}
+        self.keyring = keyring(self.settings.keys)  # dnspython's, for everything but the quick path
+        self.tsig_keys = tsig.Keyring(self.keyring.values())
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -165,40 +167,55 @@ class DnsUpdateServer:
     async def handle(self, wire: bytes, remote: str, tcp: bool) -> bytes | None:
         """The reply to one message (None: nothing to answer: no header, or not a request)."""
         started = time.perf_counter()
-        parsed = tsig.verified(wire, self.keyring)
         signer: tsig.Signer | None
-        if parsed is not None:
+        checked = tsig.verified(wire, self.tsig_keys)
+        request = update_message.read(checked[0]) if checked is not None else None
+        if checked is not None and request is not None:  # a plain signed UPDATE: the quick way
+            opcode, signer = dns.opcode.UPDATE, checked[1]
+            rcode = await self._update(request, signer, remote)
+            reply = tsig.sign(request.reply(rcode), signer, self.tsig_keys)
+        else:
+            parsed = self._parse(wire, remote)
+            if not isinstance(parsed, tuple):
+                return parsed
             message, signer = parsed
-        else:
-            try:
-                message = dns.message.from_wire(wire, keyring=self.keyring)
-            except (dns.message.UnknownTSIGKey, dns.tsig.BadAlgorithm):
-                return self._tsig_error(wire, remote, dns.rcode.BADKEY, "unknown TSIG key or algorithm")
-            except dns.tsig.BadSignature:
-                return self._tsig_error(wire, remote, dns.rcode.BADSIG, "bad TSIG signature")
-            except dns.tsig.BadTime:
-                return self._tsig_error(wire, remote, dns.rcode.BADTIME, "TSIG time outside the fudge")
-            except (dns.exception.DNSException, ValueError, IndexError, struct.error):
-                return self._formerr(wire, remote)
-            signer = tsig.Signer(message.keyring, message.mac) \
-                if message.had_tsig and isinstance(message.keyring, dns.tsig.Key) and message.mac \
-                else None
-        if message.flags & dns.flags.QR:
-            return None  # a response: answering it could start a loop between two servers
-        max_size = MAX_MESSAGE if tcp else 512 if message.edns < 0 else max(512, message.payload)
-        opcode = message.opcode()
-        if opcode == dns.opcode.UPDATE and isinstance(message, dns.update.UpdateMessage):
-            rcode = await self._update(message, signer, remote)
-            # With EDNS the reply carries OPT: dnspython's way, rare enough to cost what it does.
-            reply = tsig.sign_reply(message, signer, rcode) if message.edns < 0 \
-                else _reply(message, rcode).to_wire(max_size=max_size)
-        else:
-            answer = await self._query(message) if opcode == dns.opcode.QUERY \
-                else _reply(message, dns.rcode.NOTIMP)
-            rcode, reply = answer.rcode(), answer.to_wire(max_size=max_size)
+            if message.flags & dns.flags.QR:
+                return None  # a response: answering it could start a loop between two servers
+            max_size = MAX_MESSAGE if tcp else 512 if message.edns < 0 else max(512, message.payload)
+            opcode = message.opcode()
+            if opcode == dns.opcode.UPDATE and isinstance(message, dns.update.UpdateMessage):
+                request = update_message.from_dnspython(message)
+                rcode = await self._update(request, signer, remote)
+                # With EDNS the reply carries OPT: dnspython's way, rare enough to cost what it does.
+                reply = tsig.sign(request.reply(rcode), signer, self.tsig_keys) if message.edns < 0 \
+                    else _reply(message, rcode).to_wire(max_size=max_size)
+            else:
+                answer = await self._query(message) if opcode == dns.opcode.QUERY \
+                    else _reply(message, dns.rcode.NOTIMP)
+                rcode, reply = answer.rcode(), answer.to_wire(max_size=max_size)
         self.metrics.dns_requests.labels(dns.opcode.to_text(opcode), dns.rcode.to_text(rcode)).inc()
         self.metrics.dns_request_seconds.observe(time.perf_counter() - started)
         return reply
+
+    def _parse(self, wire: bytes, remote: str
+               ) -> tuple[dns.message.Message, tsig.Signer | None] | bytes | None:
+        """dnspython's reading of the message and who signed it, one record per RRset (RFC 2136
+        applies an UPDATE's records in order); or the error reply when it is malformed or its
+        signature does not check."""
+        try:
+            message = dns.message.from_wire(wire, keyring=self.keyring, one_rr_per_rrset=True)
+        except (dns.message.UnknownTSIGKey, dns.tsig.BadAlgorithm):
+            return self._tsig_error(wire, remote, dns.rcode.BADKEY, "unknown TSIG key or algorithm")
+        except dns.tsig.BadSignature:
+            return self._tsig_error(wire, remote, dns.rcode.BADSIG, "bad TSIG signature")
+        except dns.tsig.BadTime:
+            return self._tsig_error(wire, remote, dns.rcode.BADTIME, "TSIG time outside the fudge")
+        except (dns.exception.DNSException, ValueError, IndexError, struct.error):
+            return self._formerr(wire, remote)
+        if message.had_tsig and isinstance(message.keyring, dns.tsig.Key) and message.mac:
+            name = message.keyring.name.to_text(omit_final_dot=True).lower()
+            return message, tsig.Signer(name, message.mac)
+        return message, None
 
     async def _query(self, query: dns.message.Message) -> dns.message.Message:
         """SOA and NS of a configured zone, authoritatively; NODATA with the SOA for a name
@@ -225,10 +242,10 @@ class DnsUpdateServer:
             reply.authority.append(dns.rrset.from_rdata_list(apex, soa.ttl, list(soa)))
         return reply
 
-    async def _update(self, message: dns.update.UpdateMessage, signer: tsig.Signer | None,
+    async def _update(self, request: UpdateRequest, signer: tsig.Signer | None,
                       remote: str) -> dns.rcode.Rcode:
         """Apply the UPDATE; its rcode."""
-        key = self.keys.get(signer.key.name) if signer is not None else None
+        key = self.keys.get(signer.key) if signer is not None else None
         who = key.name if key is not None else None
         try:
             if key is None:
@@ -236,48 +253,47 @@ class DnsUpdateServer:
             wait = self.limiter.allow(key.name)
             if wait:
                 raise Refused(dns.rcode.REFUSED, f"key {key.name} is over its rate limit")
-            zone, update, names = await self._translate(message, key)
+            zone, update, names = await self._translate(request, key)
             outcome = await self.service.update(zone, update)
         except Refused as refused:
-            self._audit(remote, who, message, "refused", refused.rcode, refused.reason)
+            self._audit(remote, who, request.updates, "refused", refused.rcode, refused.reason)
             return refused.rcode
         except NameConflict as exc:
-            self._audit(remote, who, message, "refused", dns.rcode.REFUSED, exc.message)
+            self._audit(remote, who, request.updates, "refused", dns.rcode.REFUSED, exc.message)
             return dns.rcode.REFUSED
         except (DnsapiError, TooManyRecords) as exc:
-            self._audit(remote, who, message, "failed", dns.rcode.SERVFAIL, exc.message)
+            self._audit(remote, who, request.updates, "failed", dns.rcode.SERVFAIL, exc.message)
             return dns.rcode.SERVFAIL
         rcode = _RCODE_OF.get(outcome, dns.rcode.NOERROR)
-        self._audit(remote, who, message, outcome.value, rcode, None, names)
+        self._audit(remote, who, request.updates, outcome.value, rcode, None, names)
         return rcode
 
-    async def _translate(self, message: dns.update.UpdateMessage, key: TsigKeyConfig
+    async def _translate(self, request: UpdateRequest, key: TsigKeyConfig
                          ) -> tuple[str, Update, list[str]]:
         """The message as one Update for its zone, every name and value checked. The operator's
         records are known without reading the file unless it changed (then read in a thread:
         a large zone must not stall the event loop)."""
-        if len(message.zone) != 1 or message.zone[0].rdtype != dns.rdatatype.SOA:
+        if len(request.zones) != 1 or request.zones[0][1] != dns.rdatatype.SOA:
             raise Refused(dns.rcode.FORMERR, "the zone section must hold one SOA question")
-        zone = message.zone[0].name.to_text(omit_final_dot=True).lower()
-        if zone not in self.config.zone_names:
+        zone, _, zone_class = request.zones[0]
+        if zone not in self.config.zone_names or zone_class != dns.rdataclass.IN:
             raise Refused(dns.rcode.NOTAUTH, f"not a zone this server updates: {zone}")
         file = self.service.writers[zone].file
         rules = file.known_rules()
         types = (rules if rules is not None else await asyncio.to_thread(file.rules)).types
-        prerequisites = tuple(p for rrset in message.prerequisite
-                              if (p := self._prerequisite(rrset, zone, types)) is not None)
+        prerequisites = self._prerequisites(request.prerequisites, zone, types)
         changes, names = [], []
-        for rrset in message.update:
-            fqdn = self._name(rrset.name, zone, key)
+        for rr in request.updates:
+            fqdn = self._name(rr.name, zone, key)
             names.append(fqdn)
-            changes.extend(self._changes(rrset, fqdn, types, key))
+            changes.append(self._change(rr, fqdn, types, key))
         return zone, Update(tuple(changes), prerequisites), names
 
-    def _name(self, name: dns.name.Name, zone: str, key: TsigKeyConfig) -> str:
+    def _name(self, name: str, zone: str, key: TsigKeyConfig) -> str:
         """A challenge name in `zone` that `key` may change, or Refused."""
         try:
-            fqdn, found = validate_challenge_name(name.to_text(omit_final_dot=True),
-                                                  self.config.zone_names, self.config.challenge_label)
+            fqdn, found = validate_challenge_name(name, self.config.zone_names,
+                                                  self.config.challenge_label)
         except InvalidInput as exc:
             raise Refused(dns.rcode.REFUSED, exc.message) from None
         if found != zone:
@@ -286,75 +302,83 @@ class DnsUpdateServer:
             raise Refused(dns.rcode.REFUSED, f"key {key.name} may not change {fqdn}")
         return fqdn
 
-    def _changes(self, rrset: dns.rrset.RRset, fqdn: str, types: Mapping[str, frozenset[int]],
-                 key: TsigKeyConfig) -> list[Change]:
+    def _change(self, rr: Rr, fqdn: str, types: Mapping[str, frozenset[int]],
+                key: TsigKeyConfig) -> Change:
         """RFC 2136 §2.5: add (class IN), delete one RR (NONE), delete an RRset or every RRset
         at the name (ANY) — for dnsapi's TXT records only."""
-        if rrset.deleting == dns.rdataclass.ANY:
-            if rrset.rdtype == dns.rdatatype.ANY and types.get(fqdn, frozenset()) - {dns.rdatatype.TXT}:
+        if rr.rdclass == dns.rdataclass.ANY:
+            if rr.rdtype == dns.rdatatype.ANY and types.get(fqdn, frozenset()) - {dns.rdatatype.TXT}:
                 raise Refused(dns.rcode.REFUSED, f"{fqdn} holds the operator's records")
-            if rrset.rdtype not in (dns.rdatatype.TXT, dns.rdatatype.ANY):
+            if rr.rdtype not in (dns.rdatatype.TXT, dns.rdatatype.ANY):
                 raise Refused(dns.rcode.REFUSED, "only TXT records can be changed")
-            return [Change("remove_name", Record(fqdn, "", 0, 0.0))]
-        if rrset.rdtype != dns.rdatatype.TXT:
+            return Change("remove_name", Record(fqdn, "", 0, 0.0))
+        if rr.rdtype != dns.rdatatype.TXT:
             raise Refused(dns.rcode.REFUSED, f"only TXT records can be changed, not "
-                                             f"{dns.rdatatype.to_text(rrset.rdtype)}")
-        if rrset.deleting is None and rrset.rdclass != dns.rdataclass.IN:
+                                             f"{dns.rdatatype.RdataType.to_text(rr.rdtype)}")
+        if rr.rdclass not in (dns.rdataclass.IN, dns.rdataclass.NONE):
             raise Refused(dns.rcode.FORMERR, "an added record must be of class IN")
-        changes = []
-        for rdata in rrset:
-            value = self._value(rdata)
-            if rrset.deleting == dns.rdataclass.NONE:
-                changes.append(Change("remove", Record(fqdn, value, 0, 0.0)))
-            else:
-                try:
-                    ttl = validate_ttl(rrset.ttl, self.config.min_ttl, self.config.max_ttl)
-                except InvalidInput as exc:
-                    raise Refused(dns.rcode.REFUSED, exc.message) from None
-                changes.append(Change("add", Record(fqdn, value, ttl, time.time(), f"key:{key.name}")))
-        return changes
+        value = self._value(rr)
+        if rr.rdclass == dns.rdataclass.NONE:
+            return Change("remove", Record(fqdn, value, 0, 0.0))
+        try:
+            ttl = validate_ttl(rr.ttl, self.config.min_ttl, self.config.max_ttl)
+        except InvalidInput as exc:
+            raise Refused(dns.rcode.REFUSED, exc.message) from None
+        return Change("add", Record(fqdn, value, ttl, time.time(), f"key:{key.name}"))
 
     @staticmethod
-    def _value(rdata: object) -> str:
-        strings: tuple[bytes, ...] = getattr(rdata, "strings", ())
-        if len(strings) != 1:
+    def _value(rr: Rr) -> str:
+        if rr.strings is None or len(rr.strings) != 1:
             raise Refused(dns.rcode.REFUSED, "a TXT value must be one string")
         try:
-            return validate_value(strings[0].decode("ascii"))
+            return validate_value(rr.strings[0].decode("ascii"))
         except (UnicodeDecodeError, InvalidInput):
             raise Refused(dns.rcode.REFUSED, "a TXT value must be base64url, 1-255 characters") from None
 
-    def _prerequisite(self, rrset: dns.rrset.RRset, zone: str,
-                      types: Mapping[str, frozenset[int]]) -> Prerequisite | None:
+    def _prerequisites(self, rrs: tuple[Rr, ...], zone: str,
+                       types: Mapping[str, frozenset[int]]) -> tuple[Prerequisite, ...]:
         """RFC 2136 §2.4, evaluated against the zone as served: the operator's records here (they
         change only by an edit), dnsapi's TXT records in the writer, atomically with the update.
-        Returns None when the operator's records decide it and it holds."""
-        name = rrset.name.to_text(omit_final_dot=True).lower()
-        if zone_for(name, (zone,)) != zone:
-            raise Refused(dns.rcode.NOTZONE, f"prerequisite name {name} is not in zone {zone}")
-        held = types.get(name, frozenset())
-        rdtype = rrset.rdtype
-        if rrset.deleting == dns.rdataclass.ANY and rdtype == dns.rdatatype.ANY:  # name in use
-            return None if held else Prerequisite("exists", name, Outcome.NXDOMAIN)
-        if rrset.deleting == dns.rdataclass.NONE and rdtype == dns.rdatatype.ANY:  # name not in use
+        Records of class IN with one name and type form one RRset to compare (§3.2.3)."""
+        found: list[Prerequisite] = []
+        exact: dict[tuple[str, int], list[Rr]] = {}
+        for rr in rrs:
+            if zone_for(rr.name, (zone,)) != zone:
+                raise Refused(dns.rcode.NOTZONE, f"prerequisite name {rr.name} is not in zone {zone}")
+            if rr.rdclass == dns.rdataclass.IN:
+                exact.setdefault((rr.name, rr.rdtype), []).append(rr)
+            elif rr.rdclass not in (dns.rdataclass.ANY, dns.rdataclass.NONE):
+                raise Refused(dns.rcode.FORMERR, "prerequisite class must be IN, NONE or ANY")
+            elif (prerequisite := self._prerequisite(rr, types.get(rr.name, frozenset()))):
+                found.append(prerequisite)
+        for (name, rdtype), rrset in exact.items():
+            if rdtype != dns.rdatatype.TXT:  # only the operator has other types, and they are not
+                raise Refused(dns.rcode.NXRRSET, f"prerequisite on {name} does not hold")  # compared
+            values = frozenset(self._value(rr) for rr in rrset)
+            found.append(Prerequisite("exists_exactly", name, Outcome.NXRRSET, values))
+        return tuple(found)
+
+    @staticmethod
+    def _prerequisite(rr: Rr, held: frozenset[int]) -> Prerequisite | None:
+        """One prerequisite of class ANY (in use) or NONE (not in use); None when the operator's
+        records `held` at its name decide it and it holds."""
+        name, rdtype, in_use = rr.name, rr.rdtype, rr.rdclass == dns.rdataclass.ANY
+        if rdtype == dns.rdatatype.ANY:  # the name is (not) in use
+            if in_use:
+                return None if held else Prerequisite("exists", name, Outcome.NXDOMAIN)
             if held:
                 raise Refused(dns.rcode.YXDOMAIN, f"{name} is in use")
             return Prerequisite("absent", name, Outcome.YXDOMAIN)
         if rdtype != dns.rdatatype.TXT:  # only the operator has other types
-            present = rdtype in held
-            wanted = rrset.deleting == dns.rdataclass.ANY
-            if rrset.deleting is None or present != wanted:
-                raise Refused(dns.rcode.NXRRSET if wanted or rrset.deleting is None
-                              else dns.rcode.YXRRSET, f"prerequisite on {name} does not hold")
+            if (rdtype in held) != in_use:
+                raise Refused(dns.rcode.NXRRSET if in_use else dns.rcode.YXRRSET,
+                              f"prerequisite on {name} does not hold")
             return None
-        if rrset.deleting == dns.rdataclass.ANY:
+        if in_use:
             return None if dns.rdatatype.TXT in held else Prerequisite("exists", name, Outcome.NXRRSET)
-        if rrset.deleting == dns.rdataclass.NONE:
-            if dns.rdatatype.TXT in held:
-                raise Refused(dns.rcode.YXRRSET, f"{name} has TXT records")
-            return Prerequisite("absent", name, Outcome.YXRRSET)
-        values = frozenset(self._value(rdata) for rdata in rrset)
-        return Prerequisite("exists_exactly", name, Outcome.NXRRSET, values)
+        if dns.rdatatype.TXT in held:
+            raise Refused(dns.rcode.YXRRSET, f"{name} has TXT records")
+        return Prerequisite("absent", name, Outcome.YXRRSET)
 
     # -- replies and the audit trail ----------------------------------------------------------
 
@@ -373,7 +397,9 @@ class DnsUpdateServer:
                 signed.fudge, b"", request.id, error,
                 struct.pack("!Q", int(time.time()))[2:] if error == dns.rcode.BADTIME else b"")
             reply.additional.append(dns.rrset.from_rdata(request.keyname, 0, tsig))
-        self._audit(remote, str(request.keyname).rstrip(".") if request.keyname else None, request,
+        updates = update_message.from_dnspython(request).updates \
+            if isinstance(request, dns.update.UpdateMessage) else ()
+        self._audit(remote, str(request.keyname).rstrip(".") if request.keyname else None, updates,
                     "refused", dns.rcode.NOTAUTH, reason)
         return reply.to_wire()
 
@@ -388,9 +414,9 @@ class DnsUpdateServer:
         opcode_bits = flags & 0x7800
         return struct.pack("!HHHHHH", ident, 0x8000 | opcode_bits | dns.rcode.FORMERR, 0, 0, 0, 0)
 
-    def _audit(self, remote: str, key: str | None, message: dns.message.Message, result: str,
+    def _audit(self, remote: str, key: str | None, updates: tuple[Rr, ...], result: str,
                rcode: int, error: str | None, names: list[str] | None = None) -> None:
-        values = [self._digest(rd) for rrset in getattr(message, "update", []) for rd in rrset]
+        values = [self._digest(rr) for rr in updates]
         entry = dict(token=f"key:{key}" if key else None, action="dns_update",
                      fqdn=",".join(names)[:300] if names else None,
                      value_sha256=",".join(v for v in values if v)[:300] or None,
@@ -401,10 +427,9 @@ class DnsUpdateServer:
             self.audit().refused(remote, **entry)
 
     @staticmethod
-    def _digest(rdata: object) -> str | None:
-        strings = getattr(rdata, "strings", ())
+    def _digest(rr: Rr) -> str | None:
         with contextlib.suppress(UnicodeDecodeError):
-            return value_hash(b"".join(strings).decode("ascii")) if strings else None
+            return value_hash(b"".join(rr.strings).decode("ascii")) if rr.strings else None
         return None
 
 

@@ -4,109 +4,122 @@ and signing the reply.
 dnspython does both, but for a one-record UPDATE its parse of the TSIG record and its check
 cost as much as the rest of the message, and every acknowledged UPDATE pays it. `verified`
 takes only the plain case — one TSIG record, last in the message, from a known key with its own
-algorithm, a full-length MAC, no error, signed within the fudge — and hands the rest of the
-message to dnspython unsigned; for anything else it returns None, and the caller parses the
-whole message with dnspython, which then answers the error (BADKEY, BADSIG, BADTIME, FORMERR)
-the same way whichever path saw the message first. `sign_reply` makes the bytes dnspython's
-make_response and to_wire would (tests/test_dnsupdate_unit.py compares them).
+algorithm, a full-length MAC, no error, signed within the fudge — and returns the message
+without it; for anything else it returns None, and the caller parses the whole message with
+dnspython, which then answers the error (BADKEY, BADSIG, BADTIME, FORMERR) the same way
+whichever path saw the message first. `sign` makes the bytes dnspython's make_response and
+to_wire would (tests/test_tsig_unit.py compares them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import dns.exception
-import dns.message
-import dns.name
 import dns.rdataclass
 import dns.rdatatype
 import dns.tsig
 
+from .wire import name_at
+
 FUDGE = 300  # seconds of clock skew a signed reply allows (dnspython's and BIND's default)
 _UPDATE = 5  # the UPDATE opcode
+_HASHES = {dns.tsig.HMAC_MD5: hashlib.md5, dns.tsig.HMAC_SHA1: hashlib.sha1,
+           dns.tsig.HMAC_SHA224: hashlib.sha224, dns.tsig.HMAC_SHA256: hashlib.sha256,
+           dns.tsig.HMAC_SHA384: hashlib.sha384, dns.tsig.HMAC_SHA512: hashlib.sha512}
 
 
 @dataclass(frozen=True)
 class Signer:
-    """Who signed a request: the key (from the keyring) and the request's MAC, which the
-    reply's signature covers."""
+    """Who signed a request: the key's name (lower case, no final dot) and the request's MAC,
+    which the reply's signature covers."""
 
-    key: dns.tsig.Key
+    key: str
     mac: bytes
 
 
-def verified(wire: bytes, keyring: dict[dns.name.Name, dns.tsig.Key]
-             ) -> tuple[dns.message.Message, Signer] | None:
-    """A signed UPDATE checked and parsed the quick way, or None (see the module's doc)."""
+class _Key:
+    """One key with what every message signed with it needs, worked out once."""
+
+    def __init__(self, key: dns.tsig.Key) -> None:
+        self.algorithm = key.algorithm.to_text(omit_final_dot=True).lower()
+        self.hmac = hmac.new(key.secret, digestmod=_HASHES[key.algorithm])  # copied per message
+        self.name_wire = key.name.to_wire() or b""  # (with no file given, always the bytes)
+        self.algorithm_wire = key.algorithm.to_wire() or b""
+        # RFC 8945 §4.3.3: the TSIG variables the MAC covers start with the key name, class ANY,
+        # TTL 0 and the algorithm (then time signed, fudge, error, other data)
+        self.variables = (key.name.to_digestable() + struct.pack("!HI", dns.rdataclass.ANY, 0)
+                          + key.algorithm.to_digestable())
+
+
+class Keyring:
+    """The keys the quick paths know, by name as read from the wire."""
+
+    def __init__(self, keys: Iterable[dns.tsig.Key]) -> None:
+        self._keys = {key.name.to_text(omit_final_dot=True).lower(): _Key(key) for key in keys}
+
+    def get(self, name: str) -> _Key | None:
+        return self._keys.get(name)
+
+
+def verified(wire: bytes, keyring: Keyring) -> tuple[bytes, Signer] | None:
+    """A signed UPDATE checked the quick way: the message without its TSIG record, and who
+    signed it; or None (see the module's doc)."""
     try:
         if len(wire) < 12 or (wire[2] >> 3) & 0xF != _UPDATE:
             return None
         start = _last_record(wire)
-        owner, used = dns.name.from_wire(wire, start)
-        offset = start + used
+        owner, offset = name_at(wire, start)
         rdtype, rdclass, _, length = struct.unpack_from("!HHIH", wire, offset)
         offset += 10
         key = keyring.get(owner)
         if rdtype != dns.rdatatype.TSIG or rdclass != dns.rdataclass.ANY or key is None \
                 or offset + length != len(wire):
             return None
-        algorithm, used = dns.name.from_wire(wire, offset)
-        offset += used
+        algorithm, offset = name_at(wire, offset)
         high, low, fudge, size = struct.unpack_from("!HIHH", wire, offset)
         mac = wire[offset + 10:offset + 10 + size]
         original_id, error, other_size = struct.unpack_from("!HHH", wire, offset + 10 + size)
         other = wire[offset + 16 + size:]
         if algorithm != key.algorithm or error or len(other) != other_size \
-                or len(mac) != size or size != dns.tsig.mac_sizes[key.algorithm]:
+                or len(mac) != size or size != key.hmac.digest_size:
             return None
         if abs(((high << 32) | low) - time.time()) > fudge:
             return None
         (additional,) = struct.unpack_from("!H", wire, 10)
         unsigned = wire[:10] + struct.pack("!H", additional - 1) + wire[12:start]
-        context = dns.tsig.get_context(key)
+        context = key.hmac.copy()
         context.update(struct.pack("!H", original_id) + unsigned[2:])
-        context.update(_variables(key, wire[offset:offset + 8], error, other))
-        if not hmac.compare_digest(context.sign(), mac):
+        context.update(key.variables + wire[offset:offset + 8] + struct.pack("!HH", error, other_size)
+                       + other)
+        if not hmac.compare_digest(context.digest(), mac):
             return None
-        message = dns.message.from_wire(unsigned)
-    except (dns.exception.DNSException, struct.error, ValueError, IndexError, KeyError):
+    except (struct.error, ValueError, IndexError):
         return None
-    if message.edns >= 0:  # a reply to it carries OPT: dnspython's way (see dnsupdate)
-        return None
-    return message, Signer(key, mac)
+    return unsigned, Signer(owner, mac)
 
 
-def sign_reply(request: dns.message.Message, signer: Signer | None, rcode: int) -> bytes:
-    """The reply to an UPDATE without EDNS: the request's zone section and `rcode`, signed with
-    the request's key when it was signed (RFC 8945 §5.3)."""
-    flags = 0x8000 | (request.flags & 0x0100) | ((request.opcode() & 0xF) << 11) | (rcode & 0xF)
-    question = b"".join(_wire(q.name) + struct.pack("!HH", q.rdtype, q.rdclass)
-                        for q in request.question)
-    header = struct.pack("!HHHHHH", request.id, flags, len(request.question), 0, 0,
-                         int(signer is not None))
-    if signer is None:
-        return header + question
-    key, now = signer.key, int(time.time())
+def sign(reply: bytes, signer: Signer | None, keyring: Keyring) -> bytes:
+    """`reply` (a whole message without a TSIG record) signed with the request's key, when the
+    request was signed (RFC 8945 §5.3: the MAC covers the request's MAC, then the reply)."""
+    key = keyring.get(signer.key) if signer is not None else None
+    if signer is None or key is None:
+        return reply
+    now = int(time.time())
     timers = struct.pack("!HIH", (now >> 32) & 0xFFFF, now & 0xFFFFFFFF, FUDGE)
-    context = dns.tsig.get_context(key)
-    context.update(struct.pack("!H", len(signer.mac)) + signer.mac)
-    context.update(header[:10] + b"\0\0" + question)  # the reply as it is before the TSIG RR
-    context.update(_variables(key, timers, 0, b""))
-    mac = context.sign()
-    rdata = (_wire(key.algorithm) + timers + struct.pack("!H", len(mac)) + mac
-             + struct.pack("!HHH", request.id, 0, 0))
-    return header + question + _wire(key.name) + struct.pack(
-        "!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata)) + rdata
-
-
-def _variables(key: dns.tsig.Key, timers: bytes, error: int, other: bytes) -> bytes:
-    """RFC 8945 §4.3.3's TSIG variables after the message: key name, class, TTL, algorithm,
-    time signed and fudge (`timers`), error, other data."""
-    return (key.name.to_digestable() + struct.pack("!HI", dns.rdataclass.ANY, 0)
-            + key.algorithm.to_digestable() + timers + struct.pack("!HH", error, len(other)) + other)
+    context = key.hmac.copy()
+    context.update(struct.pack("!H", len(signer.mac)) + signer.mac + reply)
+    context.update(key.variables + timers + struct.pack("!HH", 0, 0))
+    mac = context.digest()
+    rdata = (key.algorithm_wire + timers + struct.pack("!H", len(mac)) + mac
+             + reply[:2] + struct.pack("!HH", 0, 0))
+    (additional,) = struct.unpack_from("!H", reply, 10)
+    return reply[:10] + struct.pack("!H", additional + 1) + reply[12:] + key.name_wire \
+        + struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata)) + rdata
 
 
 def _last_record(wire: bytes) -> int:
@@ -140,9 +153,3 @@ def _skip_name(wire: bytes, offset: int) -> int:
         offset += 1 + length
         if length == 0:
             return offset
-
-
-def _wire(name: dns.name.Name) -> bytes:
-    """A name uncompressed, as sent (dnspython types to_wire as maybe None: with no file
-    given it always returns the bytes)."""
-    return name.to_wire() or b""

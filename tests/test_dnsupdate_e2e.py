@@ -144,6 +144,19 @@ def test_cert_manager_wire_behaviour(door):
     door.wait_served(NAME, set(values[1:]))
 
 
+def test_records_of_one_update_apply_in_order(door):
+    """RFC 2136 §3.4.2: add, delete the TXT set, add again leaves the last value only (one
+    message; a parser that merged records of one type would apply both adds first)."""
+    other = "O" * 43
+    update = signed_update(door)
+    update.add(dns.name.from_text(NAME), 60, "TXT", other)
+    update.delete(dns.name.from_text(NAME), "TXT")
+    update.add(dns.name.from_text(NAME), 60, "TXT", VALUE)
+    assert send(door, update).rcode() == dns.rcode.NOERROR
+    door.wait_served(NAME, {VALUE})
+    assert door.vault_records() == {(NAME, VALUE)}
+
+
 def test_zone_discovery_as_lego_and_certbot_ask(door):
     # lego: RD=1 over UDP, walks up the labels until the SOA is in the answer
     below = dns.message.make_query(NAME + ".", dns.rdatatype.SOA)
