@@ -16,7 +16,9 @@ import dns.message
 import dns.name
 import dns.query
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
+import dns.rrset
 import dns.tsig
 import dns.tsigkeyring
 import dns.update
@@ -201,6 +203,15 @@ def hostile(door) -> list[tuple[str, object, int]]:
     other_zone = update(zone="example.com")
     other_zone.add(dns.name.from_text("_acme-challenge.example.com"), 60, "TXT", VALUE)
     cases.append(("a zone not served", other_zone, dns.rcode.NOTAUTH))
+    chaos = dns.update.UpdateMessage(ZONE, rdclass="CH", keyring=signed_update(door).keyring,
+                                     keyname="acme", keyalgorithm=algorithm(door.keys["acme"][0]))
+    chaos.add(name, 60, "TXT", VALUE)
+    cases.append(("the zone in class CH", chaos, dns.rcode.NOTAUTH))
+    odd_prerequisite = update()
+    odd_prerequisite.prerequisite.append(dns.rrset.from_rdata(name, 0, dns.rdata.from_text(
+        "CH", "TXT", VALUE)))  # dnspython's own present() keeps to the zone's class
+    odd_prerequisite.add(name, 60, "TXT", VALUE)
+    cases.append(("a prerequisite in class CH", odd_prerequisite, dns.rcode.FORMERR))
     unsigned = dns.update.UpdateMessage(ZONE)
     unsigned.add(name, 60, "TXT", VALUE)
     cases.append(("unsigned", unsigned, dns.rcode.NOTAUTH))
