@@ -8,7 +8,7 @@ build) on a free loopback port with the shipped Corefile's plugins and the given
 waits until it serves the zone and WARM_UP seconds more, then reads its CPU time (user +
 system) over the window.
 
-    python3 bench/idle.py [--seconds 10] [--reload 250ms 100ms 50ms 25ms 10ms]
+    python3 bench/idle.py [--seconds 10] [--reload 250ms 100ms 50ms 25ms 10ms] [--push]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from rewrite import operator_zone
 from dnsapi.devstack import start_coredns
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.helpers
-from tests.helpers import free_port
+from tests.helpers import free_port, push_corefile
 
 SIZES = {"1k": 1_000, "100k": 100_000}
 SHIPPED = "250ms"  # coredns/Corefile's `reload`
@@ -46,11 +46,14 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def idle_cpu_pct(directory: Path, lines: int, reload: str, seconds: float) -> float:
-    """CoreDNS's CPU % of one core over `seconds` with nothing changing."""
+def idle_cpu_pct(directory: Path, lines: int, reload: str, seconds: float, push: bool = False
+                 ) -> float:
+    """CoreDNS's CPU % of one core over `seconds` with nothing changing; with `push`, in the push
+    layout (coredns/Corefile.push: its forward block in front of the file block)."""
     directory.mkdir(parents=True)
     (directory / "db.dev.local").write_text(operator_zone(lines))
     (directory / "Corefile").write_text(
+        push_corefile(free_port(), reload) if push else
         f"dev.local {{\n    bind 127.0.0.1\n    file db.dev.local {{\n        reload {reload}\n"
         "    }\n    errors\n}\n")
     proc = start_coredns(directory, free_port(), ["dev.local"], directory / "coredns.log")
@@ -63,14 +66,14 @@ def idle_cpu_pct(directory: Path, lines: int, reload: str, seconds: float) -> fl
         proc.stop()
 
 
-def measure(reloads: list[str], seconds: float) -> dict[str, dict[str, float]]:
+def measure(reloads: list[str], seconds: float, push: bool = False) -> dict[str, dict[str, float]]:
     """{reload: {size: CPU %}}."""
     figures: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for reload in reloads:
             for size, lines in SIZES.items():
                 figures.setdefault(reload, {})[size] = round(
-                    idle_cpu_pct(Path(tmp) / f"{reload}-{size}", lines, reload, seconds), 2)
+                    idle_cpu_pct(Path(tmp) / f"{reload}-{size}", lines, reload, seconds, push), 2)
     return figures
 
 
@@ -80,8 +83,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="idle window per run")
     parser.add_argument("--reload", nargs="+", default=[SHIPPED], metavar="INTERVAL",
                         help=f"reload intervals to measure (default: the shipped {SHIPPED})")
+    parser.add_argument("--push", action="store_true",
+                        help="the push layout (coredns/Corefile.push) instead of the file block alone")
     args = parser.parse_args()
-    figures = measure(args.reload, args.seconds)
+    figures = measure(args.reload, args.seconds, args.push)
     print("| reload | idle CPU, 1k-line zone | idle CPU, 100k-line zone |")
     print("|---|---|---|")
     for reload, cpu in figures.items():

@@ -18,7 +18,7 @@ DATA = Path(str(files("dnsapi") / "data"))
 
 HOOKS = {"acme.sh": "hooks/dns_internal.sh", "lego-exec": "hooks/lego-exec.sh"}
 EXAMPLES = {"config": "examples/dnsapi.yaml", "corefile": "examples/Corefile",
-            "zone": "examples/db.dev.local"}
+            "corefile-push": "examples/Corefile.push", "zone": "examples/db.dev.local"}
 UNITS = ("dnsapi", "dnsapi-pki-watch", "coredns")
 POLICIES = ("dnsapi-policy", "dnsapi-pki-watch-policy")
 
@@ -28,7 +28,8 @@ def path(relative: str) -> Path:
 
 
 def example(kind: str, name: str | None = None) -> str:
-    """The text of a shipped example: config, corefile, zone, systemd [UNIT], policy [NAME]."""
+    """The text of a shipped example: config, corefile, corefile-push, zone, systemd [UNIT],
+    policy [NAME]."""
     if kind == "systemd":
         unit = name or "dnsapi"
         if unit not in UNITS:

@@ -226,10 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     example = commands.add_parser(
         "example", help="print a shipped example file",
         description="Print a file dnsapi ships: the commented example config, the Corefile and "
-                    "zone it is tested with, a systemd unit (dnsapi, dnsapi-pki-watch, coredns) "
+                    "zone it is tested with, the Corefile of the push layout (corefile-push, "
+                    "docs/latency.md), a systemd unit (dnsapi, dnsapi-pki-watch, coredns) "
                     "or a Vault policy (dnsapi-policy, dnsapi-pki-watch-policy), e.g. "
                     "`dnsapi example config > /etc/dnsapi/dnsapi.yaml`.")
-    example.add_argument("kind", choices=["config", "corefile", "zone", "systemd", "policy"])
+    example.add_argument("kind", choices=["config", "corefile", "corefile-push", "zone", "systemd",
+                                          "policy"])
     example.add_argument("name", nargs="?", help="systemd: the unit (default dnsapi); policy: the "
                                                  "policy (default dnsapi-policy)")
 

@@ -451,6 +451,13 @@ class DnsUpdateConfig(_Model):
                     _distinct(name="key name {!r} is used twice")] = Field((), validate_default=True)
 
 
+class AnswersConfig(_Model):
+    """Challenge names answered by dnsapi on UDP and TCP, for CoreDNS to forward them to
+    (dnsapi/answers.py, coredns/Corefile.push): answered once acknowledged, no reload poll."""
+
+    listen: HostPort
+
+
 def _networks(value: object) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError("must be a list of networks such as 10.0.0.0/8 or 127.0.0.1/32")
@@ -657,6 +664,7 @@ class Config(_Model):
     pki_watch: PkiWatchConfig
     dns_update: DnsUpdateConfig | None  # None: no RFC 2136 front door
     acme_dns: AcmeDnsConfig | None  # None: no acme-dns front door
+    answers: AnswersConfig | None = None  # None: CoreDNS reads challenge records from the file
 
     @property
     def zone_names(self) -> tuple[str, ...]:
@@ -776,6 +784,19 @@ class _File(_Model):
     pki_watch: _PkiWatchFile = _section()
     dns_update: DnsUpdateConfig | None = None
     acme_dns: AcmeDnsConfig | None = None
+    answers: AnswersConfig | None = None
+
+    @model_validator(mode="after")
+    def _answers_port_free(self) -> Self:
+        """The answers listener must not take an address a front door listens on."""
+        if self.answers is None:
+            return self
+        taken = [self.listen] + ([self.dns_update.listen] if self.dns_update else []) \
+            + ([self.acme_dns.listen] if self.acme_dns and self.acme_dns.listen else [])
+        if self.answers.listen in taken:
+            raise _Invalid("must differ from listen, dns_update.listen and acme_dns.listen",
+                           "answers", "listen")
+        return self
 
     @model_validator(mode="after")
     def _acme_dns_fits(self) -> Self:
@@ -817,7 +838,7 @@ class _File(_Model):
             refusals=self.refusals, http=self.http, waits=self.waits, allowed_origins=self.allowed_origins,
             audit_file=self.audit.file, open_on_loopback=self.open_on_loopback, vault_init=vault_init,
             pki_watch=self.pki_watch.config(vault_init.pki), dns_update=self.dns_update,
-            acme_dns=self.acme_dns,
+            acme_dns=self.acme_dns, answers=self.answers,
         )
 
 

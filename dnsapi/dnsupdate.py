@@ -40,6 +40,7 @@ import dns.update
 from . import tsig, update_message
 from .audit import AuditLog, value_hash
 from .config import Config, TsigKeyConfig
+from .dns_listener import DnsListener
 from .errors import DnsapiError, NameConflict, TooManyRecords
 from .names import (
     InvalidInput,
@@ -56,10 +57,7 @@ from .update_message import Rr, UpdateRequest
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE = 65535  # a DNS message over TCP; a longer length prefix is refused
-TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message
-MAX_TCP = 64  # open TCP connections at once; more are closed at once (they share the descriptors
-# the HTTP side keeps in reserve, see connections.DESCRIPTOR_RESERVE)
+MAX_MESSAGE = 65535  # a DNS message over TCP
 
 _RCODE_OF = {Outcome.NXDOMAIN: dns.rcode.NXDOMAIN, Outcome.YXDOMAIN: dns.rcode.YXDOMAIN,
              Outcome.NXRRSET: dns.rcode.NXRRSET, Outcome.YXRRSET: dns.rcode.YXRRSET,
@@ -106,61 +104,15 @@ class DnsUpdateServer:
         self.keyring = keyring(self.settings.keys)  # dnspython's, for everything but the quick path
         self.tsig_keys = tsig.Keyring(self.keyring.values())
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._tcp_open = 0
+        self.listener = DnsListener(self.handle, self.metrics)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         host, port = self.settings.listen
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
-        self._tcp = await asyncio.start_server(self._serve_tcp, host, port)
+        await self.listener.start(host, port)
         log.info("RFC 2136 UPDATE on %s:%d (UDP and TCP), %d key(s)", host, port, len(self.keys))
 
     async def close(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
-            await self._tcp.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-
-    # -- transports --------------------------------------------------------------------------
-
-    def spawn(self, wire: bytes, remote: tuple[str, int]) -> None:
-        task = asyncio.create_task(self._answer_udp(wire, remote))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _answer_udp(self, wire: bytes, remote: tuple[str, int]) -> None:
-        reply = await self.handle(wire, remote[0], tcp=False)
-        if reply is not None and self._udp is not None:
-            self._udp.sendto(reply, remote)
-
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        remote = str((writer.get_extra_info("peername") or ("unknown",))[0])
-        if self._tcp_open >= MAX_TCP:
-            self.metrics.connections_refused.labels("dns_tcp").inc()
-            writer.transport.abort()
-            return
-        self._tcp_open += 1
-        try:
-            while True:
-                prefix = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
-                (length,) = struct.unpack("!H", prefix)
-                wire = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
-                reply = await self.handle(wire, remote, tcp=True)
-                if reply is None:
-                    return
-                writer.write(struct.pack("!H", len(reply)) + reply)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            return
-        finally:
-            self._tcp_open -= 1
-            writer.close()
+        await self.listener.close()
 
     # -- one message -------------------------------------------------------------------------
 
@@ -431,14 +383,6 @@ class DnsUpdateServer:
         with contextlib.suppress(UnicodeDecodeError):
             return value_hash(b"".join(rr.strings).decode("ascii")) if rr.strings else None
         return None
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsUpdateServer) -> None:
-        self.server = server
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.server.spawn(data, addr)
 
 
 def _reply(request: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:

@@ -47,6 +47,10 @@ class Metrics:
         self.zone_rewrites = Counter("dnsapi_zone_rewrites", "zone file rewrites", ["zone"], registry=r)
         self.zone_errors = Counter("dnsapi_zone_write_errors", "zone file writes that failed",
                                    ["zone"], registry=r)
+        self.zone_write_seconds = Histogram("dnsapi_zone_write_duration_seconds", "bringing the zone "
+                                            "file up to date after a batch (read, render, write, "
+                                            "fsync, rename; in a worker thread)", ["zone"],
+                                            buckets=_FAST, registry=r)
         self.zone_serial = Gauge("dnsapi_zone_serial", "SOA serial of the zone file dnsapi last wrote",
                                  ["zone"], registry=r)
         self.zone_records = Gauge("dnsapi_zone_records", "challenge records in the zone (as in Vault)",

@@ -19,6 +19,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import acmedns, systemd
 from . import config as config_module
+from .answers import ChallengeAnswers
 from .api import GUARD, RUNTIME, SERVICE, Handler, create_app
 from .config import Config
 from .connections import GuardedSite
@@ -97,6 +98,10 @@ async def serve(path: Path) -> None:
     if config.dns_update is not None:
         dns_update = DnsUpdateServer(config, app[SERVICE], lambda: app[RUNTIME].audit)
         await dns_update.start()
+    answers = None
+    if config.answers is not None:
+        answers = ChallengeAnswers(config, app[SERVICE])
+        await answers.start()
     await site.start()
     status = (f"serving {'https' if context else 'http'}://{config.listen_host}:{config.listen_port}, "
               f"zones: {', '.join(z.name for z in config.zones)}")
@@ -122,6 +127,8 @@ async def serve(path: Path) -> None:
         await running.stop()
     if dns_update is not None:
         await dns_update.close()
+    if answers is not None:
+        await answers.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(in_flight.idle.wait(), SHUTDOWN_TIMEOUT)
     if acme_runner is not None:
@@ -134,7 +141,7 @@ async def serve(path: Path) -> None:
 # built from them): a reload keeps the running values and reports the key.
 _RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "tls": "tls", "vault": "vault",
                  "zones": "zones", "max_body_bytes": "max_body_bytes", "http": "http",
-                 "dns_update": "dns_update", "acme_dns": "acme_dns"}
+                 "dns_update": "dns_update", "acme_dns": "acme_dns", "answers": "answers"}
 
 
 def reconfigure(app: web.Application, config: Config) -> list[str]:

@@ -109,7 +109,9 @@ class ZoneWriter:
         try:
             assert self.state is not None
             self.metrics.zone_records.labels(self.zone.name).set(len(self.state.records))
+            started = time.perf_counter()
             serial = await asyncio.to_thread(self.file.sync, self.state.records)
+            self.metrics.zone_write_seconds.labels(self.zone.name).observe(time.perf_counter() - started)
             if serial is not None:
                 log.info("zone %s rewritten: %d records, serial %d",
                          self.zone.name, len(self.state.records), serial)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dns.exception
+import dns.node
 import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
@@ -256,6 +257,8 @@ class _Validated:
     rules: NameRules  # names dnsapi may not use, by the operator's records
     soa: dns.rdataset.Rdataset  # the apex SOA and NS, for answering SOA/NS queries
     ns: dns.rdataset.Rdataset | None
+    underscored: Mapping[str, dns.node.Node]  # the operator's records at `_label.` names, by
+    # name: the challenge answers serve the operator's own records there too (answers.py)
 
     def serial_of(self, parts: ZoneText) -> int | None:
         """The serial in `parts` if everything else of the operator's text is unchanged."""
@@ -285,10 +288,12 @@ def _validate(parts: ZoneText, origin: str) -> tuple[int, _Validated]:
         raise ZoneError("the first record after dnsapi's END marker has no owner name and "
                         "would inherit one of dnsapi's names; give it an owner name")
     apex = operator.find_node(origin + ".")
+    underscored = {name.to_text(omit_final_dot=True).lower(): node
+                   for name, node in operator.nodes.items() if name.labels[0].startswith(b"_")}
     return serial, _Validated(parts.before[:start], parts.before[end:], parts.after,
                               _rdata_count(operator), NameRules.of(operator, origin),
                               apex.find_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA),
-                              apex.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NS))
+                              apex.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NS), underscored)
 
 
 def _block_of(text: str) -> str | None:
@@ -315,6 +320,22 @@ def _later(a: int, b: int | None) -> int:
 EDIT_RETRIES = 3  # rewrites started again because the operator saved the file meanwhile
 
 
+@dataclass(frozen=True)
+class Served:
+    """The zone file's content as dnsapi last wrote or checked it: its records (exactly those in
+    the block), the serial, and the operator's text they sit in."""
+
+    records: Mapping[Key, Record]
+    serial: int
+    operator: _Validated
+
+    def soa(self) -> dns.rdataset.Rdataset:
+        soa = self.operator.soa.copy()
+        soa.clear()
+        soa.add(self.operator.soa[0].replace(serial=self.serial))
+        return soa
+
+
 class _FileChanged(Exception):
     """The zone file changed between dnsapi's read and its rename."""
 
@@ -339,6 +360,7 @@ class ZoneFile:
         self._written: int | None = None  # the last serial this process wrote
         self._seen: tuple[int, int, int] | None = None  # the file's identity when last read or written
         self.block = ManagedBlock(origin)
+        self.served: Served | None = None  # what the file holds since dnsapi last wrote or checked it
 
     def read_text(self) -> str:
         # surrogateescape: any non-UTF-8 byte in the operator's comments is written back as is.
@@ -506,6 +528,7 @@ class ZoneFile:
         newline = "\r\n" if "\r\n" in text else "\n"
         block = self.block.render(records, newline) if records or parts.block else ""
         if block == parts.block:
+            self.served = Served(records, old_serial, valid)
             return None
         if self._written is not None and serial_gt(self._written, old_serial):
             # An editor buffer older than our last rewrite was saved: count on from what
@@ -519,6 +542,7 @@ class ZoneFile:
             self._in_context = valid
         self._write_atomic(new_text.encode("utf-8", "surrogateescape"), expected=raw, durable=False)
         self._written = serial
+        self.served = Served(records, serial, valid)
         return serial
 
     def _servable(self, records: Mapping[Key, Record], rules: NameRules) -> Mapping[Key, Record]:

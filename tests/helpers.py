@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +35,7 @@ import requests
 import yaml
 
 from dnsapi import config as config_module
+from dnsapi.audit import AuditLog
 from dnsapi.auth import hash_token, new_token
 from dnsapi.config import ENV_APPROLE_SECRET_ID, ENV_VAULT_TOKEN, Config
 from dnsapi.devstack import (
@@ -48,6 +49,7 @@ from dnsapi.devstack import (
 )
 from dnsapi.metrics import Metrics
 from dnsapi.records import Key, Record
+from dnsapi.service import RecordService
 from dnsapi.store import DELTA_FORMAT, ZoneState, apply_delta, decode_records
 from dnsapi.vault import CasConflict
 from dnsapi.zonefile import serial_span, soa_serial
@@ -181,6 +183,20 @@ def service_config(directory: Path, tokens: dict[str, list[str]] | None = None,
         **settings,
     }
     return config_module.from_dict(raw, base=directory, env={}), Tokens(secrets)
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, store: MemoryStore | None = None, audit: AuditLog | None = None
+                  ) -> AsyncIterator[tuple[RecordService, MemoryStore]]:
+    """The service started on `store`, once the reconcile it runs at start is done."""
+    store = store or MemoryStore()
+    service = RecordService(config, store.metrics, store=store, audit=audit)  # type: ignore[arg-type]
+    await service.start()
+    await service.reconcile()
+    try:
+        yield service, store
+    finally:
+        await service.close()
 
 
 class Gate:
@@ -548,6 +564,18 @@ def stack_with_secondaries(directory: Path, vault: Vault, secondaries: int = 2,
         for process in running:
             process.stop()
         stack.stop()
+
+
+_EXAMPLE_ANSWERS = "forward . 127.0.0.1:5354"
+
+
+def push_corefile(answers_port: int, reload: str = "250ms") -> str:
+    """coredns/Corefile.push, forwarding challenge names to dnsapi's answers on `answers_port`,
+    the zone file polled every `reload`."""
+    text = (ROOT / "coredns" / "Corefile.push").read_text()
+    assert _EXAMPLE_ANSWERS in text and "reload 250ms" in text, "coredns/Corefile.push changed"
+    return text.replace(_EXAMPLE_ANSWERS, f"forward . 127.0.0.1:{answers_port}") \
+        .replace("reload 250ms", f"reload {reload}")
 
 
 def primary_corefile(secondary_ports: list[int]) -> str:

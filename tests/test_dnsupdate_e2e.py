@@ -276,7 +276,7 @@ def test_updates_are_audited_and_counted(door):
 
 def test_idle_tcp_connections_are_capped_and_the_door_keeps_answering(door):
     """A slow-client flood on the DNS port must not take descriptors from everything else."""
-    from dnsapi.dnsupdate import MAX_TCP
+    from dnsapi.dns_listener import MAX_TCP
     held = [socket.create_connection(("127.0.0.1", door.update_port), timeout=5) for _ in range(MAX_TCP + 20)]
     try:
         assert nsupdate(door, f"update add {NAME} 60 TXT {VALUE}\n").returncode == 0  # UDP still works

@@ -5,10 +5,8 @@ that writes first, failures, a write held at a gate while more requests queue.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,24 +20,10 @@ from dnsapi.records import Key, Outcome, Record
 from dnsapi.service import RecordService
 from dnsapi.zonefile import ZoneText
 
-from .helpers import ZONE, MemoryStore, service_config, until
+from .helpers import ZONE, MemoryStore, running, service_config, until
 
 WWW = "_acme-challenge.www.dev.local"
 API = "_acme-challenge.api.dev.local"
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config, store: MemoryStore | None = None, audit: AuditLog | None = None
-                  ) -> AsyncIterator[tuple[RecordService, MemoryStore]]:
-    """The service started on `store`, once the reconcile it runs at start is done."""
-    store = store or MemoryStore()
-    service = RecordService(config, store.metrics, store=store, audit=audit)  # type: ignore[arg-type]
-    await service.start()
-    await service.reconcile()
-    try:
-        yield service, store
-    finally:
-        await service.close()
 
 
 def zone_path(config: Config) -> Path:

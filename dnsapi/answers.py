@@ -1,0 +1,161 @@
+"""Challenge names answered by dnsapi itself, for CoreDNS to forward them to.
+
+CoreDNS's `file` plugin sees a rewritten zone file only at its next `reload` tick, so a new
+record is answered about half an interval after it was acknowledged, and a shorter interval
+costs CPU even when nothing changes (bench/README.md). With `answers.listen` set, CoreDNS
+sends just the challenge names here (a `view` block matching `^_acme-challenge[.]` with
+`forward`, coredns/Corefile.push) and keeps serving everything else from the operator's zone
+file. The answers come from what the zone file holds — dnsapi's block as last written, and the
+operator's own records at `_label` names — so a record is answered once it is acknowledged
+(in Vault and in the file), and never one the file does not hold. docs/latency.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import defaultdict
+from collections.abc import Mapping
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from .config import Config
+from .dns_listener import DnsListener
+from .names import zone_for
+from .records import Key, Record
+from .service import RecordService
+from .zonefile import Served
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 65535
+
+
+class ChallengeAnswers:
+    """Answers queries for `<challenge label>.*` names in the configured zones; REFUSED for any
+    other name."""
+
+    def __init__(self, config: Config, service: RecordService) -> None:
+        assert config.answers is not None
+        self.config = config
+        self.service = service
+        self.listener = DnsListener(self.handle, service.metrics)
+        self._index: dict[str, tuple[Mapping[Key, Record], dict[str, list[Record]]]] = {}
+
+    async def start(self) -> None:
+        assert self.config.answers is not None
+        host, port = self.config.answers.listen
+        await self.listener.start(host, port)
+        log.info("challenge answers on %s:%d (UDP and TCP)", host, port)
+
+    async def close(self) -> None:
+        await self.listener.close()
+
+    async def handle(self, wire: bytes, remote: str, tcp: bool) -> bytes | None:
+        try:
+            query = dns.message.from_wire(wire)
+        except (dns.exception.DNSException, ValueError, IndexError, struct.error):
+            if len(wire) < 12:
+                return None
+            ident, flags = struct.unpack("!HH", wire[:4])
+            return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7800) | dns.rcode.FORMERR, 0, 0, 0, 0)
+        if query.flags & dns.flags.QR:
+            return None  # a response: answering it could start a loop
+        reply = dns.message.make_response(query)
+        if query.opcode() != dns.opcode.QUERY:
+            reply.set_rcode(dns.rcode.NOTIMP)
+        elif len(query.question) != 1:
+            reply.set_rcode(dns.rcode.FORMERR)
+        else:
+            self._answer(reply, query.question[0])
+        max_size = MAX_MESSAGE if tcp else 512 if query.edns < 0 else max(512, query.payload)
+        return reply.to_wire(max_size=max_size)
+
+    def _answer(self, reply: dns.message.Message, question: dns.rrset.RRset) -> None:
+        name = question.name.to_text(omit_final_dot=True).lower()
+        zone = zone_for(name, self.config.zone_names)
+        served = self.service.writers[zone].file.served if zone is not None else None
+        if served is None or question.rdclass != dns.rdataclass.IN \
+                or name.split(".", 1)[0] != self.config.challenge_label:
+            reply.set_rcode(dns.rcode.REFUSED)
+            return
+        assert zone is not None
+        reply.flags |= dns.flags.AA
+        found = self._records(zone, served, name, question.rdtype)
+        if found is None:
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        else:
+            reply.answer.extend(found)
+            target = next((rrset[0].target for rrset in found
+                           if rrset.rdtype == dns.rdatatype.CNAME), None)
+            if target is not None and question.rdtype != dns.rdatatype.CNAME:
+                reply.answer.extend(self._chase(target, question.rdtype))
+        if not reply.answer:
+            soa = served.soa()
+            reply.authority.append(dns.rrset.from_rdata_list(dns.name.from_text(zone), soa.ttl,
+                                                             list(soa)))
+
+    def _records(self, zone: str, served: Served, name: str, rdtype: int
+                 ) -> list[dns.rrset.RRset] | None:
+        """The RRsets at `name` for `rdtype` (a CNAME answers every type); None when nothing is
+        at the name nor below it (NXDOMAIN), [] when something is but not of that type."""
+        mine = self._by_name(zone, served.records).get(name, [])
+        theirs = served.operator.underscored.get(name)
+        owner = dns.name.from_text(name)
+        found = []
+        for kind in ("CNAME", "TXT"):
+            records = [r for r in mine if r.kind == kind]
+            if records and (kind == "CNAME" or rdtype in (dns.rdatatype.TXT, dns.rdatatype.ANY)):
+                rdatas = [dns.rdata.from_text("IN", kind, _rdata_text(r)) for r in records]
+                found.append(dns.rrset.from_rdata_list(owner, min(r.ttl for r in records), rdatas))
+        if theirs is not None:
+            for rdataset in theirs.rdatasets:
+                if rdataset.rdtype in (rdtype, dns.rdatatype.CNAME) or rdtype == dns.rdatatype.ANY:
+                    found.append(dns.rrset.from_rdata_list(owner, rdataset.ttl, list(rdataset)))
+        if found or mine or theirs is not None or self._below(served, name):
+            return found
+        return None
+
+    def _chase(self, target: dns.name.Name, rdtype: int) -> list[dns.rrset.RRset]:
+        """A CNAME's target when it is in one of dnsapi's zones (acme-dns accounts are): the
+        answer a resolver needs in one reply, as CoreDNS's file plugin gives it."""
+        name = target.to_text(omit_final_dot=True).lower()
+        zone = zone_for(name, self.config.zone_names)
+        served = self.service.writers[zone].file.served if zone is not None else None
+        if served is None or zone is None:
+            return []
+        records = [r for r in self._by_name(zone, served.records).get(name, []) if r.kind == "TXT"]
+        if not records or rdtype not in (dns.rdatatype.TXT, dns.rdatatype.ANY):
+            return []
+        rdatas = [dns.rdata.from_text("IN", "TXT", _rdata_text(r)) for r in records]
+        return [dns.rrset.from_rdata_list(target, min(r.ttl for r in records), rdatas)]
+
+    def _by_name(self, zone: str, records: Mapping[Key, Record]) -> dict[str, list[Record]]:
+        """The zone's records by name, worked out once per rewrite (and only when asked)."""
+        cached = self._index.get(zone)
+        if cached is not None and cached[0] is records:
+            return cached[1]
+        index: dict[str, list[Record]] = defaultdict(list)
+        for record in records.values():
+            index[record.fqdn].append(record)
+        self._index[zone] = (records, index)
+        return index
+
+    @staticmethod
+    def _below(served: Served, name: str) -> bool:
+        """Whether the operator has records below `name` (then it exists: NODATA, not NXDOMAIN)."""
+        suffix = "." + name
+        return any(owner.endswith(suffix) for owner in served.operator.rules.types)
+
+
+def _rdata_text(record: Record) -> str:
+    return f"{record.value}." if record.kind == "CNAME" else f'"{record.value}"'

@@ -1,0 +1,85 @@
+"""UDP and TCP on one address for a DNS front door: the door turns a request's bytes into its
+reply's (or None: nothing to send), this module moves them. Shared by the RFC 2136 door and the
+challenge answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message
+MAX_TCP = 64  # open TCP connections at once; more are closed at once (they share the descriptors
+# the HTTP side keeps in reserve, see connections.DESCRIPTOR_RESERVE)
+
+Handler = Callable[[bytes, str, bool], Awaitable[bytes | None]]  # (wire, remote address, tcp)
+
+
+class DnsListener:
+    def __init__(self, handle: Handler, metrics: Metrics) -> None:
+        self.handle = handle
+        self.metrics = metrics
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tcp_open = 0
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
+        self._tcp = await asyncio.start_server(self._serve_tcp, host, port)
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def spawn(self, wire: bytes, remote: tuple[str, int]) -> None:
+        task = asyncio.create_task(self._answer_udp(wire, remote))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_udp(self, wire: bytes, remote: tuple[str, int]) -> None:
+        reply = await self.handle(wire, remote[0], False)
+        if reply is not None and self._udp is not None:
+            self._udp.sendto(reply, remote)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        remote = str((writer.get_extra_info("peername") or ("unknown",))[0])
+        if self._tcp_open >= MAX_TCP:
+            self.metrics.connections_refused.labels("dns_tcp").inc()
+            writer.transport.abort()
+            return
+        self._tcp_open += 1
+        try:
+            while True:
+                prefix = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                (length,) = struct.unpack("!H", prefix)
+                wire = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
+                reply = await self.handle(wire, remote, True)
+                if reply is None:
+                    return
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            return
+        finally:
+            self._tcp_open -= 1
+            writer.close()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, listener: DnsListener) -> None:
+        self.listener = listener
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.listener.spawn(data, addr)

@@ -1,0 +1,132 @@
+"""dnsapi/answers.py in-process: what the challenge answers say for each kind of question, from
+what the zone file holds (a real zone file, helpers.MemoryStore in place of Vault)."""
+
+from __future__ import annotations
+
+import time
+
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from dnsapi.answers import ChallengeAnswers
+from dnsapi.config import Config
+from dnsapi.records import Record
+
+from .helpers import running, service_config
+
+pytestmark = pytest.mark.unit
+
+WWW = "_acme-challenge.www.dev.local"
+OPERATOR_RECORDS = """
+_acme-challenge.legacy IN TXT "set-by-hand"
+x._acme-challenge.deep IN TXT "below a challenge name"
+"""
+
+
+def config(tmp_path) -> Config:
+    config, _ = service_config(tmp_path, answers={"listen": "127.0.0.1:1"},
+                               acme_dns={"zone": "acme.dev.local"})
+    with config.zones[0].file.open("a") as zone:
+        zone.write(OPERATOR_RECORDS)
+    return config
+
+
+async def ask(answers: ChallengeAnswers, name: str, rdtype: str = "TXT", **options
+              ) -> dns.message.Message:
+    query = dns.message.make_query(name + ".", rdtype, **options)
+    reply = await answers.handle(query.to_wire(), "127.0.0.1", False)
+    assert reply is not None
+    return dns.message.from_wire(reply)
+
+
+def texts(reply: dns.message.Message) -> dict[tuple[str, str], set[str]]:
+    return {(rrset.name.to_text(omit_final_dot=True), dns.rdatatype.to_text(rrset.rdtype)):
+            {rd.to_text().strip('"') for rd in rrset} for rrset in reply.answer}
+
+
+async def test_challenge_records_are_answered_as_the_zone_file_holds_them(tmp_path):
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        assert (await ask(answers, WWW)).rcode() == dns.rcode.NXDOMAIN
+        await service.add(service.make_record(WWW, "v1"))
+        await service.add(service.make_record(WWW, "v2"))
+        reply = await ask(answers, WWW)
+        assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
+        assert texts(reply) == {(WWW, "TXT"): {"v1", "v2"}}
+        await service.remove(WWW, "v1")
+        assert texts(await ask(answers, WWW.upper())) == {(WWW.upper(), "TXT"): {"v2"}}
+
+
+async def test_negative_answers_carry_the_soa_the_file_holds_now(tmp_path):
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        await service.add(service.make_record(WWW, "v1"))
+        serial = service.writers["dev.local"].file.served.serial  # type: ignore[union-attr]
+        for name, rdtype, rcode in [("_acme-challenge.nothing.dev.local", "TXT", dns.rcode.NXDOMAIN),
+                                    (WWW, "A", dns.rcode.NOERROR),  # NODATA
+                                    ("_acme-challenge.deep.dev.local", "TXT", dns.rcode.NOERROR)]:
+            reply = await ask(answers, name, rdtype)
+            assert reply.rcode() == rcode and not reply.answer, name
+            assert [rrset[0].serial for rrset in reply.authority] == [serial], name
+
+
+async def test_the_operators_own_records_at_challenge_names_are_answered(tmp_path):
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        reply = await ask(answers, "_acme-challenge.legacy.dev.local")
+        assert texts(reply) == {("_acme-challenge.legacy.dev.local", "TXT"): {"set-by-hand"}}
+
+
+async def test_an_acme_dns_cname_is_answered_with_its_target(tmp_path):
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        account = "0b5b9ba4-29a8-4b41-a72a-0b1d4e3d2a11.acme.dev.local"
+        await service.add(service.make_cname("api.dev.local", account, "admin"))
+        await service.add(Record(account, "t" * 43, 60, time.time(), "acme-dns"))
+        name = "_acme-challenge.api.dev.local"
+        assert texts(await ask(answers, name)) == {(name, "CNAME"): {account + "."},
+                                                   (account, "TXT"): {"t" * 43}}
+        assert texts(await ask(answers, name, "CNAME")) == {(name, "CNAME"): {account + "."}}
+
+
+@pytest.mark.parametrize("name, rdclass", [("www.dev.local", "IN"), ("dev.local", "IN"),
+                                           ("_acme-challenge.www.example.com", "IN"),
+                                           (WWW, "CH")])
+async def test_anything_but_a_challenge_name_is_refused(tmp_path, name, rdclass):
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        query = dns.message.make_query(name + ".", "TXT", rdclass)
+        reply = await answers.handle(query.to_wire(), "127.0.0.1", False)
+        assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.REFUSED
+
+
+async def test_malformed_and_odd_messages(tmp_path):
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        wire = dns.message.make_query(WWW + ".", "TXT").to_wire()
+        assert await answers.handle(wire[:5], "127.0.0.1", False) is None  # no header
+        formerr = await answers.handle(wire[:-3], "127.0.0.1", False)
+        assert formerr is not None and formerr[:2] == wire[:2] and formerr[3] & 0xF == dns.rcode.FORMERR
+        response = dns.message.make_response(dns.message.from_wire(wire)).to_wire()
+        assert await answers.handle(response, "127.0.0.1", False) is None  # never answer a reply
+        notify = dns.message.make_query("dev.local.", "SOA")
+        notify.set_opcode(dns.opcode.NOTIFY)
+        reply = await answers.handle(notify.to_wire(), "127.0.0.1", False)
+        assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.NOTIMP
+
+
+async def test_a_record_the_zone_file_cannot_hold_is_not_answered(tmp_path):
+    """Vault may hold what the file leaves out (here: a CNAME the operator added by hand at the
+    name): the answers say what the file says."""
+    async with running(config(tmp_path)) as (service, store):
+        answers = ChallengeAnswers(service.config, service)
+        with service.config.zones[0].file.open("a") as zone:
+            zone.write(f"{WWW}. IN CNAME elsewhere.example.\n")
+        store.put("dev.local", Record(WWW, "v", 60, time.time(), "acme"))
+        await service.reconcile()
+        assert store.zones["dev.local"].records  # Vault has the TXT record...
+        assert texts(await ask(answers, WWW)) == {(WWW, "CNAME"): {"elsewhere.example."}}  # ...the file not
