@@ -50,6 +50,7 @@ class ChallengeAnswers:
         self.service = service
         self.listener = DnsListener(self.handle, service.metrics)
         self._index: dict[str, tuple[Mapping[Key, Record], dict[str, list[Record]]]] = {}
+        self._parents: dict[str, tuple[object, frozenset[str]]] = {}
 
     async def start(self) -> None:
         assert self.config.answers is not None
@@ -78,6 +79,7 @@ class ChallengeAnswers:
         else:
             self._answer(reply, query.question[0])
         max_size = MAX_MESSAGE if tcp else 512 if query.edns < 0 else max(512, query.payload)
+        self.service.metrics.answers.labels(dns.rcode.to_text(reply.rcode())).inc()
         return reply.to_wire(max_size=max_size)
 
     def _answer(self, reply: dns.message.Message, question: dns.rrset.RRset) -> None:
@@ -121,7 +123,7 @@ class ChallengeAnswers:
             for rdataset in theirs.rdatasets:
                 if rdataset.rdtype in (rdtype, dns.rdatatype.CNAME) or rdtype == dns.rdatatype.ANY:
                     found.append(dns.rrset.from_rdata_list(owner, rdataset.ttl, list(rdataset)))
-        if found or mine or theirs is not None or self._below(served, name):
+        if found or mine or theirs is not None or self._below(zone, served, name):
             return found
         return None
 
@@ -150,11 +152,21 @@ class ChallengeAnswers:
         self._index[zone] = (records, index)
         return index
 
-    @staticmethod
-    def _below(served: Served, name: str) -> bool:
-        """Whether the operator has records below `name` (then it exists: NODATA, not NXDOMAIN)."""
-        suffix = "." + name
-        return any(owner.endswith(suffix) for owner in served.operator.rules.types)
+    def _below(self, zone: str, served: Served, name: str) -> bool:
+        """Whether the operator has records below `name` (then it exists: NODATA, not
+        NXDOMAIN). The challenge names above the operator's records are worked out once per
+        operator text: a negative answer must not cost a walk over a large zone."""
+        cached = self._parents.get(zone)
+        if cached is None or cached[0] is not served.operator:
+            label = self.config.challenge_label
+            parents = set()
+            for owner in served.operator.rules.types:
+                while "." in owner:
+                    owner = owner.split(".", 1)[1]
+                    if owner.split(".", 1)[0] == label:
+                        parents.add(owner)
+            cached = self._parents[zone] = (served.operator, frozenset(parents))
+        return name in cached[1]
 
 
 def _rdata_text(record: Record) -> str:

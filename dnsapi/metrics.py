@@ -79,6 +79,8 @@ class Metrics:
                                      "by the per-token or total limit", registry=r)
         self.dns_requests = Counter("dnsapi_dns_requests", "RFC 2136 front door: messages by "
                                     "opcode and the rcode answered", ["opcode", "rcode"], registry=r)
+        self.answers = Counter("dnsapi_answers", "challenge answers (answers.listen): queries "
+                               "answered, by rcode", ["rcode"], registry=r)
         self.dns_request_seconds = Histogram("dnsapi_dns_request_duration_seconds", "RFC 2136 front "
                                              "door: time to answer a message", buckets=_SLOW,
                                              registry=r)

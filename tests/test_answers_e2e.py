@@ -4,6 +4,7 @@ name within seconds came through dnsapi's answers, not through a reload."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import dns.message
@@ -32,8 +33,10 @@ def push(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeEnv]:
         try:
             root_pem = base / "root.pem"
             root_pem.write_text(setup_acme_pki(vault, stack.dns_port))
-            yield AcmeEnv(stack, vault, f"{vault.addr}/v1/pki/roles/acme/acme/directory", root_pem,
+            env = AcmeEnv(stack, vault, f"{vault.addr}/v1/pki/roles/acme/acme/directory", root_pem,
                           base, 0, {})
+            env.answers_port = answers_port  # type: ignore[attr-defined]
+            yield env
         finally:
             stack.stop()
 
@@ -70,3 +73,25 @@ def test_with_dnsapi_down_challenge_names_fail_and_nothing_else_does(push):
     finally:
         stack.start_dnsapi()
     stack.wait_served(NAME, set())
+
+
+def test_hostile_queries_to_the_answers_port_change_nothing(push):
+    """The answers listen only for CoreDNS, but anyone who reaches the port gets no more than a
+    refusal: other names are REFUSED, garbage FORMERR or nothing, a huge TCP length closes."""
+    stack, port = push.stack, push.answers_port
+    zone_file = stack.zone_path.read_bytes()
+    for name in ("www.dev.local", "dev.local", "_acme-challenge.www.example.com"):
+        reply = dns.query.udp(dns.message.make_query(name + ".", "TXT"), "127.0.0.1", port=port,
+                              timeout=5)
+        assert reply.rcode() == dns.rcode.REFUSED and not reply.answer, name
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(b"\x12\x34" + bytes(range(40)), ("127.0.0.1", port))
+        data, _ = sock.recvfrom(512)
+        assert data[:2] == b"\x12\x34" and data[3] & 0xF == dns.rcode.FORMERR
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as tcp:
+        tcp.sendall(b"\xff\xff" + b"\x00" * 100)
+        tcp.shutdown(socket.SHUT_WR)
+        assert tcp.recv(2) == b""  # the message never came whole: closed, nothing answered
+    assert stack.zone_path.read_bytes() == zone_file
+    assert ask(push, NAME, "TXT").rcode() == dns.rcode.NXDOMAIN  # and it still answers
