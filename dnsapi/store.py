@@ -53,7 +53,7 @@ DELTA_MAX = 256  # changed keys since the snapshot before a new snapshot is take
 SNAPSHOT_GRACE = 86400.0  # an unnamed snapshot this old is garbage: no write can still name it
 _SNAPSHOT_NAME = re.compile(r"[0-9a-f]{16}")  # creation time (8 hex digits of seconds) + random
 
-Lines = dict[Key, tuple[Record, str]]  # key -> (record, its line): see _line
+Lines = dict[Key, tuple[Record, str, str]]  # key -> (record, its line, its owner line): _lines_of
 
 
 def zone_secret(prefix: str, zone: str) -> str:
@@ -66,16 +66,28 @@ def snapshot_folder(prefix: str, zone: str) -> str:
     return f"{prefix}/snapshots/{zone}"
 
 
-def _line(record: Record, lines: Lines) -> str:
-    """A record's line. Each full write re-encodes thousands of unchanged records, so a store
-    remembers lines per key in `lines` and reuses them while the record is the very same object
-    (records are immutable and shared between states)."""
+def _lines_of(record: Record, lines: Lines) -> tuple[str, str]:
+    """A record's line and its owner line ('' when it has no owner). Each full write re-encodes
+    thousands of unchanged records, so a store remembers them per key in `lines` and reuses
+    them while the record is the very same object (records are immutable and shared between
+    states)."""
     known = lines.get(record.key)
     if known is None or known[0] is not record:
         kind = "" if record.kind == "TXT" else f" {record.kind}"
+        # The owners are kept apart from the record lines (`<fqdn> <value> <token name,
+        # URL-quoted>`, the per-token quota's bookkeeping) so that an older dnsapi, which reads
+        # only the record lines, neither misreads nor drops a record (it drops only the owners).
+        owner = f"{record.fqdn} {record.value} {urllib.parse.quote(record.owner, safe='')}" \
+            if record.owner else ""
         known = lines[record.key] = (record, f"{record.fqdn} {record.value} {record.ttl} "
-                                             f"{record.created_at:.3f}{kind}")
-    return known[1]
+                                             f"{record.created_at:.3f}{kind}", owner)
+    return known[1], known[2]
+
+
+def _encode(records: Iterable[Record], lines: Lines) -> tuple[str, str]:
+    """The record lines and the owner lines of `records`."""
+    encoded = [_lines_of(record, lines) for record in records]
+    return "\n".join(line for line, _ in encoded), "\n".join(owner for _, owner in encoded if owner)
 
 
 def encode_records(records: dict[Key, Record], lines: Lines | None = None) -> dict[str, Any]:
@@ -85,16 +97,8 @@ def encode_records(records: dict[Key, Record], lines: Lines | None = None) -> di
         lines = {}
     elif len(lines) > 2 * len(records) + 4096:
         lines.clear()
-    return {"format": FULL_FORMAT, "records": "\n".join(_line(r, lines) for r in records.values()),
-            "owners": _owner_lines(records.values())}
-
-
-def _owner_lines(records: Iterable[Record]) -> str:
-    """`<fqdn> <value> <token name, URL-quoted>` per owned record: the per-token quota's
-    bookkeeping, kept apart from the record lines so that an older dnsapi, which reads only
-    those, neither misreads nor drops a record (it drops only the owners)."""
-    return "\n".join(f"{r.fqdn} {r.value} {urllib.parse.quote(r.owner, safe='')}"
-                     for r in records if r.owner)
+    record_lines, owner_lines = _encode(records.values(), lines)
+    return {"format": FULL_FORMAT, "records": record_lines, "owners": owner_lines}
 
 
 def _owners(data: dict[str, Any]) -> dict[Key, str]:
@@ -116,9 +120,9 @@ def encode_delta(base: str, records: dict[Key, Record], changed: Iterable[Key],
             removed.append(f"{key[0]} {key[1]}")
         else:
             upserts.append(record)
-    lines = {} if lines is None else lines
-    return {"format": DELTA_FORMAT, "base": base, "records": "\n".join(_line(r, lines) for r in upserts),
-            "owners": _owner_lines(upserts), "removed": "\n".join(removed)}
+    record_lines, owner_lines = _encode(upserts, {} if lines is None else lines)
+    return {"format": DELTA_FORMAT, "base": base, "records": record_lines, "owners": owner_lines,
+            "removed": "\n".join(removed)}
 
 
 def decode_records(data: dict[str, Any]) -> dict[Key, Record]:
