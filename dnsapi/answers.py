@@ -80,7 +80,13 @@ class ChallengeAnswers:
             self._answer(reply, query.question[0])
         max_size = MAX_MESSAGE if tcp else 512 if query.edns < 0 else max(512, query.payload)
         self.service.metrics.answers.labels(dns.rcode.to_text(reply.rcode())).inc()
-        return reply.to_wire(max_size=max_size)
+        try:
+            return reply.to_wire(max_size=max_size)
+        except dns.exception.TooBig:  # over UDP: TC set, and the client asks again over TCP
+            reply.answer.clear()
+            reply.authority.clear()
+            reply.flags |= dns.flags.TC
+            return reply.to_wire(max_size=max_size)
 
     def _answer(self, reply: dns.message.Message, question: dns.rrset.RRset) -> None:
         name = question.name.to_text(omit_final_dot=True).lower()

@@ -93,6 +93,19 @@ async def test_an_acme_dns_cname_is_answered_with_its_target(tmp_path):
         assert texts(await ask(answers, name, "CNAME")) == {(name, "CNAME"): {account + "."}}
 
 
+async def test_an_answer_too_long_for_udp_is_truncated_and_whole_over_tcp(tmp_path):
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        values = {f"{i:02d}" + "v" * 41 for i in range(30)}
+        for value in values:
+            await service.add(service.make_record(WWW, value))
+        wire = dns.message.make_query(WWW + ".", "TXT").to_wire()
+        udp = dns.message.from_wire(await answers.handle(wire, "127.0.0.1", False) or b"")
+        assert udp.flags & dns.flags.TC and not udp.answer
+        tcp = dns.message.from_wire(await answers.handle(wire, "127.0.0.1", True) or b"")
+        assert texts(tcp) == {(WWW, "TXT"): values}
+
+
 @pytest.mark.parametrize("name, rdclass", [("www.dev.local", "IN"), ("dev.local", "IN"),
                                            ("_acme-challenge.www.example.com", "IN"),
                                            (WWW, "CH")])
