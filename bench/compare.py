@@ -6,10 +6,15 @@ on free loopback ports, then measures side by side:
     RFC 2136 updates to BIND, one TCP connection per update, and the same updates to dnsapi's
     dns_update listener), the median of --reps runs per level taking turns; like an ACME client,
     each run's records are removed afterwards (not timed);
-  - time from an add to the DNS server answering it, p50 and p99;
+  - time from an add to the DNS server answering it, p50 and p99 (dnsapi: through the shipped
+    Corefile, which polls the zone file, and through a second CoreDNS on the same zone file in
+    the push layout, coredns/Corefile.push);
+  - one add at concurrency 1 beside the bare Vault write it needs, and where its time goes
+    (dnsapi's own /metrics around those adds);
   - wall time of one apex + wildcard issuance with lego against OpenBao ACME (httpreq to dnsapi
     vs lego's rfc2136 provider to BIND; both --dns.disable-cp, same polling), the mean of
     --issuance-runs runs each, taking turns;
+  - CoreDNS's idle CPU at the shipped reload interval, in both layouts (bench/idle.py);
   - dnsapi's RSS with 10,000 operator records and 1,000 challenge records;
   - one zone rewrite at 1k, 10k and 100k zone lines.
 Prints a markdown table and writes bench/results.json.
@@ -348,6 +353,14 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def breakdown(results: dict) -> str:
+    """Where one add's time goes (c1_latency_ms), as printed lines; '' for an older results.json."""
+    if "add_breakdown_ms" not in results:
+        return ""
+    return "\n".join(["One add at concurrency 1, means in ms (dnsapi's /metrics for the stages inside it):"]
+                     + [f"  {ms:7.3f}  {stage}" for stage, ms in results["add_breakdown_ms"].items()])
+
+
 def targets(results: dict) -> list[str]:
     """The issue's targets against this run's figures, one line each."""
     a, v, i, rw = (results["adds_per_s"], results["visible_ms"], results["issuance_s"],
@@ -479,9 +492,7 @@ def main() -> None:
     print(table(results))
     for name, label in (("dnsapi", "dnsapi"), ("bind", "BIND")):
         print(f"\nissuance runs, {label}: " + ", ".join(f"{t:.1f}" for t in results["issuance_runs_s"][name]))
-    print("\nOne add at concurrency 1, means in ms (dnsapi's /metrics for the stages inside it):")
-    for stage, ms in results["add_breakdown_ms"].items():
-        print(f"  {ms:7.3f}  {stage}")
+    print("\n" + breakdown(results))
     print("\nTargets:\n" + "\n".join(targets(results)))
     out = Path(__file__).resolve().parent / "results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

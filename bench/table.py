@@ -3,7 +3,8 @@
     python3 bench/table.py [RESULTS_JSON]
 
 bench/compare.py writes results.json at the end of each run; this prints the same table it
-printed, then the targets checked against those figures (compare.targets). Nothing is measured.
+printed, where one add's time goes, then the targets checked against those figures
+(compare.targets). Nothing is measured.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from compare import table, targets
+from compare import breakdown, table, targets
 
 
 def main() -> None:
@@ -20,6 +21,8 @@ def main() -> None:
     results = json.loads(path.read_text())
     print(f"Machine: {results['machine']}, {results['date']}\n")
     print(table(results))
+    if "add_breakdown_ms" in results:
+        print("\n" + breakdown(results))
     print("\nTargets:\n" + "\n".join(targets(results)))
 
 
