@@ -264,6 +264,8 @@ def _corefile(config: Config, path: Path, checks: Checklist) -> None:
         return
     for zone in config.zones:
         _corefile_zone(zone, blocks, path, checks)
+        if config.answers is not None:
+            _corefile_push(zone, config.challenge_label, config.answers.listen, blocks, path, checks)
 
 
 def _corefile_zone(zone: ZoneConfig, blocks: list[ServerBlock], path: Path, checks: Checklist) -> None:
@@ -296,6 +298,38 @@ def _corefile_zone(zone: ZoneConfig, blocks: list[ServerBlock], path: Path, chec
             return
     checks.add(False, f"Corefile {path} serves {zone.name} with the file plugin",
                f"add a server block: {zone.name} {{ file {zone.file} {{ reload 1s }} }}")
+
+
+def _corefile_push(zone: ZoneConfig, label: str, listen: tuple[str, int], blocks: list[ServerBlock],
+                   path: Path, checks: Checklist) -> None:
+    """With `answers` on (docs/latency.md): a block for the zone whose view takes the challenge
+    names and forwards them to answers.listen, ahead of the zone's file block, without cache."""
+    target = f"{listen[0]}:{listen[1]}"
+    what = f"Corefile {path} forwards {zone.name}'s {label} names to dnsapi's answers ({target})"
+    fix = ("use coredns/Corefile.push (`dnsapi example corefile-push`) with `forward . "
+           f"{target}`, its block before the file block")
+    file_seen = False
+    for block in blocks:
+        if zone.name not in block.zones:
+            continue
+        if any(d.name == "file" for d in block.directives):
+            file_seen = True
+            continue
+        views = " ".join(arg for d in block.directives if d.name == "view"
+                         for expr in d.block if expr.name == "expr" for arg in expr.args)
+        forward = next((d for d in block.directives if d.name == "forward"), None)
+        if not views or forward is None:
+            continue
+        if label not in views or target not in forward.args[1:]:
+            checks.add(False, f"{what}: its view or forward names another label or address", fix)
+        elif file_seen:
+            checks.add(False, f"{what}: the file block comes first and takes every query", fix)
+        elif any(d.name == "cache" for d in block.directives):
+            checks.add(False, f"{what} without cache", "remove `cache` from the forward block")
+        else:
+            checks.add(True, what)
+        return
+    checks.add(False, what, fix)
 
 
 # -- DNS servers ----------------------------------------------------------------------------------

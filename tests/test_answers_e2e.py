@@ -5,6 +5,8 @@ name within seconds came through dnsapi's answers, not through a reload."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import dns.message
@@ -95,3 +97,12 @@ def test_hostile_queries_to_the_answers_port_change_nothing(push):
         assert tcp.recv(2) == b""  # the message never came whole: closed, nothing answered
     assert stack.zone_path.read_bytes() == zone_file
     assert ask(push, NAME, "TXT").rcode() == dns.rcode.NXDOMAIN  # and it still answers
+
+
+def test_dnsapi_check_sees_the_push_layout(push):
+    stack = push.stack
+    result = subprocess.run([sys.executable, "-m", "dnsapi", "check", "-c", str(stack.config_path),
+                             "--corefile", str(stack.dir / "Corefile")], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert (f"✓ Corefile {stack.dir / 'Corefile'} forwards dev.local's _acme-challenge names to "
+            f"dnsapi's answers (127.0.0.1:{push.answers_port})") in result.stdout, result.stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dnsapi.check import Checklist, _corefile_zone, parse_corefile
+from dnsapi.check import Checklist, _corefile_push, _corefile_zone, parse_corefile
 from dnsapi.config import ZoneConfig
 
 ZONE = ZoneConfig(name="dev.local", file=Path("/var/lib/dnsapi/zones/db.dev.local"))
@@ -65,3 +65,46 @@ def test_problems_are_failed_items_with_a_fix(text, problem):
     failed = [item for item in checks.items if not item.ok]
     assert len(failed) == 1 and problem in failed[0].text and failed[0].fix
     assert not checks.passed and "1 failed" in checks.render()
+
+
+PUSH = """
+dev.local {
+    view challenges {
+        expr name() matches '^_acme-challenge[.]'
+    }
+    forward . 127.0.0.1:5354 {
+        max_fails 0
+    }
+}
+dev.local {
+    file /var/lib/dnsapi/zones/db.dev.local {
+        reload 250ms
+    }
+}
+"""
+
+
+def push_check(text: str, listen: tuple[str, int] = ("127.0.0.1", 5354)) -> list[tuple[bool, str]]:
+    checks = Checklist()
+    _corefile_push(ZONE, "_acme-challenge", listen, parse_corefile(text), COREFILE, checks)
+    return [(item.ok, item.text) for item in checks.items]
+
+
+def test_the_shipped_push_layout_passes():
+    shipped = (Path(__file__).resolve().parent.parent / "coredns" / "Corefile.push").read_text()
+    assert push_check(shipped) == [(True, "Corefile /etc/coredns/Corefile forwards dev.local's "
+                                          "_acme-challenge names to dnsapi's answers (127.0.0.1:5354)")]
+    assert push_check(PUSH)[0][0]
+
+
+@pytest.mark.parametrize(("text", "listen", "problem"), [
+    (PUSH, ("127.0.0.1", 5399), "another label or address"),
+    (PUSH.replace("_acme-challenge", "_other"), ("127.0.0.1", 5354), "another label or address"),
+    ("\n".join(PUSH.split("\n")[9:] + PUSH.split("\n")[:9]), ("127.0.0.1", 5354), "comes first"),
+    (PUSH.replace("max_fails 0\n    }", "max_fails 0\n    }\n    cache 30"), ("127.0.0.1", 5354),
+     "without cache"),
+    ("dev.local { file /var/lib/dnsapi/zones/db.dev.local }", ("127.0.0.1", 5354), "forwards"),
+])
+def test_push_layout_problems_are_failed_items_with_a_fix(text, listen, problem):
+    [(ok, text_)] = push_check(text, listen)
+    assert not ok and problem in text_

@@ -49,7 +49,15 @@ def test_dev_stack_answers_curl_and_dig_then_stops_cleanly(tmp_path):
         wait_until(dig_answers, 5, "dig to answer the new record", interval=0.1)
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            subprocess.run(["pkill", "-9", "-f", str(tmp_path / "dev")], check=False)
+            logs = "\n".join(f"--- {log.name}:\n{log.read_text()[-2000:]}"
+                             for log in sorted((tmp_path / "dev" / "logs").glob("*.log")))
+            raise AssertionError(f"the dev stack did not stop within 30 s of Ctrl-C\n{logs}") from None
+    assert code == 0
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "dev")], capture_output=True, text=True)
     assert leftovers.stdout == ""
     for port in ports.values():
