@@ -224,7 +224,10 @@ def run_dev(directory: Path, vault_port: int, dns_port: int, api_port: int) -> i
                         vault_token=vault_token, dns_port=dns_port, api_port=api_port)
     logs = directory / "logs"
     procs: list[Process] = []
-    signal.signal(signal.SIGTERM, _interrupt)  # stop the children on SIGTERM too, not only Ctrl-C
+    # Stop the children on Ctrl-C and on SIGTERM, also when started with SIGINT ignored (a
+    # background job of a script inherits that, and Python then leaves Ctrl-C ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         procs.append(start_openbao(vault_port, vault_token, logs / "openbao.log"))
         procs.append(start_coredns(directory, dns_port, ["dev.local"], logs / "coredns.log"))
