@@ -70,6 +70,7 @@ class ConnectionGuard:
         self.max_connections = connection_limit(limits.max_connections)
         self._open: dict[socket.socket, _Connection] = {}  # in admission order
         self._by_handler: dict[RequestHandler, _Connection] = {}
+        self._closing = 0  # aborted connections whose descriptors the loop has yet to close
         self._per_address: Tally[str] = Tally()
         self._accept_errors = 0
         self._logged_at = -ACCEPT_LOG_INTERVAL
@@ -90,12 +91,18 @@ class ConnectionGuard:
             connection = self._admit(sock, str(peer[0]) if peer else "unknown")
             if connection is not None:
                 loop.create_task(self._connect(sock, connection, server, context))
+            # sock_accept returns without yielding while the backlog holds connections: one
+            # accept per turn of the loop lets a displaced connection's descriptor close first.
+            await asyncio.sleep(0)
 
     def _admit(self, sock: socket.socket, address: str) -> _Connection | None:
         if self._per_address[address] >= self.limits.max_connections_per_address:
             self._refuse(sock, "per_address")
             return None
-        if len(self._open) >= self.max_connections and not self._displace_idle():
+        # Full: an idle connection makes room, but not while aborted ones still hold their
+        # descriptors (they close at the loop's next turn), so the cap bounds descriptors.
+        if len(self._open) + self._closing >= self.max_connections \
+                and (self._closing or not self._displace_idle()):
             self._refuse(sock, "total")
             return None
         connection = _Connection(sock, address)
@@ -192,8 +199,13 @@ class ConnectionGuard:
     def _close(self, sock: socket.socket) -> None:
         connection = self._forget(sock)
         if connection is not None and connection.transport is not None:
-            connection.transport.abort()
+            connection.transport.abort()  # its socket is closed by a callback at the next turn...
+            self._closing += 1
+            asyncio.get_running_loop().call_soon(self._closed)  # ...which runs before this one
         # before its transport exists, _connect sees the connection gone and aborts it
+
+    def _closed(self) -> None:
+        self._closing -= 1
 
     def _forget(self, sock: socket.socket) -> _Connection | None:
         connection = self._open.pop(sock, None)

@@ -1,9 +1,14 @@
 """The `dnsapi` command as a user runs it: dev stack with curl and dig, serve errors, hash-token."""
 
+import contextlib
 import hashlib
+import os
+import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +20,21 @@ pytestmark = pytest.mark.e2e  # the command as a user runs it: a process each ti
 def run(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "dnsapi", *args], capture_output=True, text=True,
                           timeout=60, **kwargs)
+
+
+def kill_leftovers(directory: Path, ports: Iterable[int]) -> None:
+    """SIGKILL whatever a dev stack that would not stop left: the servers run in sessions of their
+    own, named by its directory (dnsapi), working in it (CoreDNS) or on its ports (OpenBao)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if str(directory) in argv or cwd.startswith(str(directory)) \
+                or any(re.search(rf"127\.0\.0\.1:{port}(?!\d)", argv) for port in ports):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def test_dev_stack_answers_curl_and_dig_then_stops_cleanly(tmp_path):
@@ -53,7 +73,7 @@ def test_dev_stack_answers_curl_and_dig_then_stops_cleanly(tmp_path):
             code = proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            subprocess.run(["pkill", "-9", "-f", str(tmp_path / "dev")], check=False)
+            kill_leftovers(tmp_path / "dev", ports.values())
             logs = "\n".join(f"--- {log.name}:\n{log.read_text()[-2000:]}"
                              for log in sorted((tmp_path / "dev" / "logs").glob("*.log")))
             raise AssertionError(f"the dev stack did not stop within 30 s of Ctrl-C\n{logs}") from None
