@@ -144,6 +144,13 @@ zone "dev.local" {{ type primary; file "{directory}/db.dev.local"; allow-update 
                                   directory / "named.log")
         wait_for(lambda: soa_answered(self.port, "dev.local"), 30, "BIND", self.proc)
 
+    def lego_env(self) -> dict[str, str]:
+        """lego's rfc2136 provider against this BIND. It is a "sequential" provider, 60 s between
+        challenges by default; 1 s, so both paths wait the same (httpreq has no such gap)."""
+        return {"RFC2136_NAMESERVER": f"127.0.0.1:{self.port}", "RFC2136_TSIG_KEY": "bench.",
+                "RFC2136_TSIG_SECRET": self.secret, "RFC2136_TSIG_ALGORITHM": "hmac-sha256.",
+                "RFC2136_POLLING_INTERVAL": "2", "RFC2136_SEQUENCE_INTERVAL": "1"}
+
 
 # -- shared measurements ----------------------------------------------------------------------------
 
@@ -281,6 +288,12 @@ def issuance_s(paths: dict[str, tuple[list[str], dict[str, str]]], workdir: Path
                 raise SystemExit(f"lego ({name}) failed:\n{result.stderr[-2000:]}")
             times[name].append(round(time.perf_counter() - start, 2))
     return times
+
+
+def httpreq_env(stack) -> dict[str, str]:
+    """lego's httpreq provider against dnsapi's API."""
+    return {"HTTPREQ_ENDPOINT": stack.url, "HTTPREQ_USERNAME": "lego",
+            "HTTPREQ_PASSWORD": stack.token, "HTTPREQ_POLLING_INTERVAL": "2"}
 
 
 def lego(directory: str, provider: str, resolver: str, name: str) -> list[str]:
@@ -467,15 +480,10 @@ def main() -> None:
                 runs = issuance_s({
                     "dnsapi": (
                         lego(dnsapi_dir, "httpreq", f"127.0.0.1:{stack.dns_port}", "issue.dev.local"),
-                        {"HTTPREQ_ENDPOINT": stack.url, "HTTPREQ_USERNAME": "lego",
-                         "HTTPREQ_PASSWORD": stack.token, "HTTPREQ_POLLING_INTERVAL": "2"}),
+                        httpreq_env(stack)),
                     "bind": (
                         lego(bind_dir, "rfc2136", f"127.0.0.1:{bind.port}", "issue.dev.local"),
-                        # rfc2136 is a "sequential" provider in lego, 60 s between challenges by
-                        # default; 1 s, so both paths wait the same (httpreq has no such gap)
-                        {"RFC2136_NAMESERVER": f"127.0.0.1:{bind.port}", "RFC2136_TSIG_KEY": "bench.",
-                         "RFC2136_TSIG_SECRET": bind.secret, "RFC2136_TSIG_ALGORITHM": "hmac-sha256.",
-                         "RFC2136_POLLING_INTERVAL": "2", "RFC2136_SEQUENCE_INTERVAL": "1"})},
+                        bind.lego_env())},
                     tmp / "lego", args.issuance_runs)
                 results["issuance_s"] = {name: round(statistics.mean(t), 2) for name, t in runs.items()}
                 results["issuance_runs_s"] = runs

@@ -22,10 +22,8 @@ import argparse
 import base64
 import datetime as dt
 import json
-import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +35,7 @@ import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
-from compare import Bind, lego, push_coredns, vault_init
+from compare import Bind, httpreq_env, issuance_s, lego, push_coredns, vault_init
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.helpers
 from tests.helpers import free_port, openbao_server, start_stack
@@ -200,25 +198,11 @@ def main() -> None:
                 names = {label: f"trace{i}.dev.local" for i, label in enumerate(relays)}
                 directories = {label: vault_init(tmp / "dnsapi", mount, f"127.0.0.1:{relays[label].port}",
                                                  vault.root_token) for label, mount in mounts.items()}
-                httpreq = {"HTTPREQ_ENDPOINT": stack.url, "HTTPREQ_USERNAME": "lego",
-                           "HTTPREQ_PASSWORD": stack.token, "HTTPREQ_POLLING_INTERVAL": "2"}
-                paths = {
-                    label: (lego(directories[label], "httpreq" if "dnsapi" in label else "rfc2136",
-                                 f"127.0.0.1:{relays[label].port}", names[label]),
-                            httpreq if "dnsapi" in label else {
-                                "RFC2136_NAMESERVER": f"127.0.0.1:{bind.port}",
-                                "RFC2136_TSIG_KEY": "bench.", "RFC2136_TSIG_SECRET": bind.secret,
-                                "RFC2136_TSIG_ALGORITHM": "hmac-sha256.",
-                                "RFC2136_POLLING_INTERVAL": "2", "RFC2136_SEQUENCE_INTERVAL": "1"})
-                    for label in relays}
-                for run in range(args.n):
-                    for label, (argv, env) in paths.items():
-                        result = subprocess.run(
-                            [*argv, "--path", str(tmp / f"lego-{run}-{mounts[label]}"), "run"],
-                            env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
-                            check=False)
-                        if result.returncode != 0:
-                            raise SystemExit(f"lego ({label}) failed:\n{result.stderr[-2000:]}")
+                paths = {label: (lego(directories[label], "httpreq" if "dnsapi" in label else "rfc2136",
+                                      f"127.0.0.1:{relays[label].port}", names[label]),
+                                 httpreq_env(stack) if "dnsapi" in label else bind.lego_env())
+                         for label in relays}
+                issuance_s(paths, tmp, args.n)
                 report(validations(audit_log, mounts, relays, names))
             finally:
                 push.proc.stop()

@@ -29,7 +29,7 @@ import dns.rdatatype
 import dns.rrset
 
 from .config import Config
-from .dns_listener import DnsListener
+from .dns_listener import DnsListener, formerr
 from .names import zone_for
 from .records import Key, Record
 from .service import RecordService
@@ -65,10 +65,7 @@ class ChallengeAnswers:
         try:
             query = dns.message.from_wire(wire)
         except (dns.exception.DNSException, ValueError, IndexError, struct.error):
-            if len(wire) < 12:
-                return None
-            ident, flags = struct.unpack("!HH", wire[:4])
-            return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7800) | dns.rcode.FORMERR, 0, 0, 0, 0)
+            return formerr(wire)
         if query.flags & dns.flags.QR:
             return None  # a response: answering it could start a loop
         reply = dns.message.make_response(query)
@@ -123,8 +120,7 @@ class ChallengeAnswers:
         for kind in ("CNAME", "TXT"):
             records = [r for r in mine if r.kind == kind]
             if records and (kind == "CNAME" or rdtype in (dns.rdatatype.TXT, dns.rdatatype.ANY)):
-                rdatas = [dns.rdata.from_text("IN", kind, _rdata_text(r)) for r in records]
-                found.append(dns.rrset.from_rdata_list(owner, min(r.ttl for r in records), rdatas))
+                found.append(_rrset(owner, kind, records))
         if theirs is not None:
             for rdataset in theirs.rdatasets:
                 if rdataset.rdtype in (rdtype, dns.rdatatype.CNAME) or rdtype == dns.rdatatype.ANY:
@@ -144,8 +140,7 @@ class ChallengeAnswers:
         records = [r for r in self._by_name(zone, served.records).get(name, []) if r.kind == "TXT"]
         if not records or rdtype not in (dns.rdatatype.TXT, dns.rdatatype.ANY):
             return []
-        rdatas = [dns.rdata.from_text("IN", "TXT", _rdata_text(r)) for r in records]
-        return [dns.rrset.from_rdata_list(target, min(r.ttl for r in records), rdatas)]
+        return [_rrset(target, "TXT", records)]
 
     def _by_name(self, zone: str, records: Mapping[Key, Record]) -> dict[str, list[Record]]:
         """The zone's records by name, worked out once per rewrite (and only when asked)."""
@@ -175,5 +170,8 @@ class ChallengeAnswers:
         return name in cached[1]
 
 
-def _rdata_text(record: Record) -> str:
-    return f"{record.value}." if record.kind == "CNAME" else f'"{record.value}"'
+def _rrset(owner: dns.name.Name, kind: str, records: list[Record]) -> dns.rrset.RRset:
+    """dnsapi's records of one kind at `owner` as an RRset (one TTL: the lowest)."""
+    rdatas = [dns.rdata.from_text("IN", kind, f"{r.value}." if kind == "CNAME" else f'"{r.value}"')
+              for r in records]
+    return dns.rrset.from_rdata_list(owner, min(r.ttl for r in records), rdatas)

@@ -9,6 +9,8 @@ import logging
 import struct
 from collections.abc import Awaitable, Callable
 
+import dns.rcode
+
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -18,6 +20,15 @@ MAX_TCP = 64  # open TCP connections at once; more are closed at once (they shar
 # the HTTP side keeps in reserve, see connections.DESCRIPTOR_RESERVE)
 
 Handler = Callable[[bytes, str, bool], Awaitable[bytes | None]]  # (wire, remote address, tcp)
+
+
+def formerr(wire: bytes) -> bytes | None:
+    """The FORMERR reply to a message that does not parse: its id and opcode echoed, nothing
+    else; None when there is no header to echo."""
+    if len(wire) < 12:
+        return None
+    ident, flags = struct.unpack("!HH", wire[:4])
+    return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7800) | dns.rcode.FORMERR, 0, 0, 0, 0)
 
 
 class DnsListener:

@@ -40,7 +40,7 @@ import dns.update
 from . import tsig, update_message
 from .audit import AuditLog, value_hash
 from .config import Config, TsigKeyConfig
-from .dns_listener import DnsListener
+from .dns_listener import DnsListener, formerr
 from .errors import DnsapiError, NameConflict, TooManyRecords
 from .names import (
     InvalidInput,
@@ -357,14 +357,13 @@ class DnsUpdateServer:
 
     def _formerr(self, wire: bytes, remote: str) -> bytes | None:
         """FORMERR echoing the id and opcode, when there is a header to echo."""
-        if len(wire) < 12:
+        reply = formerr(wire)
+        if reply is None:
             return None
-        ident, flags = struct.unpack("!HH", wire[:4])
         self.metrics.dns_requests.labels("unknown", "FORMERR").inc()
         self.audit().refused(remote, action="dns_update", result="refused", status=int(dns.rcode.FORMERR),
                              error="malformed message")
-        opcode_bits = flags & 0x7800
-        return struct.pack("!HHHHHH", ident, 0x8000 | opcode_bits | dns.rcode.FORMERR, 0, 0, 0, 0)
+        return reply
 
     def _audit(self, remote: str, key: str | None, updates: tuple[Rr, ...], result: str,
                rcode: int, error: str | None, names: list[str] | None = None) -> None:

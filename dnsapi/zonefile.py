@@ -260,6 +260,13 @@ class _Validated:
     underscored: Mapping[str, dns.node.Node]  # the operator's records at `_label.` names, by
     # name: the challenge answers serve the operator's own records there too (answers.py)
 
+    def soa_at(self, serial: int) -> dns.rdataset.Rdataset:
+        """The apex SOA carrying `serial` (the file's digits change; the parsed record does not)."""
+        soa = self.soa.copy()
+        soa.clear()
+        soa.add(self.soa[0].replace(serial=serial))
+        return soa
+
     def serial_of(self, parts: ZoneText) -> int | None:
         """The serial in `parts` if everything else of the operator's text is unchanged."""
         before = parts.before
@@ -330,10 +337,7 @@ class Served:
     operator: _Validated
 
     def soa(self) -> dns.rdataset.Rdataset:
-        soa = self.operator.soa.copy()
-        soa.clear()
-        soa.add(self.operator.soa[0].replace(serial=self.serial))
-        return soa
+        return self.operator.soa_at(self.serial)
 
 
 class _FileChanged(Exception):
@@ -418,10 +422,7 @@ class ZoneFile:
         """The zone's SOA (with the serial the file holds now) and NS RRsets, as CoreDNS serves
         them: for the RFC 2136 front door's SOA and NS answers."""
         serial, valid = self.operator()
-        soa = valid.soa.copy()
-        soa.clear()
-        soa.add(valid.soa[0].replace(serial=serial))
-        return soa, valid.ns
+        return valid.soa_at(serial), valid.ns
 
     def sync(self, records: Mapping[Key, Record] | Iterable[Record],
              today: dt.date | None = None) -> int | None:
