@@ -85,7 +85,8 @@ AUDITED = {("POST", "/v1/records"): "add", ("DELETE", "/v1/records"): "remove",
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 # Probes stay answered whatever else an address sent: a monitor shares its address with others.
-PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+# (/health is the acme-dns door's.)
+PROBES = frozenset({"/healthz", "/readyz", "/metrics", "/health"})
 
 # Refusals charged to the source address's bucket (refusals.per_second): what a client that is
 # guessing or probing gets. Not 409 (a full zone or quota) nor 429 / 5xx (dnsapi's own state).

@@ -107,6 +107,19 @@ async def test_update_checks_in_acme_dns_order_and_answers_like_it(tmp_path):
         assert (health.status, await health.text()) == (200, "")
 
 
+async def test_health_answers_an_address_that_is_over_its_refusal_limit(tmp_path):
+    """/health is a probe, as /healthz is: a monitor shares its address with others."""
+    config, _ = service_config(tmp_path, acme_dns={"zone": ZONE_ACME},
+                               refusals={"per_second": 1, "burst": 2})
+    store = MemoryStore()
+    app = create_app(config, service=RecordService(config, store.metrics, store=store))  # type: ignore[arg-type]
+    assert acmedns.attach(app) is None
+    async with TestClient(TestServer(app)) as client:
+        assert [(await client.post("/update", json={})).status for _ in range(3)] == [401, 401, 429]
+        health = await client.get("/health")
+        assert (health.status, await health.text()) == (200, "")
+
+
 async def test_an_account_outside_its_allowfrom_is_refused(tmp_path):
     async with serving(tmp_path, register={"allow_from": ["127.0.0.1/32"]}) as (client, store):
         account = await (await client.post("/register", json={"allowfrom": ["192.0.2.0/24"]})).json()
