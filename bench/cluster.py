@@ -29,7 +29,7 @@ from tests.cluster import raft_cluster
 from tests.helpers import Stack, local_stack, start_stack
 
 
-def measure(stack: Stack, reps: int) -> dict:
+def measure(stack: Stack, reps: int, tmp: Path) -> dict:
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {stack.token}"
 
@@ -40,8 +40,8 @@ def measure(stack: Stack, reps: int) -> dict:
     rates = {f"c{c}": round(statistics.median(adds_per_second(stack.url, stack.token, c, n, f"c{c}r{r}")
                                               for r in range(reps)))
              for c, n in LEVELS}
-    write, one_add = c1_latency_ms(stack, session)
-    return {"adds_per_s": rates, "vault_write_ms": write, "add_ms": one_add,
+    write, one_add, floor, _ = c1_latency_ms(stack, session, tmp)
+    return {"adds_per_s": rates, "vault_write_ms": write, "add_ms": one_add, "floor_ms": floor,
             "visible_ms": visible_ms(add, stack.dns_port, "cluster")}
 
 
@@ -52,14 +52,14 @@ def on_cluster(tmp: Path, reps: int) -> dict:
             config["vault"]["addr"] = cluster.addrs
         stack = start_stack(tmp / "raft", cluster.vault(), edit=edit, prefix="dnsapi")
         try:
-            return measure(stack, reps)
+            return measure(stack, reps, tmp)
         finally:
             stack.stop()
 
 
 def on_dev_server(tmp: Path, reps: int) -> dict:
     with local_stack(tmp / "dev", unlimited) as stack:
-        return measure(stack, reps)
+        return measure(stack, reps, tmp)
 
 
 def table(results: dict[str, dict]) -> str:
@@ -73,6 +73,11 @@ def table(results: dict[str, dict]) -> str:
                      lambda r: f"{r['vault_write_ms']['p50']:.1f} / {r['vault_write_ms']['p99']:.1f} ms"))
     lines.append(row("one add at concurrency 1, p50 / p99",
                      lambda r: f"{r['add_ms']['p50']:.1f} / {r['add_ms']['p99']:.1f} ms"))
+    lines.append(row("the same through an aiohttp service doing only the write, p50 / p99",
+                     lambda r: f"{r['floor_ms']['p50']:.1f} / {r['floor_ms']['p99']:.1f} ms"))
+    lines.append(row("one add's p50 ÷ the write's (the floor's)",
+                     lambda r: f"{r['add_ms']['p50'] / r['vault_write_ms']['p50']:.2f}× "
+                               f"({r['floor_ms']['p50'] / r['vault_write_ms']['p50']:.2f}×)"))
     lines.append(row("add → answered by CoreDNS, p50 / p99",
                      lambda r: f"{r['visible_ms']['p50']:.0f} / {r['visible_ms']['p99']:.0f} ms"))
     return "\n".join(lines)

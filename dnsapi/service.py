@@ -4,7 +4,9 @@ Each zone has one writer task. Requests put their change on the zone's queue and
 the writer takes everything queued, applies it to the zone's last known state, writes the result
 to Vault with check-and-set (on conflict: re-read, re-apply, retry), then rewrites the zone file
 once and resolves the futures. Concurrent requests thus cost one Vault write and one zone rewrite,
-and nothing is acknowledged before Vault has it.
+and nothing is acknowledged before Vault has it. The file's next text is made while Vault writes
+(in a temp file, flushed to disk) and renamed into place only once Vault has the records: one
+client waiting for one record waits for the slower of the two, not for both.
 
 Reconciliation is the same path with a forced Vault read: at start and on a timer the writer
 re-reads the zone secret, drops records older than max_age, and re-renders the file if it
@@ -40,13 +42,17 @@ from .names import (
 from .propagation import Waits, served_serial
 from .records import PREREQUISITE_FAILURES, Change, Key, Outcome, Record, Update, apply_changes
 from .store import CasConflict, VaultStore, ZoneState
-from .zonefile import ZoneFile, serial_gt, soa_serial
+from .zonefile import Rewrite, ZoneFile, serial_gt, soa_serial
 
 log = logging.getLogger(__name__)
 
 LOAD_GRACE = 5.0  # a DNS server still serving an older serial this long after a write failed to load it
 CAS_RETRY_SECONDS = 10.0  # keep retrying check-and-set conflicts this long before giving up
 SWEEP_INTERVAL = 3600.0  # how often unnamed snapshots are looked for (they are rare)
+# A zone file up to this size is put in place from the event loop: its rename and the read that
+# checks nobody saved it meanwhile cost less than handing them to a thread and back. (The loop
+# may then wait for the few milliseconds `dnsapi zone edit` holds the file's lock.)
+COMMIT_ON_LOOP_MAX = 64 * 1024
 
 
 @dataclass
@@ -57,6 +63,14 @@ class _Job:
     change: Change | Update | None
     future: asyncio.Future[Outcome | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A zone file rewrite made ready while Vault wrote, and the seconds that took."""
+
+    rewrite: Rewrite
+    seconds: float
 
 
 class ZoneWriter:
@@ -100,18 +114,17 @@ class ZoneWriter:
         changes = [job.change for job in jobs if job.change is not None]
         reconcile = len(changes) < len(jobs)
         try:
-            outcomes = iter(await self._apply_to_vault(changes, reconcile))
+            outcome_list, rewrite = await self._apply_to_vault(changes, reconcile)
         except DnsapiError as exc:
             for job in jobs:
                 _settle(job.future, exc)
             return
+        outcomes = iter(outcome_list)
         results = [None if job.change is None else next(outcomes) for job in jobs]
         try:
             assert self.state is not None
             self.metrics.zone_records.labels(self.zone.name).set(len(self.state.records))
-            started = time.perf_counter()
-            serial = await asyncio.to_thread(self.file.sync, self.state.records)
-            self.metrics.zone_write_seconds.labels(self.zone.name).observe(time.perf_counter() - started)
+            serial = await self._write_file(rewrite)
             if serial is not None:
                 log.info("zone %s rewritten: %d records, serial %d",
                          self.zone.name, len(self.state.records), serial)
@@ -156,8 +169,49 @@ class ZoneWriter:
                                                  f"{conflicts[clash]}"))
         return kept
 
-    async def _apply_to_vault(self, changes: list[Change | Update], reconcile: bool) -> list[Outcome]:
-        """Apply `changes` on top of Vault's current state and store the result with CAS."""
+    async def _write_file(self, rewrite: asyncio.Future[_Prepared] | None) -> int | None:
+        """Make the zone file hold the records Vault now has: put in place the rewrite prepared
+        while Vault wrote them, or (when nothing was written: a reconcile) rewrite the file if
+        it differs. Returns the new serial, if any."""
+        assert self.state is not None
+        if rewrite is None:
+            started = time.perf_counter()
+            serial = await asyncio.to_thread(self.file.sync, self.state.records)
+            seconds = time.perf_counter() - started
+        else:
+            prepared = await rewrite
+            started = time.perf_counter()
+            if len(prepared.rewrite.expected) <= COMMIT_ON_LOOP_MAX:
+                serial = self.file.commit(prepared.rewrite)
+            else:
+                serial = await asyncio.to_thread(self.file.commit, prepared.rewrite)
+            seconds = prepared.seconds + time.perf_counter() - started
+        self.metrics.zone_write_seconds.labels(self.zone.name).observe(seconds)
+        return serial
+
+    def _prepare_file(self, records: dict[Key, Record]) -> asyncio.Future[_Prepared]:
+        """Start making the zone file's next text (flushed to disk, not yet in place) in a
+        worker thread, so that it is ready when Vault's answer comes."""
+        def prepare() -> _Prepared:
+            started = time.perf_counter()
+            return _Prepared(self.file.prepare(records), time.perf_counter() - started)
+
+        return asyncio.get_running_loop().run_in_executor(None, prepare)
+
+    @staticmethod
+    async def _discard(rewrite: asyncio.Future[_Prepared]) -> None:
+        """Drop a prepared rewrite Vault did not accept the records of."""
+        try:
+            prepared = await rewrite
+        except ZoneError:
+            return
+        ZoneFile.discard(prepared.rewrite)
+
+    async def _apply_to_vault(self, changes: list[Change | Update], reconcile: bool
+                              ) -> tuple[list[Outcome], asyncio.Future[_Prepared] | None]:
+        """Apply `changes` on top of Vault's current state and store the result with CAS.
+        Returns the outcomes, and the zone file's rewrite for the stored records when Vault
+        was written (prepared while it wrote; the caller puts it in place)."""
         fresh = False
         if self.state is None or reconcile:
             self.state, fresh = await self.read(), True
@@ -174,11 +228,15 @@ class ZoneWriter:
                 self.state, fresh = await self.read(), True
                 continue
             if records == self.state.records:
-                return outcomes
+                return outcomes, None
             touched = _touched(changes, self.state.records) + [r.key for r in expired]
+            rewrite = self._prepare_file(records)
             try:
                 state = await self.store.write_zone(self.zone.name, records, self.state, touched)
-            except CasConflict:
+            except BaseException as exc:
+                await self._discard(rewrite)
+                if not isinstance(exc, CasConflict):
+                    raise
                 # Another instance wrote first. Back off with jitter so two busy writers stop
                 # colliding in lockstep, then re-read and re-apply.
                 conflicts += 1
@@ -189,7 +247,7 @@ class ZoneWriter:
             self.state = state
             self.metrics.batch_changes.observe(len(changes))
             self._report_expired(expired)
-            return outcomes
+            return outcomes, rewrite
         log.warning("zone %s: gave up after %d check-and-set conflicts in %gs", self.zone.name,
                     conflicts, CAS_RETRY_SECONDS)
         raise VaultUnavailable(f"gave up writing zone {self.zone.name} after {conflicts} "
@@ -305,6 +363,8 @@ class RecordService:
         for zone, writer in self.writers.items():
             serial = await asyncio.to_thread(writer.file.check)
             self.metrics.zone_serial.labels(zone).set(serial)
+            for leftover in await asyncio.to_thread(writer.file.remove_leftovers):
+                log.warning("zone %s: removed %s, a rewrite a crash left unfinished", zone, leftover)
         self._tasks = [asyncio.create_task(w.run(), name=f"writer:{n}")
                        for n, w in self.writers.items()]
         self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
@@ -317,6 +377,7 @@ class RecordService:
         for writer in self.writers.values():
             await writer.queue.put(None)
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
 
     async def _reconcile_loop(self) -> None:
         swept_at = -SWEEP_INTERVAL

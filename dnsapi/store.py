@@ -17,8 +17,8 @@ The records are one string, not a JSON list, because Vault and OpenBao cap the n
 in a request's JSON (a list of objects hit it at a few hundred records); names and values are
 validated to hold no whitespace, so the line format is unambiguous.
 
-Every call goes through the one Vault connection (vault.py) in a worker thread, so the event loop
-never blocks.
+Every call goes through the one Vault connection (vault.py): in a worker thread, so the event loop
+never blocks, except a batch's one write of the zone secret, which the loop sends itself.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,7 +41,7 @@ from .config import VaultConfig
 from .errors import VaultUnavailable
 from .metrics import Metrics
 from .records import Key, Record
-from .vault import CasConflict, VaultSession
+from .vault import CasConflict, Detour, VaultSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -173,6 +173,15 @@ class Snapshot:
     records: dict[Key, Record]
 
 
+@dataclass(frozen=True)
+class _OneWrite:
+    """What one write of the zone secret holds, and the snapshot it is a delta over (if any)."""
+
+    data: dict[str, Any]
+    base: Snapshot | None
+    changed: frozenset[Key]
+
+
 @dataclass
 class ZoneState:
     """A zone's records as Vault holds them, and the KV version they were read at (0 = none).
@@ -218,6 +227,9 @@ class VaultStore:
     def secret_path(self, zone: str) -> str:
         return zone_secret(self.config.prefix, zone)
 
+    async def close(self) -> None:
+        await self.session.close()
+
     def snapshot_path(self, zone: str, name: str) -> str:
         return f"{snapshot_folder(self.config.prefix, zone)}/{name}"
 
@@ -240,9 +252,20 @@ class VaultStore:
         """Write `records` if the zone secret is still at `state`'s version; `touched` holds
         every key that may differ from `state.records`. Returns the new state. Raises
         CasConflict when someone else wrote first."""
-        # Encoding too runs in the worker thread: it grows with the changes.
-        written = await self._call("write_zone", lambda: self._write_zone(zone, records, state,
-                                                                          frozenset(touched)))
+        one = self._one_write(zone, records, state, frozenset(touched))
+        if one is None:
+            # Several calls (the snapshot, then the secret naming it), in a worker thread.
+            written = await self._call("write_zone",
+                                       lambda: self._write_with_snapshot(zone, records, state))
+        else:
+            path, cas = self.secret_path(zone), state.version
+            version = await self._call(
+                "write_zone", lambda: self.session.write_kv(path, one.data, cas),
+                direct=lambda: self.session.write_kv_direct(path, one.data, cas))
+            written = ZoneState(records=records, version=version, base=one.base,
+                                changed=one.changed)
+            if state.base is not None and one.base is None:  # the zone shrank: inline again
+                await self._call("drop_snapshot", lambda: self._drop_snapshot(zone, state.base))
         self._versions[zone] = written.version
         return written
 
@@ -295,28 +318,34 @@ class VaultStore:
             records, changed = apply_delta(base.records, data)
             return ZoneState(records=records, version=version, base=base, changed=changed)
 
-    def _write_zone(self, zone: str, records: dict[Key, Record], state: ZoneState,
-                    touched: frozenset[Key]) -> ZoneState:
-        path = self.secret_path(zone)
+    def _one_write(self, zone: str, records: dict[Key, Record], state: ZoneState,
+                   touched: frozenset[Key]) -> _OneWrite | None:
+        """The zone secret that holds `records` in one write: all of them (a small zone), or
+        the changes over the current snapshot while they are few. None when a new snapshot
+        must be taken first."""
         if len(records) <= INLINE_MAX:
-            version = self.session.write_kv(path, encode_records(records, self._lines), state.version)
-            self._drop_snapshot(zone, state.base)
-            return ZoneState(records=records, version=version)
-        if state.base is not None:
-            base = state.base.records
-            changed = frozenset(key for key in state.changed | touched
-                                if records.get(key) != base.get(key))
-            # A key missing from `touched` would be silently lost from the delta; the counts
-            # catch a missed add or remove (the only changes batches make), and a full snapshot
-            # is then written instead.
-            counted = len(base) + sum((key in records) - (key in base) for key in changed)
-            if counted != len(records):
-                log.error("zone %s: the batch's changed keys do not account for its records "
-                          "(%d vs %d); writing a full snapshot", zone, counted, len(records))
-            elif len(changed) <= DELTA_MAX:
-                version = self.session.write_kv(
-                    path, encode_delta(state.base.name, records, changed, self._lines), state.version)
-                return ZoneState(records=records, version=version, base=state.base, changed=changed)
+            return _OneWrite(encode_records(records, self._lines), None, frozenset())
+        if state.base is None:
+            return None
+        base = state.base.records
+        changed = frozenset(key for key in state.changed | touched
+                            if records.get(key) != base.get(key))
+        # A key missing from `touched` would be silently lost from the delta; the counts
+        # catch a missed add or remove (the only changes batches make), and a full snapshot
+        # is then written instead.
+        counted = len(base) + sum((key in records) - (key in base) for key in changed)
+        if counted != len(records):
+            log.error("zone %s: the batch's changed keys do not account for its records "
+                      "(%d vs %d); writing a full snapshot", zone, counted, len(records))
+            return None
+        if len(changed) > DELTA_MAX:
+            return None
+        return _OneWrite(encode_delta(state.base.name, records, changed, self._lines),
+                         state.base, changed)
+
+    def _write_with_snapshot(self, zone: str, records: dict[Key, Record],
+                             state: ZoneState) -> ZoneState:
+        path = self.secret_path(zone)
         # A new snapshot first (create-only under a fresh name), then the zone secret naming it.
         snapshot = Snapshot(f"{int(time.time()):08x}{secrets.token_hex(4)}", records)
         self.session.write_kv(self.snapshot_path(zone, snapshot.name),
@@ -384,13 +413,21 @@ class VaultStore:
                          lambda: self.session.delete_kv(self.account_path(username)))
 
     async def _call(self, operation: str, fn: Callable[[], T], read: bool = False,
-                    patience: float | None = None, confirm: bool = False) -> T:
+                    patience: float | None = None, confirm: bool = False,
+                    direct: Callable[[], Awaitable[T]] | None = None) -> T:
         """`fn` in a worker thread on the active node (see VaultSession.run): `read` when what
         it reads must be current, `patience` to wait less than vault.failover_timeout,
-        `confirm` to ask every node which one leads first."""
+        `confirm` to ask every node which one leads first. With `direct`, that is tried first
+        from the event loop, and `fn` only runs when it takes a Detour."""
         start = time.perf_counter()
         try:
-            return await asyncio.to_thread(self.session.run, fn, read, patience, confirm)
+            failed = None
+            if direct is not None:
+                try:
+                    return await direct()
+                except Detour as detour:
+                    confirm, failed = detour.confirm, detour.why
+            return await asyncio.to_thread(self.session.run, fn, read, patience, confirm, failed)
         except CasConflict:
             raise  # counted per zone by the writer
         except Exception:

@@ -1,7 +1,11 @@
 """The one Vault connection: authentication that keeps a token valid, and KV v2 calls whose every
 failure becomes a VaultUnavailable that names no secret.
 
-hvac is synchronous, so callers run these in worker threads. Authentication is a token, a token
+hvac is synchronous, so callers run these in worker threads; the one exception is the zone write
+on an add's path (`write_kv_direct`), sent from the event loop over aiohttp, because one client
+waits for it: no hand-off to a thread and back, and less client work per request than hvac's.
+Whatever that write does not get a plain answer to goes the threaded way, through `run` and its
+failover handling. Authentication is a token, a token
 file (re-read when it changes, as Vault Agent rewrites it), or AppRole (logged in, renewed at half
 its TTL, logged in again when renewal fails or max TTL nears). The record service (store.py), the
 PKI tools (dnsapi/pki/) and `dnsapi check` all use this module.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import threading
 import time
 from collections import Counter
@@ -18,9 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import hvac
 import hvac.exceptions
 import requests
+import requests.utils
 
 from .config import VaultConfig
 from .errors import VaultUnavailable
@@ -31,6 +38,17 @@ T = TypeVar("T")
 
 class CasConflict(Exception):
     """Another writer changed the zone secret since we read it: re-read, re-apply, retry."""
+
+
+class Detour(Exception):
+    """A direct write got no plain answer (a standby's redirect, a refused token, a node gone,
+    a token that needs renewing first): send it through `VaultSession.run` instead, which
+    knows what to do about each. `confirm`: the node may no longer lead, so ask every node
+    first. The write may have landed; the retry is a check-and-set conflict then."""
+
+    def __init__(self, confirm: bool, why: str | None = None) -> None:
+        super().__init__()
+        self.confirm, self.why = confirm, why
 
 
 def is_kv2(mount: dict[str, Any]) -> bool:
@@ -63,6 +81,27 @@ class VaultAuth:
                 self._logged_in = True
             if self._renew_at is not None and time.monotonic() >= self._renew_at:
                 self._renew(client)
+
+    def ready_token(self, client: hvac.Client) -> str | None:
+        """The token, when it may be used as it is: None when `prepare` has work to do first
+        (a login, a renewal, a changed token file) or is doing it now. Never waits, so the
+        event loop may ask."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self.config.token_file is not None:
+                try:
+                    if self.config.token_file.stat().st_mtime != self._token_file_mtime:
+                        return None
+                except OSError:
+                    return None
+            elif not self._logged_in:
+                return None
+            if self._renew_at is not None and time.monotonic() >= self._renew_at:
+                return None
+            return client.token or None
+        finally:
+            self._lock.release()
 
     def recover(self, client: hvac.Client) -> bool:
         """After a 403: get a fresh token if the method allows it. True when worth retrying."""
@@ -181,6 +220,7 @@ class VaultSession:
         self.auth = VaultAuth(config)
         self._probes = requests.Session()
         self._probes.trust_env = False
+        self._direct: aiohttp.ClientSession | None = None  # for write_kv_direct, made in the loop
 
     @property
     def url(self) -> str:
@@ -188,15 +228,15 @@ class VaultSession:
         return str(self.client.url)
 
     def run(self, fn: Callable[[], T], read: bool = False, patience: float | None = None,
-            confirm: bool = False) -> T:
+            confirm: bool = False, failed: str | None = None) -> T:
         """Run `fn` on the active node with a prepared token; retry once after a 403 if a fresh
         token can be had, and through failovers for `patience` seconds (default
         vault.failover_timeout; /readyz wants an answer now, not after an election). `read`:
         first ask the node whether it still leads; `confirm`: first ask every node which one
-        leads (for a read that looked stale)."""
+        leads (for a read that looked stale, or after a direct write that `failed`)."""
         deadline = time.monotonic() + (self.config.failover_timeout if patience is None else patience)
         if confirm and not self._find_active(deadline):
-            raise VaultUnavailable(self._unavailable("no node leads"))
+            raise VaultUnavailable(self._unavailable(failed or "no node leads"))
         while True:
             try:
                 if read and not self._is_active(self.url):
@@ -316,6 +356,48 @@ class VaultSession:
                 raise CasConflict() from None
             raise
         return int(response["data"]["version"])
+
+    async def write_kv_direct(self, path: str, data: dict[str, Any], cas: int) -> int:
+        """write_kv from the event loop, once, to the node dnsapi takes for the active one.
+        Raises CasConflict as write_kv does, and Detour for anything but a plain answer."""
+        token = self.auth.ready_token(self.client)
+        if token is None:
+            raise Detour(confirm=False)
+        url = f"{self.url}/v1/{self.config.kv_mount}/data/{path}"
+        try:
+            async with self._direct_session().post(
+                    url, json={"options": {"cas": cas}, "data": data}, allow_redirects=False,
+                    headers={"X-Vault-Token": token, "X-Vault-No-Request-Forwarding": "true"}
+            ) as response:
+                if response.status == 200:
+                    return int((await response.json())["data"]["version"])
+                if response.status == 400 and "check-and-set" in await response.text():
+                    raise CasConflict()
+                why, confirm = f"HTTP {response.status}", response.status != 403
+        except aiohttp.ClientConnectionError:
+            why, confirm = "ConnectionError", True
+        except TimeoutError:
+            why, confirm = "Timeout", True
+        except (aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
+            why, confirm = type(exc).__name__, True
+        log.info("Vault at %s: direct write answered %s; retrying through failover handling",
+                 self.url, why)
+        raise Detour(confirm, why)
+
+    def _direct_session(self) -> aiohttp.ClientSession:
+        if self._direct is None or self._direct.closed:
+            # The CA bundle requests would use, so both ways trust the same Vault.
+            context = ssl.create_default_context(
+                cafile=self.verify if isinstance(self.verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH)
+            self._direct = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context),
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout))
+        return self._direct
+
+    async def close(self) -> None:
+        """Close the direct writes' connections (the threaded calls need no closing)."""
+        if self._direct is not None:
+            await self._direct.close()
 
     def list_kv(self, path: str) -> list[str]:
         """The keys in a KV folder ([] when it holds none)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import glob
 import logging
 import os
 import re
@@ -340,6 +341,18 @@ class Served:
         return self.operator.soa_at(self.serial)
 
 
+@dataclass(frozen=True)
+class Rewrite:
+    """A zone file's next text, prepared but not in place yet (see ZoneFile.prepare): the
+    records asked for, the file as it was read, what it will hold, and the flushed temp file
+    that holds it (None when the file already holds the records)."""
+
+    records: Mapping[Key, Record]
+    expected: bytes
+    served: Served
+    tmp: Path | None
+
+
 class _FileChanged(Exception):
     """The zone file changed between dnsapi's read and its rename."""
 
@@ -381,6 +394,17 @@ class ZoneFile:
     def check(self) -> int:
         """Validate the file as it is now; returns its serial. Used at start and by /readyz."""
         return self._operator_serial(ZoneText.split(self.read_text()))[0]
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete the temp files a crash left beside the zone file (a rewrite prepared while
+        Vault wrote, never renamed); returns them. Called at start, before this process writes:
+        under the lock no `dnsapi zone edit` is writing one either."""
+        with self._locked():
+            leftovers = list(self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"))
+            for path in leftovers:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return leftovers
 
     def conflicts(self, names: Iterable[str], rules: NameRules | None = None,
                   cnames: Iterable[str] = ()) -> dict[str, str]:
@@ -439,9 +463,32 @@ class ZoneFile:
             records = {record.key: record for record in records}
         for _ in range(EDIT_RETRIES):
             with contextlib.suppress(_FileChanged), self._locked():
-                return self._sync_once(records, today)
+                return self._commit(self._prepare(records, today))
         raise ZoneError(f"zone file {self.path} kept changing while dnsapi rewrote it "
                         f"({EDIT_RETRIES} tries); not written")
+
+    def prepare(self, records: Mapping[Key, Record], today: dt.date | None = None) -> Rewrite:
+        """The first half of `sync`, for the writer to do while Vault is still writing: the new
+        text, checked, in a temp file beside the zone file and flushed to disk. Nothing anyone
+        sees changes until `commit`; `discard` it if Vault refuses the change. Raises ZoneError
+        as `sync` does."""
+        return self._prepare(records, today)
+
+    def commit(self, rewrite: Rewrite) -> int | None:
+        """The second half of `sync`: rename the prepared text into place. Returns the new
+        serial, or None when the file already held the records. A file changed since
+        `prepare` read it (an edit) is rewritten from what it holds now."""
+        try:
+            with self._locked():
+                return self._commit(rewrite)
+        except _FileChanged:
+            return self.sync(rewrite.records)
+
+    @staticmethod
+    def discard(rewrite: Rewrite) -> None:
+        if rewrite.tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(rewrite.tmp)
 
     def apply_edit(self, edited: str, base: str, today: dt.date | None = None) -> int | None:
         """Make `edited`, an operator's edit of `base` (the file as it was when the edit began),
@@ -473,7 +520,8 @@ class ZoneFile:
             self._verify_in_context(new_text, valid.rdatas + len(block_records(block, self.origin)),
                                     serial)
             try:
-                self._write_atomic(new_text.encode("utf-8", "surrogateescape"), expected=raw)
+                self._replace(self._write_temp(new_text.encode("utf-8", "surrogateescape")),
+                              expected=raw, durable=True)
             except _FileChanged:
                 raise EditConflict(f"{self.path} was saved by another editor just now") from None
         self._validated = valid  # the operator's text is now the edit's: the next edit starts from it
@@ -520,17 +568,16 @@ class ZoneFile:
         finally:
             os.close(fd)
 
-    def _sync_once(self, records: Mapping[Key, Record], today: dt.date | None) -> int | None:
+    def _prepare(self, records: Mapping[Key, Record], today: dt.date | None) -> Rewrite:
         raw = self._read_bytes()
         text = raw.decode("utf-8", "surrogateescape")
         parts = ZoneText.split(text)
         old_serial, valid = self._operator_serial(parts)
-        records = self._servable(records, valid.rules)
+        servable = self._servable(records, valid.rules)
         newline = "\r\n" if "\r\n" in text else "\n"
-        block = self.block.render(records, newline) if records or parts.block else ""
+        block = self.block.render(servable, newline) if servable or parts.block else ""
         if block == parts.block:
-            self.served = Served(records, old_serial, valid)
-            return None
+            return Rewrite(records, raw, Served(servable, old_serial, valid), None)
         if self._written is not None and serial_gt(self._written, old_serial):
             # An editor buffer older than our last rewrite was saved: count on from what
             # CoreDNS may already have loaded, so it reloads.
@@ -539,12 +586,20 @@ class ZoneFile:
         new_text = ZoneText(valid.head + str(serial) + valid.tail, "", valid.after).join(block)
         if valid is not self._in_context:
             # Once per operator text: a check that fails is made again next time, never cached.
-            self._verify_in_context(new_text, valid.rdatas + len(records), serial)
+            self._verify_in_context(new_text, valid.rdatas + len(servable), serial)
             self._in_context = valid
-        self._write_atomic(new_text.encode("utf-8", "surrogateescape"), expected=raw, durable=False)
-        self._written = serial
-        self.served = Served(records, serial, valid)
-        return serial
+        tmp = self._write_temp(new_text.encode("utf-8", "surrogateescape"))
+        return Rewrite(records, raw, Served(servable, serial, valid), tmp)
+
+    def _commit(self, rewrite: Rewrite) -> int | None:
+        """Under the lock: put `rewrite` in place; _FileChanged if the file changed since."""
+        if rewrite.tmp is None:
+            self.served = rewrite.served
+            return None
+        self._replace(rewrite.tmp, rewrite.expected)
+        self._written = rewrite.served.serial
+        self.served = rewrite.served
+        return rewrite.served.serial
 
     def _servable(self, records: Mapping[Key, Record], rules: NameRules) -> Mapping[Key, Record]:
         """`records` without those the operator's zone no longer allows (a CNAME added by hand at
@@ -594,23 +649,20 @@ class ZoneFile:
             raise ZoneError(f"dnsapi's block in {self.path} sits inside another record (its markers "
                             "were moved?); put the BEGIN/END lines between records")
 
-    def _write_atomic(self, data: bytes, expected: bytes, durable: bool = True) -> None:
-        """Temp file in the same directory, fsync, keep mode/owner, rename, and with `durable`
-        fsync the directory; raise _FileChanged instead of renaming if the file no longer holds
-        `expected`.
+    def _write_temp(self, data: bytes) -> Path:
+        """`data` in a new temp file beside the zone file, flushed to disk, with the zone file's
+        mode (and owner, when dnsapi may set it).
 
-        The temp file's own fsync always happens: without it a crash could leave the renamed
-        file empty or torn, and the operator's records are in no other place. The directory's
-        fsync only makes the rename itself survive a crash; a rewrite of dnsapi's records does
-        not need that (the previous file comes back whole, and dnsapi rewrites the block from
-        Vault when it starts), an operator's edit does."""
-        directory = self.path.parent
+        The temp file's fsync always happens: without it a crash could leave the renamed file
+        empty or torn, and the operator's records are in no other place."""
         try:
             current = self.path.stat()
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+            fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                        suffix=".tmp")
         except OSError as exc:
             raise ZoneError(f"cannot write zone file {self.path}: {exc.strerror}") from None
-        try:
+        tmp = Path(name)
+        with self._dropped_on_failure(tmp):
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
@@ -620,19 +672,35 @@ class ZoneFile:
                 # not root: the file keeps our ownership and its original mode
                 with contextlib.suppress(PermissionError):
                     os.chown(tmp, current.st_uid, current.st_gid)
-            if self.path.read_bytes() != expected:
-                raise _FileChanged()
-            os.replace(tmp, self.path)
-            self._seen = self._identity()
+        return tmp
+
+    @contextlib.contextmanager
+    def _dropped_on_failure(self, tmp: Path) -> Iterator[None]:
+        """Delete `tmp` if the block fails; an OSError becomes a ZoneError."""
+        try:
+            yield
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             if isinstance(exc, OSError):
                 raise ZoneError(f"cannot write zone file {self.path}: {exc.strerror}") from None
             raise
+
+    def _replace(self, tmp: Path, expected: bytes, durable: bool = False) -> None:
+        """Rename `tmp` over the zone file, unless the file no longer holds `expected`
+        (_FileChanged, and `tmp` is dropped); with `durable`, fsync the directory too.
+
+        That fsync only makes the rename itself survive a crash; a rewrite of dnsapi's records
+        does not need it (the previous file comes back whole, and dnsapi rewrites the block from
+        Vault when it starts), an operator's edit does."""
+        with self._dropped_on_failure(tmp):
+            if self.path.read_bytes() != expected:
+                raise _FileChanged()
+            os.replace(tmp, self.path)
+            self._seen = self._identity()
         if not durable:
             return
-        dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        dir_fd = os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             os.fsync(dir_fd)
         finally:

@@ -288,6 +288,9 @@ class MemoryStore:
         await self._enter("sweep_snapshots")
         return 0
 
+    async def close(self) -> None:
+        pass
+
     # what the acme-dns account store calls
 
     async def read_account(self, username: str) -> dict[str, Any]:

@@ -35,6 +35,11 @@ def block(config: Config) -> set[Key]:
     return set(block_records(ZoneText.split(zone_path(config).read_text()).block, ZONE))
 
 
+def temp_files(config: Config) -> list[Path]:
+    """Temp files beside the zone file: a rewrite prepared but never put in place or dropped."""
+    return list(zone_path(config).parent.glob(".*.tmp"))
+
+
 def record(service: RecordService, value: str, fqdn: str = WWW, owner: str = "acme") -> Record:
     return service.make_record(fqdn, value, owner=owner)
 
@@ -54,6 +59,23 @@ async def test_an_add_is_answered_once_the_store_and_the_zone_file_have_it(tmp_p
         assert await service.remove(WWW, "A" * 43) is Outcome.REMOVED
         assert await service.remove(WWW, "A" * 43) is Outcome.ABSENT
         assert store.records() == set() and block(config) == set()
+
+
+async def test_the_zone_file_is_prepared_while_the_store_writes_and_changed_only_after(tmp_path):
+    """The file's next text is ready (a flushed temp file) while Vault is still writing, so the
+    add waits for the slower of the two; the file itself changes only once Vault has the record."""
+    config, _ = service_config(tmp_path)
+    async with running(config) as (service, store):
+        before = zone_path(config).read_bytes()
+        gate = store.hold("write_zone")
+        add = asyncio.create_task(service.add(record(service, "P" * 43)))
+        await gate.entered.wait()
+        await until(lambda: len(temp_files(config)) == 1, "the next text prepared beside the file")
+        assert 'TXT "' + "P" * 43 in temp_files(config)[0].read_text()
+        assert zone_path(config).read_bytes() == before and not add.done()
+        gate.release()
+        assert await add is Outcome.CREATED
+        assert block(config) == {(WWW, "P" * 43)} and temp_files(config) == []
 
 
 async def test_adds_queued_behind_a_write_cost_one_store_write_and_one_zone_rewrite(tmp_path):
@@ -103,6 +125,7 @@ async def test_a_zone_other_writers_never_stop_changing_gives_up_with_vault_unav
             await service.add(record(service, "never"))
         store.before_write = None
         assert store.writes == [] and zone_path(config).read_bytes() == before
+        assert temp_files(config) == []
 
 
 async def test_a_retried_add_is_confirmed_against_the_store_not_the_writers_cache(tmp_path):
@@ -128,6 +151,7 @@ async def test_vault_unavailable_fails_every_change_of_the_batch_and_leaves_the_
         assert [type(r) for r in results] == [VaultUnavailable] * 3
         assert store.records() == set() and zone_path(config).read_bytes() == before
         assert metric(service, "dnsapi_zone_rewrites_total", zone=ZONE) == 0
+        assert temp_files(config) == []  # the text prepared during the write is dropped
 
 
 async def test_a_zone_file_error_keeps_the_change_in_the_store_and_a_later_reconcile_writes_it(

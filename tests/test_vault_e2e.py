@@ -183,6 +183,7 @@ def test_vault_down_is_503_then_recovers_without_restart(make_stack, tmp_path):
                                    "message": f"Vault at http://127.0.0.1:{port} is unreachable or "
                                               "not active (ConnectionError)"}
         assert stack.zone_path.read_bytes() == zone_before
+        assert not list(stack.zone_path.parent.glob(".*.tmp"))  # the text prepared meanwhile: dropped
         assert stack.call("GET", "/readyz").status_code == 503
         assert stack.call("GET", "/healthz").status_code == 200
 
@@ -190,6 +191,11 @@ def test_vault_down_is_503_then_recovers_without_restart(make_stack, tmp_path):
         assert stack.add(WWW, "back").status_code == 201
         stack.wait_served(WWW, {"back"})
         assert stack.call("GET", "/readyz").status_code == 200
+        # Each add's write went straight from the event loop; only the one Vault did not answer
+        # took the failover way (the first one back met a check-and-set conflict: not a detour).
+        log = (stack.dir / "dnsapi.log").read_text()
+        assert log.count("direct write answered") == 1
+        assert "direct write answered ConnectionError" in log
     finally:
         vault.stop()
 
@@ -203,13 +209,23 @@ def test_vault_client_sees_only_hashes_never_tokens(stack):
     assert stack.token not in stack.config_path.read_text()
 
 
-def kv_store(openbao, prefix: str):
+@pytest.fixture
+async def kv_store(openbao):
+    """Makes VaultStores on the test's OpenBao under a prefix; closes them after the test."""
     from dnsapi.config import VaultConfig
     from dnsapi.metrics import Metrics
     from dnsapi.store import VaultStore
-    return VaultStore(VaultConfig(addr=openbao.addr, token=openbao.root_token, token_file=None,
-                                  approle=None, ca_cert=None, kv_mount="secret", prefix=prefix,
-                                  timeout=10), Metrics())
+    made = []
+
+    def make(prefix: str) -> VaultStore:
+        made.append(VaultStore(VaultConfig(addr=openbao.addr, token=openbao.root_token,
+                                           token_file=None, approle=None, ca_cert=None,
+                                           kv_mount="secret", prefix=prefix, timeout=10), Metrics()))
+        return made[-1]
+
+    yield make
+    for store in made:
+        await store.close()
 
 
 def challenges(start: int, stop: int) -> dict:
@@ -228,14 +244,14 @@ def snapshot_names(openbao, prefix: str) -> list[str]:
         return []
 
 
-async def test_a_full_zone_fits_in_one_vault_write(openbao):
+async def test_a_full_zone_fits_in_one_vault_write(openbao, kv_store):
     """Vault/OpenBao cap the strings in a request's JSON and the length of one string (1 MiB):
     a zone at the default max_records_per_zone (2,000 records of 255-byte names) must still be
     one snapshot write, one check-and-set write, and read back whole by another instance."""
     from dnsapi.records import Record
     from dnsapi.store import ZoneState
 
-    store = kv_store(openbao, "full-zone")
+    store = kv_store("full-zone")
     label = "a" * 63
     records = {}
     for i in range(2000):
@@ -243,23 +259,23 @@ async def test_a_full_zone_fits_in_one_vault_write(openbao):
         record = Record(fqdn, "V" * 43, 60, 1.0)
         records[record.key] = record
     state = await store.write_zone("dev.local", records, ZoneState({}, 0), records)
-    read = await kv_store(openbao, "full-zone").read_zone("dev.local")
+    read = await kv_store("full-zone").read_zone("dev.local")
     assert read.version == state.version == 1 and read.records == records
 
 
-async def test_a_large_zone_is_written_as_deltas_over_a_snapshot(openbao):
+async def test_a_large_zone_is_written_as_deltas_over_a_snapshot(openbao, kv_store):
     """Past INLINE_MAX records a batch writes only the changes since the snapshot; the snapshot
     is replaced once they outgrow DELTA_MAX, the old one deleted, and the whole zone goes back
     into the zone secret when it shrinks. Another instance reads every state exactly."""
     from dnsapi.store import DELTA_FORMAT, DELTA_MAX, INLINE_MAX, ZoneState
 
     prefix = f"delta-{uuid.uuid4().hex[:8]}"
-    store = kv_store(openbao, prefix)
+    store = kv_store(prefix)
     state, seen_snapshots = ZoneState({}, 0), set()
     for start in range(0, 1200, 40):  # grow in batches of 40
         records = {**state.records, **challenges(start, start + 40)}
         state = await store.write_zone("dev.local", records, state, challenges(start, start + 40))
-        read = await kv_store(openbao, prefix).read_zone("dev.local")
+        read = await kv_store(prefix).read_zone("dev.local")
         assert read.records == records and read.version == state.version
         secret = openbao.client.secrets.kv.v2.read_secret_version(
             path=f"{prefix}/zones/dev.local", mount_point="secret",
@@ -276,19 +292,19 @@ async def test_a_large_zone_is_written_as_deltas_over_a_snapshot(openbao):
         gone = challenges(start, start + 40)
         records = {k: r for k, r in state.records.items() if k not in gone}
         state = await store.write_zone("dev.local", records, state, gone)
-        read = await kv_store(openbao, prefix).read_zone("dev.local")
+        read = await kv_store(prefix).read_zone("dev.local")
         assert read.records == records
     assert state.records == {} and state.base is None and snapshot_names(openbao, prefix) == []
 
 
-async def test_writers_sharing_a_zone_survive_a_snapshot_change(openbao):
+async def test_writers_sharing_a_zone_survive_a_snapshot_change(openbao, kv_store):
     """Instance B holds a state over a snapshot that instance A replaces (and deletes): B's write
     is refused by check-and-set, and after re-reading B writes on top of A's records."""
     from dnsapi.store import ZoneState
     from dnsapi.vault import CasConflict
 
     prefix = f"shared-{uuid.uuid4().hex[:8]}"
-    a, b = kv_store(openbao, prefix), kv_store(openbao, prefix)
+    a, b = kv_store(prefix), kv_store(prefix)
     state_a = await a.write_zone("dev.local", challenges(0, 400), ZoneState({}, 0), challenges(0, 400))
     state_b = await b.read_zone("dev.local")
     more = challenges(400, 400 + 300)  # more than DELTA_MAX: A takes a new snapshot
@@ -299,30 +315,30 @@ async def test_writers_sharing_a_zone_survive_a_snapshot_change(openbao):
         await b.write_zone("dev.local", {**state_b.records, **mine}, state_b, mine)
     state_b = await b.read_zone("dev.local")
     state_b = await b.write_zone("dev.local", {**state_b.records, **mine}, state_b, mine)
-    read = await kv_store(openbao, prefix).read_zone("dev.local")
+    read = await kv_store(prefix).read_zone("dev.local")
     assert read.records == {**challenges(0, 700), **mine}
     assert snapshot_names(openbao, prefix) == [state_b.base.name]
 
 
-async def test_a_missing_or_hostile_snapshot_reference_is_a_clear_error(openbao):
+async def test_a_missing_or_hostile_snapshot_reference_is_a_clear_error(openbao, kv_store):
     from dnsapi.errors import VaultUnavailable
     from dnsapi.store import ZoneState
 
     prefix = f"broken-{uuid.uuid4().hex[:8]}"
-    state = await kv_store(openbao, prefix).write_zone("dev.local", challenges(0, 300),
+    state = await kv_store(prefix).write_zone("dev.local", challenges(0, 300),
                                                        ZoneState({}, 0), challenges(0, 300))
     openbao.client.secrets.kv.v2.delete_metadata_and_all_versions(
         path=f"{prefix}/snapshots/dev.local/{state.base.name}", mount_point="secret")
     with pytest.raises(VaultUnavailable, match="missing from Vault"):
-        await kv_store(openbao, prefix).read_zone("dev.local")
+        await kv_store(prefix).read_zone("dev.local")
     openbao.client.secrets.kv.v2.create_or_update_secret(
         path=f"{prefix}/zones/dev.local", mount_point="secret",
         secret={"format": 3, "base": "../../zones/other", "records": "", "removed": ""})
     with pytest.raises(VaultUnavailable, match="names no valid snapshot"):
-        await kv_store(openbao, prefix).read_zone("dev.local")
+        await kv_store(prefix).read_zone("dev.local")
 
 
-async def test_unnamed_snapshots_are_swept_once_old(openbao, monkeypatch):
+async def test_unnamed_snapshots_are_swept_once_old(openbao, kv_store, monkeypatch):
     """A crash between writing a snapshot and naming it leaves it unnamed: the sweep deletes
     such snapshots once older than SNAPSHOT_GRACE, never the one the zone secret names, and
     leaves anything that is not a snapshot alone."""
@@ -332,7 +348,7 @@ async def test_unnamed_snapshots_are_swept_once_old(openbao, monkeypatch):
     from dnsapi.store import ZoneState
 
     prefix = f"sweep-{uuid.uuid4().hex[:8]}"
-    store = kv_store(openbao, prefix)
+    store = kv_store(prefix)
     state = await store.write_zone("dev.local", challenges(0, 300), ZoneState({}, 0), challenges(0, 300))
     old, young = f"{int(time.time()) - 2 * 86400:08x}deadbeef", f"{int(time.time()):08x}cafef00d"
     for name in (old, young, "notes"):
@@ -343,19 +359,19 @@ async def test_unnamed_snapshots_are_swept_once_old(openbao, monkeypatch):
     monkeypatch.setattr(dnsapi.store, "SNAPSHOT_GRACE", -60.0)  # now every snapshot counts as old
     assert await store.sweep_snapshots("dev.local") == 1
     assert sorted(snapshot_names(openbao, prefix)) == sorted([state.base.name, "notes"])
-    assert (await kv_store(openbao, prefix).read_zone("dev.local")).records == challenges(0, 300)
+    assert (await kv_store(prefix).read_zone("dev.local")).records == challenges(0, 300)
 
 
-async def test_a_batch_that_misreports_its_changes_still_loses_nothing(openbao):
+async def test_a_batch_that_misreports_its_changes_still_loses_nothing(openbao, kv_store):
     """The writer names the keys a batch touched; should it ever miss one, the delta would drop
     it, so the store notices from the counts and writes a full snapshot instead."""
     from dnsapi.store import ZoneState
 
     prefix = f"miscount-{uuid.uuid4().hex[:8]}"
-    store = kv_store(openbao, prefix)
+    store = kv_store(prefix)
     state = await store.write_zone("dev.local", challenges(0, 300), ZoneState({}, 0), challenges(0, 300))
     more = challenges(300, 310)
     after = await store.write_zone("dev.local", {**state.records, **more}, state, list(more)[:5])
     assert after.base.name != state.base.name  # a new snapshot, not a delta
-    read = await kv_store(openbao, prefix).read_zone("dev.local")
+    read = await kv_store(prefix).read_zone("dev.local")
     assert read.records == challenges(0, 310)

@@ -1,16 +1,19 @@
 """The HA side of the Vault client, without servers: which node it picks when nodes disagree
-about the leader, and what the store does with a read older than one it has seen."""
+about the leader, what the store does with a read older than one it has seen, and when the
+event loop may use the token for a direct write."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from dnsapi.config import VaultConfig
 from dnsapi.metrics import Metrics
 from dnsapi.store import VaultStore, ZoneState
-from dnsapi.vault import VaultSession
+from dnsapi.vault import VaultAuth, VaultSession
 
 A, B, C = "http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"
 
@@ -49,7 +52,7 @@ class Replies:
         self.confirms: list[bool] = []
 
     def run(self, fn: Callable[[], Any], read: bool = False, patience: float | None = None,
-            confirm: bool = False) -> ZoneState:
+            confirm: bool = False, failed: str | None = None) -> ZoneState:
         self.confirms.append(confirm)
         return ZoneState(records={}, version=self.versions.pop(0))
 
@@ -65,3 +68,40 @@ def test_a_read_older_than_one_seen_is_read_again_after_asking_every_node() -> N
     # 7; then 5 (stale: asked again, 7); then 3 and, asked again, 3 (deleted by hand: taken)
     assert asyncio.run(reads()) == [7, 7, 3]
     assert replies.confirms == [False, False, True, False, True]
+
+
+class TokenClient:
+    """The part of an hvac client VaultAuth uses for a plain token: its token and lookup_self."""
+
+    def __init__(self, ttl: int) -> None:
+        self.token: str | None = None
+        lookup = {"data": {"ttl": ttl, "renewable": True}}
+        self.auth = SimpleNamespace(token=SimpleNamespace(lookup_self=lambda: lookup))
+
+
+def test_the_loop_gets_the_token_only_when_it_needs_no_work_first() -> None:
+    auth = VaultAuth(VaultConfig.model_validate({"addr": A, "token": "t"}))
+    client = TokenClient(ttl=3600)
+    assert auth.ready_token(client) is None  # not looked up yet: `prepare` must run first
+    auth.prepare(client)  # type: ignore[arg-type]
+    assert auth.ready_token(client) == "t"  # type: ignore[arg-type]
+    with auth._lock:  # a worker thread is logging in or renewing right now
+        assert auth.ready_token(client) is None  # type: ignore[arg-type]
+    auth._renew_at = 0.0  # renewal is due
+    assert auth.ready_token(client) is None  # type: ignore[arg-type]
+
+
+def test_a_rewritten_token_file_sends_the_next_write_through_prepare(tmp_path) -> None:
+    path = tmp_path / "token"
+    path.write_text("first\n")
+    auth = VaultAuth(VaultConfig.model_validate({"addr": A, "token_file": str(path)}))
+    client = TokenClient(ttl=0)
+    auth.prepare(client)  # type: ignore[arg-type]
+    assert auth.ready_token(client) == "first"  # type: ignore[arg-type]
+    path.write_text("second\n")
+    os.utime(path, (1, 1))  # a new mtime, whatever the clock's granularity
+    assert auth.ready_token(client) is None  # type: ignore[arg-type]
+    auth.prepare(client)  # type: ignore[arg-type]
+    assert auth.ready_token(client) == "second"  # type: ignore[arg-type]
+    path.unlink()
+    assert auth.ready_token(client) is None  # type: ignore[arg-type]

@@ -380,3 +380,58 @@ def test_a_file_that_keeps_changing_is_not_overwritten(zone, monkeypatch):
     text = zone.path.read_text()
     assert "late3 IN A" in text and 'TXT "v2"' not in text
     assert not list(zone.path.parent.glob(".*.tmp"))  # no temp file left behind
+
+
+# -- a rewrite prepared while Vault writes -----------------------------------------------------
+
+def temp_files(zone: ZoneFile) -> list:
+    return list(zone.path.parent.glob(".*.tmp"))
+
+
+def test_a_prepared_rewrite_changes_nothing_until_it_is_committed(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    before = zone.path.read_bytes()
+    rewrite = zone.prepare({r.key: r for r in [rec("www.", "v1"), rec("www.", "v2")]}, today=DAY)
+    assert zone.path.read_bytes() == before and len(temp_files(zone)) == 1
+    assert rewrite.tmp is not None and rewrite.tmp.stat().st_mode & 0o777 == 0o644
+    assert zone.commit(rewrite) == 2026112801
+    assert 'TXT "v2"' in zone.path.read_text() and temp_files(zone) == []
+    assert zone.served is not None and set(zone.served.records) == {
+        rec("www.", "v1").key, rec("www.", "v2").key}
+
+
+def test_a_discarded_rewrite_leaves_the_file_as_it_was(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    before = zone.path.read_bytes()
+    ZoneFile.discard(zone.prepare({rec("www.", "v2").key: rec("www.", "v2")}, today=DAY))
+    assert zone.path.read_bytes() == before and temp_files(zone) == []
+    assert zone.sync([rec("www.", "v1")], today=DAY) is None  # nothing to write: v1 is there
+
+
+def test_an_edit_saved_between_prepare_and_commit_is_kept(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    rewrite = zone.prepare({rec("www.", "v2").key: rec("www.", "v2")}, today=DAY)
+    zone.path.write_text(zone.path.read_text() + "late IN A 127.0.0.9\n")
+    zone.commit(rewrite)  # the file changed since prepare read it: made again from the save
+    text = zone.path.read_text()
+    assert "late IN A 127.0.0.9" in text
+    assert block_records(ZoneText.split(text).block, "dev.local") == {
+        ("_acme-challenge.www.dev.local", "v2"): 60}
+    assert temp_files(zone) == []
+    parse_zone(text, "dev.local")
+
+
+def test_an_unchanged_record_set_prepares_no_temp_file(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    rewrite = zone.prepare({rec("www.", "v1").key: rec("www.", "v1")}, today=DAY)
+    assert rewrite.tmp is None and temp_files(zone) == []
+    assert zone.commit(rewrite) is None
+
+
+def test_temp_files_a_crash_left_are_removed_and_nothing_else(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    left = zone.prepare({rec("www.", "v2").key: rec("www.", "v2")}, today=DAY)  # then a crash
+    other = zone.path.parent / ".db.other.abc.tmp"
+    other.write_text("another zone's")
+    assert zone.remove_leftovers() == [left.tmp]
+    assert temp_files(zone) == [other] and 'TXT "v1"' in zone.path.read_text()
