@@ -241,16 +241,16 @@ def c1_latency_ms(stack, session: requests.Session, tmp: Path, samples: int = LA
         floor.wait()
     stages = {stage: 1000 * (after[stage][0] - before[stage][0]) / max(1, after[stage][1] - before[stage][1])
               for stage in STAGES}
-    breakdown = {"add, at the client": statistics.mean(adds),
-                 "the bare Vault write, at the client": statistics.mean(writes),
-                 "the floor (an aiohttp service doing only that write), at the client":
-                     statistics.mean(floors), **stages}
+    means = {"add, at the client": statistics.mean(adds),
+             "the bare Vault write, at the client": statistics.mean(writes),
+             "the floor (an aiohttp service doing only that write), at the client":
+                 statistics.mean(floors), **stages}
 
     def p50_p99(values: list[float]) -> dict[str, float]:
         return {"p50": statistics.median(values), "p99": percentile(values, 99)}
 
     return (p50_p99(writes), p50_p99(adds), p50_p99(floors),
-            {stage: round(ms, 3) for stage, ms in breakdown.items()})
+            {stage: round(ms, 3) for stage, ms in means.items()})
 
 
 # An add's stages as dnsapi's /metrics time them: (metric, labels) per stage. The handler's time
@@ -482,10 +482,10 @@ def main() -> None:
                     "dnsapi": visible_ms(dnsapi_add, stack.dns_port, "dnsapi"),
                     "dnsapi_push": visible_ms(dnsapi_add, push_dns.port, "push"),
                     "bind": visible_ms(bind.add, bind.port, "bind")}
-                write, add, floor, breakdown = c1_latency_ms(stack, session, tmp)
+                write, add, floor, stages = c1_latency_ms(stack, session, tmp)
                 results["vault_write_ms"] = write
                 results["add_ms"] = {"dnsapi": {"c1": add}, "floor": {"c1": floor}}
-                results["add_breakdown_ms"] = breakdown
+                results["add_breakdown_ms"] = stages
                 bind_udp = bind.over_udp()
                 rates: dict[str, dict[str, list[float]]] = {"dnsapi": {}, "bind": {}, "dnsapi_rfc2136": {},
                                                             "bind_udp": {}}
@@ -528,14 +528,14 @@ def main() -> None:
     results["coredns_idle_cpu_pct"] = idle_cpu([SHIPPED_RELOAD], IDLE_SECONDS)[SHIPPED_RELOAD]
     results["coredns_idle_cpu_pct_push"] = idle_cpu([SHIPPED_RELOAD], IDLE_SECONDS, push=True)[SHIPPED_RELOAD]
 
+    out = Path(__file__).resolve().parent / "results.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"Machine: {results['machine']}, {results['date']}\n")
     print(table(results))
     for name, label in (("dnsapi", "dnsapi"), ("bind", "BIND")):
         print(f"\nissuance runs, {label}: " + ", ".join(f"{t:.1f}" for t in results["issuance_runs_s"][name]))
     print("\n" + breakdown(results))
     print("\nTargets:\n" + "\n".join(targets(results)))
-    out = Path(__file__).resolve().parent / "results.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out}")
 
 

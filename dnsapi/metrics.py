@@ -40,6 +40,10 @@ class Metrics:
                                        "Vault operation latency", ["operation"], buckets=_FAST, registry=r)
         self.vault_errors = Counter("dnsapi_vault_errors", "Vault operations that failed "
                                     "(unreachable, refused, or errored)", ["operation"], registry=r)
+        self.vault_detours = Counter("dnsapi_vault_direct_detours", "zone writes sent from the event "
+                                     "loop that went the threaded way instead (no plain answer: a "
+                                     "failover, a token to refresh, an error)", ["operation"],
+                                     registry=r)
         self.cas_conflicts = Counter("dnsapi_vault_cas_conflicts", "check-and-set conflicts with "
                                      "other writers", ["zone"], registry=r)
         self.batch_changes = Histogram("dnsapi_batch_changes", "changes applied by one Vault write",
@@ -48,9 +52,9 @@ class Metrics:
         self.zone_errors = Counter("dnsapi_zone_write_errors", "zone file writes that failed",
                                    ["zone"], registry=r)
         self.zone_write_seconds = Histogram("dnsapi_zone_write_duration_seconds", "bringing the zone "
-                                            "file up to date after a batch (read, render, write, "
-                                            "fsync, rename; in a worker thread)", ["zone"],
-                                            buckets=_FAST, registry=r)
+                                            "file up to date for a batch (read, render, write, "
+                                            "fsync: in a worker thread while Vault writes; then "
+                                            "the rename)", ["zone"], buckets=_FAST, registry=r)
         self.zone_serial = Gauge("dnsapi_zone_serial", "SOA serial of the zone file dnsapi last wrote",
                                  ["zone"], registry=r)
         self.zone_records = Gauge("dnsapi_zone_records", "challenge records in the zone (as in Vault)",

@@ -42,7 +42,7 @@ from .names import (
 from .propagation import Waits, served_serial
 from .records import PREREQUISITE_FAILURES, Change, Key, Outcome, Record, Update, apply_changes
 from .store import CasConflict, VaultStore, ZoneState
-from .zonefile import Rewrite, ZoneFile, serial_gt, soa_serial
+from .zonefile import CommitLater, Rewrite, ZoneFile, serial_gt, soa_serial
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ LOAD_GRACE = 5.0  # a DNS server still serving an older serial this long after a
 CAS_RETRY_SECONDS = 10.0  # keep retrying check-and-set conflicts this long before giving up
 SWEEP_INTERVAL = 3600.0  # how often unnamed snapshots are looked for (they are rare)
 # A zone file up to this size is put in place from the event loop: its rename and the read that
-# checks nobody saved it meanwhile cost less than handing them to a thread and back. (The loop
-# may then wait for the few milliseconds `dnsapi zone edit` holds the file's lock.)
+# checks nobody saved it meanwhile cost less than handing them to a thread and back. (Never
+# waiting: a held lock or a changed file sends the rest to a thread.)
 COMMIT_ON_LOOP_MAX = 64 * 1024
 
 
@@ -174,20 +174,36 @@ class ZoneWriter:
         while Vault wrote them, or (when nothing was written: a reconcile) rewrite the file if
         it differs. Returns the new serial, if any."""
         assert self.state is not None
-        if rewrite is None:
-            started = time.perf_counter()
-            serial = await asyncio.to_thread(self.file.sync, self.state.records)
-            seconds = time.perf_counter() - started
-        else:
-            prepared = await rewrite
-            started = time.perf_counter()
-            if len(prepared.rewrite.expected) <= COMMIT_ON_LOOP_MAX:
-                serial = self.file.commit(prepared.rewrite)
+        started, prepared = time.perf_counter(), None
+        try:
+            if rewrite is not None:
+                prepared = await rewrite
+                started = time.perf_counter() - prepared.seconds
+                serial = await self._commit(prepared.rewrite)
             else:
-                serial = await asyncio.to_thread(self.file.commit, prepared.rewrite)
-            seconds = prepared.seconds + time.perf_counter() - started
-        self.metrics.zone_write_seconds.labels(self.zone.name).observe(seconds)
+                serial = await asyncio.to_thread(self.file.sync, self.state.records)
+        except BaseException as exc:
+            if prepared is not None:
+                ZoneFile.discard(prepared.rewrite)  # unless it was put in place or dropped already
+                raise
+            if rewrite is None or not isinstance(exc, ZoneError):
+                raise
+            # Preparing failed (the file read while someone saved it in place?): once more,
+            # from the file as it is now.
+            serial = await asyncio.to_thread(self.file.sync, self.state.records)
+        self.metrics.zone_write_seconds.labels(self.zone.name).observe(time.perf_counter() - started)
         return serial
+
+    async def _commit(self, rewrite: Rewrite) -> int | None:
+        """Put a prepared rewrite in place: from the event loop when the file is small and
+        nobody holds its lock, else from a thread."""
+        if len(rewrite.expected) <= COMMIT_ON_LOOP_MAX:
+            try:
+                return self.file.commit(rewrite, wait=False)
+            except CommitLater as later:
+                if later.again:
+                    return await asyncio.to_thread(self.file.sync, rewrite.records)
+        return await asyncio.to_thread(self.file.commit, rewrite)
 
     def _prepare_file(self, records: dict[Key, Record]) -> asyncio.Future[_Prepared]:
         """Start making the zone file's next text (flushed to disk, not yet in place) in a

@@ -265,7 +265,11 @@ class VaultStore:
             written = ZoneState(records=records, version=version, base=one.base,
                                 changed=one.changed)
             if state.base is not None and one.base is None:  # the zone shrank: inline again
-                await self._call("drop_snapshot", lambda: self._drop_snapshot(zone, state.base))
+                try:
+                    await self._call("drop_snapshot", lambda: self._drop_snapshot(zone, state.base))
+                except VaultUnavailable as exc:  # best effort: the write above has landed
+                    log.warning("could not delete the replaced snapshot %s of zone %s (%s)",
+                                state.base.name, zone, exc.message)
         self._versions[zone] = written.version
         return written
 
@@ -426,6 +430,7 @@ class VaultStore:
                 try:
                     return await direct()
                 except Detour as detour:
+                    self.metrics.vault_detours.labels(operation).inc()
                     confirm, failed = detour.confirm, detour.why
             return await asyncio.to_thread(self.session.run, fn, read, patience, confirm, failed)
         except CasConflict:

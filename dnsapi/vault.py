@@ -13,6 +13,7 @@ PKI tools (dnsapi/pki/) and `dnsapi check` all use this module.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import ssl
@@ -57,7 +58,8 @@ def is_kv2(mount: dict[str, Any]) -> bool:
 
 
 class VaultAuth:
-    """Keeps the hvac client holding a valid token. All methods run in worker threads."""
+    """Keeps the hvac client holding a valid token. All methods but `ready_token` run in worker
+    threads."""
 
     def __init__(self, config: VaultConfig) -> None:
         self.config = config
@@ -198,7 +200,7 @@ class VaultSession:
     """An hvac client pointed at the cluster's active node, with a token VaultAuth keeps valid.
     `run` retries through leader changes, node losses and elections for vault.failover_timeout
     and makes every other failure a VaultUnavailable whose message names no secret.
-    Synchronous: call it from a worker thread in async code.
+    Synchronous: call it from a worker thread in async code (`write_kv_direct` excepted).
 
     Why always the active node: a raft standby forwards writes but, since OpenBao 2.5, answers
     reads from its own state, which may lag. Writes carry `X-Vault-No-Request-Forwarding`, so a
@@ -286,19 +288,28 @@ class VaultSession:
         holding only a standby still finds it). Asking every node, not the first that claims
         it: a leader that was frozen (SIGSTOP, a paused VM) and resumed goes on claiming the
         lead after losing it, and answers writes with a redirect. False when no node is active
-        before `deadline`."""
+        before `deadline`; VaultUnavailable at once when no node's certificate is trusted
+        (waiting would not change that)."""
         while True:
             answers: dict[str, str] = {}  # node -> the leader it names
+            untrusted: list[str] = []
             pending = list(self.config.addrs)
             while pending:
                 addr = pending.pop(0)
-                if addr in answers:
+                if addr in answers or addr in untrusted:
                     continue
-                named = self._named_leader(addr)
+                try:
+                    named = self._named_leader(addr)
+                except requests.exceptions.SSLError:
+                    untrusted.append(addr)
+                    continue
                 if named is not None:
                     answers[addr] = named
                     if named not in answers and named not in pending:
                         pending.append(named)
+            if untrusted and not answers:
+                raise VaultUnavailable(f"TLS to Vault at {', '.join(untrusted)} failed "
+                                       "(check vault.ca_cert)")
             votes = Counter(leader for leader in answers.values() if leader)
             for leader, _ in votes.most_common():
                 if answers.get(leader) == leader:
@@ -319,11 +330,14 @@ class VaultSession:
     def _named_leader(self, addr: str) -> str | None:
         """The node `addr` names as the active one in sys/leader: itself when it leads or runs
         without HA (one node, nobody else to ask), "" when it knows of none (an election);
-        None when it does not answer."""
+        None when it does not answer. Raises requests' SSLError when its certificate is not
+        trusted."""
         try:
             response = self._probes.get(f"{addr}/v1/sys/leader", verify=self.verify,
                                         timeout=min(PROBE_TIMEOUT, self.config.timeout))
             answer = response.json() if response.status_code == 200 else None
+        except requests.exceptions.SSLError:
+            raise
         except (requests.RequestException, ValueError):
             return None
         if not isinstance(answer, dict):
@@ -367,21 +381,25 @@ class VaultSession:
         try:
             async with self._direct_session().post(
                     url, json={"options": {"cas": cas}, "data": data}, allow_redirects=False,
-                    headers={"X-Vault-Token": token, "X-Vault-No-Request-Forwarding": "true"}
+                    headers={"X-Vault-Token": token, "X-Vault-Request": "true",
+                             "X-Vault-No-Request-Forwarding": "true"}
             ) as response:
                 if response.status == 200:
                     return int((await response.json())["data"]["version"])
-                if response.status == 400 and "check-and-set" in await response.text():
+                why = _errors_of(await response.text()) or f"HTTP {response.status}"
+                if response.status == 400 and "check-and-set" in why:
                     raise CasConflict()
-                why, confirm = f"HTTP {response.status}", response.status != 403
+                confirm = response.status != 403  # a refused token: a fresh one, not another node
+        except aiohttp.ClientSSLError:
+            # hvac meets the same certificate and says so at once (vault.ca_cert)
+            why, confirm = "TLS", False
         except aiohttp.ClientConnectionError:
             why, confirm = "ConnectionError", True
         except TimeoutError:
             why, confirm = "Timeout", True
         except (aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
             why, confirm = type(exc).__name__, True
-        log.info("Vault at %s: direct write answered %s; retrying through failover handling",
-                 self.url, why)
+        log.info("Vault at %s: direct write answered %s; retrying it the threaded way", self.url, why)
         raise Detour(confirm, why)
 
     def _direct_session(self) -> aiohttp.ClientSession:
@@ -417,6 +435,15 @@ class VaultSession:
         response = self.client.adapter.post("/v1/sys/capabilities-self", json={"paths": paths})
         data = response.get("data", response) if isinstance(response, dict) else {}
         return {path: set(data.get(path) or []) for path in paths}
+
+
+def _errors_of(body: str) -> str:
+    """The `errors` of a Vault error answer's JSON body, joined ('' when there are none)."""
+    try:
+        errors = json.loads(body).get("errors")
+    except (ValueError, AttributeError):
+        return ""
+    return "; ".join(str(e) for e in errors)[:300] if isinstance(errors, list) else ""
 
 
 def _vault_message(exc: hvac.exceptions.VaultError) -> str:

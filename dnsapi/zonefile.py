@@ -11,8 +11,10 @@ to come back exactly as intended, and the file is replaced by rename, never writ
 
 An operator editing the file while dnsapi rewrites it is the other hazard: a save landing between
 dnsapi's read and its rename would be overwritten. dnsapi's writer and `dnsapi zone edit` (see
-ZoneFile.apply_edit) therefore take an advisory lock from reading the file to renaming its
-replacement; a plain editor save does not, and is only caught by the check just before the rename.
+ZoneFile.apply_edit) therefore take an advisory lock to change the file, and the writer checks,
+holding it, that the file is still the one its new text was made from (the text may be made
+before, while Vault writes: ZoneFile.prepare); a plain editor save takes no lock, and is caught
+by the check just before the rename.
 """
 
 from __future__ import annotations
@@ -353,6 +355,15 @@ class Rewrite:
     tmp: Path | None
 
 
+class CommitLater(Exception):
+    """`ZoneFile.commit(wait=False)` would have had to wait: for the lock (call `commit` again
+    from a thread) or, `again`, to make the text again from a changed file (call `sync`)."""
+
+    def __init__(self, again: bool) -> None:
+        super().__init__()
+        self.again = again
+
+
 class _FileChanged(Exception):
     """The zone file changed between dnsapi's read and its rename."""
 
@@ -474,14 +485,20 @@ class ZoneFile:
         as `sync` does."""
         return self._prepare(records, today)
 
-    def commit(self, rewrite: Rewrite) -> int | None:
+    def commit(self, rewrite: Rewrite, wait: bool = True) -> int | None:
         """The second half of `sync`: rename the prepared text into place. Returns the new
         serial, or None when the file already held the records. A file changed since
-        `prepare` read it (an edit) is rewritten from what it holds now."""
+        `prepare` read it (an edit) is rewritten from what it holds now.
+
+        With `wait=False` (from the event loop), raises CommitLater instead of waiting for the
+        lock (a `zone edit`, another zone's rewrite in the same directory) or making the text
+        again: the caller finishes in a thread, as CommitLater says."""
         try:
-            with self._locked():
+            with self._locked(wait):
                 return self._commit(rewrite)
         except _FileChanged:
+            if not wait:
+                raise CommitLater(again=True) from None
             return self.sync(rewrite.records)
 
     @staticmethod
@@ -553,17 +570,22 @@ class ZoneFile:
         return serial
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the advisory lock that dnsapi's writer and `apply_edit` take from reading the file
-        to renaming its replacement. It is taken on the file's directory, which stays put, since
-        the file itself is replaced by every write; closing the descriptor releases it."""
+    def _locked(self, wait: bool = True) -> Iterator[None]:
+        """Hold the advisory lock that dnsapi's writer and `apply_edit` take to change the file
+        (`sync` from reading it to renaming its replacement; `commit` around the check that it
+        is still what `prepare` read, and the rename). It is taken on the file's directory,
+        which stays put, since the file itself is replaced by every write; closing the
+        descriptor releases it. Without `wait`, CommitLater when someone else holds it."""
         try:
             fd = os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError as exc:
             raise ZoneError(f"cannot lock the directory of zone file {self.path}: "
                             f"{exc.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise CommitLater(again=False) from None
             yield
         finally:
             os.close(fd)
@@ -594,6 +616,8 @@ class ZoneFile:
     def _commit(self, rewrite: Rewrite) -> int | None:
         """Under the lock: put `rewrite` in place; _FileChanged if the file changed since."""
         if rewrite.tmp is None:
+            if self.path.read_bytes() != rewrite.expected:
+                raise _FileChanged()
             self.served = rewrite.served
             return None
         self._replace(rewrite.tmp, rewrite.expected)

@@ -375,3 +375,30 @@ async def test_a_batch_that_misreports_its_changes_still_loses_nothing(openbao, 
     assert after.base.name != state.base.name  # a new snapshot, not a delta
     read = await kv_store(prefix).read_zone("dev.local")
     assert read.records == challenges(0, 310)
+
+
+def test_a_vault_certificate_the_configured_ca_did_not_sign_is_said_at_once(tmp_path, tls_files):
+    """vault.ca_cert names a CA that did not sign Vault's certificate: an add fails at once with
+    what to fix, not after vault.failover_timeout as if no node led (it did: the leader probes
+    took the TLS failure for a node that does not answer)."""
+    from .helpers import openbao_server, start_stack
+
+    def wrong_ca(config):
+        config["vault"]["ca_cert"] = str(tls_files.ca)
+        config["vault"]["failover_timeout"] = "30s"
+
+    with openbao_server(tmp_path / "vault", tls=True) as vault:
+        stack = start_stack(tmp_path / "stack", vault, edit=wrong_ca)
+        try:
+            before = stack.zone_path.read_bytes()
+            started = time.monotonic()
+            response = stack.add(WWW, "untrusted")
+            assert time.monotonic() - started < 10
+            assert response.status_code == 503
+            assert response.json()["message"] == (f"TLS to Vault at {vault.addr} failed "
+                                                   "(check vault.ca_cert)")
+            assert stack.zone_path.read_bytes() == before
+            assert stack.call("GET", "/readyz").json()["checks"]["vault:dev.local"] == \
+                f"TLS to Vault at {vault.addr} failed (check vault.ca_cert)"
+        finally:
+            stack.stop()

@@ -1,6 +1,7 @@
-"""The HA side of the Vault client, without servers: which node it picks when nodes disagree
-about the leader, what the store does with a read older than one it has seen, and when the
-event loop may use the token for a direct write."""
+"""The HA side of the Vault client, without real servers: which node it picks when nodes
+disagree about the leader, what the store does with a read older than one it has seen, when the
+event loop may use the token for a direct write, and which way a direct write's answer sends it
+(against a scripted in-process fake)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
 from dnsapi.config import VaultConfig
 from dnsapi.metrics import Metrics
 from dnsapi.store import VaultStore, ZoneState
-from dnsapi.vault import VaultAuth, VaultSession
+from dnsapi.vault import CasConflict, Detour, VaultAuth, VaultSession
 
 A, B, C = "http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"
 
@@ -105,3 +110,80 @@ def test_a_rewritten_token_file_sends_the_next_write_through_prepare(tmp_path) -
     assert auth.ready_token(client) == "second"  # type: ignore[arg-type]
     path.unlink()
     assert auth.ready_token(client) is None  # type: ignore[arg-type]
+
+
+class FakeVault:
+    """An aiohttp server answering every KV write with the next scripted (status, body), noting
+    each request's headers."""
+
+    def __init__(self, *answers: tuple[int, dict[str, Any]]) -> None:
+        self.answers = list(answers)
+        self.headers: list[dict[str, str]] = []
+
+    async def write(self, request: web.Request) -> web.Response:
+        self.headers.append(dict(request.headers))
+        status, body = self.answers.pop(0)
+        return web.json_response(body, status=status,
+                                 headers={"Location": f"{B}/v1/x"} if status == 307 else None)
+
+
+async def direct(*answers: tuple[int, dict[str, Any]]) -> tuple[FakeVault, list[Any]]:
+    """Each scripted answer's outcome for one direct write: the version, or the exception."""
+    fake = FakeVault(*answers)
+    app = web.Application()
+    app.router.add_post("/v1/secret/data/{path:.*}", fake.write)
+    outcomes: list[Any] = []
+    async with TestServer(app) as server:
+        vault = VaultSession(VaultConfig.model_validate(
+            {"addr": str(server.make_url("")).rstrip("/"), "token": "the-token"}))
+        vault.auth.ready_token = lambda client: "the-token"  # type: ignore[method-assign]
+        for _ in answers:
+            try:
+                outcomes.append(await vault.write_kv_direct("zones/dev.local", {"records": ""}, 4))
+            except (CasConflict, Detour) as exc:
+                outcomes.append(exc)
+        await vault.close()
+    return fake, outcomes
+
+
+async def test_a_direct_write_returns_the_version_or_says_which_way_to_retry() -> None:
+    fake, outcomes = await direct(
+        (200, {"data": {"version": 5}}),
+        (400, {"errors": ["check-and-set parameter did not match the current version"]}),
+        (307, {}),  # a standby
+        (503, {"errors": ["Vault is sealed"]}),
+        (403, {"errors": ["permission denied"]}),
+        (400, {"errors": ["invalid request"]}))
+    assert outcomes[0] == 5
+    assert isinstance(outcomes[1], CasConflict)
+    assert [(o.confirm, o.why) for o in outcomes[2:]] == [
+        (True, "HTTP 307"), (True, "Vault is sealed"),
+        (False, "permission denied"),  # a fresh token, not another node
+        (True, "invalid request")]
+    assert {(h["X-Vault-Token"], h["X-Vault-Request"], h["X-Vault-No-Request-Forwarding"])
+            for h in fake.headers} == {("the-token", "true", "true")}
+
+
+async def test_a_direct_write_without_a_ready_token_or_a_node_goes_the_threaded_way() -> None:
+    vault = VaultSession(VaultConfig.model_validate({"addr": A, "token": "t"}))
+    with pytest.raises(Detour) as info:  # the token was never looked up: `prepare` must run
+        await vault.write_kv_direct("zones/dev.local", {}, 1)
+    assert (info.value.confirm, info.value.why) == (False, None)
+    vault.auth.ready_token = lambda client: "t"  # type: ignore[method-assign]
+    with pytest.raises(Detour) as info:  # nothing listens at A
+        await vault.write_kv_direct("zones/dev.local", {}, 1)
+    assert (info.value.confirm, info.value.why) == (True, "ConnectionError")
+    await vault.close()
+
+
+async def test_a_direct_write_that_fails_tls_is_retried_where_the_tls_error_is_reported() -> None:
+    """Not a failover: hvac meets the same certificate and `run` says so at once."""
+    async with TestServer(web.Application()) as server:  # plain HTTP behind an https:// address
+        vault = VaultSession(VaultConfig.model_validate(
+            {"addr": str(server.make_url("")).rstrip("/").replace("http://", "https://"),
+             "token": "t"}))
+        vault.auth.ready_token = lambda client: "t"  # type: ignore[method-assign]
+        with pytest.raises(Detour) as info:
+            await vault.write_kv_direct("zones/dev.local", {}, 1)
+        await vault.close()
+    assert (info.value.confirm, info.value.why) == (False, "TLS")

@@ -435,3 +435,46 @@ def test_temp_files_a_crash_left_are_removed_and_nothing_else(zone):
     other.write_text("another zone's")
     assert zone.remove_leftovers() == [left.tmp]
     assert temp_files(zone) == [other] and 'TXT "v1"' in zone.path.read_text()
+
+
+def test_a_commit_that_would_wait_for_the_lock_says_so_and_changes_nothing(zone):
+    import fcntl
+    import os
+
+    from dnsapi.zonefile import CommitLater
+    zone.sync([rec("www.", "v1")], today=DAY)
+    before = zone.path.read_bytes()
+    rewrite = zone.prepare({rec("www.", "v2").key: rec("www.", "v2")}, today=DAY)
+    holder = os.open(zone.path.parent, os.O_RDONLY)  # `dnsapi zone edit` holds the lock
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(CommitLater) as info:
+            zone.commit(rewrite, wait=False)
+        assert not info.value.again
+        assert zone.path.read_bytes() == before and temp_files(zone) == [rewrite.tmp]
+    finally:
+        os.close(holder)
+    assert zone.commit(rewrite) == 2026112801 and 'TXT "v2"' in zone.path.read_text()
+
+
+def test_a_commit_from_the_loop_leaves_a_changed_file_to_be_made_again(zone):
+    from dnsapi.zonefile import CommitLater
+    zone.sync([rec("www.", "v1")], today=DAY)
+    records = {rec("www.", "v2").key: rec("www.", "v2")}
+    rewrite = zone.prepare(records, today=DAY)
+    zone.path.write_text(zone.path.read_text() + "late IN A 127.0.0.9\n")
+    with pytest.raises(CommitLater) as info:
+        zone.commit(rewrite, wait=False)
+    assert info.value.again and temp_files(zone) == []
+    assert "late IN A" in zone.path.read_text() and 'TXT "v2"' not in zone.path.read_text()
+    zone.sync(records, today=DAY)
+    assert "late IN A" in zone.path.read_text() and 'TXT "v2"' in zone.path.read_text()
+
+
+def test_what_the_file_serves_follows_an_edit_made_after_an_unchanged_prepare(zone):
+    zone.sync([rec("www.", "v1")], today=DAY)
+    rewrite = zone.prepare({rec("www.", "v1").key: rec("www.", "v1")}, today=DAY)
+    assert rewrite.tmp is None
+    zone.path.write_text(zone.path.read_text().replace("2026112800 ; serial", "2026112850 ; serial"))
+    assert zone.commit(rewrite) is None  # the records were there; the operator's serial moved
+    assert zone.served is not None and zone.served.serial == 2026112850
