@@ -7,7 +7,8 @@ concurrency 1 beside the bare Vault write it needs, and add → answered by Core
 cluster is tests/cluster.py's (deploy/vault/openbao-raft.hcl on loopback, no TLS); dnsapi
 gets all three addresses. Prints a markdown table and writes bench/cluster.json.
 
-    python3 bench/cluster.py [--reps N]
+    python3 bench/cluster.py [--reps N] [--out FILE]
+    python3 bench/cluster.py --smoke --out FILE   # every path once, tiny samples (the tests run it)
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
-from compare import c1_latency_ms, visible_ms
-from throughput import LEVELS, adds_per_second, unlimited
+from compare import FULL, SMOKE, Scale, c1_latency_ms, visible_ms
+from throughput import adds_per_second, unlimited
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.*
 from tests.cluster import raft_cluster
 from tests.helpers import Stack, local_stack, start_stack
 
+RESULTS = Path(__file__).resolve().parent / "cluster.json"
 
-def measure(stack: Stack, reps: int, tmp: Path) -> dict:
+
+def measure(stack: Stack, reps: int, tmp: Path, scale: Scale) -> dict:
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {stack.token}"
 
@@ -39,27 +42,27 @@ def measure(stack: Stack, reps: int, tmp: Path) -> dict:
 
     rates = {f"c{c}": round(statistics.median(adds_per_second(stack.url, stack.token, c, n, f"c{c}r{r}")
                                               for r in range(reps)))
-             for c, n in LEVELS}
-    write, one_add, floor, _ = c1_latency_ms(stack, session, tmp)
+             for c, n in scale.levels}
+    write, one_add, floor, _ = c1_latency_ms(stack, session, tmp, scale.latency)
     return {"adds_per_s": rates, "vault_write_ms": write, "add_ms": one_add, "floor_ms": floor,
-            "visible_ms": visible_ms(add, stack.dns_port, "cluster")}
+            "visible_ms": visible_ms(add, stack.dns_port, "cluster", scale.visible)}
 
 
-def on_cluster(tmp: Path, reps: int) -> dict:
+def on_cluster(tmp: Path, reps: int, scale: Scale) -> dict:
     with raft_cluster(tmp / "cluster") as cluster:
         def edit(config: dict) -> None:
             unlimited(config)
             config["vault"]["addr"] = cluster.addrs
         stack = start_stack(tmp / "raft", cluster.vault(), edit=edit, prefix="dnsapi")
         try:
-            return measure(stack, reps, tmp)
+            return measure(stack, reps, tmp, scale)
         finally:
             stack.stop()
 
 
-def on_dev_server(tmp: Path, reps: int) -> dict:
+def on_dev_server(tmp: Path, reps: int, scale: Scale) -> dict:
     with local_stack(tmp / "dev", unlimited) as stack:
-        return measure(stack, reps, tmp)
+        return measure(stack, reps, tmp, scale)
 
 
 def table(results: dict[str, dict]) -> str:
@@ -87,14 +90,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="adds/s runs per level; the median")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every measure once with tiny samples, to check the script runs; "
+                             "needs --out, so its figures never replace the real ones")
+    parser.add_argument("--out", type=Path, default=RESULTS, metavar="FILE",
+                        help="where to write the results (default bench/cluster.json)")
     args = parser.parse_args()
+    if args.smoke and args.out == RESULTS:
+        parser.error("--smoke needs --out FILE: its figures must not replace bench/cluster.json")
+    scale, reps = (SMOKE, 1) if args.smoke else (FULL, args.reps)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        results = {"dev": on_dev_server(tmp, args.reps), "raft": on_cluster(tmp, args.reps)}
+        results = {"dev": on_dev_server(tmp, reps, scale), "raft": on_cluster(tmp, reps, scale)}
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
-    out = Path(__file__).resolve().parent / "cluster.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ on free loopback ports, then measures side by side:
   - one zone rewrite at 1k, 10k and 100k zone lines.
 Prints a markdown table and writes bench/results.json.
 
-    python3 bench/compare.py [--issuance-runs N] [--reps N]
+    python3 bench/compare.py [--issuance-runs N] [--reps N] [--out FILE]
+    python3 bench/compare.py --smoke --out FILE   # every path once, tiny samples (the tests run it)
 
 Ends with the issue's targets checked against this run. Takes about 22 minutes with the defaults,
 nearly all of it issuance: one issuance varies by ~4 s for reasons outside both paths (see
@@ -67,10 +68,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from tests.helpers import free_port, local_stack, push_corefile
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
 REPS = 5  # per level and server, taking turns; the median is reported
-VISIBLE_SAMPLES = 60
-LATENCY_SAMPLES = 200
-IDLE_SECONDS = 20  # CoreDNS's idle CPU window per zone size
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much each measure samples: a full run, or SMOKE (--smoke: every path once, to show the
+    script still runs; its figures mean nothing)."""
+
+    levels: tuple[tuple[int, int], ...] = LEVELS  # (concurrency, adds) per adds/s level
+    visible: int = 60  # adds per layout for add → answered
+    latency: int = 200  # turns of one add, the bare write and the floor service
+    idle_seconds: float = 20  # CoreDNS's idle CPU window per zone size
+    rewrite_runs: int = 3
+
+
+FULL = Scale()
+SMOKE = Scale(levels=((1, 10), (16, 32), (64, 64)), visible=2, latency=3, idle_seconds=1,
+              rewrite_runs=1)
 # OpenBao validates a challenge in the background; when lego looks before it finished, lego waits
 # ~5 s more, on either path, at random (bench/README.md, "Issuance"). So: many runs, and
 # their mean. With one issuance's standard deviation of ~4 s, 80 runs per path put the ratio's
@@ -162,12 +178,12 @@ def served(port: int, fqdn: str, value: str) -> bool:
                for rrset in response.answer if rrset.rdtype == dns.rdatatype.TXT for rd in rrset)
 
 
-def visible_ms(add, port: int, label: str) -> dict[str, float]:
+def visible_ms(add, port: int, label: str, samples: int = FULL.visible) -> dict[str, float]:
     """p50/p99 ms from starting an add to the server answering it; random gaps between adds so
     they land at every phase of CoreDNS's reload ticker."""
     delays = []
     rng = secrets.SystemRandom()
-    for i in range(VISIBLE_SAMPLES):
+    for i in range(samples):
         fqdn, value = f"_acme-challenge.vis{i}.dev.local", f"{label}-visible-{i:03d}"
         start = time.perf_counter()
         add(fqdn, value)
@@ -194,7 +210,7 @@ def push_coredns(zone_path: Path, answers_port: int, directory: Path) -> PushDns
     return PushDns(start_coredns(directory, port, ["dev.local"], directory / "coredns.log"), port)
 
 
-def c1_latency_ms(stack, session: requests.Session, tmp: Path, samples: int = LATENCY_SAMPLES
+def c1_latency_ms(stack, session: requests.Session, tmp: Path, samples: int = FULL.latency
                   ) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, float]]:
     """p50/p99 ms of the one write an add cannot avoid (an hvac check-and-set of a secret as
     large as the zone's, same server), of one add through dnsapi at concurrency 1, and of one add
@@ -448,9 +464,19 @@ def main() -> None:
                         help=f"issuances per path (default {ISSUANCE_RUNS})")
     parser.add_argument("--reps", type=int, default=REPS, metavar="N",
                         help=f"adds/s runs per level and path; the median is reported (default {REPS})")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every measure once with tiny samples (2 issuances, 1 rep), to check "
+                             "the script runs; needs --out, so its figures never replace the real ones")
+    parser.add_argument("--out", type=Path, default=RESULTS, metavar="FILE",
+                        help="where to write the results (default bench/results.json)")
     args = parser.parse_args()
+    if args.smoke:
+        if args.out == RESULTS:
+            parser.error("--smoke needs --out FILE: its figures must not replace bench/results.json")
+        args.issuance_runs, args.reps = 2, 1
     if args.issuance_runs < 2 or args.reps < 1:
         parser.error("--issuance-runs must be at least 2 and --reps at least 1")
+    scale = SMOKE if args.smoke else FULL
     results: dict = {"machine": f"{platform.node()} ({os.cpu_count()} cores)",
                      "date": dt.date.today().isoformat()}
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -479,17 +505,17 @@ def main() -> None:
                                  timeout=30).raise_for_status()
 
                 results["visible_ms"] = {
-                    "dnsapi": visible_ms(dnsapi_add, stack.dns_port, "dnsapi"),
-                    "dnsapi_push": visible_ms(dnsapi_add, push_dns.port, "push"),
-                    "bind": visible_ms(bind.add, bind.port, "bind")}
-                write, add, floor, stages = c1_latency_ms(stack, session, tmp)
+                    "dnsapi": visible_ms(dnsapi_add, stack.dns_port, "dnsapi", scale.visible),
+                    "dnsapi_push": visible_ms(dnsapi_add, push_dns.port, "push", scale.visible),
+                    "bind": visible_ms(bind.add, bind.port, "bind", scale.visible)}
+                write, add, floor, stages = c1_latency_ms(stack, session, tmp, scale.latency)
                 results["vault_write_ms"] = write
                 results["add_ms"] = {"dnsapi": {"c1": add}, "floor": {"c1": floor}}
                 results["add_breakdown_ms"] = stages
                 bind_udp = bind.over_udp()
                 rates: dict[str, dict[str, list[float]]] = {"dnsapi": {}, "bind": {}, "dnsapi_rfc2136": {},
                                                             "bind_udp": {}}
-                for c, n in LEVELS:
+                for c, n in scale.levels:
                     for rep in range(args.reps):
                         tag = f"c{c}r{rep}"
                         rates["dnsapi"].setdefault(f"c{c}", []).append(
@@ -524,11 +550,12 @@ def main() -> None:
                 push_dns.proc.stop()
         (tmp / "rss").mkdir()
         results["rss_mb"] = {"dnsapi": rss_mb(tmp / "rss")}
-    results["rewrite_ms"] = rewrite_ms(3)
-    results["coredns_idle_cpu_pct"] = idle_cpu([SHIPPED_RELOAD], IDLE_SECONDS)[SHIPPED_RELOAD]
-    results["coredns_idle_cpu_pct_push"] = idle_cpu([SHIPPED_RELOAD], IDLE_SECONDS, push=True)[SHIPPED_RELOAD]
+    results["rewrite_ms"] = rewrite_ms(scale.rewrite_runs)
+    results["coredns_idle_cpu_pct"] = idle_cpu([SHIPPED_RELOAD], scale.idle_seconds)[SHIPPED_RELOAD]
+    results["coredns_idle_cpu_pct_push"] = idle_cpu([SHIPPED_RELOAD], scale.idle_seconds,
+                                                    push=True)[SHIPPED_RELOAD]
 
-    out = Path(__file__).resolve().parent / "results.json"
+    out = args.out
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"Machine: {results['machine']}, {results['date']}\n")
     print(table(results))

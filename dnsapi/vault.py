@@ -291,25 +291,13 @@ class VaultSession:
         before `deadline`; VaultUnavailable at once when no node's certificate is trusted
         (waiting would not change that)."""
         while True:
-            answers: dict[str, str] = {}  # node -> the leader it names
-            untrusted: list[str] = []
-            pending = list(self.config.addrs)
-            while pending:
-                addr = pending.pop(0)
-                if addr in answers or addr in untrusted:
-                    continue
-                try:
-                    named = self._named_leader(addr)
-                except requests.exceptions.SSLError:
-                    untrusted.append(addr)
-                    continue
-                if named is not None:
-                    answers[addr] = named
-                    if named not in answers and named not in pending:
-                        pending.append(named)
+            answers, untrusted = self._ask_nodes()
             if untrusted and not answers:
                 raise VaultUnavailable(f"TLS to Vault at {', '.join(untrusted)} failed "
                                        "(check vault.ca_cert)")
+            if untrusted:
+                log.warning("Vault: TLS to %s failed (check vault.ca_cert); asked the other "
+                            "nodes", ", ".join(untrusted))
             votes = Counter(leader for leader in answers.values() if leader)
             for leader, _ in votes.most_common():
                 if answers.get(leader) == leader:
@@ -320,6 +308,28 @@ class VaultSession:
             if time.monotonic() + PROBE_PAUSE >= deadline:
                 return False
             time.sleep(PROBE_PAUSE)
+
+    def _ask_nodes(self) -> tuple[dict[str, str], list[str]]:
+        """One round of asking: {node: the leader it names} for every node that answered, among
+        the configured ones and the leaders they name; and the nodes whose certificate is not
+        trusted."""
+        answers: dict[str, str] = {}
+        untrusted: list[str] = []
+        pending = list(self.config.addrs)
+        while pending:
+            addr = pending.pop(0)
+            if addr in answers or addr in untrusted:
+                continue
+            try:
+                named = self._named_leader(addr)
+            except requests.exceptions.SSLError:
+                untrusted.append(addr)
+                continue
+            if named is not None:
+                answers[addr] = named
+                if named not in answers and named not in pending:
+                    pending.append(named)
+        return answers, untrusted
 
     def _is_active(self, addr: str) -> bool:
         """Does the node at `addr` say it leads? (A frozen and resumed former leader may say so

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import requests
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from dnsapi.config import VaultConfig
+from dnsapi.errors import VaultUnavailable
 from dnsapi.metrics import Metrics
 from dnsapi.store import VaultStore, ZoneState
 from dnsapi.vault import CasConflict, Detour, VaultAuth, VaultSession
@@ -46,6 +49,28 @@ def test_a_standby_alone_leads_to_the_leader_it_names() -> None:
 def test_no_leader_during_an_election_is_no_active_node() -> None:
     vault = session([A, B, C], {A: None, B: "", C: ""})
     assert not vault._find_active(deadline=0)
+
+
+def test_a_node_whose_certificate_is_not_trusted_is_passed_over_and_said(caplog) -> None:
+    def named(addr: str) -> str:
+        if addr == A:
+            raise requests.exceptions.SSLError("certificate verify failed")
+        return B
+
+    vault = session([A, B, C], {})
+    vault._named_leader = named  # type: ignore[method-assign]
+    assert vault._find_active(deadline=0) and vault.url == B
+    assert f"TLS to {A} failed (check vault.ca_cert)" in caplog.text
+
+
+def test_no_trusted_node_is_a_tls_error_at_once_not_an_election() -> None:
+    def untrusted(addr: str) -> str:
+        raise requests.exceptions.SSLError("certificate verify failed")
+
+    vault = session([A, B], {})
+    vault._named_leader = untrusted  # type: ignore[method-assign]
+    with pytest.raises(VaultUnavailable, match=f"TLS to Vault at {A}, {B} failed"):
+        vault._find_active(deadline=time.monotonic() + 30)
 
 
 class Replies:

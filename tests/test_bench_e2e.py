@@ -1,0 +1,46 @@
+"""The benchmark scripts still run: `bench/compare.py` and `bench/cluster.py` with --smoke (every
+measure once, tiny samples) end to end, to a results file of the test's own. Their figures are
+not checked here (bench/README.md has the real ones); that they are all produced is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+def smoke(script: str, out: Path) -> str:
+    result = subprocess.run([sys.executable, f"bench/{script}", "--smoke", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_compare_runs_every_measure_and_checks_every_target(tmp_path):
+    stdout = smoke("compare.py", tmp_path / "results.json")
+    results = json.loads((tmp_path / "results.json").read_text())
+    committed = json.loads((ROOT / "bench" / "results.json").read_text())
+    assert set(results) == set(committed)  # every key the committed run has
+    assert set(results["add_ms"]) == {"dnsapi", "floor"}
+    targets = stdout.split("Targets:\n", 1)[1].splitlines()
+    assert sum(line.startswith(("- met:", "- MISSED:")) for line in targets) == 8, stdout[-1500:]
+
+
+def test_cluster_runs_on_a_dev_server_and_a_raft_cluster(tmp_path):
+    stdout = smoke("cluster.py", tmp_path / "cluster.json")
+    results = json.loads((tmp_path / "cluster.json").read_text())
+    assert set(results) == {"dev", "raft"}
+    assert set(results["raft"]) == {"adds_per_s", "vault_write_ms", "add_ms", "floor_ms", "visible_ms"}
+    assert "one add's p50 ÷ the write's" in stdout
+
+
+def test_a_smoke_run_never_replaces_the_committed_figures():
+    result = subprocess.run([sys.executable, "bench/compare.py", "--smoke"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and "--smoke needs --out" in result.stderr
