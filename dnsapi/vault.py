@@ -447,17 +447,18 @@ class VaultSession:
         return {path: set(data.get(path) or []) for path in paths}
 
 
-def _errors_of(body: str) -> str:
-    """The `errors` of a Vault error answer's JSON body, joined ('' when there are none)."""
-    try:
-        errors = json.loads(body).get("errors")
-    except (ValueError, AttributeError):
-        return ""
+def _joined(errors: Any) -> str:
+    """A Vault answer's `errors` list as one short line ('' when there is none)."""
     return "; ".join(str(e) for e in errors)[:300] if isinstance(errors, list) else ""
 
 
+def _errors_of(body: str) -> str:
+    """The `errors` of a Vault error answer's JSON body, joined ('' when there are none)."""
+    try:
+        return _joined(json.loads(body).get("errors"))
+    except (ValueError, AttributeError):
+        return ""
+
+
 def _vault_message(exc: hvac.exceptions.VaultError) -> str:
-    errors: Any = getattr(exc, "errors", None)
-    if isinstance(errors, list) and errors:
-        return "; ".join(str(e) for e in errors)[:300]
-    return type(exc).__name__
+    return _joined(getattr(exc, "errors", None)) or type(exc).__name__

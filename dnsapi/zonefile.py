@@ -474,16 +474,10 @@ class ZoneFile:
             records = {record.key: record for record in records}
         for _ in range(EDIT_RETRIES):
             with contextlib.suppress(_FileChanged), self._locked():
-                return self._commit(self._prepare(records, today))
+                return self._commit(self.prepare(records, today))
         raise ZoneError(f"zone file {self.path} kept changing while dnsapi rewrote it "
                         f"({EDIT_RETRIES} tries); not written")
 
-    def prepare(self, records: Mapping[Key, Record], today: dt.date | None = None) -> Rewrite:
-        """The first half of `sync`, for the writer to do while Vault is still writing: the new
-        text, checked, in a temp file beside the zone file and flushed to disk. Nothing anyone
-        sees changes until `commit`; `discard` it if Vault refuses the change. Raises ZoneError
-        as `sync` does."""
-        return self._prepare(records, today)
 
     def commit(self, rewrite: Rewrite, wait: bool = True) -> int | None:
         """The second half of `sync`: rename the prepared text into place. Returns the new
@@ -495,6 +489,8 @@ class ZoneFile:
         again: the caller finishes in a thread, as CommitLater says."""
         try:
             with self._locked(wait):
+                if rewrite.tmp is None and self.path.read_bytes() != rewrite.expected:
+                    raise _FileChanged()  # (read without the lock: what it serves may have moved)
                 return self._commit(rewrite)
         except _FileChanged:
             if not wait:
@@ -590,7 +586,11 @@ class ZoneFile:
         finally:
             os.close(fd)
 
-    def _prepare(self, records: Mapping[Key, Record], today: dt.date | None) -> Rewrite:
+    def prepare(self, records: Mapping[Key, Record], today: dt.date | None = None) -> Rewrite:
+        """The first half of `sync`, for the writer to do while Vault is still writing: the new
+        text, checked, in a temp file beside the zone file and flushed to disk. Nothing anyone
+        sees changes until `commit`; `discard` it if Vault refuses the change. Raises ZoneError
+        as `sync` does."""
         raw = self._read_bytes()
         text = raw.decode("utf-8", "surrogateescape")
         parts = ZoneText.split(text)
@@ -614,10 +614,10 @@ class ZoneFile:
         return Rewrite(records, raw, Served(servable, serial, valid), tmp)
 
     def _commit(self, rewrite: Rewrite) -> int | None:
-        """Under the lock: put `rewrite` in place; _FileChanged if the file changed since."""
+        """Under the lock: put `rewrite` in place; _FileChanged if the file changed since it
+        was renamed over (a file left as it was is checked by `commit`, which knows whether it
+        was read under this lock)."""
         if rewrite.tmp is None:
-            if self.path.read_bytes() != rewrite.expected:
-                raise _FileChanged()
             self.served = rewrite.served
             return None
         self._replace(rewrite.tmp, rewrite.expected)
