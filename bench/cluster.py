@@ -3,7 +3,8 @@
 The dev server keeps everything in memory; a raft cluster writes each change to disk on every
 node (fsync) and replicates it before it answers. This measures what that costs dnsapi: the
 same acknowledged adds/s at concurrency 1, 16 and 64 as bench/compare.py, one add at
-concurrency 1 beside the bare Vault write it needs, and add → answered by CoreDNS. The
+concurrency 1 beside the bare Vault write it needs (direct, and through bench/relay.py) and
+beside bench/floor_server.py, and add → answered by CoreDNS. The
 cluster is tests/cluster.py's (deploy/vault/openbao-raft.hcl on loopback, no TLS); dnsapi
 gets all three addresses. Prints a markdown table and writes bench/cluster.json.
 
@@ -43,8 +44,9 @@ def measure(stack: Stack, reps: int, tmp: Path, scale: Scale) -> dict:
     rates = {f"c{c}": round(statistics.median(adds_per_second(stack.url, stack.token, c, n, f"c{c}r{r}")
                                               for r in range(reps)))
              for c, n in scale.levels}
-    write, one_add, floor, _ = c1_latency_ms(stack, session, tmp, scale.latency)
-    return {"adds_per_s": rates, "vault_write_ms": write, "add_ms": one_add, "floor_ms": floor,
+    one = c1_latency_ms(stack, session, tmp, scale.latency)
+    return {"adds_per_s": rates, "vault_write_ms": one.write, "relayed_vault_write_ms": one.relayed,
+            "add_ms": one.add, "floor_ms": one.floor,
             "visible_ms": visible_ms(add, stack.dns_port, "cluster", scale.visible)}
 
 
@@ -78,9 +80,13 @@ def table(results: dict[str, dict]) -> str:
                      lambda r: f"{r['add_ms']['p50']:.1f} / {r['add_ms']['p99']:.1f} ms"))
     lines.append(row("the same through an aiohttp service doing only the write, p50 / p99",
                      lambda r: f"{r['floor_ms']['p50']:.1f} / {r['floor_ms']['p99']:.1f} ms"))
-    lines.append(row("one add's p50 ÷ the write's (the floor's)",
+    lines.append(row("the write through a byte relay, no HTTP (bench/relay.py), p50 / p99",
+                     lambda r: f"{r['relayed_vault_write_ms']['p50']:.1f} / "
+                               f"{r['relayed_vault_write_ms']['p99']:.1f} ms"))
+    lines.append(row("one add's p50 ÷ the write's (the floor's; the relayed write's)",
                      lambda r: f"{r['add_ms']['p50'] / r['vault_write_ms']['p50']:.2f}× "
-                               f"({r['floor_ms']['p50'] / r['vault_write_ms']['p50']:.2f}×)"))
+                               f"({r['floor_ms']['p50'] / r['vault_write_ms']['p50']:.2f}×; "
+                               f"{r['relayed_vault_write_ms']['p50'] / r['vault_write_ms']['p50']:.2f}×)"))
     lines.append(row("add → answered by CoreDNS, p50 / p99",
                      lambda r: f"{r['visible_ms']['p50']:.0f} / {r['visible_ms']['p99']:.0f} ms"))
     return "\n".join(lines)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
 import math
@@ -44,9 +45,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import dns.message
 import dns.query
@@ -54,6 +58,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.tsigkeyring
 import dns.update
+import hvac
 import requests
 import yaml
 from idle import SHIPPED as SHIPPED_RELOAD
@@ -79,7 +84,7 @@ class Scale:
 
     levels: tuple[tuple[int, int], ...] = LEVELS  # (concurrency, adds) per adds/s level
     visible: int = 60  # adds per layout for add → answered
-    latency: int = 200  # turns of one add, the bare write and the floor service
+    latency: int = 200  # turns of one add, the bare write, the relayed write and the floor service
     idle_seconds: float = 20  # CoreDNS's idle CPU window per zone size
     rewrite_runs: int = 3
 
@@ -210,63 +215,93 @@ def push_coredns(zone_path: Path, answers_port: int, directory: Path) -> PushDns
     return PushDns(start_coredns(directory, port, ["dev.local"], directory / "coredns.log"), port)
 
 
-def c1_latency_ms(stack, session: requests.Session, tmp: Path, samples: int = FULL.latency
-                  ) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, float]]:
-    """p50/p99 ms of the one write an add cannot avoid (an hvac check-and-set of a secret as
-    large as the zone's, same server), of one add through dnsapi at concurrency 1, and of one add
-    through bench/floor_server.py (an aiohttp service doing only that write), taking turns so
-    that all three see the same machine; and where an add's time goes, as means in ms from
-    dnsapi's own /metrics over the same adds (see STAGES)."""
+@dataclass
+class OneAdd:
+    """p50/p99 ms of one add at concurrency 1 and of what it is measured against, and where
+    its time goes (means in ms)."""
+
+    write: dict[str, float]  # the bare Vault write the add cannot avoid
+    relayed: dict[str, float]  # the same write through bench/relay.py (one more process, no HTTP)
+    floor: dict[str, float]  # one add through bench/floor_server.py (an aiohttp service doing that write)
+    add: dict[str, float]  # one add through dnsapi
+    stages: dict[str, float]
+
+
+@contextlib.contextmanager
+def helper(script: str, *args: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    """One of the bench's helper servers (relay.py, floor_server.py), up until the block ends."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / script), *args],
+                               stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    try:
+        if process.stdout is None or process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"bench/{script} did not start")
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+def c1_latency_ms(stack, session: requests.Session, tmp: Path, samples: int = FULL.latency) -> OneAdd:
+    """One add through dnsapi at concurrency 1, timed taking turns with what it is measured
+    against, so that all see the same machine: the one write an add cannot avoid (an hvac
+    check-and-set of a secret as large as the zone's, same server), the same write through
+    bench/relay.py (a process passing bytes, no HTTP), and the same add sent to
+    bench/floor_server.py (an aiohttp service doing only that write); and where an add's time
+    goes, as means in ms from dnsapi's own /metrics over the same adds (see STAGES)."""
     client = stack.vault.client
     data = client.secrets.kv.v2.read_secret_version(
         path=f"{stack.prefix}/zones/dev.local", mount_point="secret",
         raise_on_deleted_version=False)["data"]["data"]
-    version = client.secrets.kv.v2.create_or_update_secret(
-        path="bench/same-size", secret=data, mount_point="secret")["data"]["version"]
-    client.secrets.kv.v2.create_or_update_secret(path="bench/floor", secret=data, mount_point="secret")
+    versions = {path: client.secrets.kv.v2.create_or_update_secret(
+        path=path, secret=data, mount_point="secret")["data"]["version"]
+        for path in ("bench/same-size", "bench/relayed", "bench/floor")}
     (tmp / "floor-data.json").write_text(json.dumps(data))
-    floor_port = free_port()
-    floor = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "floor_server.py"), stack.vault.addr, "bench/floor",
-         str(tmp / "floor-data.json"), str(floor_port)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "VAULT_TOKEN": stack.vault.root_token})
-    try:
-        if floor.stdout is None or floor.stdout.readline().strip() != "ready":
-            raise RuntimeError("bench/floor_server.py did not start")
-        writes, adds, floors = [], [], []
+    vault_port, relay_port, floor_port = str(urlsplit(stack.vault.addr).port), free_port(), free_port()
+    relayed = hvac.Client(url=stack.vault.addr.replace(f":{vault_port}", f":{relay_port}"),
+                          token=stack.vault.root_token, verify=client.session.verify)
+    times: dict[str, list[float]] = {"write": [], "relayed": [], "floor": [], "add": []}
+
+    def timed(kind: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = call(*args, **kwargs)
+        times[kind].append((time.perf_counter() - start) * 1000)
+        return result
+
+    def write(via: hvac.Client, path: str) -> None:
+        versions[path] = via.secrets.kv.v2.create_or_update_secret(
+            path=path, secret=data, cas=versions[path], mount_point="secret")["data"]["version"]
+
+    with helper("relay.py", vault_port, str(relay_port)), \
+            helper("floor_server.py", stack.vault.addr, "bench/floor", str(tmp / "floor-data.json"),
+                   str(floor_port), env={"VAULT_TOKEN": stack.vault.root_token}):
         before = stage_totals(session, stack.url)
         for i in range(samples):
-            start = time.perf_counter()
-            version = client.secrets.kv.v2.create_or_update_secret(
-                path="bench/same-size", secret=data, cas=version, mount_point="secret")["data"]["version"]
-            writes.append((time.perf_counter() - start) * 1000)
             body = {"fqdn": f"_acme-challenge.lat{i % NAMES}.dev.local", "value": f"latency-{i:05d}"}
-            start = time.perf_counter()
-            session.post(f"http://127.0.0.1:{floor_port}/v1/records", json=body,
-                         timeout=30).raise_for_status()
-            floors.append((time.perf_counter() - start) * 1000)
-            start = time.perf_counter()
-            session.post(f"{stack.url}/v1/records", timeout=30, json=body).raise_for_status()
-            adds.append((time.perf_counter() - start) * 1000)
+            timed("write", write, client, "bench/same-size")
+            timed("relayed", write, relayed, "bench/relayed")
+            timed("floor", session.post, f"http://127.0.0.1:{floor_port}/v1/records", json=body,
+                  timeout=30).raise_for_status()
+            timed("add", session.post, f"{stack.url}/v1/records", json=body,
+                  timeout=30).raise_for_status()
             # Removed again before the next add, as an ACME client does: the zone secret stays
             # the size of the bare write's secret.
             session.delete(f"{stack.url}/v1/records", timeout=30, json=body).raise_for_status()
         after = stage_totals(session, stack.url)
-    finally:
-        floor.kill()
-        floor.wait()
     stages = {stage: 1000 * (after[stage][0] - before[stage][0]) / max(1, after[stage][1] - before[stage][1])
               for stage in STAGES}
-    means = {"add, at the client": statistics.mean(adds),
-             "the bare Vault write, at the client": statistics.mean(writes),
+    means = {"add, at the client": statistics.mean(times["add"]),
+             "the bare Vault write, at the client": statistics.mean(times["write"]),
+             "the same write through a byte relay (bench/relay.py), at the client":
+                 statistics.mean(times["relayed"]),
              "the floor (an aiohttp service doing only that write), at the client":
-                 statistics.mean(floors), **stages}
+                 statistics.mean(times["floor"]), **stages}
 
     def p50_p99(values: list[float]) -> dict[str, float]:
         return {"p50": statistics.median(values), "p99": percentile(values, 99)}
 
-    return (p50_p99(writes), p50_p99(adds), p50_p99(floors),
-            {stage: round(ms, 3) for stage, ms in means.items()})
+    return OneAdd(write=p50_p99(times["write"]), relayed=p50_p99(times["relayed"]),
+                  floor=p50_p99(times["floor"]), add=p50_p99(times["add"]),
+                  stages={stage: round(ms, 3) for stage, ms in means.items()})
 
 
 # An add's stages as dnsapi's /metrics time them: (metric, labels) per stage. The handler's time
@@ -396,6 +431,10 @@ def table(results: dict) -> str:
             f = results["add_ms"]["floor"]["c1"]
             lines.append(f"| the same through an aiohttp service doing only that write "
                          f"(bench/floor_server.py) | {f['p50']:.1f} / {f['p99']:.1f} ms | |")
+        if "relayed_vault_write_ms" in results:
+            r = results["relayed_vault_write_ms"]
+            lines.append(f"| the bare Vault write through a byte relay, no HTTP (bench/relay.py) "
+                         f"| {r['p50']:.1f} / {r['p99']:.1f} ms | |")
     if "coredns_idle_cpu_pct" in results:
         idle = results["coredns_idle_cpu_pct"]
         lines.append(f"| CoreDNS idle CPU at reload {SHIPPED_RELOAD}, 1k / 100k-line zone | "
@@ -431,6 +470,8 @@ def targets(results: dict) -> list[str]:
                if "add_ms" in results else None)  # None: results.json from before these keys
     floor = (results["add_ms"]["floor"]["c1"]["p50"] / results["vault_write_ms"]["p50"]
              if "floor" in results.get("add_ms", {}) else None)
+    relayed = (results["relayed_vault_write_ms"]["p50"] / results["vault_write_ms"]["p50"]
+               if "relayed_vault_write_ms" in results else None)
     # The push layout where this run measured it (coredns/Corefile.push), else the polled file.
     layout = "push layout" if "dnsapi_push" in v else "zone file polled"
     seen = v.get("dnsapi_push", v["dnsapi"])
@@ -445,7 +486,9 @@ def targets(results: dict) -> list[str]:
          f"{seen['p99']:.1f} ms"),
         (None if latency is None else latency <= 1.3,
          f"one add (c1) p50 ≤ 1.3× the Vault write: {'—' if latency is None else f'{latency:.2f}×'}"
-         + ("" if floor is None else f" (an aiohttp service doing only that write: {floor:.2f}×)")),
+         + ("" if floor is None else f" (an aiohttp service doing only that write: {floor:.2f}×")
+         + ("" if relayed is None else f"; the write through a byte relay: {relayed:.2f}×")
+         + ("" if floor is None else ")")),
         (None if idle is None else idle <= 1,
          f"CoreDNS idle CPU ≤ 1 % (1k-line zone, {layout}): {'—' if idle is None else f'{idle:.2f} %'}"),
         (issuance <= 1.1, f"issuance ≤ 1.1× BIND's: {issuance:.2f}× "
@@ -508,10 +551,11 @@ def main() -> None:
                     "dnsapi": visible_ms(dnsapi_add, stack.dns_port, "dnsapi", scale.visible),
                     "dnsapi_push": visible_ms(dnsapi_add, push_dns.port, "push", scale.visible),
                     "bind": visible_ms(bind.add, bind.port, "bind", scale.visible)}
-                write, add, floor, stages = c1_latency_ms(stack, session, tmp, scale.latency)
-                results["vault_write_ms"] = write
-                results["add_ms"] = {"dnsapi": {"c1": add}, "floor": {"c1": floor}}
-                results["add_breakdown_ms"] = stages
+                one = c1_latency_ms(stack, session, tmp, scale.latency)
+                results["vault_write_ms"] = one.write
+                results["relayed_vault_write_ms"] = one.relayed
+                results["add_ms"] = {"dnsapi": {"c1": one.add}, "floor": {"c1": one.floor}}
+                results["add_breakdown_ms"] = one.stages
                 bind_udp = bind.over_udp()
                 rates: dict[str, dict[str, list[float]]] = {"dnsapi": {}, "bind": {}, "dnsapi_rfc2136": {},
                                                             "bind_udp": {}}

@@ -36,7 +36,8 @@ def test_cluster_runs_on_a_dev_server_and_a_raft_cluster(tmp_path):
     stdout = smoke("cluster.py", tmp_path / "cluster.json")
     results = json.loads((tmp_path / "cluster.json").read_text())
     assert set(results) == {"dev", "raft"}
-    assert set(results["raft"]) == {"adds_per_s", "vault_write_ms", "add_ms", "floor_ms", "visible_ms"}
+    assert set(results["raft"]) == {"adds_per_s", "vault_write_ms", "relayed_vault_write_ms", "add_ms",
+                                    "floor_ms", "visible_ms"}
     assert "one add's p50 ÷ the write's" in stdout
 
 
