@@ -5,8 +5,10 @@ It checks, in order: the config file; Vault (reachable, unsealed, our credential
 mount is version 2, the token may read and write each zone's secret, an audit device records
 requests); each zone file (parses,
 its directory is writable by this user); the Corefile (serves each zone from the same file with
-a `file` reload interval, no cache in front of it); and each DNS server in `dns_servers`
-(answers the zone's SOA authoritatively, with the serial the file has).
+a `file` reload interval, no cache in front of it; with `answers` on, the push layout); with
+`answers` on, dnsapi's answers listener (answers the zones' challenge names: dnsapi must be
+running); and each DNS server in `dns_servers` (answers the zone's SOA authoritatively, with the
+serial the file has, and with `answers` on, forwards the challenge names to dnsapi).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.query
+import dns.rcode
 import dns.rdatatype
 import hvac.exceptions
 
@@ -335,6 +338,7 @@ def _corefile_push(zone: ZoneConfig, label: str, listen: tuple[str, int], blocks
 # -- DNS servers ----------------------------------------------------------------------------------
 
 def _dns(config: Config, serials: dict[str, int], checks: Checklist) -> None:
+    answering = _answers(config, checks) if config.answers is not None else set()
     if not config.dns_servers:
         checks.add(False, "dns_servers lists the servers that serve the zones",
                    "list them (IP:PORT): adds with wait, acme.sh --dnssleep 0 and lego "
@@ -343,13 +347,58 @@ def _dns(config: Config, serials: dict[str, int], checks: Checklist) -> None:
     for host, port in config.dns_servers:
         for zone in config.zones:
             _soa(host, port, zone.name, serials.get(zone.name), checks)
+            if zone.name in answering:
+                _forwarded(host, port, f"{config.challenge_label}.{zone.name}", checks)
+
+
+def _ask(host: str, port: int, name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+    return dns.query.udp(dns.message.make_query(name + ".", rdtype), host, port=port, timeout=2)
+
+
+def _answers(config: Config, checks: Checklist) -> set[str]:
+    """With `answers` on: dnsapi's answers listener answers each zone's challenge names itself
+    (a running dnsapi; a stopped one cannot be checked). Returns the zones it answered for."""
+    assert config.answers is not None
+    host, port = config.answers.listen
+    answering = set()
+    for zone in config.zones:
+        name = f"{config.challenge_label}.{zone.name}"
+        what = f"dnsapi's answers on {host}:{port} answer {name}"
+        try:
+            response = _ask(host, port, name, dns.rdatatype.TXT)
+        except (dns.exception.DNSException, OSError) as exc:
+            checks.add(None, f"{what}: {type(exc).__name__}",
+                       "is dnsapi running with this config? run the check again once it is")
+            continue
+        if response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and response.flags & dns.flags.AA:
+            checks.add(True, what)
+            answering.add(zone.name)
+        else:
+            checks.add(False, f"{what} (got rcode {dns.rcode.to_text(response.rcode())})",
+                       "another program listens there, or dnsapi runs with another config")
+    return answering
+
+
+def _forwarded(host: str, port: int, name: str, checks: Checklist) -> None:
+    """Through a DNS server, a challenge name gets dnsapi's answer: SERVFAIL means CoreDNS's
+    forward does not reach dnsapi's answers listener."""
+    what = f"{host}:{port} forwards {name} to dnsapi's answers"
+    try:
+        response = _ask(host, port, name, dns.rdatatype.TXT)
+    except (dns.exception.DNSException, OSError) as exc:
+        checks.add(False, f"{what}: {type(exc).__name__}", "is CoreDNS running and listening there?")
+        return
+    if response.rcode() == dns.rcode.SERVFAIL:
+        checks.add(False, f"{what} (got SERVFAIL)",
+                   "CoreDNS cannot reach answers.listen: check the address in its `forward`")
+    else:
+        checks.add(True, what)
 
 
 def _soa(host: str, port: int, zone: str, expected: int | None, checks: Checklist) -> None:
     what = f"{host}:{port} answers the SOA of {zone}"
     try:
-        response = dns.query.udp(dns.message.make_query(zone + ".", dns.rdatatype.SOA), host, port=port,
-                                 timeout=2)
+        response = _ask(host, port, zone, dns.rdatatype.SOA)
     except (dns.exception.DNSException, OSError) as exc:
         checks.add(False, f"{what}: {type(exc).__name__}", "is CoreDNS running and listening there?")
         return

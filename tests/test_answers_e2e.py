@@ -8,11 +8,15 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import dns.message
 import dns.query
 import dns.rcode
 import pytest
+import yaml
+
+from dnsapi.devstack import start_coredns
 
 from .helpers import free_port, openbao_server, push_corefile, start_stack
 from .test_acme_e2e import AcmeEnv, issue_with_httpreq, setup_acme_pki
@@ -72,6 +76,11 @@ def test_with_dnsapi_down_challenge_names_fail_and_nothing_else_does(push):
     try:
         assert ask(push, NAME, "TXT").rcode() == dns.rcode.SERVFAIL
         assert ask(push, "www.dev.local", "A").rcode() == dns.rcode.NOERROR
+        # `dnsapi check` before dnsapi runs: the answers cannot be checked yet, which is no failure
+        result = dnsapi_check(stack.config_path, stack.dir / "Corefile")
+        assert (f"? dnsapi's answers on 127.0.0.1:{push.answers_port} answer _acme-challenge.dev.local"
+                in result.stdout), result.stdout
+        assert "forwards _acme-challenge.dev.local" not in result.stdout
     finally:
         stack.start_dnsapi()
     stack.wait_served(NAME, set())
@@ -99,10 +108,40 @@ def test_hostile_queries_to_the_answers_port_change_nothing(push):
     assert ask(push, NAME, "TXT").rcode() == dns.rcode.NXDOMAIN  # and it still answers
 
 
+def dnsapi_check(config: Path, corefile: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dnsapi", "check", "-c", str(config),
+                           "--corefile", str(corefile)], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
 def test_dnsapi_check_sees_the_push_layout(push):
     stack = push.stack
-    result = subprocess.run([sys.executable, "-m", "dnsapi", "check", "-c", str(stack.config_path),
-                             "--corefile", str(stack.dir / "Corefile")], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = dnsapi_check(stack.config_path, stack.dir / "Corefile")
     assert (f"✓ Corefile {stack.dir / 'Corefile'} forwards dev.local's _acme-challenge names to "
             f"dnsapi's answers (127.0.0.1:{push.answers_port})") in result.stdout, result.stdout
+    assert (f"✓ dnsapi's answers on 127.0.0.1:{push.answers_port} answer _acme-challenge.dev.local"
+            in result.stdout), result.stdout
+    assert (f"✓ 127.0.0.1:{stack.dns_port} forwards _acme-challenge.dev.local to dnsapi's answers"
+            in result.stdout), result.stdout
+
+
+def test_dnsapi_check_sees_a_coredns_forwarding_elsewhere(push, tmp_path):
+    """A CoreDNS whose `forward` names a port nobody answers on: it serves the zone, and every
+    challenge name gets SERVFAIL."""
+    stack = push.stack
+    (tmp_path / "Corefile").write_text(push_corefile(free_port()).replace(
+        "file db.dev.local", f"file {stack.zone_path}"))
+    port = free_port()
+    coredns = start_coredns(tmp_path, port, ["dev.local"], tmp_path / "coredns.log")
+    try:
+        config = yaml.safe_load(stack.config_path.read_text())
+        config["dns_servers"] = [f"127.0.0.1:{port}"]
+        (tmp_path / "dnsapi.yaml").write_text(yaml.safe_dump(config))
+        result = dnsapi_check(tmp_path / "dnsapi.yaml", stack.dir / "Corefile")
+    finally:
+        coredns.stop()
+    assert f"✓ dnsapi's answers on 127.0.0.1:{push.answers_port} answer" in result.stdout, result.stdout
+    assert (f"✗ 127.0.0.1:{port} forwards _acme-challenge.dev.local to dnsapi's answers (got "
+            "SERVFAIL)" in result.stdout), result.stdout
+    assert "check the address in its `forward`" in result.stdout
+    assert result.returncode != 0

@@ -1,13 +1,20 @@
 """`dnsapi check`'s Corefile reading and checklist, without servers (the live checks are in
-test_operations_e2e.py)."""
+test_operations_e2e.py and test_answers_e2e.py; here their verdicts on crafted replies)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
 import pytest
 
-from dnsapi.check import Checklist, _corefile_push, _corefile_zone, parse_corefile
+from dnsapi.check import Checklist, _corefile_push, _corefile_zone, _dns, parse_corefile
 from dnsapi.config import ZoneConfig
 
 ZONE = ZoneConfig(name="dev.local", file=Path("/var/lib/dnsapi/zones/db.dev.local"))
@@ -108,3 +115,64 @@ def test_the_shipped_push_layout_passes():
 def test_push_layout_problems_are_failed_items_with_a_fix(text, listen, problem):
     [(ok, text_)] = push_check(text, listen)
     assert not ok and problem in text_
+
+
+def answered(rcode: int, authoritative: bool = True) -> dns.message.Message:
+    response = dns.message.make_response(dns.message.make_query("_acme-challenge.dev.local.", "TXT"))
+    response.set_rcode(rcode)
+    if not authoritative:
+        response.flags &= ~dns.flags.AA
+    else:
+        response.flags |= dns.flags.AA
+    return response
+
+
+def live_check(monkeypatch: pytest.MonkeyPatch, answers: object, server: object
+               ) -> list[tuple[bool | None, str]]:
+    """`_dns` with answers on 127.0.0.1:5354 and one DNS server on 127.0.0.1:1053, whose
+    replies to the challenge name are `answers` and `server` (a message, or an exception to raise);
+    the server answers the SOA."""
+    def ask(host: str, port: int, name: str, rdtype: object) -> dns.message.Message:
+        if rdtype == dns.rdatatype.SOA:
+            response = dns.message.make_response(dns.message.make_query(name + ".", "SOA"))
+            response.flags |= dns.flags.AA
+            response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "SOA",
+                                                       "ns1 admin 7 3600 600 86400 60"))
+            return response
+        reply = answers if port == 5354 else server
+        if isinstance(reply, Exception):
+            raise reply
+        assert isinstance(reply, dns.message.Message)
+        return reply
+
+    monkeypatch.setattr("dnsapi.check._ask", ask)
+    config = SimpleNamespace(zones=[ZONE], dns_servers=[("127.0.0.1", 1053)],
+                             challenge_label="_acme-challenge",
+                             answers=SimpleNamespace(listen=("127.0.0.1", 5354)))
+    checks = Checklist()
+    _dns(config, {"dev.local": 7}, checks)  # type: ignore[arg-type]
+    return [(item.ok, item.text) for item in checks.items]
+
+
+def test_answers_and_the_forward_to_them_are_asked_live(monkeypatch):
+    items = live_check(monkeypatch, answered(dns.rcode.NXDOMAIN), answered(dns.rcode.NXDOMAIN))
+    assert items == [
+        (True, "dnsapi's answers on 127.0.0.1:5354 answer _acme-challenge.dev.local"),
+        (True, "127.0.0.1:1053 answers the SOA of dev.local authoritatively (serial 7)"),
+        (True, "127.0.0.1:1053 forwards _acme-challenge.dev.local to dnsapi's answers"),
+    ]
+
+
+@pytest.mark.parametrize(("answers", "server", "expected"), [
+    # dnsapi not running: not checked (no failure), and the forward is not asked
+    (dns.exception.Timeout(), answered(dns.rcode.SERVFAIL), [None, True]),
+    (ConnectionRefusedError(), answered(dns.rcode.SERVFAIL), [None, True]),
+    # something else on the port, or a config without this zone
+    (answered(dns.rcode.REFUSED), answered(dns.rcode.SERVFAIL), [False, True]),
+    (answered(dns.rcode.NOERROR, authoritative=False), answered(dns.rcode.NOERROR), [False, True]),
+    # CoreDNS's forward reaches nothing, or CoreDNS is gone
+    (answered(dns.rcode.NOERROR), answered(dns.rcode.SERVFAIL), [True, True, False]),
+    (answered(dns.rcode.NOERROR), dns.exception.Timeout(), [True, True, False]),
+])
+def test_live_answers_problems(monkeypatch, answers, server, expected):
+    assert [ok for ok, _ in live_check(monkeypatch, answers, server)] == expected
