@@ -351,8 +351,24 @@ def _dns(config: Config, serials: dict[str, int], checks: Checklist) -> None:
                 _forwarded(host, port, f"{config.challenge_label}.{zone.name}", checks)
 
 
-def _ask(host: str, port: int, name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+COREDNS_DOWN = (False, "is CoreDNS running and listening there?")
+DNSAPI_DOWN = (None, "is dnsapi running with this config? run the check again once it is")
+
+
+def _query(host: str, port: int, name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
     return dns.query.udp(dns.message.make_query(name + ".", rdtype), host, port=port, timeout=2)
+
+
+def _ask(host: str, port: int, name: str, rdtype: dns.rdatatype.RdataType, what: str,
+         checks: Checklist, unanswered: tuple[bool | None, str] = COREDNS_DOWN
+         ) -> dns.message.Message | None:
+    """The reply to one query; None when there is none, once the item for `what` says so
+    (`unanswered`: its verdict and fix)."""
+    try:
+        return _query(host, port, name, rdtype)
+    except (dns.exception.DNSException, OSError) as exc:
+        checks.add(unanswered[0], f"{what}: {type(exc).__name__}", unanswered[1])
+        return None
 
 
 def _answers(config: Config, checks: Checklist) -> set[str]:
@@ -364,11 +380,8 @@ def _answers(config: Config, checks: Checklist) -> set[str]:
     for zone in config.zones:
         name = f"{config.challenge_label}.{zone.name}"
         what = f"dnsapi's answers on {host}:{port} answer {name}"
-        try:
-            response = _ask(host, port, name, dns.rdatatype.TXT)
-        except (dns.exception.DNSException, OSError) as exc:
-            checks.add(None, f"{what}: {type(exc).__name__}",
-                       "is dnsapi running with this config? run the check again once it is")
+        response = _ask(host, port, name, dns.rdatatype.TXT, what, checks, DNSAPI_DOWN)
+        if response is None:
             continue
         if response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and response.flags & dns.flags.AA:
             checks.add(True, what)
@@ -383,10 +396,8 @@ def _forwarded(host: str, port: int, name: str, checks: Checklist) -> None:
     """Through a DNS server, a challenge name gets dnsapi's answer: SERVFAIL means CoreDNS's
     forward does not reach dnsapi's answers listener."""
     what = f"{host}:{port} forwards {name} to dnsapi's answers"
-    try:
-        response = _ask(host, port, name, dns.rdatatype.TXT)
-    except (dns.exception.DNSException, OSError) as exc:
-        checks.add(False, f"{what}: {type(exc).__name__}", "is CoreDNS running and listening there?")
+    response = _ask(host, port, name, dns.rdatatype.TXT, what, checks)
+    if response is None:
         return
     if response.rcode() == dns.rcode.SERVFAIL:
         checks.add(False, f"{what} (got SERVFAIL)",
@@ -397,10 +408,8 @@ def _forwarded(host: str, port: int, name: str, checks: Checklist) -> None:
 
 def _soa(host: str, port: int, zone: str, expected: int | None, checks: Checklist) -> None:
     what = f"{host}:{port} answers the SOA of {zone}"
-    try:
-        response = _ask(host, port, zone, dns.rdatatype.SOA)
-    except (dns.exception.DNSException, OSError) as exc:
-        checks.add(False, f"{what}: {type(exc).__name__}", "is CoreDNS running and listening there?")
+    response = _ask(host, port, zone, dns.rdatatype.SOA, what, checks)
+    if response is None:
         return
     soa = [rd for rrset in response.answer if rrset.rdtype == dns.rdatatype.SOA for rd in rrset]
     if not soa or not response.flags & dns.flags.AA:

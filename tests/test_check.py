@@ -145,7 +145,7 @@ def live_check(monkeypatch: pytest.MonkeyPatch, answers: object, server: object
         assert isinstance(reply, dns.message.Message)
         return reply
 
-    monkeypatch.setattr("dnsapi.check._ask", ask)
+    monkeypatch.setattr("dnsapi.check._query", ask)
     config = SimpleNamespace(zones=[ZONE], dns_servers=[("127.0.0.1", 1053)],
                              challenge_label="_acme-challenge",
                              answers=SimpleNamespace(listen=("127.0.0.1", 5354)))
