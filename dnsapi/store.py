@@ -13,6 +13,9 @@ few thousand live records whole on every batch was most of a busy batch's time. 
 taken (written, then named by the next zone secret write) once the changes outgrow DELTA_MAX, and
 the one it replaces is deleted.
 
+A record line of a kind this dnsapi does not know (a newer dnsapi's, during a rolling upgrade)
+is kept and written back as it was read, never served (`Foreign`, decode_records).
+
 The records are one string, not a JSON list, because Vault and OpenBao cap the number of strings
 in a request's JSON (a list of objects hit it at a few hundred records); names and values are
 validated to hold no whitespace, so the line format is unambiguous.
@@ -54,6 +57,9 @@ SNAPSHOT_GRACE = 86400.0  # an unnamed snapshot this old is garbage: no write ca
 _SNAPSHOT_NAME = re.compile(r"[0-9a-f]{16}")  # creation time (8 hex digits of seconds) + random
 
 Lines = dict[Key, tuple[Record, str, str]]  # key -> (record, its line, its owner line): _lines_of
+# key -> (record line, owner line or "") of a record of a kind this dnsapi does not know: written
+# by a newer dnsapi sharing the zone (a rolling upgrade), kept as it is, never served (decode_records)
+Foreign = dict[Key, tuple[str, str]]
 
 
 def zone_secret(prefix: str, zone: str) -> str:
@@ -90,23 +96,28 @@ def _encode(records: Iterable[Record], lines: Lines) -> tuple[str, str]:
     return "\n".join(line for line, _ in encoded), "\n".join(owner for _, owner in encoded if owner)
 
 
-def encode_records(records: dict[Key, Record], lines: Lines | None = None) -> dict[str, Any]:
-    """A full secret's data for `records`. The remembered `lines` are dropped when they are far
-    more than the records in use."""
+def encode_records(records: dict[Key, Record], lines: Lines | None = None,
+                   foreign: Foreign | None = None) -> dict[str, Any]:
+    """A full secret's data for `records`, and the `foreign` lines as they were read. The
+    remembered `lines` are dropped when they are far more than the records in use."""
     if lines is None:
         lines = {}
     elif len(lines) > 2 * len(records) + 4096:
         lines.clear()
     record_lines, owner_lines = _encode(records.values(), lines)
+    if foreign:
+        record_lines = "\n".join(filter(None, [record_lines, *(line for line, _ in foreign.values())]))
+        owner_lines = "\n".join(filter(None, [owner_lines, *(owner for _, owner in foreign.values())]))
     return {"format": FULL_FORMAT, "records": record_lines, "owners": owner_lines}
 
 
-def _owners(data: dict[str, Any]) -> dict[Key, str]:
+def _owners(data: dict[str, Any]) -> dict[Key, tuple[str, str]]:
+    """key -> (the token name, the owner line)."""
     owners = {}
     for line in str(data.get("owners") or "").splitlines():
         fields = line.split()
         if len(fields) == 3:
-            owners[(fields[0], fields[1])] = urllib.parse.unquote(fields[2])
+            owners[(fields[0], fields[1])] = (urllib.parse.unquote(fields[2]), line)
     return owners
 
 
@@ -125,30 +136,49 @@ def encode_delta(base: str, records: dict[Key, Record], changed: Iterable[Key],
             "removed": "\n".join(removed)}
 
 
-def decode_records(data: dict[str, Any]) -> dict[Key, Record]:
+def decode_records(data: dict[str, Any], foreign: Foreign | None = None) -> dict[Key, Record]:
     """Records from a secret's record lines; a line that is not a record is skipped with a
-    warning (only dnsapi writes here, but a hand edit must not stop the service)."""
+    warning (only dnsapi writes here, but a hand edit must not stop the service).
+
+    A fifth field is the kind of a record other than TXT: "CNAME" here. A line that is a record
+    but for further fields this dnsapi does not know (a newer dnsapi's) goes into `foreign`
+    when given, so that the store writes it back unchanged: dropping it would delete a newer
+    node's record from Vault during a rolling upgrade (as dnsapi before CNAMEs did to them)."""
     records: dict[Key, Record] = {}
     owners = _owners(data)
     for line in str(data.get("records") or "").splitlines():
         try:
-            # A fifth field is the kind of a record other than TXT: only "CNAME" (an older
-            # dnsapi skips such a line).
             fqdn, value, ttl, created_at, *kind = line.split()
-            if kind not in ([], ["CNAME"]):
-                raise ValueError(kind)
             record = Record(fqdn=fqdn, value=value, ttl=int(ttl), created_at=float(created_at),
-                            owner=owners.get((fqdn, value), ""), kind=kind[0] if kind else "TXT")
+                            owner=owners.get((fqdn, value), ("", ""))[0],
+                            kind=kind[0] if kind == ["CNAME"] else "TXT")
         except ValueError:
             log.warning("ignoring a malformed record line in Vault: %r", line[:200])
+            continue
+        if kind not in ([], ["CNAME"]):
+            if foreign is not None:
+                foreign[record.key] = (line, owners.get(record.key, ("", ""))[1])
+                _tell_foreign(line)
             continue
         records[record.key] = record
     return records
 
 
-def apply_delta(base: dict[Key, Record], data: dict[str, Any]) -> tuple[dict[Key, Record],
-                                                                          frozenset[Key]]:
-    """A delta secret's records over its snapshot's, and the keys it changes."""
+_told: set[str] = set()
+
+
+def _tell_foreign(line: str) -> None:
+    """Log a kept foreign line once per process, not at every read of the zone."""
+    if line not in _told and len(_told) < 1000:
+        _told.add(line)
+        log.warning("keeping a record line in Vault of a kind this dnsapi does not know (written "
+                    "by a newer dnsapi?); it is not served: %r", line[:200])
+
+
+def apply_delta(base: dict[Key, Record], data: dict[str, Any], foreign: Foreign | None = None
+                ) -> tuple[dict[Key, Record], frozenset[Key]]:
+    """A delta secret's records over its snapshot's, and the keys it changes. `foreign`, when
+    given, holds the snapshot's foreign lines and is brought up to date with the delta's."""
     records = dict(base)
     changed: set[Key] = set()
     for line in str(data.get("removed") or "").splitlines():
@@ -158,8 +188,10 @@ def apply_delta(base: dict[Key, Record], data: dict[str, Any]) -> tuple[dict[Key
             continue
         key = (fields[0], fields[1])
         records.pop(key, None)
+        if foreign is not None:
+            foreign.pop(key, None)
         changed.add(key)
-    for key, record in decode_records(data).items():
+    for key, record in decode_records(data, foreign).items():
         records[key] = record
         changed.add(key)
     return records, frozenset(changed)
@@ -171,6 +203,7 @@ class Snapshot:
 
     name: str
     records: dict[Key, Record]
+    foreign: Foreign = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -191,6 +224,7 @@ class ZoneState:
     version: int
     base: Snapshot | None = None
     changed: frozenset[Key] = field(default_factory=frozenset)
+    foreign: Foreign = field(default_factory=dict)  # never changed by this dnsapi; written back
 
 
 def zone_access(session: VaultSession, zone: str) -> str | None:
@@ -263,7 +297,7 @@ class VaultStore:
                 "write_zone", lambda: self.session.write_kv(path, one.data, cas),
                 direct=lambda: self.session.write_kv_direct(path, one.data, cas))
             written = ZoneState(records=records, version=version, base=one.base,
-                                changed=one.changed)
+                                changed=one.changed, foreign=state.foreign)
             if state.base is not None and one.base is None:  # the zone shrank: inline again
                 try:
                     await self._call("drop_snapshot", lambda: self._drop_snapshot(zone, state.base))
@@ -300,8 +334,9 @@ class VaultStore:
         path, missing_at = self.secret_path(zone), None
         while True:
             data, version = self.session.read_kv(path)
+            foreign: Foreign = {}
             if data.get("format") != DELTA_FORMAT:
-                return ZoneState(records=decode_records(data), version=version)
+                return ZoneState(records=decode_records(data, foreign), version=version, foreign=foreign)
             name = data.get("base")
             if not isinstance(name, str) or not _SNAPSHOT_NAME.fullmatch(name):
                 raise VaultUnavailable(f"the zone secret {path} names no valid snapshot")
@@ -318,9 +353,13 @@ class VaultStore:
                             "secret to start the zone afresh)")
                     missing_at = version
                     continue
-                base = self._snapshots[zone] = Snapshot(name, decode_records(snapshot))
-            records, changed = apply_delta(base.records, data)
-            return ZoneState(records=records, version=version, base=base, changed=changed)
+                base_foreign: Foreign = {}
+                base = self._snapshots[zone] = Snapshot(name, decode_records(snapshot, base_foreign),
+                                                        base_foreign)
+            foreign.update(base.foreign)
+            records, changed = apply_delta(base.records, data, foreign)
+            return ZoneState(records=records, version=version, base=base, changed=changed,
+                             foreign=foreign)
 
     def _one_write(self, zone: str, records: dict[Key, Record], state: ZoneState,
                    touched: frozenset[Key]) -> _OneWrite | None:
@@ -328,9 +367,9 @@ class VaultStore:
         the changes over the current snapshot while they are few. None when a new snapshot
         must be taken first."""
         if len(records) <= INLINE_MAX:
-            return _OneWrite(encode_records(records, self._lines), None, frozenset())
-        if state.base is None:
-            return None
+            return _OneWrite(encode_records(records, self._lines, state.foreign), None, frozenset())
+        if state.base is None or state.foreign != state.base.foreign:
+            return None  # (a delta never writes foreign lines: a snapshot takes them all)
         base = state.base.records
         changed = frozenset(key for key in state.changed | touched
                             if records.get(key) != base.get(key))
@@ -351,9 +390,9 @@ class VaultStore:
                              state: ZoneState) -> ZoneState:
         path = self.secret_path(zone)
         # A new snapshot first (create-only under a fresh name), then the zone secret naming it.
-        snapshot = Snapshot(f"{int(time.time()):08x}{secrets.token_hex(4)}", records)
+        snapshot = Snapshot(f"{int(time.time()):08x}{secrets.token_hex(4)}", records, state.foreign)
         self.session.write_kv(self.snapshot_path(zone, snapshot.name),
-                              encode_records(records, self._lines), 0)
+                              encode_records(records, self._lines, state.foreign), 0)
         try:
             version = self.session.write_kv(path, encode_delta(snapshot.name, records, (), self._lines),
                                             state.version)
@@ -364,7 +403,7 @@ class VaultStore:
             raise
         self._snapshots[zone] = snapshot
         self._drop_snapshot(zone, state.base)
-        return ZoneState(records=records, version=version, base=snapshot)
+        return ZoneState(records=records, version=version, base=snapshot, foreign=state.foreign)
 
     def _sweep_snapshots(self, zone: str) -> int:
         names = self.session.list_kv(snapshot_folder(self.config.prefix, zone))

@@ -98,3 +98,38 @@ def test_an_update_refused_midway_leaves_records_and_quota_counts_as_they_were()
     assert apply_changes(records, [removed, after], limit=10, quota=2) == [Outcome.APPLIED,
                                                                            Outcome.APPLIED]
     assert set(records) == {owned.key, (other.fqdn, "third")}
+
+
+NEWER = "_acme-challenge.new.dev.local 192.0.2.7 60 1.5 A"  # a kind from a later dnsapi
+NEWER_KEY = ("_acme-challenge.new.dev.local", "192.0.2.7")
+
+
+def test_a_record_line_of_a_newer_kind_is_kept_as_read_and_written_back():
+    """A rolling upgrade: a newer dnsapi on the same zone writes a record kind this one does not
+    know. This one neither serves it nor drops it from Vault when it writes the zone."""
+    owner = "_acme-challenge.new.dev.local 192.0.2.7 newer-token"
+    data = {"format": 2, "owners": f"{owner}\n_acme-challenge.www.dev.local v ci",
+            "records": f"_acme-challenge.www.dev.local v 60 1.5\n{NEWER}\n"
+                       "_acme-challenge.c.dev.local x.auth.dev.local 60 1.5 CNAME\njunk line"}
+    foreign: dict = {}
+    records = decode_records(data, foreign)
+    assert set(records) == {("_acme-challenge.www.dev.local", "v"),
+                            ("_acme-challenge.c.dev.local", "x.auth.dev.local")}
+    assert foreign == {NEWER_KEY: (NEWER, owner)}
+    written = encode_records(records, foreign=foreign)
+    assert NEWER in written["records"].splitlines() and owner in written["owners"].splitlines()
+    assert "junk line" not in written["records"]  # a line that is no record at all still goes
+    again: dict = {}
+    assert decode_records(written, again) == records and again == foreign
+    assert decode_records(data) == records  # without `foreign`: skipped, as before
+
+
+def test_a_delta_adds_and_removes_newer_kinds_over_its_snapshot():
+    base_foreign = {NEWER_KEY: (NEWER, "")}
+    other = "_acme-challenge.other.dev.local 192.0.2.8 60 1.5 A"
+    foreign = dict(base_foreign)
+    apply_delta({}, {"format": 3, "base": "x", "records": other, "removed": ""}, foreign)
+    assert set(foreign) == {NEWER_KEY, ("_acme-challenge.other.dev.local", "192.0.2.8")}
+    foreign = dict(base_foreign)
+    apply_delta({}, {"format": 3, "base": "x", "records": "", "removed": " ".join(NEWER_KEY)}, foreign)
+    assert foreign == {} and base_foreign == {NEWER_KEY: (NEWER, "")}

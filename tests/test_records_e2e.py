@@ -211,6 +211,56 @@ async def test_a_large_zone_is_rebuilt_from_snapshot_and_delta_after_a_restart(m
     stack.wait_served(names[0], set())
 
 
+def put_newer_line(stack, path: str, line: str) -> None:
+    """Write `line` into a secret's record lines with check-and-set, as a newer dnsapi would."""
+    kv = stack.vault.client.secrets.kv.v2
+    current = kv.read_secret_version(path=f"{stack.prefix}/{path}", mount_point="secret",
+                                     raise_on_deleted_version=False)["data"]
+    data = current["data"]
+    kv.create_or_update_secret(path=f"{stack.prefix}/{path}", mount_point="secret",
+                               cas=current["metadata"]["version"],
+                               secret={**data, "records": f"{data['records']}\n{line}"})
+
+
+def test_a_record_kind_of_a_newer_dnsapi_survives_this_ones_writes(stack):
+    """A rolling upgrade: a newer node writes a kind this dnsapi does not know into the zone
+    secret. This one's next writes keep it in Vault, and neither serves nor lists it."""
+    newer = f"_acme-challenge.newer.dev.local 192.0.2.7 60 {time.time():.3f} A"
+    assert stack.add(WWW, V1).status_code in (200, 201)
+    put_newer_line(stack, "zones/dev.local", newer)
+    assert stack.add(WWW, V2).status_code == 201
+    assert stack.remove(WWW, V1).status_code == 200
+    assert newer in stack.vault_secret("zones/dev.local")["records"].splitlines()
+    assert stack.vault_records() == {(WWW, V2)}  # (read as this dnsapi reads it)
+    assert "192.0.2.7" not in stack.zone_path.read_text()
+    listed = stack.call("GET", "/v1/records").json()
+    assert "192.0.2.7" not in str(listed)
+    assert stack.remove(WWW, V2).status_code == 200
+
+
+async def test_a_newer_kind_in_a_delta_is_carried_into_the_next_snapshot(make_stack):
+    """Past INLINE_MAX records a newer node's line may arrive in a delta; a delta written by this
+    dnsapi holds only what it changed, so its next write takes a snapshot holding the line."""
+    stack = make_stack(edit=lambda c: c.update(rate_limit={"per_second": 0}, max_records_per_token=2000))
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async def add(value: str) -> None:
+            body = {"fqdn": WWW, "value": value}
+            async with session.post(stack.url + "/v1/records", json=body) as response:
+                assert response.status == 201, await response.text()
+        await asyncio.gather(*(add(f"bulk-{i:04d}") for i in range(INLINE_MAX + 10)))
+        before = stack.vault_secret("zones/dev.local")
+        assert before["format"] == 3
+        newer = f"_acme-challenge.newer.dev.local 192.0.2.7 60 {time.time():.3f} A"
+        put_newer_line(stack, "zones/dev.local", newer)
+        await add("after-the-newer-line")
+    after = stack.vault_secret("zones/dev.local")
+    assert after["format"] == 3 and after["base"] != before["base"]
+    assert newer in stack.vault_secret(f"snapshots/dev.local/{after['base']}")["records"].splitlines()
+    assert (WWW, "after-the-newer-line") in stack.vault_records()
+    assert "192.0.2.7" not in stack.zone_path.read_text()
+
+
 def test_reconcile_timer_repairs_file_and_picks_up_vault_changes(make_stack):
     stack = make_stack(edit=lambda c: c.update(reconcile_interval="500ms"))
     stack.add(WWW, V1)
