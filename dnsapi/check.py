@@ -307,7 +307,7 @@ def _corefile_push(zone: ZoneConfig, label: str, listen: tuple[str, int], blocks
                    path: Path, checks: Checklist) -> None:
     """With `answers` on (docs/latency.md): a block for the zone whose view takes the challenge
     names and forwards them to answers.listen, ahead of the zone's file block, without cache."""
-    target = f"{listen[0]}:{listen[1]}"
+    target = _address(*listen)
     what = f"Corefile {path} forwards {zone.name}'s {label} names to dnsapi's answers ({target})"
     fix = ("use coredns/Corefile.push (`dnsapi example corefile-push`) with `forward . "
            f"{target}`, its block before the file block")
@@ -371,37 +371,49 @@ def _ask(host: str, port: int, name: str, rdtype: dns.rdatatype.RdataType, what:
         return None
 
 
+def _address(host: str, port: int) -> str:
+    """HOST:PORT as CoreDNS writes it ([::1]:5354 for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _answers(config: Config, checks: Checklist) -> set[str]:
     """With `answers` on: dnsapi's answers listener answers each zone's challenge names itself
     (a running dnsapi; a stopped one cannot be checked). Returns the zones it answered for."""
     assert config.answers is not None
     host, port = config.answers.listen
+    # A listener on every address is asked on loopback (asked at 0.0.0.0, the reply would come
+    # from 127.0.0.1, which dnspython refuses as an unexpected source).
+    ask_at = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     answering = set()
     for zone in config.zones:
         name = f"{config.challenge_label}.{zone.name}"
-        what = f"dnsapi's answers on {host}:{port} answer {name}"
-        response = _ask(host, port, name, dns.rdatatype.TXT, what, checks, DNSAPI_DOWN)
+        what = f"dnsapi's answers on {_address(host, port)} answer {name}"
+        response = _ask(ask_at, port, name, dns.rdatatype.TXT, what, checks, DNSAPI_DOWN)
         if response is None:
-            continue
+            break  # (each further zone would wait out the same timeout)
         if response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and response.flags & dns.flags.AA:
             checks.add(True, what)
             answering.add(zone.name)
         else:
             checks.add(False, f"{what} (got rcode {dns.rcode.to_text(response.rcode())})",
-                       "another program listens there, or dnsapi runs with another config")
+                       "another program listens there, dnsapi runs with another config, or it "
+                       "has not loaded the zone file yet (see its log)")
     return answering
 
 
 def _forwarded(host: str, port: int, name: str, checks: Checklist) -> None:
-    """Through a DNS server, a challenge name gets dnsapi's answer: SERVFAIL means CoreDNS's
-    forward does not reach dnsapi's answers listener."""
-    what = f"{host}:{port} forwards {name} to dnsapi's answers"
-    response = _ask(host, port, name, dns.rdatatype.TXT, what, checks)
-    if response is None:
+    """Through a DNS server, a challenge name is answered: SERVFAIL, or no answer, is what
+    CoreDNS gives when its forward does not reach dnsapi's answers listener. (An answer cannot
+    show that it came through the forward: that the Corefile forwards is the --corefile check.)"""
+    what = f"{_address(host, port)} answers {name} (its forward to dnsapi's answers works)"
+    fix = "CoreDNS cannot reach answers.listen: check the address in its `forward`"
+    try:
+        response = _query(host, port, name, dns.rdatatype.TXT)
+    except (dns.exception.DNSException, OSError) as exc:
+        checks.add(False, f"{what}: {type(exc).__name__}, though it answered the SOA", fix)
         return
     if response.rcode() == dns.rcode.SERVFAIL:
-        checks.add(False, f"{what} (got SERVFAIL)",
-                   "CoreDNS cannot reach answers.listen: check the address in its `forward`")
+        checks.add(False, f"{what}: got SERVFAIL", fix)
     else:
         checks.add(True, what)
 

@@ -143,7 +143,9 @@ def decode_records(data: dict[str, Any], foreign: Foreign | None = None) -> dict
     A fifth field is the kind of a record other than TXT: "CNAME" here. A line that is a record
     but for further fields this dnsapi does not know (a newer dnsapi's) goes into `foreign`
     when given, so that the store writes it back unchanged: dropping it would delete a newer
-    node's record from Vault during a rolling upgrade (as dnsapi before CNAMEs did to them)."""
+    node's record from Vault during a rolling upgrade (as dnsapi before CNAMEs did to them).
+    Keys stay unique across kinds (a CNAME's value holds dots, a TXT value never does); a
+    later kind must keep that, since records, owners and removals go by key."""
     records: dict[Key, Record] = {}
     owners = _owners(data)
     for line in str(data.get("records") or "").splitlines():
@@ -158,21 +160,23 @@ def decode_records(data: dict[str, Any], foreign: Foreign | None = None) -> dict
         if kind not in ([], ["CNAME"]):
             if foreign is not None:
                 foreign[record.key] = (line, owners.get(record.key, ("", ""))[1])
-                _tell_foreign(line)
+                _tell_foreign(kind[0], line)
             continue
         records[record.key] = record
     return records
 
 
-_told: set[str] = set()
+_told: set[str] = set()  # the foreign kinds logged so far
 
 
-def _tell_foreign(line: str) -> None:
-    """Log a kept foreign line once per process, not at every read of the zone."""
-    if line not in _told and len(_told) < 1000:
-        _told.add(line)
-        log.warning("keeping a record line in Vault of a kind this dnsapi does not know (written "
-                    "by a newer dnsapi?); it is not served: %r", line[:200])
+def _tell_foreign(kind: str, line: str) -> None:
+    """Log the first line of each foreign kind once per process, not at every read of the zone
+    (nor for every new challenge of that kind)."""
+    if kind not in _told and len(_told) < 100:
+        _told.add(kind)
+        log.warning("keeping record lines in Vault of a kind this dnsapi does not know, %r "
+                    "(written by a newer dnsapi?); they are not served. The first: %r",
+                    kind[:40], line[:200])
 
 
 def apply_delta(base: dict[Key, Record], data: dict[str, Any], foreign: Foreign | None = None

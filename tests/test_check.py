@@ -3,6 +3,8 @@ test_operations_e2e.py and test_answers_e2e.py; here their verdicts on crafted r
 
 from __future__ import annotations
 
+import socket
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +16,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from dnsapi.check import Checklist, _corefile_push, _corefile_zone, _dns, parse_corefile
+from dnsapi.check import Checklist, _answers, _corefile_push, _corefile_zone, _dns, parse_corefile
 from dnsapi.config import ZoneConfig
 
 ZONE = ZoneConfig(name="dev.local", file=Path("/var/lib/dnsapi/zones/db.dev.local"))
@@ -104,6 +106,10 @@ def test_the_shipped_push_layout_passes():
     assert push_check(PUSH)[0][0]
 
 
+def test_an_ipv6_answers_address_is_matched_as_coredns_writes_it():
+    assert push_check(PUSH.replace("127.0.0.1:5354", "[::1]:5354"), ("::1", 5354))[0][0]
+
+
 @pytest.mark.parametrize(("text", "listen", "problem"), [
     (PUSH, ("127.0.0.1", 5399), "another label or address"),
     (PUSH.replace("_acme-challenge", "_other"), ("127.0.0.1", 5354), "another label or address"),
@@ -159,7 +165,8 @@ def test_answers_and_the_forward_to_them_are_asked_live(monkeypatch):
     assert items == [
         (True, "dnsapi's answers on 127.0.0.1:5354 answer _acme-challenge.dev.local"),
         (True, "127.0.0.1:1053 answers the SOA of dev.local authoritatively (serial 7)"),
-        (True, "127.0.0.1:1053 forwards _acme-challenge.dev.local to dnsapi's answers"),
+        (True, "127.0.0.1:1053 answers _acme-challenge.dev.local (its forward to dnsapi's answers "
+               "works)"),
     ]
 
 
@@ -176,3 +183,28 @@ def test_answers_and_the_forward_to_them_are_asked_live(monkeypatch):
 ])
 def test_live_answers_problems(monkeypatch, answers, server, expected):
     assert [ok for ok, _ in live_check(monkeypatch, answers, server)] == expected
+
+
+def test_answers_listening_on_every_address_are_asked_on_loopback():
+    """answers.listen 0.0.0.0: a query sent to 0.0.0.0 is answered from 127.0.0.1, which
+    dnspython refuses as an unexpected source; the check asks 127.0.0.1 instead."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+
+        def answer_once() -> None:
+            wire, client = server.recvfrom(512)
+            reply = dns.message.make_response(dns.message.from_wire(wire))
+            reply.flags |= dns.flags.AA
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+            server.sendto(reply.to_wire(), client)
+
+        responder = threading.Thread(target=answer_once, daemon=True)
+        responder.start()
+        config = SimpleNamespace(zones=[ZONE], challenge_label="_acme-challenge",
+                                 answers=SimpleNamespace(listen=("0.0.0.0", port)))
+        checks = Checklist()
+        assert _answers(config, checks) == {"dev.local"}  # type: ignore[arg-type]
+        responder.join(5)
+    assert [(item.ok, item.text) for item in checks.items] == [
+        (True, f"dnsapi's answers on 0.0.0.0:{port} answer _acme-challenge.dev.local")]
