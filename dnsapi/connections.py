@@ -242,8 +242,11 @@ class _Listener:
         self._task = task
 
     def close(self) -> None:
+        """Stop accepting; the socket closes once the accept loop has ended. Closed at once, its
+        descriptor could be reused (by a `wait`'s DNS socket, say) before the cancelled accept
+        unregisters it from the event loop, which then fails on the new socket's descriptor."""
         self._task.cancel()
-        self.sockets[0].close()
+        self._task.add_done_callback(lambda _: self.sockets[0].close())
 
 
 class GuardedSite(web.BaseSite):
