@@ -210,6 +210,11 @@ class Snapshot:
     foreign: Foreign = field(default_factory=dict)
 
 
+def _snapshot_left(snapshot: Snapshot, zone: str, why: str) -> None:
+    """A replaced snapshot could not be deleted: only unused space, swept once a day old."""
+    log.warning("could not delete the replaced snapshot %s of zone %s (%s)", snapshot.name, zone, why)
+
+
 @dataclass(frozen=True)
 class _OneWrite:
     """What one write of the zone secret holds, and the snapshot it is a delta over (if any)."""
@@ -306,8 +311,7 @@ class VaultStore:
                 try:
                     await self._call("drop_snapshot", lambda: self._drop_snapshot(zone, state.base))
                 except VaultUnavailable as exc:  # best effort: the write above has landed
-                    log.warning("could not delete the replaced snapshot %s of zone %s (%s)",
-                                state.base.name, zone, exc.message)
+                    _snapshot_left(state.base, zone, exc.message)
         self._versions[zone] = written.version
         return written
 
@@ -433,8 +437,7 @@ class VaultStore:
         try:
             self.session.delete_kv(self.snapshot_path(zone, snapshot.name))
         except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-            log.warning("could not delete the replaced snapshot %s of zone %s (%s)",
-                        snapshot.name, zone, type(exc).__name__)
+            _snapshot_left(snapshot, zone, type(exc).__name__)
 
     # -- acme-dns accounts: one secret each, <prefix>/acme-dns/accounts/<username> ------------
 

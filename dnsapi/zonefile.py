@@ -478,7 +478,6 @@ class ZoneFile:
         raise ZoneError(f"zone file {self.path} kept changing while dnsapi rewrote it "
                         f"({EDIT_RETRIES} tries); not written")
 
-
     def commit(self, rewrite: Rewrite, wait: bool = True) -> int | None:
         """The second half of `sync`: rename the prepared text into place. Returns the new
         serial, or None when the file already held the records. A file changed since
