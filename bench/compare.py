@@ -12,9 +12,10 @@ on free loopback ports, then measures side by side:
   - one add at concurrency 1 beside the bare Vault write it needs and beside the floor under it
     (bench/floor_server.py: an aiohttp service doing only that write), and where its time goes
     (dnsapi's own /metrics around those adds);
-  - wall time of one apex + wildcard issuance with lego against OpenBao ACME (httpreq to dnsapi
-    vs lego's rfc2136 provider to BIND; both --dns.disable-cp, same polling), the mean of
-    --issuance-runs runs each, taking turns;
+  - wall time of one apex + wildcard issuance with lego against OpenBao ACME (httpreq to dnsapi,
+    OpenBao looking the challenge up at each of the two CoreDNS layouts, vs lego's rfc2136
+    provider to BIND; all --dns.disable-cp, same polling), the mean of --issuance-runs runs
+    each, taking turns, and how many of their validations waited;
   - CoreDNS's idle CPU at the shipped reload interval, in both layouts (bench/idle.py);
   - dnsapi's RSS with 10,000 operator records and 1,000 challenge records;
   - one zone rewrite at 1k, 10k and 100k zone lines.
@@ -23,7 +24,7 @@ Prints a markdown table and writes bench/results.json.
     python3 bench/compare.py [--issuance-runs N] [--reps N] [--out FILE]
     python3 bench/compare.py --smoke --out FILE   # every path once, tiny samples (the tests run it)
 
-Ends with the issue's targets checked against this run. Takes about 22 minutes with the defaults,
+Ends with the issue's targets checked against this run. Takes about 32 minutes with the defaults,
 nearly all of it issuance: one issuance varies by ~4 s for reasons outside both paths (see
 README), so a verdict on a 10 % difference needs many.
 """
@@ -97,6 +98,9 @@ SMOKE = Scale(levels=((1, 10), (16, 32), (64, 64)), visible=2, latency=3, idle_s
 # their mean. With one issuance's standard deviation of ~4 s, 80 runs per path put the ratio's
 # standard error near 0.07.
 ISSUANCE_RUNS = 80
+# A run whose validations did not wait takes its path's fastest time; each wait adds 5.5 or 7.2 s
+# (lego's backoff), so runs fall in three bands far apart: none, one or both validations waited.
+ONE_WAIT_S, TWO_WAITS_S = 3.0, 9.0  # beyond the path's fastest run
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -369,6 +373,12 @@ def issuance_s(paths: dict[str, tuple[list[str], dict[str, str]]], workdir: Path
     return times
 
 
+def waited(times: list[float]) -> int:
+    """How many of these issuances' validations waited for lego's backoff, from their times."""
+    fastest = min(times)
+    return sum(0 if t < fastest + ONE_WAIT_S else 1 if t < fastest + TWO_WAITS_S else 2 for t in times)
+
+
 def httpreq_env(stack) -> dict[str, str]:
     """lego's httpreq provider against dnsapi's API."""
     return {"HTTPREQ_ENDPOINT": stack.url, "HTTPREQ_USERNAME": "lego",
@@ -408,11 +418,24 @@ def per_level(rates: dict[str, float]) -> str:
     return " / ".join(f"{rates[c]:.0f}" for c in ("c1", "c16", "c64"))
 
 
+def issuance_rows(results: dict) -> list[str]:
+    """The table's issuance rows: per layout where this run measured both."""
+    i, runs = results["issuance_s"], len(results["issuance_runs_s"]["dnsapi"])
+    if "dnsapi_push" not in i:
+        return [f"| lego apex + wildcard issuance (mean of {runs}) | {i['dnsapi']:.1f} s "
+                f"| {i['bind']:.1f} s |"]
+    waits = results["issuance_waited"]
+    return [f"| lego apex + wildcard issuance (mean of {runs}), zone file polled | {i['dnsapi']:.1f} s "
+            f"| {i['bind']:.1f} s |",
+            f"| the same, challenge names pushed (Corefile.push) | {i['dnsapi_push']:.1f} s | |",
+            f"| validations that waited for lego's backoff, of {2 * runs}: polled / pushed | "
+            f"{waits['dnsapi']} / {waits['dnsapi_push']} | {waits['bind']} |"]
+
+
 def table(results: dict) -> str:
     """The dnsapi vs BIND table of bench/README.md; rows for figures an older results.json
     lacks are left out."""
-    a, v, i = results["adds_per_s"], results["visible_ms"], results["issuance_s"]
-    runs = len(results["issuance_runs_s"]["dnsapi"])
+    a, v = results["adds_per_s"], results["visible_ms"]
     lines = ["| measure | dnsapi | BIND (RFC 2136) |", "|---|---|---|"]
     for c in ("c1", "c16", "c64"):
         lines.append(f"| acknowledged adds/s, concurrency {c[1:]} | {a['dnsapi'][c]:.0f} "
@@ -445,8 +468,7 @@ def table(results: dict) -> str:
     if "coredns_idle_cpu_pct_push" in results:
         idle = results["coredns_idle_cpu_pct_push"]
         lines.append(f"| the same, push layout | {idle['1k']:.2f} / {idle['100k']:.2f} % | |")
-    lines.append(f"| lego apex + wildcard issuance (mean of {runs}) | {i['dnsapi']:.1f} s "
-                 f"| {i['bind']:.1f} s |")
+    lines += issuance_rows(results)
     lines.append(f"| RSS, 10k operator + 1k challenge records | {results['rss_mb']['dnsapi']:.0f} MB | |")
     for size, ms in results["rewrite_ms"].items():
         lines.append(f"| one zone rewrite, {size} lines | {ms:.1f} ms | |")
@@ -469,6 +491,8 @@ def targets(results: dict) -> list[str]:
     c64 = a["dnsapi"]["c64"] / a["bind"]["c64"]
     rfc2136 = a["dnsapi_rfc2136"]["c64"] / a["bind_udp"]["c64"] if "bind_udp" in a else None
     issuance = i["dnsapi"] / i["bind"]
+    pushed = i["dnsapi_push"] / i["bind"] if "dnsapi_push" in i else None
+    pushed_se = ratio_se(runs["dnsapi_push"], runs["bind"]) if "dnsapi_push" in i else None
     latency = (results["add_ms"]["dnsapi"]["c1"]["p50"] / results["vault_write_ms"]["p50"]
                if "add_ms" in results else None)  # None: results.json from before these keys
     floor = (results["add_ms"]["floor"]["c1"]["p50"] / results["vault_write_ms"]["p50"]
@@ -494,8 +518,11 @@ def targets(results: dict) -> list[str]:
          + ("" if floor is None else ")")),
         (None if idle is None else idle <= 1,
          f"CoreDNS idle CPU ≤ 1 % (1k-line zone, {layout}): {'—' if idle is None else f'{idle:.2f} %'}"),
-        (issuance <= 1.1, f"issuance ≤ 1.1× BIND's: {issuance:.2f}× "
+        (issuance <= 1.1, f"issuance ≤ 1.1× BIND's, zone file polled: {issuance:.2f}× "
                           f"(± {ratio_se(runs['dnsapi'], runs['bind']):.2f} standard error)"),
+        (None if pushed is None else pushed <= 1.1,  # None: results.json from before this path
+         "issuance ≤ 1.1× BIND's, challenge names pushed: " + ("—" if pushed is None else
+                                                               f"{pushed:.2f}× (± {pushed_se:.2f})")),
         (results["rss_mb"]["dnsapi"] <= 80, f"RSS ≤ 80 MB: {results['rss_mb']['dnsapi']:.0f} MB"),
         (growth <= 10, f"rewrite growing no worse than linearly: 10k → 100k lines ×{growth:.1f}"),
     ]
@@ -580,11 +607,19 @@ def main() -> None:
                                               for server, levels in rates.items()}
                 dnsapi_dir = vault_init(tmp / "dnsapi", "pki", f"127.0.0.1:{stack.dns_port}",
                                         stack.vault.root_token)
+                push_dir = vault_init(tmp / "dnsapi", "pki_push", f"127.0.0.1:{push_dns.port}",
+                                      stack.vault.root_token)
                 bind_dir = vault_init(tmp / "dnsapi", "pki_bind", f"127.0.0.1:{bind.port}",
                                       stack.vault.root_token)
+                # The push path's `present` still waits for the polled CoreDNS (the stack's
+                # dns_servers), as the polled path's does: the two differ only in who answers
+                # OpenBao's lookup.
                 runs = issuance_s({
                     "dnsapi": (
                         lego(dnsapi_dir, "httpreq", f"127.0.0.1:{stack.dns_port}", "issue.dev.local"),
+                        httpreq_env(stack)),
+                    "dnsapi_push": (
+                        lego(push_dir, "httpreq", f"127.0.0.1:{push_dns.port}", "issue.dev.local"),
                         httpreq_env(stack)),
                     "bind": (
                         lego(bind_dir, "rfc2136", f"127.0.0.1:{bind.port}", "issue.dev.local"),
@@ -592,6 +627,7 @@ def main() -> None:
                     tmp / "lego", args.issuance_runs)
                 results["issuance_s"] = {name: round(statistics.mean(t), 2) for name, t in runs.items()}
                 results["issuance_runs_s"] = runs
+                results["issuance_waited"] = {name: waited(t) for name, t in runs.items()}
             finally:
                 bind.proc.stop()
                 push_dns.proc.stop()
@@ -606,7 +642,8 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"Machine: {results['machine']}, {results['date']}\n")
     print(table(results))
-    for name, label in (("dnsapi", "dnsapi"), ("bind", "BIND")):
+    for name, label in (("dnsapi", "dnsapi, zone file polled"), ("dnsapi_push", "dnsapi, pushed"),
+                        ("bind", "BIND")):
         print(f"\nissuance runs, {label}: " + ", ".join(f"{t:.1f}" for t in results["issuance_runs_s"][name]))
     print("\n" + breakdown(results))
     print("\nTargets:\n" + "\n".join(targets(results)))

@@ -12,7 +12,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from dnsapi.answers import ChallengeAnswers
+from dnsapi.answers import ChallengeAnswers, _Replies
 from dnsapi.config import Config
 from dnsapi.records import Record
 
@@ -143,3 +143,38 @@ async def test_a_record_the_zone_file_cannot_hold_is_not_answered(tmp_path):
         await service.reconcile()
         assert store.zones["dev.local"].records  # Vault has the TXT record...
         assert texts(await ask(answers, WWW)) == {(WWW, "CNAME"): {"elsewhere.example."}}  # ...the file not
+
+
+async def test_a_question_asked_again_gets_its_own_id_and_what_the_file_holds_now(tmp_path):
+    """Replies are kept by the question's bytes: each copy carries the id it answers, and a
+    rewrite of any zone file retires them all."""
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        query = dns.message.make_query(WWW + ".", "TXT")
+        replies = []
+        for ident in (1, 2, 0xFFFF):
+            query.id = ident
+            replies.append(await answers.handle(query.to_wire(), "127.0.0.1", False) or b"")
+        assert [dns.message.from_wire(r).id for r in replies] == [1, 2, 0xFFFF]
+        assert len({r[2:] for r in replies}) == 1
+        await service.add(service.make_record(WWW, "v1"))
+        query.id = 3
+        reply = dns.message.from_wire(await answers.handle(query.to_wire(), "127.0.0.1", False) or b"")
+        assert reply.id == 3 and texts(reply) == {(WWW, "TXT"): {"v1"}}
+        await service.remove(WWW, "v1")
+        reply = dns.message.from_wire(await answers.handle(query.to_wire(), "127.0.0.1", False) or b"")
+        assert reply.rcode() == dns.rcode.NXDOMAIN
+        counted = service.metrics.registry.get_sample_value("dnsapi_answers_total", {"rcode": "NXDOMAIN"})
+        assert counted == 4  # each reply is counted, worked out or kept
+
+
+async def test_kept_replies_stay_within_their_bound(tmp_path, monkeypatch):
+    """Anyone who reaches the port can ask new questions: what is kept stays bounded."""
+    monkeypatch.setattr(_Replies, "MAX_BYTES", 2000)
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        for i in range(100):
+            name = f"_acme-challenge.n{i}.dev.local"
+            reply = await ask(answers, name)
+            assert reply.rcode() == dns.rcode.NXDOMAIN and reply.question[0].name.to_text() == name + "."
+            assert 0 < answers._replies._bytes <= 2000
