@@ -14,6 +14,7 @@ serial the file has, and with `answers` on, forwards the challenge names to dnsa
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -310,7 +311,7 @@ def _corefile_push(zone: ZoneConfig, label: str, listen: tuple[str, int], blocks
     target = _address(*listen)
     what = f"Corefile {path} forwards {zone.name}'s {label} names to dnsapi's answers ({target})"
     fix = ("use coredns/Corefile.push (`dnsapi example corefile-push`) with `forward . "
-           f"{target}`, its block before the file block")
+           f"{_address(_LOOPBACK.get(listen[0], listen[0]), listen[1])}`, its block before the file block")
     file_seen = False
     for block in blocks:
         if zone.name not in block.zones:
@@ -323,7 +324,7 @@ def _corefile_push(zone: ZoneConfig, label: str, listen: tuple[str, int], blocks
         forward = next((d for d in block.directives if d.name == "forward"), None)
         if not views or forward is None:
             continue
-        if label not in views or target not in forward.args[1:]:
+        if label not in views or not any(_reaches(arg, *listen) for arg in forward.args[1:]):
             checks.add(False, f"{what}: its view or forward names another label or address", fix)
         elif file_seen:
             checks.add(False, f"{what}: the file block comes first and takes every query", fix)
@@ -376,14 +377,38 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# A listener on every address is asked, and forwarded to, on loopback.
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def _reaches(target: str, host: str, port: int) -> bool:
+    """Whether a `forward` target (`127.0.0.1:5354`, `dns://[::1]:5354`) is the listener on
+    host:port: the same address, or, for a listener on every address, any address of a family it
+    takes (0.0.0.0 takes IPv4; :: both, as Linux binds it) with its port."""
+    target = target.removeprefix("dns://")
+    try:
+        address, target_port = config_module.parse_hostport(target)
+    except ValueError:
+        address, target_port = target, 53  # CoreDNS's default port
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if target_port != port:
+        return False
+    if host in _LOOPBACK:
+        return host == "::" or ip.version == 4
+    return ip == ipaddress.ip_address(host)
+
+
 def _answers(config: Config, checks: Checklist) -> set[str]:
     """With `answers` on: dnsapi's answers listener answers each zone's challenge names itself
     (a running dnsapi; a stopped one cannot be checked). Returns the zones it answered for."""
     assert config.answers is not None
     host, port = config.answers.listen
-    # A listener on every address is asked on loopback (asked at 0.0.0.0, the reply would come
-    # from 127.0.0.1, which dnspython refuses as an unexpected source).
-    ask_at = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    # (Asked at 0.0.0.0, the reply would come from 127.0.0.1, which dnspython refuses as an
+    # unexpected source.)
+    ask_at = _LOOPBACK.get(host, host)
     answering = set()
     for zone in config.zones:
         name = f"{config.challenge_label}.{zone.name}"

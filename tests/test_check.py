@@ -110,6 +110,27 @@ def test_an_ipv6_answers_address_is_matched_as_coredns_writes_it():
     assert push_check(PUSH.replace("127.0.0.1:5354", "[::1]:5354"), ("::1", 5354))[0][0]
 
 
+@pytest.mark.parametrize(("forward", "listen", "ok"), [
+    ("127.0.0.1:5354", ("0.0.0.0", 5354), True),  # a listener on every address takes loopback
+    ("dns://10.0.0.5:5354", ("0.0.0.0", 5354), True),  # ... and this host's other addresses
+    ("[::1]:5354", ("0.0.0.0", 5354), False),  # 0.0.0.0 takes no IPv6
+    ("[::1]:5354", ("::", 5354), True),
+    ("127.0.0.1:5355", ("0.0.0.0", 5354), False),
+    ("127.0.0.2:5354", ("127.0.0.1", 5354), False),
+])
+def test_the_forward_is_matched_against_where_the_answers_listen(forward, listen, ok):
+    [(passed, text)] = push_check(PUSH.replace("127.0.0.1:5354", forward), listen)
+    assert passed == ok, text
+
+
+def test_the_fix_for_answers_on_every_address_names_loopback():
+    checks = Checklist()
+    _corefile_push(ZONE, "_acme-challenge", ("0.0.0.0", 5354), parse_corefile(PUSH.replace(
+        "127.0.0.1:5354", "127.0.0.1:9")), COREFILE, checks)
+    [item] = checks.items
+    assert not item.ok and "`forward . 127.0.0.1:5354`" in item.fix
+
+
 @pytest.mark.parametrize(("text", "listen", "problem"), [
     (PUSH, ("127.0.0.1", 5399), "another label or address"),
     (PUSH.replace("_acme-challenge", "_other"), ("127.0.0.1", 5354), "another label or address"),
