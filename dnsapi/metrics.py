@@ -88,8 +88,9 @@ class Metrics:
         self.dns_request_seconds = Histogram("dnsapi_dns_request_duration_seconds", "RFC 2136 front "
                                              "door: time to answer a message", buckets=_SLOW,
                                              registry=r)
-        self.bad_records = Counter("dnsapi_vault_bad_records", "records read from Vault that failed "
-                                   "validation and were skipped", ["zone"], registry=r)
+        self.bad_records = Counter("dnsapi_vault_bad_records", "records in Vault that failed this "
+                                   "node's validation, once each: kept there, not served",
+                                   ["zone"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,7 +22,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .audit import AuditLog, value_hash
@@ -84,7 +84,8 @@ class ZoneWriter:
         self.file = ZoneFile(zone.file, zone.name)
         self.config = config
         self.audit = audit
-        self._valid: set[Key] = set()  # records from Vault that passed validation
+        self._valid: set[Record] = set()  # records from Vault that passed validation
+        self._refused: set[Record] = set()  # ...and that failed it, told once each
         self.state: ZoneState | None = None  # last state read from or written to Vault
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
 
@@ -271,19 +272,30 @@ class ZoneWriter:
 
     async def read(self) -> ZoneState:
         """The zone as Vault holds it, without records that fail validation: the secret may
-        have been written by hand, and one bad line must not freeze the zone."""
-        state = await self.store.read_zone(self.zone.name)
-        bad = [record for key, record in state.records.items()
-               if key not in self._valid and not self._check(record)]
-        if bad:
-            self.metrics.bad_records.labels(self.zone.name).inc(len(bad))
-            for record in bad[:10]:
-                log.warning("zone %s: skipping a record in Vault that is not a valid challenge "
-                            "record of this zone: %r %r", self.zone.name, record.fqdn[:100],
-                            record.value[:100])
-            skipped = {record.key for record in bad}
-            state = replace(state, records={k: r for k, r in state.records.items() if k not in skipped})
-        return state
+        have been written by hand, and one bad line must not freeze the zone. They stay in
+        Vault, unserved: another node whose config differs (another challenge_label, acme-dns
+        zone or zone list, say during a rollout) may have written them."""
+        return await self.store.read_zone(self.zone.name, self._accept)
+
+    def _accept(self, record: Record) -> bool:
+        """`_check`, remembered; a refused record is counted and logged once."""
+        if record in self._valid:
+            return True
+        if self._check(record):
+            self._remember(self._valid, record)
+            return True
+        if record not in self._refused:
+            self._remember(self._refused, record)
+            self.metrics.bad_records.labels(self.zone.name).inc()
+            log.warning("zone %s: not serving a record in Vault that is not a valid challenge record "
+                        "of this zone for this dnsapi (kept in Vault): %r %r", self.zone.name,
+                        record.fqdn[:100], record.value[:100])
+        return False
+
+    def _remember(self, seen: set[Record], record: Record) -> None:
+        if len(seen) > 4 * self.config.max_records_per_zone:
+            seen.clear()
+        seen.add(record)
 
     def _check(self, record: Record) -> bool:
         """Is `record` one the API (or, for a CNAME, `dnsapi acme-dns register`) would have
@@ -298,15 +310,10 @@ class ZoneWriter:
                                                      self.config.challenge_label,
                                                      self.config.account_zone)
                 value_ok = record.kind == "TXT" and validate_value(record.value) == record.value
-            valid = (fqdn == record.fqdn and zone == self.zone.name and value_ok
-                     and 0 <= record.ttl <= MAX_TTL and math.isfinite(record.created_at))
+            return (fqdn == record.fqdn and zone == self.zone.name and value_ok
+                    and 0 <= record.ttl <= MAX_TTL and math.isfinite(record.created_at))
         except InvalidInput:
             return False
-        if valid:
-            if len(self._valid) > 4 * self.config.max_records_per_zone:
-                self._valid.clear()
-            self._valid.add(record.key)
-        return valid
 
     def _expire(self, records: dict[tuple[str, str], Record]) -> list[Record]:
         """Take records older than max_age out of `records` (ACME clients that crash, or acme.sh

@@ -57,9 +57,11 @@ SNAPSHOT_GRACE = 86400.0  # an unnamed snapshot this old is garbage: no write ca
 _SNAPSHOT_NAME = re.compile(r"[0-9a-f]{16}")  # creation time (8 hex digits of seconds) + random
 
 Lines = dict[Key, tuple[Record, str, str]]  # key -> (record, its line, its owner line): _lines_of
-# key -> (record line, owner line or "") of a record of a kind this dnsapi does not know: written
-# by a newer dnsapi sharing the zone (a rolling upgrade), kept as it is, never served (decode_records)
+# key -> (record line, owner line or "") of a record this dnsapi keeps in Vault as it is but never
+# serves: of a kind it does not know (a newer dnsapi's, in a rolling upgrade), or one its config
+# refuses (another node's config, or a hand edit). See decode_records.
 Foreign = dict[Key, tuple[str, str]]
+Accept = Callable[[Record], bool]  # would this node have accepted the record?
 
 
 def zone_secret(prefix: str, zone: str) -> str:
@@ -98,16 +100,18 @@ def _encode(records: Iterable[Record], lines: Lines) -> tuple[str, str]:
 
 def encode_records(records: dict[Key, Record], lines: Lines | None = None,
                    foreign: Foreign | None = None) -> dict[str, Any]:
-    """A full secret's data for `records`, and the `foreign` lines as they were read. The
-    remembered `lines` are dropped when they are far more than the records in use."""
+    """A full secret's data for `records`, and the `foreign` lines as they were read (but for
+    a key `records` now holds: a record added since wins). The remembered `lines` are dropped
+    when they are far more than the records in use."""
     if lines is None:
         lines = {}
     elif len(lines) > 2 * len(records) + 4096:
         lines.clear()
     record_lines, owner_lines = _encode(records.values(), lines)
-    if foreign:
-        record_lines = "\n".join(filter(None, [record_lines, *(line for line, _ in foreign.values())]))
-        owner_lines = "\n".join(filter(None, [owner_lines, *(owner for _, owner in foreign.values())]))
+    kept = [both for key, both in (foreign or {}).items() if key not in records]
+    if kept:
+        record_lines = "\n".join(filter(None, [record_lines, *(line for line, _ in kept)]))
+        owner_lines = "\n".join(filter(None, [owner_lines, *(owner for _, owner in kept)]))
     return {"format": FULL_FORMAT, "records": record_lines, "owners": owner_lines}
 
 
@@ -136,14 +140,16 @@ def encode_delta(base: str, records: dict[Key, Record], changed: Iterable[Key],
             "removed": "\n".join(removed)}
 
 
-def decode_records(data: dict[str, Any], foreign: Foreign | None = None) -> dict[Key, Record]:
+def decode_records(data: dict[str, Any], foreign: Foreign | None = None,
+                   accept: Accept | None = None) -> dict[Key, Record]:
     """Records from a secret's record lines; a line that is not a record is skipped with a
     warning (only dnsapi writes here, but a hand edit must not stop the service).
 
     A fifth field is the kind of a record other than TXT: "CNAME" here. A line that is a record
-    but for further fields this dnsapi does not know (a newer dnsapi's) goes into `foreign`
-    when given, so that the store writes it back unchanged: dropping it would delete a newer
-    node's record from Vault during a rolling upgrade (as dnsapi before CNAMEs did to them).
+    but for further fields this dnsapi does not know (a newer dnsapi's), or one that `accept`
+    refuses, goes into `foreign` when given, so that the store writes it back unchanged:
+    dropping it would delete another node's record from Vault, during a rolling upgrade (as
+    dnsapi before CNAMEs did to them) or while the nodes' configs differ.
     Keys stay unique across kinds (a CNAME's value holds dots, a TXT value never does); a
     later kind must keep that, since records, owners and removals go by key."""
     records: dict[Key, Record] = {}
@@ -157,12 +163,13 @@ def decode_records(data: dict[str, Any], foreign: Foreign | None = None) -> dict
         except ValueError:
             log.warning("ignoring a malformed record line in Vault: %r", line[:200])
             continue
-        if kind not in ([], ["CNAME"]):
-            if foreign is not None:
-                foreign[record.key] = (line, owners.get(record.key, ("", ""))[1])
+        known = kind in ([], ["CNAME"])
+        if known and (accept is None or accept(record)):
+            records[record.key] = record
+        elif foreign is not None:
+            foreign[record.key] = (line, owners.get(record.key, ("", ""))[1])
+            if not known:
                 _tell_foreign(kind[0], line)
-            continue
-        records[record.key] = record
     return records
 
 
@@ -179,10 +186,11 @@ def _tell_foreign(kind: str, line: str) -> None:
                     kind[:40], line[:200])
 
 
-def apply_delta(base: dict[Key, Record], data: dict[str, Any], foreign: Foreign | None = None
-                ) -> tuple[dict[Key, Record], frozenset[Key]]:
+def apply_delta(base: dict[Key, Record], data: dict[str, Any], foreign: Foreign | None = None,
+                accept: Accept | None = None) -> tuple[dict[Key, Record], frozenset[Key]]:
     """A delta secret's records over its snapshot's, and the keys it changes. `foreign`, when
-    given, holds the snapshot's foreign lines and is brought up to date with the delta's."""
+    given, holds the snapshot's foreign lines and is brought up to date with the delta's (a
+    key is in one of the two, whichever its latest line puts it in)."""
     records = dict(base)
     changed: set[Key] = set()
     for line in str(data.get("removed") or "").splitlines():
@@ -195,8 +203,16 @@ def apply_delta(base: dict[Key, Record], data: dict[str, Any], foreign: Foreign 
         if foreign is not None:
             foreign.pop(key, None)
         changed.add(key)
-    for key, record in decode_records(data, foreign).items():
+    kept: Foreign = {}
+    for key, record in decode_records(data, kept, accept).items():
         records[key] = record
+        if foreign is not None:
+            foreign.pop(key, None)
+        changed.add(key)
+    for key, lines in kept.items():
+        records.pop(key, None)
+        if foreign is not None:
+            foreign[key] = lines
         changed.add(key)
     return records, frozenset(changed)
 
@@ -276,16 +292,19 @@ class VaultStore:
     def snapshot_path(self, zone: str, name: str) -> str:
         return f"{snapshot_folder(self.config.prefix, zone)}/{name}"
 
-    async def read_zone(self, zone: str) -> ZoneState:
-        """The zone as the active node holds it. A version older than one this store already
-        read or wrote means a node answered that no longer leads (a frozen former leader can
-        claim the lead for a while): read again once every node has been asked which one leads,
-        and take that answer (it is older for real when the secret was deleted by hand)."""
-        state = await self._call("read_zone", lambda: self._read_zone(zone), read=True)
+    async def read_zone(self, zone: str, accept: Accept | None = None) -> ZoneState:
+        """The zone as the active node holds it; records `accept` refuses are left out of the
+        records and kept as they are in ZoneState.foreign, to be written back.
+
+        A version older than one this store already read or wrote means a node answered that no
+        longer leads (a frozen former leader can claim the lead for a while): read again once
+        every node has been asked which one leads, and take that answer (it is older for real
+        when the secret was deleted by hand)."""
+        state = await self._call("read_zone", lambda: self._read_zone(zone, accept), read=True)
         if state.version < self._versions.get(zone, 0):
             log.warning("zone %s: Vault answered version %d after %d; asking every node which "
                         "one leads", zone, state.version, self._versions[zone])
-            state = await self._call("read_zone", lambda: self._read_zone(zone), read=True,
+            state = await self._call("read_zone", lambda: self._read_zone(zone, accept), read=True,
                                      confirm=True)
         self._versions[zone] = state.version
         return state
@@ -338,13 +357,14 @@ class VaultStore:
         """For /readyz: None when the token may do all dnsapi does with the zone, else what it lacks."""
         return await self._call("capabilities", lambda: zone_access(self.session, zone), patience=0)
 
-    def _read_zone(self, zone: str) -> ZoneState:
+    def _read_zone(self, zone: str, accept: Accept | None) -> ZoneState:
         path, missing_at = self.secret_path(zone), None
         while True:
             data, version = self.session.read_kv(path)
             foreign: Foreign = {}
             if data.get("format") != DELTA_FORMAT:
-                return ZoneState(records=decode_records(data, foreign), version=version, foreign=foreign)
+                return ZoneState(records=decode_records(data, foreign, accept), version=version,
+                                 foreign=foreign)
             name = data.get("base")
             if not isinstance(name, str) or not _SNAPSHOT_NAME.fullmatch(name):
                 raise VaultUnavailable(f"the zone secret {path} names no valid snapshot")
@@ -362,10 +382,10 @@ class VaultStore:
                     missing_at = version
                     continue
                 base_foreign: Foreign = {}
-                base = self._snapshots[zone] = Snapshot(name, decode_records(snapshot, base_foreign),
-                                                        base_foreign)
+                base = self._snapshots[zone] = Snapshot(
+                    name, decode_records(snapshot, base_foreign, accept), base_foreign)
             foreign.update(base.foreign)
-            records, changed = apply_delta(base.records, data, foreign)
+            records, changed = apply_delta(base.records, data, foreign, accept)
             return ZoneState(records=records, version=version, base=base, changed=changed,
                              foreign=foreign)
 

@@ -257,10 +257,13 @@ class MemoryStore:
 
     # what RecordService calls
 
-    async def read_zone(self, zone: str) -> ZoneState:
+    async def read_zone(self, zone: str, accept: Callable[[Record], bool] | None = None) -> ZoneState:
+        """As VaultStore's: what `accept` refuses is left out, kept (by key) to be written back."""
         await self._enter("read_zone")
         state = self.zones.get(zone, ZoneState({}, 0))
-        return ZoneState(dict(state.records), state.version)
+        refused = {key for key, record in state.records.items() if accept is not None and not accept(record)}
+        return ZoneState({k: r for k, r in state.records.items() if k not in refused}, state.version,
+                         foreign={key: ("", "") for key in refused})
 
     async def write_zone(self, zone: str, records: dict[Key, Record], state: ZoneState,
                          touched: object) -> ZoneState:
@@ -271,7 +274,8 @@ class MemoryStore:
             other(zone)
         if state.version != self.zones.get(zone, ZoneState({}, 0)).version:
             raise CasConflict()
-        written = ZoneState(dict(records), state.version + 1)
+        kept = {key: self.zones[zone].records[key] for key in state.foreign}
+        written = ZoneState({**kept, **records}, state.version + 1)
         self.zones[zone] = written
         self.writes.append((zone, dict(records)))
         return ZoneState(dict(records), written.version)

@@ -133,3 +133,46 @@ def test_a_delta_adds_and_removes_newer_kinds_over_its_snapshot():
     foreign = dict(base_foreign)
     apply_delta({}, {"format": 3, "base": "x", "records": "", "removed": " ".join(NEWER_KEY)}, foreign)
     assert foreign == {} and base_foreign == {NEWER_KEY: (NEWER, "")}
+
+
+def test_records_this_node_refuses_are_kept_as_read():
+    """A known kind that `accept` refuses (another node's config: here another challenge label)
+    is kept and written back like a newer kind, and neither served nor counted."""
+    mine, theirs = "_acme-challenge.www.dev.local v 60 1.5", "_other.www.dev.local w 60 1.5"
+    owner = "_other.www.dev.local w their-token"
+    data = {"format": 2, "records": f"{mine}\n{theirs}", "owners": owner}
+    foreign: dict = {}
+    records = decode_records(data, foreign, accept=lambda r: r.fqdn.startswith("_acme-challenge."))
+    assert set(records) == {("_acme-challenge.www.dev.local", "v")}
+    assert foreign == {("_other.www.dev.local", "w"): (theirs, owner)}
+    written = encode_records(records, foreign=foreign)
+    assert theirs in written["records"].splitlines() and owner in written["owners"].splitlines()
+
+
+def test_a_delta_moves_a_key_between_the_records_and_the_kept_lines():
+    """The latest line of a key decides: refused, it leaves the records for the kept lines;
+    accepted again, it comes back."""
+    www = "_acme-challenge.www.dev.local"
+    key = (www, "v")
+    foreign: dict = {}
+    refused = f"{www} v 999999 1.5"  # a TTL this node does not allow
+
+    def delta(lines: str) -> dict:
+        return {"format": 3, "base": "x", "records": lines, "removed": ""}
+
+    def short(record: Record) -> bool:
+        return record.ttl <= 3600
+
+    records, changed = apply_delta({key: Record(www, "v", 60, 1.5)}, delta(refused), foreign, short)
+    assert records == {} and foreign == {key: (refused, "")} and changed == {key}
+    records, changed = apply_delta({}, delta(f"{www} v 60 2.5"), foreign, short)
+    assert records == {key: Record(www, "v", 60, 2.5)} and foreign == {} and changed == {key}
+
+
+def test_a_record_added_over_a_kept_line_of_the_same_key_replaces_it():
+    """Say the kept line had a TTL this node refuses and a client adds the same name and value
+    again: one line for the key is written, the record's."""
+    www = "_acme-challenge.www.dev.local"
+    record = Record(www, "v", 60, 2.5)
+    written = encode_records({record.key: record}, foreign={record.key: (f"{www} v 999999 1.5", "")})
+    assert written["records"].splitlines() == [f"{www} v 60 2.500"]
