@@ -26,10 +26,11 @@ from rewrite import operator_zone
 from dnsapi.devstack import start_coredns
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.helpers
-from tests.helpers import free_port, push_corefile
+from tests.helpers import free_port, push_corefile, shipped_reload
 
 SIZES = {"1k": 1_000, "100k": 100_000}
-SHIPPED = "250ms"  # coredns/Corefile's `reload`
+SHIPPED = shipped_reload("Corefile")  # the zone file polled
+SHIPPED_PUSH = shipped_reload("Corefile.push")  # challenge names pushed: only operator edits wait
 # Seconds after CoreDNS first answers that are left out: the Go runtime and the collection of
 # the zone parse's garbage still cost CPU then.
 WARM_UP = 3.0
@@ -81,11 +82,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="idle window per run")
-    parser.add_argument("--reload", nargs="+", default=[SHIPPED], metavar="INTERVAL",
-                        help=f"reload intervals to measure (default: the shipped {SHIPPED})")
+    parser.add_argument("--reload", nargs="+", metavar="INTERVAL",
+                        help=f"reload intervals to measure (default: as shipped, {SHIPPED}; "
+                             f"with --push {SHIPPED_PUSH})")
     parser.add_argument("--push", action="store_true",
                         help="the push layout (coredns/Corefile.push) instead of the file block alone")
     args = parser.parse_args()
+    args.reload = args.reload or [SHIPPED_PUSH if args.push else SHIPPED]
     figures = measure(args.reload, args.seconds, args.push)
     print("| reload | idle CPU, 1k-line zone | idle CPU, 100k-line zone |")
     print("|---|---|---|")

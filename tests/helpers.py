@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -576,13 +577,21 @@ def stack_with_secondaries(directory: Path, vault: Vault, secondaries: int = 2,
 _EXAMPLE_ANSWERS = "forward . 127.0.0.1:5354"
 
 
-def push_corefile(answers_port: int, reload: str = "250ms") -> str:
+def shipped_reload(corefile: str) -> str:
+    """The `reload` interval of coredns/`corefile`."""
+    found = re.search(r"^\s*reload (\S+)\s*$", (ROOT / "coredns" / corefile).read_text(), re.MULTILINE)
+    assert found, f"coredns/{corefile} has no reload"
+    return found.group(1)
+
+
+def push_corefile(answers_port: int, reload: str | None = None) -> str:
     """coredns/Corefile.push, forwarding challenge names to dnsapi's answers on `answers_port`,
-    the zone file polled every `reload`."""
+    the zone file polled every `reload` (default: as shipped)."""
     text = (ROOT / "coredns" / "Corefile.push").read_text()
-    assert _EXAMPLE_ANSWERS in text and "reload 250ms" in text, "coredns/Corefile.push changed"
+    assert _EXAMPLE_ANSWERS in text, "coredns/Corefile.push changed"
+    shipped = f"reload {shipped_reload('Corefile.push')}"
     return text.replace(_EXAMPLE_ANSWERS, f"forward . 127.0.0.1:{answers_port}") \
-        .replace("reload 250ms", f"reload {reload}")
+        .replace(shipped, f"reload {reload}" if reload else shipped)
 
 
 def primary_corefile(secondary_ports: list[int]) -> str:
