@@ -79,7 +79,7 @@ class ChallengeAnswers:
             if query.flags & dns.flags.QR:
                 return None  # a response: answering it could start a loop
             known = self._work_out(query, tcp)
-            self._replies.put(key, files, known)
+            self._replies.put(key, known)
         reply, rcode = known
         self.service.metrics.answers.labels(rcode).inc()
         return wire[:2] + reply[2:]
@@ -196,6 +196,7 @@ class _Replies:
     questions, and then the replies are only worked out again."""
 
     MAX_BYTES = 4 << 20
+    ENTRY_BYTES = 200  # what a kept reply costs beyond its bytes (two objects and a dict slot)
 
     def __init__(self) -> None:
         self._files: tuple[Served | None, ...] = ()
@@ -208,8 +209,9 @@ class _Replies:
             return None
         return self._replies.get(key)
 
-    def put(self, key: bytes, files: tuple[Served | None, ...], reply: tuple[bytes, str]) -> None:
-        size = len(key) + len(reply[0])
+    def put(self, key: bytes, reply: tuple[bytes, str]) -> None:
+        """Keep `reply` for the files `get` last saw."""
+        size = len(key) + len(reply[0]) + self.ENTRY_BYTES
         if self._bytes + size > self.MAX_BYTES:
             self._replies, self._bytes = {}, 0
         self._replies[key] = reply

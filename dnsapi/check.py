@@ -17,6 +17,7 @@ import functools
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,8 +384,8 @@ _LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 def _reaches(target: str, host: str, port: int) -> bool:
     """Whether a `forward` target (`127.0.0.1:5354`, `dns://[::1]:5354`) is the listener on
-    host:port: the same address, or, for a listener on every address, any address of a family it
-    takes (0.0.0.0 takes IPv4; :: both, as Linux binds it) with its port."""
+    host:port: the same address, or, for a listener on every address of a family (0.0.0.0:
+    IPv4; ::, IPv6 only, as asyncio binds its TCP side), an address of this host in it."""
     target = target.removeprefix("dns://")
     try:
         address, target_port = config_module.parse_hostport(target)
@@ -397,8 +398,19 @@ def _reaches(target: str, host: str, port: int) -> bool:
     if target_port != port:
         return False
     if host in _LOOPBACK:
-        return host == "::" or ip.version == 4
+        return ip.version == ipaddress.ip_address(host).version and _local(ip)
     return ip == ipaddress.ip_address(host)
+
+
+def _local(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether `ip` is an address of this host (one a socket can bind)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
 
 
 def _answers(config: Config, checks: Checklist) -> set[str]:

@@ -141,7 +141,9 @@ async def serve(path: Path) -> None:
 # built from them): a reload keeps the running values and reports the key.
 _RESTART_ONLY = {"listen_host": "listen", "listen_port": "listen", "tls": "tls", "vault": "vault",
                  "zones": "zones", "max_body_bytes": "max_body_bytes", "http": "http",
-                 "dns_update": "dns_update", "acme_dns": "acme_dns", "answers": "answers"}
+                 "dns_update": "dns_update", "acme_dns": "acme_dns", "answers": "answers",
+                 # what the store keeps unserved and what the answers door takes rest on it
+                 "challenge_label": "challenge_label"}
 
 
 def reconfigure(app: web.Application, config: Config) -> list[str]:

@@ -84,8 +84,8 @@ class ZoneWriter:
         self.file = ZoneFile(zone.file, zone.name)
         self.config = config
         self.audit = audit
-        self._valid: set[Record] = set()  # records from Vault that passed validation
-        self._refused: set[Record] = set()  # ...and that failed it, told once each
+        self._valid: set[str] = set()  # records from Vault that passed validation (by repr:
+        self._refused: set[str] = set()  # ...a NaN is no key) and that failed it, told once each
         self.state: ZoneState | None = None  # last state read from or written to Vault
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
 
@@ -279,20 +279,21 @@ class ZoneWriter:
 
     def _accept(self, record: Record) -> bool:
         """`_check`, remembered; a refused record is counted and logged once."""
-        if record in self._valid:
+        seen = repr(record)
+        if seen in self._valid:
             return True
         if self._check(record):
-            self._remember(self._valid, record)
+            self._remember(self._valid, seen)
             return True
-        if record not in self._refused:
-            self._remember(self._refused, record)
+        if seen not in self._refused:
+            self._remember(self._refused, seen)
             self.metrics.bad_records.labels(self.zone.name).inc()
             log.warning("zone %s: not serving a record in Vault that is not a valid challenge record "
                         "of this zone for this dnsapi (kept in Vault): %r %r", self.zone.name,
                         record.fqdn[:100], record.value[:100])
         return False
 
-    def _remember(self, seen: set[Record], record: Record) -> None:
+    def _remember(self, seen: set[str], record: str) -> None:
         if len(seen) > 4 * self.config.max_records_per_zone:
             seen.clear()
         seen.add(record)

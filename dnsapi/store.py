@@ -33,7 +33,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import hvac
@@ -314,7 +314,13 @@ class VaultStore:
         """Write `records` if the zone secret is still at `state`'s version; `touched` holds
         every key that may differ from `state.records`. Returns the new state. Raises
         CasConflict when someone else wrote first."""
-        one = self._one_write(zone, records, state, frozenset(touched))
+        touched = frozenset(touched)
+        if any(key in records or key in touched for key in state.foreign):
+            # A record added over a kept line replaces it, for good: the line must not come
+            # back once that record goes.
+            state = replace(state, foreign={key: kept for key, kept in state.foreign.items()
+                                            if key not in records and key not in touched})
+        one = self._one_write(zone, records, state, touched)
         if one is None:
             # Several calls (the snapshot, then the secret naming it), in a worker thread.
             written = await self._call("write_zone",

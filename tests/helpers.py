@@ -275,11 +275,12 @@ class MemoryStore:
             other(zone)
         if state.version != self.zones.get(zone, ZoneState({}, 0)).version:
             raise CasConflict()
-        kept = {key: self.zones[zone].records[key] for key in state.foreign}
+        foreign = {key: kept for key, kept in state.foreign.items() if key not in records}
+        kept = {key: self.zones[zone].records[key] for key in foreign}
         written = ZoneState({**kept, **records}, state.version + 1)
         self.zones[zone] = written
         self.writes.append((zone, dict(records)))
-        return ZoneState(dict(records), written.version)
+        return ZoneState(dict(records), written.version, foreign=foreign)
 
     async def current_version(self, zone: str) -> int:
         await self._enter("current_version")

@@ -178,3 +178,16 @@ async def test_kept_replies_stay_within_their_bound(tmp_path, monkeypatch):
             reply = await ask(answers, name)
             assert reply.rcode() == dns.rcode.NXDOMAIN and reply.question[0].name.to_text() == name + "."
             assert 0 < answers._replies._bytes <= 2000
+
+
+async def test_a_question_asked_again_is_not_worked_out_again(tmp_path, monkeypatch):
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        worked = []
+        work_out = answers._work_out
+        monkeypatch.setattr(answers, "_work_out", lambda query, tcp: worked.append(1) or work_out(query, tcp))
+        for _ in range(3):
+            assert (await ask(answers, WWW)).rcode() == dns.rcode.NXDOMAIN
+        assert len(worked) == 1
+        await ask(answers, WWW, use_edns=0)  # other bytes: another question
+        assert len(worked) == 2

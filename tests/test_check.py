@@ -112,9 +112,11 @@ def test_an_ipv6_answers_address_is_matched_as_coredns_writes_it():
 
 @pytest.mark.parametrize(("forward", "listen", "ok"), [
     ("127.0.0.1:5354", ("0.0.0.0", 5354), True),  # a listener on every address takes loopback
-    ("dns://10.0.0.5:5354", ("0.0.0.0", 5354), True),  # ... and this host's other addresses
+    ("dns://127.0.0.2:5354", ("0.0.0.0", 5354), True),  # ... and this host's other addresses
+    ("192.0.2.1:5354", ("0.0.0.0", 5354), False),  # ... not another host's (TEST-NET-1)
     ("[::1]:5354", ("0.0.0.0", 5354), False),  # 0.0.0.0 takes no IPv6
     ("[::1]:5354", ("::", 5354), True),
+    ("127.0.0.1:5354", ("::", 5354), False),  # asyncio binds the TCP side of :: IPv6-only
     ("127.0.0.1:5355", ("0.0.0.0", 5354), False),
     ("127.0.0.2:5354", ("127.0.0.1", 5354), False),
 ])

@@ -119,6 +119,14 @@ def test_notify_reload_and_sigterm_finishing_in_flight_writes(make_stack, tmp_pa
     notify.expect("READY=1")
     assert stack.call("GET", "/v1/records").status_code == 200
     assert "keeping the running configuration" in (stack.dir / "dnsapi.log").read_text()
+    relabelled = yaml.safe_load(valid)  # challenge_label needs a restart: the running one stays
+    relabelled["challenge_label"] = "_other"
+    stack.config_path.write_text(yaml.safe_dump(relabelled))
+    os.kill(pid, signal.SIGHUP)
+    notify.expect("READY=1")
+    assert "challenge_label changed; restart dnsapi to apply" in (stack.dir / "dnsapi.log").read_text()
+    assert stack.add("_acme-challenge.label.dev.local", "L" * 43).status_code == 201
+    assert stack.remove("_acme-challenge.label.dev.local", "L" * 43).status_code == 200
     stack.config_path.write_text(valid)
 
     # SIGTERM while 16 adds are in their handlers (stored, waiting until CoreDNS serves them):

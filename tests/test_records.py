@@ -174,5 +174,5 @@ def test_a_record_added_over_a_kept_line_of_the_same_key_replaces_it():
     again: one line for the key is written, the record's."""
     www = "_acme-challenge.www.dev.local"
     record = Record(www, "v", 60, 2.5)
-    written = encode_records({record.key: record}, foreign={record.key: (f"{www} v 999999 1.5", "")})
+    written = encode_records({record.key: record}, foreign={record.key: (f"{www} v -1 1.5", "")})
     assert written["records"].splitlines() == [f"{www} v 60 2.500"]

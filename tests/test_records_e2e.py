@@ -247,6 +247,20 @@ def test_another_nodes_record_survives_this_ones_writes(stack, template, marker)
     assert stack.remove(WWW, V2).status_code == 200
 
 
+def test_a_record_added_over_a_kept_line_replaces_it_for_good(stack):
+    """A kept line (here a TTL this node refuses) and a client adding the same name and value:
+    Vault holds the client's record alone, and once it is removed, nothing at that key."""
+    assert stack.add(WWW, V1).status_code in (200, 201)
+    refused = f"{WWW} {V2} -1 {time.time():.3f}"  # a TTL no dnsapi writes
+    put_newer_line(stack, "zones/dev.local", refused)
+    assert stack.add(WWW, V2).status_code == 201
+    lines = stack.vault_secret("zones/dev.local")["records"].splitlines()
+    assert refused not in lines and [line.split()[1] for line in lines].count(V2) == 1
+    assert stack.remove(WWW, V2).status_code == 200
+    assert stack.remove(WWW, V1).status_code == 200
+    assert V2 not in stack.vault_secret("zones/dev.local")["records"]
+
+
 @pytest.mark.parametrize(("template", "marker"), OTHERS_LINES, ids=["newer kind", "other config"])
 async def test_another_nodes_record_in_a_delta_is_carried_into_the_next_snapshot(make_stack, template,
                                                                                   marker):

@@ -229,6 +229,17 @@ async def test_bad_records_in_the_store_are_not_served_but_kept_and_counted_once
         assert metric(service, "dnsapi_vault_bad_records_total", zone=ZONE) == 4
 
 
+async def test_a_refused_record_with_a_nan_time_is_counted_once(tmp_path):
+    """NaN equals nothing, itself included: what is remembered must not be the record."""
+    config, _ = service_config(tmp_path)
+    store = MemoryStore()
+    store.put(ZONE, Record(WWW, "N" * 43, 60, float("nan")))
+    async with running(config, store) as (service, _):
+        await service.reconcile()
+        await service.reconcile()
+        assert metric(service, "dnsapi_vault_bad_records_total", zone=ZONE) == 1
+
+
 async def test_reconcile_expires_old_records_and_audits_each(tmp_path):
     config, _ = service_config(tmp_path, max_age="1h")
     store = MemoryStore()
