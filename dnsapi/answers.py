@@ -63,9 +63,6 @@ class ChallengeAnswers:
         await self.listener.close()
 
     async def handle(self, wire: bytes, remote: str, tcp: bool) -> bytes | None:
-        return self.reply(wire, tcp)
-
-    def reply(self, wire: bytes, tcp: bool) -> bytes | None:
         """The reply to `wire`: the one worked out before for the same bytes (the id aside)
         while the zone files hold what they held then, else worked out now."""
         key = (b"T" if tcp else b"U") + wire[2:]
