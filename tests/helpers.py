@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -38,6 +37,7 @@ import yaml
 from dnsapi import config as config_module
 from dnsapi.audit import AuditLog
 from dnsapi.auth import hash_token, new_token
+from dnsapi.check import parse_corefile
 from dnsapi.config import ENV_APPROLE_SECRET_ID, ENV_VAULT_TOKEN, Config
 from dnsapi.devstack import (
     Process,
@@ -579,10 +579,10 @@ _EXAMPLE_ANSWERS = "forward . 127.0.0.1:5354"
 
 
 def shipped_reload(corefile: str) -> str:
-    """The `reload` interval of coredns/`corefile`."""
-    found = re.search(r"^\s*reload (\S+)\s*$", (ROOT / "coredns" / corefile).read_text(), re.MULTILINE)
-    assert found, f"coredns/{corefile} has no reload"
-    return found.group(1)
+    """The `reload` interval of coredns/`corefile`'s file block, read as `dnsapi check` reads it."""
+    blocks = parse_corefile((ROOT / "coredns" / corefile).read_text())
+    return next(sub.args[0] for block in blocks for directive in block.directives
+                if directive.name == "file" for sub in directive.block if sub.name == "reload")
 
 
 def push_corefile(answers_port: int, reload: str | None = None) -> str:
