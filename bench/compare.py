@@ -210,13 +210,12 @@ class PushDns:
     port: int
 
 
-def push_coredns(zone_path: Path, answers_port: int, directory: Path) -> PushDns:
-    """A second CoreDNS in the push layout (coredns/Corefile.push) on the stack's zone file,
-    forwarding challenge names to dnsapi's answers."""
+def push_coredns(zone_path: Path, answers_port: int, port: int, directory: Path) -> PushDns:
+    """A second CoreDNS on `port` in the push layout (coredns/Corefile.push) on the stack's
+    zone file, transferring challenge names from dnsapi's answers (which NOTIFY it)."""
     directory.mkdir()
     (directory / "Corefile").write_text(
         push_corefile(answers_port).replace("file db.dev.local", f"file {zone_path}"))
-    port = free_port()
     return PushDns(start_coredns(directory, port, ["dev.local"], directory / "coredns.log"), port)
 
 
@@ -560,19 +559,19 @@ def main() -> None:
         tmp = Path(tmp_name)
 
         updates = Updater("dnsapi (RFC 2136)", free_port(), new_secret(), udp=True)
-        answers_port = free_port()
+        answers_port, push_port = free_port(), free_port()
 
         def unlimited_with_updates(config: dict) -> None:
             unlimited(config)  # for the RFC 2136 key as for the token
             config["waits"] = {"per_token": 1000, "total": 1000}
-            config["answers"] = {"listen": f"127.0.0.1:{answers_port}"}
+            config["answers"] = {"listen": f"127.0.0.1:{answers_port}", "notify": [f"127.0.0.1:{push_port}"]}
             config["dns_update"] = {"listen": f"127.0.0.1:{updates.port}", "keys": [
                 {"name": "bench", "algorithm": "hmac-sha256", "secret": updates.secret,
                  "allow": ["*.dev.local"]}]}
 
         with local_stack(tmp / "dnsapi", unlimited_with_updates) as stack:
             bind = Bind(tmp / "bind")
-            push_dns = push_coredns(stack.zone_path, answers_port, tmp / "push")
+            push_dns = push_coredns(stack.zone_path, answers_port, push_port, tmp / "push")
             try:
                 session = requests.Session()
                 session.headers["Authorization"] = f"Bearer {stack.token}"

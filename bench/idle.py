@@ -9,6 +9,10 @@ waits until it serves the zone and WARM_UP seconds more, then reads its CPU time
 system) over the window.
 
     python3 bench/idle.py [--seconds 10] [--reload 250ms 100ms 50ms 25ms 10ms] [--push]
+
+With --push, CoreDNS runs coredns/Corefile.push, whose secondary block has transferred the
+challenge names once from a stand-in for dnsapi's answers (the zone's SOA and NS: no records,
+as at idle) before the window starts.
 """
 
 from __future__ import annotations
@@ -16,11 +20,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import socketserver
+import struct
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import dns.message
+import dns.rdatatype
+import dns.rrset
 from rewrite import operator_zone
 
 from dnsapi.devstack import start_coredns
@@ -50,21 +61,66 @@ def cpu_seconds(pid: int) -> float:
 def idle_cpu_pct(directory: Path, lines: int, reload: str, seconds: float, push: bool = False
                  ) -> float:
     """CoreDNS's CPU % of one core over `seconds` with nothing changing; with `push`, in the push
-    layout (coredns/Corefile.push: its forward block in front of the file block)."""
+    layout (coredns/Corefile.push: its secondary block in front of the file block)."""
     directory.mkdir(parents=True)
     (directory / "db.dev.local").write_text(operator_zone(lines))
-    (directory / "Corefile").write_text(
-        push_corefile(free_port(), reload) if push else
-        f"dev.local {{\n    bind 127.0.0.1\n    file db.dev.local {{\n        reload {reload}\n"
-        "    }\n    errors\n}\n")
-    proc = start_coredns(directory, free_port(), ["dev.local"], directory / "coredns.log")
+    with primary() as (port, transferred):
+        (directory / "Corefile").write_text(
+            push_corefile(port, reload) if push else
+            f"dev.local {{\n    bind 127.0.0.1\n    file db.dev.local {{\n        reload {reload}\n"
+            "    }\n    errors\n}\n")
+        proc = start_coredns(directory, free_port(), ["dev.local"], directory / "coredns.log")
+        try:
+            if push and not transferred.wait(30):
+                raise RuntimeError("CoreDNS did not transfer the challenge names")
+            time.sleep(WARM_UP)  # not counted: start-up work goes on after the first answer
+            before, start = cpu_seconds(proc.popen.pid), time.monotonic()
+            time.sleep(seconds)
+            return 100 * (cpu_seconds(proc.popen.pid) - before) / (time.monotonic() - start)
+        finally:
+            proc.stop()
+
+
+@contextlib.contextmanager
+def primary() -> Iterator[tuple[int, threading.Event]]:
+    """A stand-in for dnsapi's answers on a free port, answering the SOA and AXFR of dev.local
+    with no challenge records; the event is set once a transfer was served."""
+    soa = dns.rrset.from_text("dev.local.", 60, "IN", "SOA",
+                              "ns1.dev.local. h.dev.local. 1 3600 600 86400 60")
+    ns = dns.rrset.from_text("dev.local.", 60, "IN", "NS", "ns1.dev.local.")
+    transferred = threading.Event()
+
+    def reply(wire: bytes) -> bytes:
+        query = dns.message.from_wire(wire)
+        response = dns.message.make_response(query)
+        axfr = query.question[0].rdtype == dns.rdatatype.AXFR
+        response.answer.extend([soa, ns, soa] if axfr else [soa])
+        return response.to_wire()
+
+    class Tcp(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            with contextlib.suppress(OSError, struct.error):
+                (length,) = struct.unpack("!H", self.request.recv(2))
+                out = reply(self.request.recv(length))
+                self.request.sendall(struct.pack("!H", len(out)) + out)
+                transferred.set()
+
+    class Udp(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            data, sock = self.request
+            sock.sendto(reply(data), self.client_address)
+
+    port = free_port()
+    servers = [socketserver.ThreadingTCPServer(("127.0.0.1", port), Tcp),
+               socketserver.ThreadingUDPServer(("127.0.0.1", port), Udp)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        time.sleep(WARM_UP)  # not counted: start-up work goes on after the first answer
-        before, start = cpu_seconds(proc.popen.pid), time.monotonic()
-        time.sleep(seconds)
-        return 100 * (cpu_seconds(proc.popen.pid) - before) / (time.monotonic() - start)
+        yield port, transferred
     finally:
-        proc.stop()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 def measure(reloads: list[str], seconds: float, push: bool = False) -> dict[str, dict[str, float]]:

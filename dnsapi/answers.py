@@ -1,17 +1,26 @@
-"""Challenge names answered by dnsapi itself, for CoreDNS to forward them to.
+"""Challenge names served by dnsapi itself, to CoreDNS, without waiting for a reload poll.
 
 CoreDNS's `file` plugin sees a rewritten zone file only at its next `reload` tick, so a new
 record is answered about half an interval after it was acknowledged, and a shorter interval
-costs CPU even when nothing changes (bench/README.md). With `answers.listen` set, CoreDNS
-sends just the challenge names here (a `view` block matching `^_acme-challenge[.]` with
-`forward`, coredns/Corefile.push) and keeps serving everything else from the operator's zone
-file. The answers come from what the zone file holds — dnsapi's block as last written, and the
-operator's own records at `_label` names — so a record is answered once it is acknowledged
-(in Vault and in the file), and never one the file does not hold. docs/latency.md.
+costs CPU even when nothing changes (bench/README.md). With `answers.listen` set, dnsapi serves
+each zone's challenge names on that address in one of two ways (docs/latency.md):
+
+- transferred: a CoreDNS `secondary` block takes the challenge names (coredns/Corefile.push)
+  and transfers them from here (SOA, AXFR) whenever dnsapi's NOTIFY says they changed
+  (dnsapi/notify.py). CoreDNS then answers them from memory, as it answers the zone file.
+- forwarded: a CoreDNS `forward` block sends each challenge-name query here
+  (coredns/Corefile.forward).
+
+Either way CoreDNS keeps serving every other name from the operator's zone file, and what is
+served here is what the zone file holds — dnsapi's block as last written, and the operator's own
+records at `_label` names — so a record is served once it is acknowledged (in Vault and in the
+file), and never one the file does not hold.
 """
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import logging
 import struct
 from collections import defaultdict
@@ -62,9 +71,10 @@ class ChallengeAnswers:
     async def close(self) -> None:
         await self.listener.close()
 
-    async def handle(self, wire: bytes, remote: str, tcp: bool) -> bytes | None:
+    async def handle(self, wire: bytes, remote: str, tcp: bool) -> bytes | list[bytes] | None:
         """The reply to `wire`: the one worked out before for the same bytes (the id aside)
-        while the zone files hold what they held then, else worked out now."""
+        while the zone files hold what they held then, else worked out now. A zone transfer
+        is the one reply of several messages, and is never kept: it depends on who asks."""
         key = (b"T" if tcp else b"U") + wire[2:]
         files = tuple(writer.file.served for writer in self.service.writers.values())
         known = self._replies.get(key, files)
@@ -75,11 +85,72 @@ class ChallengeAnswers:
                 return formerr(wire)
             if query.flags & dns.flags.QR:
                 return None  # a response: answering it could start a loop
+            if len(query.question) == 1 and query.question[0].rdtype == dns.rdatatype.AXFR \
+                    and query.opcode() == dns.opcode.QUERY:
+                return self._transfer(query, remote, tcp)
             known = self._work_out(query, tcp)
             self._replies.put(key, known)
         reply, rcode = known
         self.service.metrics.answers.labels(rcode).inc()
         return wire[:2] + reply[2:]
+
+    def _transfer(self, query: dns.message.Message, remote: str, tcp: bool) -> bytes | list[bytes]:
+        """AXFR of a zone's challenge names, over TCP, to an `answers.notify` address only:
+        the zone's SOA and NS, the names, the SOA again. Anyone else is REFUSED (the names are
+        what the CA will look up, but nobody needs them listed)."""
+        name = query.question[0].name.to_text(omit_final_dot=True).lower()
+        served = self.service.writers[name].file.served if name in self.service.writers else None
+        if served is None or not tcp or not self._may_transfer(remote) \
+                or query.question[0].rdclass != dns.rdataclass.IN:
+            reply = dns.message.make_response(query)
+            reply.set_rcode(dns.rcode.REFUSED)
+            self.service.metrics.answers.labels("REFUSED").inc()
+            return reply.to_wire()
+        apex = dns.name.from_text(name)
+        soa = dns.rrset.from_rdata_list(apex, served.soa().ttl, list(served.soa()))
+        ns = served.operator.ns
+        rrsets = [soa] + ([dns.rrset.from_rdata_list(apex, ns.ttl, list(ns))] if ns else []) \
+            + self._challenge_rrsets(name, served) + [soa]
+        self.service.metrics.answers.labels("NOERROR").inc()
+        return _messages(query, rrsets)
+
+    def _may_transfer(self, remote: str) -> bool:
+        assert self.config.answers is not None
+        try:
+            ip = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        return any(ip == ipaddress.ip_address(host) for host, _ in self.config.answers.notify)
+
+    def _challenge_rrsets(self, zone: str, served: Served) -> list[dns.rrset.RRset]:
+        """Everything the zone file holds at and below challenge names: dnsapi's records and
+        the operator's, and the TXT records at the targets of dnsapi's CNAMEs in the zone (an
+        acme-dns account's), so that CoreDNS answers a CNAME with its target as the answers
+        to a forwarding CoreDNS do (_chase)."""
+        label = self.config.challenge_label
+        by_name = self._by_name(zone, served.records)
+        rrsets = []
+        targets: set[str] = set()
+        for name, records in by_name.items():
+            if name.split(".", 1)[0] != label:
+                continue
+            for kind in ("CNAME", "TXT"):
+                of_kind = [r for r in records if r.kind == kind]
+                if of_kind:
+                    rrsets.append(_rrset(dns.name.from_text(name), kind, of_kind))
+            targets.update(r.value.lower() for r in records if r.kind == "CNAME")
+        for target in sorted(targets):
+            if target != zone and target.endswith("." + zone) \
+                    and target.split(".", 1)[0] != label:
+                txt = [r for r in by_name.get(target, []) if r.kind == "TXT"]
+                if txt:
+                    rrsets.append(_rrset(dns.name.from_text(target), "TXT", txt))
+        for name, node in served.operator.underscored.items():
+            if label in name.split("."):
+                owner = dns.name.from_text(name)
+                rrsets.extend(dns.rrset.from_rdata_list(owner, rdataset.ttl, list(rdataset))
+                              for rdataset in node.rdatasets)
+        return rrsets
 
     def _work_out(self, query: dns.message.Message, tcp: bool) -> tuple[bytes, str]:
         """The reply to `query` and its rcode's name."""
@@ -104,6 +175,13 @@ class ChallengeAnswers:
         name = question.name.to_text(omit_final_dot=True).lower()
         zone = zone_for(name, self.config.zone_names)
         served = self.service.writers[zone].file.served if zone is not None else None
+        if served is not None and name == zone and question.rdtype == dns.rdatatype.SOA \
+                and question.rdclass == dns.rdataclass.IN:
+            # What a secondary asks before it transfers (and after a NOTIFY).
+            reply.flags |= dns.flags.AA
+            soa = served.soa()
+            reply.answer.append(dns.rrset.from_rdata_list(question.name, soa.ttl, list(soa)))
+            return
         if served is None or question.rdclass != dns.rdataclass.IN \
                 or name.split(".", 1)[0] != self.config.challenge_label:
             reply.set_rcode(dns.rcode.REFUSED)
@@ -220,3 +298,38 @@ def _rrset(owner: dns.name.Name, kind: str, records: list[Record]) -> dns.rrset.
     rdatas = [dns.rdata.from_text("IN", kind, f"{r.value}." if kind == "CNAME" else f'"{r.value}"')
               for r in records]
     return dns.rrset.from_rdata_list(owner, min(r.ttl for r in records), rdatas)
+
+
+TRANSFER_MESSAGE = 16384  # bytes of records per message of a zone transfer, uncompressed
+
+
+def _messages(query: dns.message.Message, rrsets: list[dns.rrset.RRset]) -> list[bytes]:
+    """A zone transfer's reply: `rrsets` in as many messages as their size needs."""
+    chunks: list[list[dns.rrset.RRset]] = [[]]
+    size = 0
+    for rrset in _split(rrsets):
+        wire = io.BytesIO()
+        rrset.to_wire(wire)
+        if chunks[-1] and size + wire.tell() > TRANSFER_MESSAGE:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(rrset)
+        size += wire.tell()
+    messages = []
+    for chunk in chunks:
+        reply = dns.message.make_response(query)
+        reply.flags |= dns.flags.AA
+        reply.answer.extend(chunk)
+        messages.append(reply.to_wire(max_size=MAX_MESSAGE))
+    return messages
+
+
+def _split(rrsets: list[dns.rrset.RRset], most: int = 64) -> list[dns.rrset.RRset]:
+    """`rrsets` with none of more than `most` records: a transfer may spread an RRset over
+    messages, and one message holds at most 64 KiB."""
+    parts = []
+    for rrset in rrsets:
+        rdatas = list(rrset)
+        for start in range(0, len(rdatas), most):
+            parts.append(dns.rrset.from_rdata_list(rrset.name, rrset.ttl, rdatas[start:start + most]))
+    return parts

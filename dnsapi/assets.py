@@ -18,7 +18,8 @@ DATA = Path(str(files("dnsapi") / "data"))
 
 HOOKS = {"acme.sh": "hooks/dns_internal.sh", "lego-exec": "hooks/lego-exec.sh"}
 EXAMPLES = {"config": "examples/dnsapi.yaml", "corefile": "examples/Corefile",
-            "corefile-push": "examples/Corefile.push", "zone": "examples/db.dev.local"}
+            "corefile-push": "examples/Corefile.push", "corefile-forward": "examples/Corefile.forward",
+            "zone": "examples/db.dev.local"}
 UNITS = ("dnsapi", "dnsapi-pki-watch", "coredns")
 POLICIES = ("dnsapi-policy", "dnsapi-pki-watch-policy")
 
@@ -28,7 +29,7 @@ def path(relative: str) -> Path:
 
 
 def example(kind: str, name: str | None = None) -> str:
-    """The text of a shipped example: config, corefile, corefile-push, zone, systemd [UNIT],
+    """The text of a shipped example: config, corefile, corefile-push, corefile-forward, zone, systemd [UNIT],
     policy [NAME]."""
     if kind == "systemd":
         unit = name or "dnsapi"

@@ -8,7 +8,7 @@ its directory is writable by this user); the Corefile (serves each zone from the
 a `file` reload interval, no cache in front of it; with `answers` on, the push layout); with
 `answers` on, dnsapi's answers listener (answers the zones' challenge names: dnsapi must be
 running); and each DNS server in `dns_servers` (answers the zone's SOA authoritatively, with the
-serial the file has, and with `answers` on, forwards the challenge names to dnsapi).
+serial the file has, and with `answers` on, answers the challenge names it gets from dnsapi).
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def _corefile(config: Config, path: Path, checks: Checklist) -> None:
     for zone in config.zones:
         _corefile_zone(zone, blocks, path, checks)
         if config.answers is not None:
-            _corefile_push(zone, config.challenge_label, config.answers.listen, blocks, path, checks)
+            _corefile_push(config, zone, blocks, path, checks)
 
 
 def _corefile_zone(zone: ZoneConfig, blocks: list[ServerBlock], path: Path, checks: Checklist) -> None:
@@ -305,14 +305,18 @@ def _corefile_zone(zone: ZoneConfig, blocks: list[ServerBlock], path: Path, chec
                f"add a server block: {zone.name} {{ file {zone.file} {{ reload 1s }} }}")
 
 
-def _corefile_push(zone: ZoneConfig, label: str, listen: tuple[str, int], blocks: list[ServerBlock],
-                   path: Path, checks: Checklist) -> None:
+def _corefile_push(config: Config, zone: ZoneConfig, blocks: list[ServerBlock], path: Path,
+                   checks: Checklist) -> None:
     """With `answers` on (docs/latency.md): a block for the zone whose view takes the challenge
-    names and forwards them to answers.listen, ahead of the zone's file block, without cache."""
+    names and either transfers them from answers.listen (`secondary`, with answers.notify set)
+    or forwards them there, ahead of the zone's file block, without cache."""
+    assert config.answers is not None
+    label, listen = config.challenge_label, config.answers.listen
     target = _address(*listen)
-    what = f"Corefile {path} forwards {zone.name}'s {label} names to dnsapi's answers ({target})"
-    fix = ("use coredns/Corefile.push (`dnsapi example corefile-push`) with `forward . "
-           f"{_address(_LOOPBACK.get(listen[0], listen[0]), listen[1])}`, its block before the file block")
+    reachable = _address(_LOOPBACK.get(listen[0], listen[0]), listen[1])
+    what = f"Corefile {path} takes {zone.name}'s {label} names from dnsapi's answers ({target})"
+    fix = ("use coredns/Corefile.push (`dnsapi example corefile-push`) with `transfer from "
+           f"{reachable}`, its block before the file block")
     file_seen = False
     for block in blocks:
         if zone.name not in block.zones:
@@ -322,19 +326,37 @@ def _corefile_push(zone: ZoneConfig, label: str, listen: tuple[str, int], blocks
             continue
         views = " ".join(arg for d in block.directives if d.name == "view"
                          for expr in d.block if expr.name == "expr" for arg in expr.args)
-        forward = next((d for d in block.directives if d.name == "forward"), None)
-        if not views or forward is None:
+        sources = _sources(block)
+        if not views or sources is None:
             continue
-        if label not in views or not any(_reaches(arg, *listen) for arg in forward.args[1:]):
-            checks.add(False, f"{what}: its view or forward names another label or address", fix)
+        how, addresses = sources
+        if label not in views or not any(_reaches(arg, *listen) for arg in addresses):
+            checks.add(False, f"{what}: its view or {how} names another label or address", fix)
         elif file_seen:
             checks.add(False, f"{what}: the file block comes first and takes every query", fix)
         elif any(d.name == "cache" for d in block.directives):
-            checks.add(False, f"{what} without cache", "remove `cache` from the forward block")
+            checks.add(False, f"{what} without cache", f"remove `cache` from the {how} block")
+        elif how == "secondary" and not config.answers.notify:
+            checks.add(False, f"{what}: by transfer, but answers.notify is empty",
+                       "list this CoreDNS's address in answers.notify: it transfers only when "
+                       "dnsapi sends it a NOTIFY (or at its SOA refresh)")
         else:
-            checks.add(True, what)
+            checks.add(True, f"{what} ({how})")
         return
     checks.add(False, what, fix)
+
+
+def _sources(block: ServerBlock) -> tuple[str, list[str]] | None:
+    """How a block gets its names from elsewhere and the addresses it names: `forward`'s
+    targets, or the `transfer from` addresses of a `secondary`."""
+    for directive in block.directives:
+        if directive.name == "forward":
+            return "forward", directive.args[1:]
+        if directive.name == "secondary":
+            return "secondary", [arg for sub in directive.block
+                                 if sub.name == "transfer" and sub.args[:1] == ["from"]
+                                 for arg in sub.args[1:]]
+    return None
 
 
 # -- DNS servers ----------------------------------------------------------------------------------
@@ -440,10 +462,12 @@ def _answers(config: Config, checks: Checklist) -> set[str]:
 
 def _forwarded(host: str, port: int, name: str, checks: Checklist) -> None:
     """Through a DNS server, a challenge name is answered: SERVFAIL, or no answer, is what
-    CoreDNS gives when its forward does not reach dnsapi's answers listener. (An answer cannot
-    show that it came through the forward: that the Corefile forwards is the --corefile check.)"""
-    what = f"{_address(host, port)} answers {name} (its forward to dnsapi's answers works)"
-    fix = "CoreDNS cannot reach answers.listen: check the address in its `forward`"
+    CoreDNS gives when its forward does not reach dnsapi's answers listener, or its secondary
+    block never transferred from it. (An answer cannot show where it came from: that the
+    Corefile takes the names from dnsapi is the --corefile check.)"""
+    what = f"{_address(host, port)} answers {name} (from dnsapi's answers)"
+    fix = ("CoreDNS has no challenge names from answers.listen: check the address in its `forward` "
+           "or `transfer from`, and (transfer) that answers.notify lists it; see its log")
     try:
         response = _query(host, port, name, dns.rdatatype.TXT)
     except (dns.exception.DNSException, OSError) as exc:

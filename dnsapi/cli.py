@@ -226,12 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     example = commands.add_parser(
         "example", help="print a shipped example file",
         description="Print a file dnsapi ships: the commented example config, the Corefile and "
-                    "zone it is tested with, the Corefile of the push layout (corefile-push, "
-                    "docs/latency.md), a systemd unit (dnsapi, dnsapi-pki-watch, coredns) "
+                    "zone it is tested with, the Corefiles that push challenge names (corefile-push: "
+                    "transferred on NOTIFY; corefile-forward: forwarded; docs/latency.md), a "
+                    "systemd unit (dnsapi, dnsapi-pki-watch, coredns) "
                     "or a Vault policy (dnsapi-policy, dnsapi-pki-watch-policy), e.g. "
                     "`dnsapi example config > /etc/dnsapi/dnsapi.yaml`.")
-    example.add_argument("kind", choices=["config", "corefile", "corefile-push", "zone", "systemd",
-                                          "policy"])
+    example.add_argument("kind", choices=["config", "corefile", "corefile-push", "corefile-forward",
+                                          "zone", "systemd", "policy"])
     example.add_argument("name", nargs="?", help="systemd: the unit (default dnsapi); policy: the "
                                                  "policy (default dnsapi-policy)")
 

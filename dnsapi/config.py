@@ -452,10 +452,22 @@ class DnsUpdateConfig(_Model):
 
 
 class AnswersConfig(_Model):
-    """Challenge names answered by dnsapi on UDP and TCP, for CoreDNS to forward them to
-    (dnsapi/answers.py, coredns/Corefile.push): answered once acknowledged, no reload poll."""
+    """Challenge names served by dnsapi on UDP and TCP, without waiting for a reload poll
+    (dnsapi/answers.py, docs/latency.md): transferred to the CoreDNS servers in `notify`
+    (coredns/Corefile.push, a `secondary` block), or answered to a CoreDNS that forwards them
+    (coredns/Corefile.forward)."""
 
     listen: HostPort
+    # CoreDNS servers whose `secondary` block transfers the challenge names from `listen`: each
+    # is sent a NOTIFY when a zone changes, and only their addresses may transfer (AXFR).
+    notify: Annotated[tuple[HostPort, ...], _list_of("must be a list of IP:PORT addresses")] = ()
+
+    @model_validator(mode="after")
+    def _notify_distinct(self) -> Self:
+        for i, target in enumerate(self.notify):
+            if target in self.notify[:i] or target == self.listen:
+                raise _Invalid("lists an address twice, or answers.listen itself", "notify", i)
+        return self
 
 
 def _networks(value: object) -> tuple[str, ...]:

@@ -19,7 +19,8 @@ TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message
 MAX_TCP = 64  # open TCP connections at once; more are closed at once (they share the descriptors
 # the HTTP side keeps in reserve, see connections.DESCRIPTOR_RESERVE)
 
-Handler = Callable[[bytes, str, bool], Awaitable[bytes | None]]  # (wire, remote address, tcp)
+# (wire, remote address, tcp) → the reply; several messages for a zone transfer (TCP only)
+Handler = Callable[[bytes, str, bool], Awaitable[bytes | list[bytes] | None]]
 
 
 def formerr(wire: bytes) -> bytes | None:
@@ -61,7 +62,7 @@ class DnsListener:
 
     async def _answer_udp(self, wire: bytes, remote: tuple[str, int]) -> None:
         reply = await self.handle(wire, remote[0], False)
-        if reply is not None and self._udp is not None:
+        if isinstance(reply, bytes) and self._udp is not None:
             self._udp.sendto(reply, remote)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -79,7 +80,8 @@ class DnsListener:
                 reply = await self.handle(wire, remote, True)
                 if reply is None:
                     return
-                writer.write(struct.pack("!H", len(reply)) + reply)
+                for message in [reply] if isinstance(reply, bytes) else reply:
+                    writer.write(struct.pack("!H", len(message)) + message)
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             return

@@ -85,6 +85,12 @@ class Metrics:
                                     "opcode and the rcode answered", ["opcode", "rcode"], registry=r)
         self.answers = Counter("dnsapi_answers", "challenge answers (answers.listen): queries "
                                "answered, by rcode", ["rcode"], registry=r)
+        self.notify_serial = Gauge("dnsapi_notify_serial", "answers.notify: the zone's serial "
+                                   "each target was last seen holding", ["zone", "target"],
+                                   registry=r)
+        self.notify_failures = Counter("dnsapi_notify_failures", "answers.notify: NOTIFY rounds "
+                                       "after which the target did not hold the zone's serial",
+                                       ["zone", "target"], registry=r)
         self.dns_request_seconds = Histogram("dnsapi_dns_request_duration_seconds", "RFC 2136 front "
                                              "door: time to answer a message", buckets=_SLOW,
                                              registry=r)

@@ -25,6 +25,7 @@ from .config import Config
 from .connections import GuardedSite
 from .dnsupdate import DnsUpdateServer
 from .errors import ConfigError
+from .notify import Notifier
 
 log = logging.getLogger("dnsapi")
 
@@ -98,10 +99,15 @@ async def serve(path: Path) -> None:
     if config.dns_update is not None:
         dns_update = DnsUpdateServer(config, app[SERVICE], lambda: app[RUNTIME].audit)
         await dns_update.start()
-    answers = None
+    answers = notifier = None
     if config.answers is not None:
         answers = ChallengeAnswers(config, app[SERVICE])
         await answers.start()
+        if config.answers.notify:
+            source = config.answers.listen[0]
+            notifier = Notifier(app[SERVICE], config.challenge_label, config.answers.notify,
+                                None if source in ("0.0.0.0", "::") else source)
+            notifier.start()
     await site.start()
     status = (f"serving {'https' if context else 'http'}://{config.listen_host}:{config.listen_port}, "
               f"zones: {', '.join(z.name for z in config.zones)}")
@@ -127,10 +133,12 @@ async def serve(path: Path) -> None:
         await running.stop()
     if dns_update is not None:
         await dns_update.close()
-    if answers is not None:
-        await answers.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(in_flight.idle.wait(), SHUTDOWN_TIMEOUT)
+    if notifier is not None:
+        await notifier.close()
+    if answers is not None:
+        await answers.close()
     if acme_runner is not None:
         await acme_runner.cleanup()
     await runner.cleanup()

@@ -88,6 +88,8 @@ class ZoneWriter:
         self._refused: set[str] = set()  # ...a NaN is no key) and that failed it, told once each
         self.state: ZoneState | None = None  # last state read from or written to Vault
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self.watchers: list[asyncio.Event] = []  # set whenever the file's serial moves (notify.py)
+        self._serial: int | None = None
 
     async def submit(self, change: Change | Update | None) -> Outcome | None:
         job = _Job(change)
@@ -141,8 +143,16 @@ class ZoneWriter:
                 unchanged = (Outcome.FULL, Outcome.QUOTA, Outcome.CONFLICT, *PREREQUISITE_FAILURES)
                 _settle(job.future, result if result in unchanged else error)
             return
+        self._tell_watchers()
         for job, result in zip(jobs, results, strict=True):
             _settle(job.future, result)
+
+    def _tell_watchers(self) -> None:
+        served = self.file.served
+        if served is not None and served.serial != self._serial:
+            self._serial = served.serial
+            for event in self.watchers:
+                event.set()
 
     async def _refuse_conflicts(self, jobs: list[_Job]) -> list[_Job]:
         """Refuse, before Vault sees them, adds the operator's zone cannot hold (a CNAME at the

@@ -260,8 +260,8 @@ class _Validated:
     rules: NameRules  # names dnsapi may not use, by the operator's records
     soa: dns.rdataset.Rdataset  # the apex SOA and NS, for answering SOA/NS queries
     ns: dns.rdataset.Rdataset | None
-    underscored: Mapping[str, dns.node.Node]  # the operator's records at `_label.` names, by
-    # name: the challenge answers serve the operator's own records there too (answers.py)
+    underscored: Mapping[str, dns.node.Node]  # the operator's records at names with a `_label`,
+    # by name: the challenge answers serve (and transfer) the operator's own records there too
 
     def soa_at(self, serial: int) -> dns.rdataset.Rdataset:
         """The apex SOA carrying `serial` (the file's digits change; the parsed record does not)."""
@@ -298,8 +298,8 @@ def _validate(parts: ZoneText, origin: str) -> tuple[int, _Validated]:
         raise ZoneError("the first record after dnsapi's END marker has no owner name and "
                         "would inherit one of dnsapi's names; give it an owner name")
     apex = operator.find_node(origin + ".")
-    underscored = {name.to_text(omit_final_dot=True).lower(): node
-                   for name, node in operator.nodes.items() if name.labels[0].startswith(b"_")}
+    underscored = {name.to_text(omit_final_dot=True).lower(): node for name, node in operator.nodes.items()
+                   if any(label.startswith(b"_") for label in name.labels)}
     return serial, _Validated(parts.before[:start], parts.before[end:], parts.after,
                               _rdata_count(operator), NameRules.of(operator, origin),
                               apex.find_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA),

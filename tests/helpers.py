@@ -575,7 +575,8 @@ def stack_with_secondaries(directory: Path, vault: Vault, secondaries: int = 2,
         stack.stop()
 
 
-_EXAMPLE_ANSWERS = "forward . 127.0.0.1:5354"
+# What the shipped Corefiles name dnsapi's answers listener by, per way of pushing.
+_EXAMPLE_ANSWERS = {"push": "transfer from 127.0.0.1:5354", "forward": "forward . 127.0.0.1:5354"}
 
 
 def shipped_reload(corefile: str) -> str:
@@ -585,14 +586,27 @@ def shipped_reload(corefile: str) -> str:
                 if directive.name == "file" for sub in directive.block if sub.name == "reload")
 
 
-def push_corefile(answers_port: int, reload: str | None = None) -> str:
-    """coredns/Corefile.push, forwarding challenge names to dnsapi's answers on `answers_port`,
-    the zone file polled every `reload` (default: as shipped)."""
-    text = (ROOT / "coredns" / "Corefile.push").read_text()
-    assert _EXAMPLE_ANSWERS in text, "coredns/Corefile.push changed"
-    shipped = f"reload {shipped_reload('Corefile.push')}"
-    return text.replace(_EXAMPLE_ANSWERS, f"forward . 127.0.0.1:{answers_port}") \
+def push_corefile(answers_port: int, reload: str | None = None, layout: str = "push") -> str:
+    """coredns/Corefile.push (challenge names transferred from dnsapi's answers on
+    `answers_port`), or with `layout` "forward" coredns/Corefile.forward (forwarded to them), the
+    zone file polled every `reload` (default: as shipped)."""
+    name = f"Corefile.{layout}"
+    text = (ROOT / "coredns" / name).read_text()
+    example = _EXAMPLE_ANSWERS[layout]
+    assert example in text, f"coredns/{name} changed"
+    shipped = f"reload {shipped_reload(name)}"
+    return text.replace(example, example.replace(":5354", f":{answers_port}")) \
         .replace(shipped, f"reload {reload}" if reload else shipped)
+
+
+def push_answers(answers_port: int, layout: str = "push") -> ConfigEdit:
+    """The config edit that goes with `push_corefile`: answers on `answers_port`, and in the push
+    layout NOTIFY to the stack's CoreDNS (its first dns_servers entry)."""
+    def edit(config: dict[str, Any]) -> None:
+        config["answers"] = {"listen": f"127.0.0.1:{answers_port}"}
+        if layout == "push":
+            config["answers"]["notify"] = config["dns_servers"][:1]
+    return edit
 
 
 def primary_corefile(secondary_ports: list[int]) -> str:

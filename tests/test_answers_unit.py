@@ -191,3 +191,90 @@ async def test_a_question_asked_again_is_not_worked_out_again(tmp_path, monkeypa
         assert len(worked) == 1
         await ask(answers, WWW, use_edns=0)  # other bytes: another question
         assert len(worked) == 2
+
+
+def transfer_config(tmp_path) -> Config:
+    """config() with a CoreDNS at 127.0.0.2 in answers.notify: the one address that may transfer."""
+    config_, _ = service_config(tmp_path, answers={"listen": "127.0.0.1:1", "notify": ["127.0.0.2:53"]},
+                                acme_dns={"zone": "acme.dev.local"})
+    with config_.zones[0].file.open("a") as zone:
+        zone.write(OPERATOR_RECORDS)
+    return config_
+
+
+async def transfer(answers: ChallengeAnswers, remote: str = "127.0.0.2", tcp: bool = True,
+                   zone: str = "dev.local") -> list[dns.message.Message]:
+    reply = await answers.handle(dns.message.make_query(zone + ".", "AXFR").to_wire(), remote, tcp)
+    assert reply is not None
+    # one RR per RRset: as a transfer is read (the SOA comes first and last)
+    return [dns.message.from_wire(m, one_rr_per_rrset=True)
+            for m in ([reply] if isinstance(reply, bytes) else reply)]
+
+
+async def test_the_zone_soa_is_answered_with_the_serial_the_file_holds(tmp_path):
+    """What a secondary asks before it transfers: only the apex SOA, nothing else at the apex."""
+    async with running(transfer_config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        await service.add(service.make_record(WWW, "v1"))
+        reply = await ask(answers, "dev.local", "SOA")
+        serial = service.writers["dev.local"].file.served.serial  # type: ignore[union-attr]
+        assert reply.flags & dns.flags.AA and [rrset[0].serial for rrset in reply.answer] == [serial]
+        assert (await ask(answers, "dev.local", "NS")).rcode() == dns.rcode.REFUSED
+
+
+async def test_a_transfer_holds_the_challenge_names_and_nothing_else(tmp_path):
+    async with running(transfer_config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        account = "0b5b9ba4-29a8-4b41-a72a-0b1d4e3d2a11.acme.dev.local"
+        await service.add(service.make_record(WWW, "v1"))
+        await service.add(service.make_cname("api.dev.local", account, "admin"))
+        await service.add(Record(account, "t" * 43, 60, time.time(), "acme-dns"))
+        await service.add(Record("4c1c1d0e-0000-4000-8000-000000000000.acme.dev.local", "u" * 43, 60,
+                                 time.time(), "acme-dns"))  # no CNAME points here: not transferred
+        [message] = await transfer(answers)
+        serial = service.writers["dev.local"].file.served.serial  # type: ignore[union-attr]
+        rrsets = message.answer
+        assert message.flags & dns.flags.AA and message.rcode() == dns.rcode.NOERROR
+        assert rrsets[0].rdtype == rrsets[-1].rdtype == dns.rdatatype.SOA
+        assert rrsets[0][0].serial == rrsets[-1][0].serial == serial
+        held: dict[tuple[str, str], set[str]] = {}
+        for rrset in rrsets[1:-1]:
+            held.setdefault((rrset.name.to_text(omit_final_dot=True),
+                             dns.rdatatype.to_text(rrset.rdtype)), set()).add(rrset[0].to_text().strip('"'))
+        assert held == {
+            ("dev.local", "NS"): {"ns1.dev.local."},
+            (WWW, "TXT"): {"v1"},
+            ("_acme-challenge.api.dev.local", "CNAME"): {account + "."},
+            (account, "TXT"): {"t" * 43},
+            ("_acme-challenge.legacy.dev.local", "TXT"): {"set-by-hand"},
+            ("x._acme-challenge.deep.dev.local", "TXT"): {"below a challenge name"},
+        }
+
+
+@pytest.mark.parametrize(("remote", "tcp", "zone"), [
+    ("127.0.0.1", True, "dev.local"),  # not in answers.notify
+    ("not an address", True, "dev.local"),
+    ("127.0.0.2", False, "dev.local"),  # a transfer over UDP
+    ("127.0.0.2", True, "example.com"),  # a zone dnsapi does not hold
+])
+async def test_a_transfer_to_anyone_else_is_refused(tmp_path, remote, tcp, zone):
+    async with running(transfer_config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        await service.add(service.make_record(WWW, "v1"))
+        [message] = await transfer(answers, remote, tcp, zone)
+        assert message.rcode() == dns.rcode.REFUSED and not message.answer
+
+
+async def test_a_large_transfer_is_split_into_messages(tmp_path):
+    async with running(transfer_config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        values = {f"{i:03d}" + "v" * 40 for i in range(200)}
+        for i, value in enumerate(sorted(values)):
+            await service.add(service.make_record(f"_acme-challenge.h{i % 150}.dev.local", value))
+        await service.add(service.make_record(WWW, "w"))
+        messages = await transfer(answers)
+        assert len(messages) > 1 and all(m.flags & dns.flags.AA for m in messages)
+        records = [(rrset.name.to_text(), rd.to_text().strip('"')) for m in messages
+                   for rrset in m.answer if rrset.rdtype == dns.rdatatype.TXT for rd in rrset]
+        assert {value for _, value in records} >= values | {"w"}
+        assert len(records) == len(set(records))

@@ -16,6 +16,7 @@ SHIPPED = {
     "hooks/dns_internal.sh": "hooks/dns_internal.sh", "hooks/lego-exec.sh": "hooks/lego-exec.sh",
     "examples/dnsapi.yaml": "deploy/dnsapi.yaml", "examples/Corefile": "coredns/Corefile",
     "examples/Corefile.push": "coredns/Corefile.push",
+    "examples/Corefile.forward": "coredns/Corefile.forward",
     "examples/db.dev.local": "coredns/db.dev.local",
     **{f"systemd/{u}.service": f"deploy/systemd/{u}.service" for u in assets.UNITS},
     **{f"vault/{p}.hcl": f"deploy/vault/{p}.hcl" for p in assets.POLICIES},
@@ -32,6 +33,7 @@ def test_the_package_data_is_the_repositorys_files():
 @pytest.mark.parametrize(("args", "top"), [
     (["config"], "deploy/dnsapi.yaml"), (["corefile"], "coredns/Corefile"),
     (["corefile-push"], "coredns/Corefile.push"),
+    (["corefile-forward"], "coredns/Corefile.forward"),
     (["zone"], "coredns/db.dev.local"), (["systemd"], "deploy/systemd/dnsapi.service"),
     (["systemd", "coredns"], "deploy/systemd/coredns.service"),
     (["policy", "dnsapi-pki-watch-policy"], "deploy/vault/dnsapi-pki-watch-policy.hcl"),

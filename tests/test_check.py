@@ -76,7 +76,7 @@ def test_problems_are_failed_items_with_a_fix(text, problem):
     assert not checks.passed and "1 failed" in checks.render()
 
 
-PUSH = """
+FORWARD = """
 dev.local {
     view challenges {
         expr name() matches '^_acme-challenge[.]'
@@ -91,26 +91,40 @@ dev.local {
     }
 }
 """
+PUSH = FORWARD.replace("forward . 127.0.0.1:5354 {\n        max_fails 0",
+                       "secondary {\n        transfer from 127.0.0.1:5354")
+NOTIFY = (("127.0.0.1", 1053),)
 
 
-def push_check(text: str, listen: tuple[str, int] = ("127.0.0.1", 5354)) -> list[tuple[bool, str]]:
+def push_check(text: str, listen: tuple[str, int] = ("127.0.0.1", 5354),
+               notify: tuple[tuple[str, int], ...] = NOTIFY) -> list[tuple[bool, str]]:
     checks = Checklist()
-    _corefile_push(ZONE, "_acme-challenge", listen, parse_corefile(text), COREFILE, checks)
+    config = SimpleNamespace(challenge_label="_acme-challenge",
+                             answers=SimpleNamespace(listen=listen, notify=notify))
+    _corefile_push(config, ZONE, parse_corefile(text), COREFILE, checks)  # type: ignore[arg-type]
     return [(item.ok, item.text) for item in checks.items]
 
 
-def test_the_shipped_push_layout_passes():
-    shipped = (Path(__file__).resolve().parent.parent / "coredns" / "Corefile.push").read_text()
-    assert push_check(shipped) == [(True, "Corefile /etc/coredns/Corefile forwards dev.local's "
-                                          "_acme-challenge names to dnsapi's answers (127.0.0.1:5354)")]
-    assert push_check(PUSH)[0][0]
+@pytest.mark.parametrize(("name", "how"), [("Corefile.push", "secondary"), ("Corefile.forward", "forward")])
+def test_the_shipped_push_layouts_pass(name, how):
+    shipped = (Path(__file__).resolve().parent.parent / "coredns" / name).read_text()
+    assert push_check(shipped) == [(True, "Corefile /etc/coredns/Corefile takes dev.local's "
+                                          "_acme-challenge names from dnsapi's answers "
+                                          f"(127.0.0.1:5354) ({how})")]
 
 
-def test_an_ipv6_answers_address_is_matched_as_coredns_writes_it():
-    assert push_check(PUSH.replace("127.0.0.1:5354", "[::1]:5354"), ("::1", 5354))[0][0]
+def test_a_transfer_without_notify_fails_with_a_fix():
+    [(ok, text)] = push_check(PUSH, notify=())
+    assert not ok and "answers.notify is empty" in text
+    assert push_check(FORWARD, notify=())[0][0]  # a forward needs no NOTIFY
 
 
-@pytest.mark.parametrize(("forward", "listen", "ok"), [
+@pytest.mark.parametrize("layout", [PUSH, FORWARD])
+def test_an_ipv6_answers_address_is_matched_as_coredns_writes_it(layout):
+    assert push_check(layout.replace("127.0.0.1:5354", "[::1]:5354"), ("::1", 5354))[0][0]
+
+
+@pytest.mark.parametrize(("address", "listen", "ok"), [
     ("127.0.0.1:5354", ("0.0.0.0", 5354), True),  # a listener on every address takes loopback
     ("dns://127.0.0.2:5354", ("0.0.0.0", 5354), True),  # ... and this host's other addresses
     ("192.0.2.1:5354", ("0.0.0.0", 5354), False),  # ... not another host's (TEST-NET-1)
@@ -120,26 +134,31 @@ def test_an_ipv6_answers_address_is_matched_as_coredns_writes_it():
     ("127.0.0.1:5355", ("0.0.0.0", 5354), False),
     ("127.0.0.2:5354", ("127.0.0.1", 5354), False),
 ])
-def test_the_forward_is_matched_against_where_the_answers_listen(forward, listen, ok):
-    [(passed, text)] = push_check(PUSH.replace("127.0.0.1:5354", forward), listen)
+@pytest.mark.parametrize("layout", [PUSH, FORWARD])
+def test_the_source_is_matched_against_where_the_answers_listen(address, listen, ok, layout):
+    [(passed, text)] = push_check(layout.replace("127.0.0.1:5354", address), listen)
     assert passed == ok, text
 
 
 def test_the_fix_for_answers_on_every_address_names_loopback():
     checks = Checklist()
-    _corefile_push(ZONE, "_acme-challenge", ("0.0.0.0", 5354), parse_corefile(PUSH.replace(
-        "127.0.0.1:5354", "127.0.0.1:9")), COREFILE, checks)
+    config = SimpleNamespace(challenge_label="_acme-challenge",
+                             answers=SimpleNamespace(listen=("0.0.0.0", 5354), notify=NOTIFY))
+    _corefile_push(config, ZONE, parse_corefile(PUSH.replace("127.0.0.1:5354", "127.0.0.1:9")),  # type: ignore[arg-type]
+                   COREFILE, checks)
     [item] = checks.items
-    assert not item.ok and "`forward . 127.0.0.1:5354`" in item.fix
+    assert not item.ok and "`transfer from 127.0.0.1:5354`" in item.fix
 
 
 @pytest.mark.parametrize(("text", "listen", "problem"), [
     (PUSH, ("127.0.0.1", 5399), "another label or address"),
+    (FORWARD, ("127.0.0.1", 5399), "another label or address"),
     (PUSH.replace("_acme-challenge", "_other"), ("127.0.0.1", 5354), "another label or address"),
     ("\n".join(PUSH.split("\n")[9:] + PUSH.split("\n")[:9]), ("127.0.0.1", 5354), "comes first"),
-    (PUSH.replace("max_fails 0\n    }", "max_fails 0\n    }\n    cache 30"), ("127.0.0.1", 5354),
+    (PUSH.replace("5354\n    }", "5354\n    }\n    cache 30"), ("127.0.0.1", 5354), "without cache"),
+    (FORWARD.replace("max_fails 0\n    }", "max_fails 0\n    }\n    cache 30"), ("127.0.0.1", 5354),
      "without cache"),
-    ("dev.local { file /var/lib/dnsapi/zones/db.dev.local }", ("127.0.0.1", 5354), "forwards"),
+    ("dev.local { file /var/lib/dnsapi/zones/db.dev.local }", ("127.0.0.1", 5354), "takes"),
 ])
 def test_push_layout_problems_are_failed_items_with_a_fix(text, listen, problem):
     [(ok, text_)] = push_check(text, listen)
@@ -188,8 +207,7 @@ def test_answers_and_the_forward_to_them_are_asked_live(monkeypatch):
     assert items == [
         (True, "dnsapi's answers on 127.0.0.1:5354 answer _acme-challenge.dev.local"),
         (True, "127.0.0.1:1053 answers the SOA of dev.local authoritatively (serial 7)"),
-        (True, "127.0.0.1:1053 answers _acme-challenge.dev.local (its forward to dnsapi's answers "
-               "works)"),
+        (True, "127.0.0.1:1053 answers _acme-challenge.dev.local (from dnsapi's answers)"),
     ]
 
 

@@ -1,0 +1,152 @@
+"""dnsapi/notify.py in-process, against a stand-in for CoreDNS's secondary block on a loopback
+UDP port: it answers NOTIFY (or not), and tells the serial it holds through the SOA that comes
+with a negative answer, as CoreDNS does. The real CoreDNS is in tests/test_answers_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rrset
+import pytest
+
+from dnsapi import notify
+from dnsapi.notify import Notifier
+from dnsapi.service import RecordService
+
+from .helpers import running, service_config
+
+pytestmark = pytest.mark.unit
+
+WWW = "_acme-challenge.www.dev.local"
+
+
+class Secondary(asyncio.DatagramProtocol):
+    """Holds a serial; a NOTIFY makes it take the zone's current one ("transfers"), after
+    `transfer_takes`, when `transfers` is on. `answers` off: it answers nothing at all."""
+
+    def __init__(self, service: RecordService) -> None:
+        self.service = service
+        self.held = 0
+        self.transfers = True
+        self.answers = True
+        self.notifies: list[str] = []
+        self.transfer_takes = 0.0  # seconds from a NOTIFY to holding the serial
+        self.transport: asyncio.DatagramTransport | None = None
+        self.caught_up = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.answers:
+            return
+        query = dns.message.from_wire(data)
+        reply = dns.message.make_response(query)
+        if query.opcode() == dns.opcode.NOTIFY:
+            self.notifies.append(query.question[0].name.to_text())
+            if self.transfers:
+                served = self.service.writers["dev.local"].file.served
+                assert served is not None
+                asyncio.get_running_loop().call_later(self.transfer_takes, setattr, self, "held",
+                                                      served.serial)
+        else:
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+            reply.authority.append(dns.rrset.from_text(
+                "dev.local.", 60, "IN", "SOA", f"ns1.dev.local. h.dev.local. {self.held} 1 1 1 1"))
+        assert self.transport is not None
+        self.transport.sendto(reply.to_wire(), addr)
+
+    def address(self) -> str:
+        assert self.transport is not None
+        return f"127.0.0.1:{self.transport.get_extra_info('sockname')[1]}"
+
+    def holds_current(self) -> bool:
+        served = self.service.writers["dev.local"].file.served
+        return served is not None and self.held == served.serial
+
+
+@contextlib.asynccontextmanager
+async def notifying(tmp_path, monkeypatch) -> AsyncIterator[tuple[RecordService, Secondary]]:
+    monkeypatch.setattr(notify, "NOTIFY_TIMEOUT", 0.05)
+    monkeypatch.setattr(notify, "CATCH_UP", 0.1)
+    monkeypatch.setattr(notify, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(notify, "RETRY_MOST", 0.05)
+    loop = asyncio.get_running_loop()
+    config, _ = service_config(tmp_path, answers={"listen": "127.0.0.1:1"})
+    async with running(config) as (service, _):
+        transport, secondary = await loop.create_datagram_endpoint(
+            lambda: Secondary(service), local_addr=("127.0.0.1", 0))
+        notifier = Notifier(service, "_acme-challenge",
+                            (("127.0.0.1", transport.get_extra_info("sockname")[1]),), "127.0.0.1")
+        notifier.start()
+        try:
+            yield service, secondary
+        finally:
+            await notifier.close()
+            transport.close()
+
+
+async def until(check, timeout: float = 10.0) -> None:
+    """Wait for `check()` to hold (a condition, polled on the loop), failing after `timeout`."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.001)
+
+
+async def test_each_change_brings_the_target_to_the_new_serial(tmp_path, monkeypatch):
+    async with notifying(tmp_path, monkeypatch) as (service, secondary):
+        await until(secondary.holds_current)  # told at start, though nothing changed yet
+        for value in ("v1", "v2"):
+            before = secondary.held
+            await service.add(service.make_record(WWW, value))
+            await until(secondary.holds_current)
+            assert secondary.held != before
+        assert set(secondary.notifies) == {"_acme-challenge.dev.local."}  # the block's name, not the apex
+        await until(lambda: service.metrics.registry.get_sample_value(
+            "dnsapi_notify_serial", {"zone": "dev.local", "target": secondary.address()}) == secondary.held)
+
+
+async def test_a_burst_costs_fewer_notifies_than_changes(tmp_path, monkeypatch):
+    async with notifying(tmp_path, monkeypatch) as (service, secondary):
+        await until(secondary.holds_current)
+        secondary.transfer_takes = 0.02  # changes arrive faster than it transfers
+        sent = len(secondary.notifies)
+        for i in range(40):
+            await service.add(service.make_record(WWW, f"v{i}"))
+        await until(secondary.holds_current)
+        assert len(secondary.notifies) - sent < 40
+
+
+async def test_a_target_that_does_not_catch_up_is_told_again_until_it_does(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, "dnsapi.notify")
+    async with notifying(tmp_path, monkeypatch) as (service, secondary):
+        await until(secondary.holds_current)
+        secondary.transfers = False  # it takes the NOTIFY, but keeps its old zone
+        await service.add(service.make_record(WWW, "v1"))
+        await until(lambda: len([r for r in caplog.records if r.levelno == logging.WARNING]) >= 1)
+        assert "did not come to hold serial" in caplog.text
+        assert not secondary.holds_current()
+        secondary.transfers = True  # no further change: the retry alone brings it
+        await until(secondary.holds_current)
+        await until(lambda: "holds serial" in caplog.records[-1].getMessage())
+        failures = service.metrics.registry.get_sample_value(
+            "dnsapi_notify_failures_total", {"zone": "dev.local", "target": secondary.address()})
+        assert failures is not None and failures >= 1
+
+
+async def test_a_silent_target_is_retried_and_stops_nothing(tmp_path, monkeypatch):
+    async with notifying(tmp_path, monkeypatch) as (service, secondary):
+        await until(secondary.holds_current)
+        secondary.answers = False
+        await service.add(service.make_record(WWW, "v1"))  # acknowledged all the same
+        await until(lambda: (service.metrics.registry.get_sample_value(
+            "dnsapi_notify_failures_total", {"zone": "dev.local", "target": secondary.address()})
+            or 0) >= 2)
+        secondary.answers = True
+        await until(secondary.holds_current)
