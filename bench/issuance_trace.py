@@ -180,16 +180,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         audit_log = tmp / "audit.log"
-        answers_port = free_port()
+        answers_port, push_port = free_port(), free_port()
 
         def configure(config: dict) -> None:
             config["rate_limit"] = {"per_second": 0}
-            config["answers"] = {"listen": f"127.0.0.1:{answers_port}"}
+            config["answers"] = {"listen": f"127.0.0.1:{answers_port}", "notify": [f"127.0.0.1:{push_port}"]}
 
         with openbao_server(tmp / "bao", config=AUDIT.format(path=audit_log)) as vault:
             stack = start_stack(tmp / "dnsapi", vault, edit=configure, prefix="dnsapi")
             bind = Bind(tmp / "bind")
-            push = push_coredns(stack.zone_path, answers_port, tmp / "push")
+            push = push_coredns(stack.zone_path, answers_port, push_port, tmp / "push")
             try:
                 relays = {"dnsapi, zone file polled": Relay(stack.dns_port).start(),
                           "dnsapi, challenge names pushed": Relay(push.port).start(),

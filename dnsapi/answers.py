@@ -19,7 +19,6 @@ file), and never one the file does not hold.
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import logging
 import struct
@@ -42,6 +41,7 @@ from .dns_listener import DnsListener, formerr
 from .names import zone_for
 from .records import Key, Record
 from .service import RecordService
+from .transfer import Transfers
 from .zonefile import Served
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class ChallengeAnswers:
         self._index: dict[str, tuple[Mapping[Key, Record], dict[str, list[Record]]]] = {}
         self._parents: dict[str, tuple[object, frozenset[str]]] = {}
         self._replies = _Replies()
+        self.transfers = Transfers(config.challenge_label)
 
     async def start(self) -> None:
         assert self.config.answers is not None
@@ -95,9 +96,9 @@ class ChallengeAnswers:
         return wire[:2] + reply[2:]
 
     def _transfer(self, query: dns.message.Message, remote: str, tcp: bool) -> bytes | list[bytes]:
-        """AXFR of a zone's challenge names, over TCP, to an `answers.notify` address only:
-        the zone's SOA and NS, the names, the SOA again. Anyone else is REFUSED (the names are
-        what the CA will look up, but nobody needs them listed)."""
+        """AXFR of a zone's challenge names (dnsapi/transfer.py), over TCP, to an
+        `answers.notify` address only. Anyone else is REFUSED (the names are what the CA will
+        look up, but nobody needs them listed)."""
         name = query.question[0].name.to_text(omit_final_dot=True).lower()
         served = self.service.writers[name].file.served if name in self.service.writers else None
         if served is None or not tcp or not self._may_transfer(remote) \
@@ -106,13 +107,8 @@ class ChallengeAnswers:
             reply.set_rcode(dns.rcode.REFUSED)
             self.service.metrics.answers.labels("REFUSED").inc()
             return reply.to_wire()
-        apex = dns.name.from_text(name)
-        soa = dns.rrset.from_rdata_list(apex, served.soa().ttl, list(served.soa()))
-        ns = served.operator.ns
-        rrsets = [soa] + ([dns.rrset.from_rdata_list(apex, ns.ttl, list(ns))] if ns else []) \
-            + self._challenge_rrsets(name, served) + [soa]
         self.service.metrics.answers.labels("NOERROR").inc()
-        return _messages(query, rrsets)
+        return self.transfers.reply(name, served, self._by_name(name, served.records), query.id)
 
     def _may_transfer(self, remote: str) -> bool:
         assert self.config.answers is not None
@@ -121,36 +117,6 @@ class ChallengeAnswers:
         except ValueError:
             return False
         return any(ip == ipaddress.ip_address(host) for host, _ in self.config.answers.notify)
-
-    def _challenge_rrsets(self, zone: str, served: Served) -> list[dns.rrset.RRset]:
-        """Everything the zone file holds at and below challenge names: dnsapi's records and
-        the operator's, and the TXT records at the targets of dnsapi's CNAMEs in the zone (an
-        acme-dns account's), so that CoreDNS answers a CNAME with its target as the answers
-        to a forwarding CoreDNS do (_chase)."""
-        label = self.config.challenge_label
-        by_name = self._by_name(zone, served.records)
-        rrsets = []
-        targets: set[str] = set()
-        for name, records in by_name.items():
-            if name.split(".", 1)[0] != label:
-                continue
-            for kind in ("CNAME", "TXT"):
-                of_kind = [r for r in records if r.kind == kind]
-                if of_kind:
-                    rrsets.append(_rrset(dns.name.from_text(name), kind, of_kind))
-            targets.update(r.value.lower() for r in records if r.kind == "CNAME")
-        for target in sorted(targets):
-            if target != zone and target.endswith("." + zone) \
-                    and target.split(".", 1)[0] != label:
-                txt = [r for r in by_name.get(target, []) if r.kind == "TXT"]
-                if txt:
-                    rrsets.append(_rrset(dns.name.from_text(target), "TXT", txt))
-        for name, node in served.operator.underscored.items():
-            if label in name.split("."):
-                owner = dns.name.from_text(name)
-                rrsets.extend(dns.rrset.from_rdata_list(owner, rdataset.ttl, list(rdataset))
-                              for rdataset in node.rdatasets)
-        return rrsets
 
     def _work_out(self, query: dns.message.Message, tcp: bool) -> tuple[bytes, str]:
         """The reply to `query` and its rcode's name."""
@@ -299,37 +265,3 @@ def _rrset(owner: dns.name.Name, kind: str, records: list[Record]) -> dns.rrset.
               for r in records]
     return dns.rrset.from_rdata_list(owner, min(r.ttl for r in records), rdatas)
 
-
-TRANSFER_MESSAGE = 16384  # bytes of records per message of a zone transfer, uncompressed
-
-
-def _messages(query: dns.message.Message, rrsets: list[dns.rrset.RRset]) -> list[bytes]:
-    """A zone transfer's reply: `rrsets` in as many messages as their size needs."""
-    chunks: list[list[dns.rrset.RRset]] = [[]]
-    size = 0
-    for rrset in _split(rrsets):
-        wire = io.BytesIO()
-        rrset.to_wire(wire)
-        if chunks[-1] and size + wire.tell() > TRANSFER_MESSAGE:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(rrset)
-        size += wire.tell()
-    messages = []
-    for chunk in chunks:
-        reply = dns.message.make_response(query)
-        reply.flags |= dns.flags.AA
-        reply.answer.extend(chunk)
-        messages.append(reply.to_wire(max_size=MAX_MESSAGE))
-    return messages
-
-
-def _split(rrsets: list[dns.rrset.RRset], most: int = 64) -> list[dns.rrset.RRset]:
-    """`rrsets` with none of more than `most` records: a transfer may spread an RRset over
-    messages, and one message holds at most 64 KiB."""
-    parts = []
-    for rrset in rrsets:
-        rdatas = list(rrset)
-        for start in range(0, len(rdatas), most):
-            parts.append(dns.rrset.from_rdata_list(rrset.name, rrset.ttl, rdatas[start:start + most]))
-    return parts

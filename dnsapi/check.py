@@ -13,6 +13,7 @@ serial the file has, and with `answers` on, answers the challenge names it gets 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import os
@@ -340,10 +341,48 @@ def _corefile_push(config: Config, zone: ZoneConfig, blocks: list[ServerBlock], 
             checks.add(False, f"{what}: by transfer, but answers.notify is empty",
                        "list this CoreDNS's address in answers.notify: it transfers only when "
                        "dnsapi sends it a NOTIFY (or at its SOA refresh)")
+        elif how == "secondary" and (unnamed := _unnamed_sources(config, addresses)):
+            checks.add(False, f"{what}: dnsapi's NOTIFY comes from {', '.join(unnamed)}, which "
+                              "`transfer from` does not name (CoreDNS drops it)",
+                       f"name {_address(unnamed[0], listen[1])} in `transfer from`, or set "
+                       "answers.listen to the address it names")
         else:
             checks.add(True, f"{what} ({how})")
         return
     checks.add(False, what, fix)
+
+
+def _unnamed_sources(config: Config, addresses: list[str]) -> list[str]:
+    """With answers on every address (0.0.0.0, ::), NOTIFY leaves from the address the kernel
+    routes each target from: those of them no `transfer from` address names. (On a specific
+    address, the NOTIFY comes from it, which `_reaches` already matched.)"""
+    assert config.answers is not None
+    host, port = config.answers.listen
+    if host not in _LOOPBACK:
+        return []
+    named = set()
+    for arg in addresses:
+        with contextlib.suppress(ValueError):
+            address, target_port = config_module.parse_hostport(arg.removeprefix("dns://"))
+            if target_port == port:
+                named.add(ipaddress.ip_address(address))
+    unnamed = []
+    for target, _ in config.answers.notify:
+        source = _route_source(target)
+        if source is not None and ipaddress.ip_address(source) not in named and source not in unnamed:
+            unnamed.append(source)
+    return unnamed
+
+
+def _route_source(host: str) -> str | None:
+    """The address this host sends from to reach `host` (None: no route)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))  # UDP: picks the route and source, sends nothing
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None
 
 
 def _sources(block: ServerBlock) -> tuple[str, list[str]] | None:

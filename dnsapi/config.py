@@ -463,10 +463,15 @@ class AnswersConfig(_Model):
     notify: Annotated[tuple[HostPort, ...], _list_of("must be a list of IP:PORT addresses")] = ()
 
     @model_validator(mode="after")
-    def _notify_distinct(self) -> Self:
+    def _notify_reachable(self) -> Self:
+        """Each target once, not `listen` itself, and of `listen`'s address family: NOTIFY is
+        sent from `listen`'s address (the one CoreDNS's `transfer from` names)."""
+        family = ipaddress.ip_address(self.listen[0]).version
         for i, target in enumerate(self.notify):
             if target in self.notify[:i] or target == self.listen:
                 raise _Invalid("lists an address twice, or answers.listen itself", "notify", i)
+            if ipaddress.ip_address(target[0]).version != family:
+                raise _Invalid(f"must be IPv{family} addresses, as answers.listen is", "notify", i)
         return self
 
 

@@ -105,8 +105,8 @@ async def serve(path: Path) -> None:
         await answers.start()
         if config.answers.notify:
             source = config.answers.listen[0]
-            notifier = Notifier(app[SERVICE], config.challenge_label, config.answers.notify,
-                                None if source in ("0.0.0.0", "::") else source)
+            notifier = Notifier(app[SERVICE], answers.transfers, config.challenge_label,
+                                config.answers.notify, None if source in ("0.0.0.0", "::") else source)
             notifier.start()
     await site.start()
     status = (f"serving {'https' if context else 'http'}://{config.listen_host}:{config.listen_port}, "
@@ -135,13 +135,13 @@ async def serve(path: Path) -> None:
         await dns_update.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(in_flight.idle.wait(), SHUTDOWN_TIMEOUT)
-    if notifier is not None:
+    if acme_runner is not None:
+        await acme_runner.cleanup()
+    await runner.cleanup()  # the service finishes its queued writes here...
+    if notifier is not None:  # ...which CoreDNS then transfers
         await notifier.close()
     if answers is not None:
         await answers.close()
-    if acme_runner is not None:
-        await acme_runner.cleanup()
-    await runner.cleanup()
     log.info("stopped")
 
 

@@ -265,6 +265,16 @@ async def test_a_transfer_to_anyone_else_is_refused(tmp_path, remote, tcp, zone)
         assert message.rcode() == dns.rcode.REFUSED and not message.answer
 
 
+async def test_a_transfer_allowed_once_is_refused_to_another_asking_the_same(tmp_path):
+    """Replies to repeated questions are kept by their bytes; a transfer depends on who asks."""
+    async with running(transfer_config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        await service.add(service.make_record(WWW, "v1"))
+        assert (await transfer(answers, "127.0.0.2"))[0].answer
+        [refused] = await transfer(answers, "127.0.0.1")
+        assert refused.rcode() == dns.rcode.REFUSED and not refused.answer
+
+
 async def test_a_large_transfer_is_split_into_messages(tmp_path):
     async with running(transfer_config(tmp_path)) as (service, _):
         answers = ChallengeAnswers(service.config, service)
@@ -274,6 +284,10 @@ async def test_a_large_transfer_is_split_into_messages(tmp_path):
         await service.add(service.make_record(WWW, "w"))
         messages = await transfer(answers)
         assert len(messages) > 1 and all(m.flags & dns.flags.AA for m in messages)
+        # framed as a transfer: the SOA first of all and last of all, nowhere else
+        soas = [(i, j) for i, m in enumerate(messages) for j, rrset in enumerate(m.answer)
+                if rrset.rdtype == dns.rdatatype.SOA]
+        assert soas == [(0, 0), (len(messages) - 1, len(messages[-1].answer) - 1)]
         records = [(rrset.name.to_text(), rd.to_text().strip('"')) for m in messages
                    for rrset in m.answer if rrset.rdtype == dns.rdatatype.TXT for rd in rrset]
         assert {value for _, value in records} >= values | {"w"}

@@ -101,6 +101,14 @@ def test_approle_with_files():
     ("reconcile_interval", "-1s", "reconcile_interval: must be a positive duration"),
     ("max_records_per_zone", 0, "max_records_per_zone: must be an integer from 1"),
     ("lisen", "127.0.0.1:1", "lisen: unknown setting"),
+    ("answers", {"listen": "127.0.0.1:5354", "notify": "127.0.0.1:1053"},
+     "answers.notify: must be a list of IP:PORT addresses"),
+    ("answers", {"listen": "127.0.0.1:5354", "notify": ["[::1]:1053"]},
+     "answers.notify[0]: must be IPv4 addresses, as answers.listen is"),
+    ("answers", {"listen": "127.0.0.1:5354", "notify": ["127.0.0.1:1053", "127.0.0.1:1053"]},
+     "answers.notify[1]: lists an address twice, or answers.listen itself"),
+    ("answers", {"listen": "127.0.0.1:5354", "notify": ["127.0.0.1:5354"]},
+     "answers.notify[0]: lists an address twice, or answers.listen itself"),
 ])
 def test_errors_name_the_key(path, value, message):
     with pytest.raises(ConfigError) as info:

@@ -1,6 +1,7 @@
 """dnsapi/notify.py in-process, against a stand-in for CoreDNS's secondary block on a loopback
-UDP port: it answers NOTIFY (or not), and tells the serial it holds through the SOA that comes
-with a negative answer, as CoreDNS does. The real CoreDNS is in tests/test_answers_e2e.py."""
+UDP port: it takes a NOTIFY only from the address it transfers from, and tells the serial it
+holds through the SOA that comes with NXDOMAIN, as CoreDNS does. The real CoreDNS is in
+tests/test_answers_e2e.py."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import dns.rrset
 import pytest
 
 from dnsapi import notify
-from dnsapi.notify import Notifier
+from dnsapi.notify import Notifier, nxdomain_serial
 from dnsapi.service import RecordService
+from dnsapi.transfer import Transfers
 
 from .helpers import running, service_config
 
@@ -27,8 +29,10 @@ WWW = "_acme-challenge.www.dev.local"
 
 
 class Secondary(asyncio.DatagramProtocol):
-    """Holds a serial; a NOTIFY makes it take the zone's current one ("transfers"), after
-    `transfer_takes`, when `transfers` is on. `answers` off: it answers nothing at all."""
+    """Holds a serial; a NOTIFY from 127.0.0.1 makes it take the zone's current one
+    ("transfers"), after `transfer_takes`, when `transfers` is on. Asked about the challenge
+    name at the apex it answers a CNAME (an acme-dns account's: no SOA), about any other name
+    NXDOMAIN with its SOA. `answers` off: it answers nothing at all."""
 
     def __init__(self, service: RecordService) -> None:
         self.service = service
@@ -37,6 +41,7 @@ class Secondary(asyncio.DatagramProtocol):
         self.answers = True
         self.notifies: list[str] = []
         self.transfer_takes = 0.0  # seconds from a NOTIFY to holding the serial
+        self.transfers_served: dict[str, asyncio.Event] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.caught_up = asyncio.Event()
 
@@ -49,18 +54,27 @@ class Secondary(asyncio.DatagramProtocol):
         query = dns.message.from_wire(data)
         reply = dns.message.make_response(query)
         if query.opcode() == dns.opcode.NOTIFY:
+            if addr[0] != "127.0.0.1":
+                return  # as CoreDNS drops a NOTIFY from an address it does not transfer from
             self.notifies.append(query.question[0].name.to_text())
             if self.transfers:
                 served = self.service.writers["dev.local"].file.served
                 assert served is not None
-                asyncio.get_running_loop().call_later(self.transfer_takes, setattr, self, "held",
-                                                      served.serial)
+                asyncio.get_running_loop().call_later(self.transfer_takes, self.transfer, served.serial)
+        elif query.question[0].name.to_text() == "_acme-challenge.dev.local.":
+            reply.answer.append(dns.rrset.from_text("_acme-challenge.dev.local.", 60, "IN", "CNAME",
+                                                    "0b5b9ba4-29a8-4b41-a72a-0b1d4e3d2a11.acme.dev.local."))
         else:
             reply.set_rcode(dns.rcode.NXDOMAIN)
             reply.authority.append(dns.rrset.from_text(
                 "dev.local.", 60, "IN", "SOA", f"ns1.dev.local. h.dev.local. {self.held} 1 1 1 1"))
         assert self.transport is not None
         self.transport.sendto(reply.to_wire(), addr)
+
+    def transfer(self, serial: int) -> None:
+        if self.transfers:  # (turned off meanwhile: the transfer fails)
+            self.held = serial
+            self.transfers_served["dev.local"].set()  # as dnsapi's answers do on serving one
 
     def address(self) -> str:
         assert self.transport is not None
@@ -74,7 +88,7 @@ class Secondary(asyncio.DatagramProtocol):
 @contextlib.asynccontextmanager
 async def notifying(tmp_path, monkeypatch) -> AsyncIterator[tuple[RecordService, Secondary]]:
     monkeypatch.setattr(notify, "NOTIFY_TIMEOUT", 0.05)
-    monkeypatch.setattr(notify, "CATCH_UP", 0.1)
+    monkeypatch.setattr(notify, "CATCH_UP", 0.5)
     monkeypatch.setattr(notify, "RETRY_FIRST", 0.01)
     monkeypatch.setattr(notify, "RETRY_MOST", 0.05)
     loop = asyncio.get_running_loop()
@@ -82,7 +96,9 @@ async def notifying(tmp_path, monkeypatch) -> AsyncIterator[tuple[RecordService,
     async with running(config) as (service, _):
         transport, secondary = await loop.create_datagram_endpoint(
             lambda: Secondary(service), local_addr=("127.0.0.1", 0))
-        notifier = Notifier(service, "_acme-challenge",
+        transfers = Transfers("_acme-challenge")
+        secondary.transfers_served = transfers.served
+        notifier = Notifier(service, transfers, "_acme-challenge",
                             (("127.0.0.1", transport.get_extra_info("sockname")[1]),), "127.0.0.1")
         notifier.start()
         try:
@@ -115,12 +131,15 @@ async def test_each_change_brings_the_target_to_the_new_serial(tmp_path, monkeyp
 async def test_a_burst_costs_fewer_notifies_than_changes(tmp_path, monkeypatch):
     async with notifying(tmp_path, monkeypatch) as (service, secondary):
         await until(secondary.holds_current)
-        secondary.transfer_takes = 0.02  # changes arrive faster than it transfers
+        secondary.transfer_takes = 0.3  # changes arrive faster than it transfers
         sent = len(secondary.notifies)
-        for i in range(40):
+        serials = set()
+        for i in range(20):
             await service.add(service.make_record(WWW, f"v{i}"))
+            serials.add(service.writers["dev.local"].file.served.serial)  # type: ignore[union-attr]
         await until(secondary.holds_current)
-        assert len(secondary.notifies) - sent < 40
+        assert len(serials) == 20  # each add its own serial...
+        assert len(secondary.notifies) - sent < len(serials) / 2  # ...but not its own NOTIFY
 
 
 async def test_a_target_that_does_not_catch_up_is_told_again_until_it_does(tmp_path, monkeypatch, caplog):
@@ -150,3 +169,38 @@ async def test_a_silent_target_is_retried_and_stops_nothing(tmp_path, monkeypatc
             or 0) >= 2)
         secondary.answers = True
         await until(secondary.holds_current)
+
+
+async def test_a_target_holding_a_newer_serial_than_the_file_is_reported(tmp_path, monkeypatch, caplog):
+    """A restored zone file with a lower serial: CoreDNS transfers only a newer one, so its
+    challenge names would stay as they were. That is a failure, not a target caught up."""
+    async with notifying(tmp_path, monkeypatch) as (service, secondary):
+        await until(secondary.holds_current)
+        secondary.transfers = False
+        secondary.held = (secondary.held + 2**30) % 2**32  # newer by serial arithmetic (RFC 1982)
+        await service.add(service.make_record(WWW, "v1"))
+        await until(lambda: "newer than the file's" in caplog.text)
+        assert not secondary.holds_current()
+
+
+async def test_closing_gives_the_last_change_to_the_target(tmp_path, monkeypatch):
+    async with notifying(tmp_path, monkeypatch) as (service, secondary):
+        await until(secondary.holds_current)
+        secondary.transfer_takes = 0.2
+        await service.add(service.make_record(WWW, "v1"))
+    assert secondary.holds_current()  # close() waited for it
+
+
+def test_the_serial_is_read_from_a_negative_answer_as_coredns_words_it():
+    query = dns.message.make_query("_acme-challenge.-dnsapi-serial.dev.local.", "SOA")
+    reply = dns.message.make_response(query)
+    reply.set_rcode(dns.rcode.NXDOMAIN)
+    reply.authority.append(dns.rrset.from_text("dev.local.", 60, "IN", "SOA",
+                                               "ns1.dev.local. hostmaster.dev.local. 2026113007 1 1 1 1"))
+    assert nxdomain_serial(reply.to_wire()) == 2026113007  # names compressed, as CoreDNS sends them
+    assert nxdomain_serial(reply.to_wire()[:-18]) is None  # cut short, inside the serial
+    reply.set_rcode(dns.rcode.NOERROR)
+    assert nxdomain_serial(reply.to_wire()) is None  # the name exists: a CNAME or NS was there
+    reply.set_rcode(dns.rcode.NXDOMAIN)
+    reply.authority.clear()
+    assert nxdomain_serial(reply.to_wire()) is None
