@@ -62,6 +62,8 @@ class ChallengeAnswers:
         self._parents: dict[str, tuple[object, frozenset[str]]] = {}
         self._replies = _Replies()
         self.transfers = Transfers(config.challenge_label)
+        # who may transfer: the answers.notify addresses (asked at every transfer)
+        self._transferees = frozenset(ipaddress.ip_address(host) for host, _ in config.answers.notify)
 
     async def start(self) -> None:
         assert self.config.answers is not None
@@ -111,12 +113,10 @@ class ChallengeAnswers:
         return self.transfers.reply(name, served, self._by_name(name, served.records), query.id)
 
     def _may_transfer(self, remote: str) -> bool:
-        assert self.config.answers is not None
         try:
-            ip = ipaddress.ip_address(remote)
+            return ipaddress.ip_address(remote) in self._transferees
         except ValueError:
             return False
-        return any(ip == ipaddress.ip_address(host) for host, _ in self.config.answers.notify)
 
     def _work_out(self, query: dns.message.Message, tcp: bool) -> tuple[bytes, str]:
         """The reply to `query` and its rcode's name."""
@@ -264,4 +264,3 @@ def _rrset(owner: dns.name.Name, kind: str, records: list[Record]) -> dns.rrset.
     rdatas = [dns.rdata.from_text("IN", kind, f"{r.value}." if kind == "CNAME" else f'"{r.value}"')
               for r in records]
     return dns.rrset.from_rdata_list(owner, min(r.ttl for r in records), rdatas)
-
