@@ -61,7 +61,7 @@ class ChallengeAnswers:
         self._index: dict[str, tuple[Mapping[Key, Record], dict[str, list[Record]]]] = {}
         self._parents: dict[str, tuple[object, frozenset[str]]] = {}
         self._replies = _Replies()
-        self.transfers = Transfers(config.challenge_label)
+        self.transfers = Transfers(config.challenge_label, config.zone_names)
         # who may transfer: the answers.notify addresses (asked at every transfer)
         self._transferees = frozenset(ipaddress.ip_address(host) for host, _ in config.answers.notify)
 
@@ -82,6 +82,10 @@ class ChallengeAnswers:
         files = tuple(writer.file.served for writer in self.service.writers.values())
         known = self._replies.get(key, files)
         if known is None:
+            soa = self._apex_soa(wire)
+            if soa is not None:
+                self.service.metrics.answers.labels("NOERROR").inc()
+                return soa
             try:
                 query = dns.message.from_wire(wire)
             except (dns.exception.DNSException, ValueError, IndexError, struct.error):
@@ -96,6 +100,15 @@ class ChallengeAnswers:
         reply, rcode = known
         self.service.metrics.answers.labels(rcode).inc()
         return wire[:2] + reply[2:]
+
+    def _apex_soa(self, wire: bytes) -> bytes | None:
+        """The reply to a plain SOA query for a zone's apex, made without parsing it: what a
+        secondary asks after every NOTIFY (dnsapi/transfer.py). None for any other message."""
+        zone = self.transfers.soa_question(wire)
+        served = self.service.writers[zone].file.served if zone is not None else None
+        if zone is None or served is None:
+            return None
+        return self.transfers.soa_reply(zone, served, wire)
 
     def _transfer(self, query: dns.message.Message, remote: str, tcp: bool) -> bytes | list[bytes]:
         """AXFR of a zone's challenge names (dnsapi/transfer.py), over TCP, to an

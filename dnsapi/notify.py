@@ -151,7 +151,9 @@ class _Follower:
                 failures = 0
                 continue
             loop = asyncio.get_running_loop()
-            await asyncio.sleep(self._started + ROUND_GAP - loop.time())  # (<= 0: at once)
+            if (gap := self._started + ROUND_GAP - loop.time()) > 0:
+                await asyncio.sleep(gap)
+            # else not even a yield: the NOTIFY leaves before the change's acknowledgement
             self._started = loop.time()
             try:
                 failures = await self._round(failures)

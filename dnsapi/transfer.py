@@ -4,7 +4,9 @@
 CoreDNS transfers after every change, so the reply is built once per zone file content and
 kept, and built by hand in wire form: dnsapi's records are plain TXT values and CNAME targets,
 and making a dnspython rdata of each from text cost more than all the rest of a change. The
-operator's few records at challenge names go through dnspython as parsed.
+operator's few records at challenge names go through dnspython as parsed. The SOA query a
+secondary makes before each transfer is answered here in wire form too: it comes right after
+every change, when no reply to it is kept.
 """
 
 from __future__ import annotations
@@ -23,16 +25,21 @@ from .zonefile import Served
 
 MESSAGE_RECORDS = 16384  # bytes of records per message, at most (one record may exceed it)
 _QR_AA = 0x8400
+_RD = 0x0100
+_QR_OPCODE = 0xF800
 _IN = dns.rdataclass.IN
-
+_SOA_IN = struct.pack("!HH", dns.rdatatype.SOA, dns.rdataclass.IN)
+_ONE_QUESTION = struct.pack("!HHHH", 1, 0, 0, 0)
 
 
 class Transfers:
     """Each zone's AXFR reply, kept while the zone file holds what it was built from."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, zones: Iterable[str]) -> None:
         self.label = label
+        self._apexes = {_name(zone): zone for zone in zones}  # by wire form, for soa_question
         self._kept: dict[str, tuple[Served, list[bytes]]] = {}
+        self._soa: dict[str, tuple[object, int, bytes]] = {}  # each zone's SOA by operator text
         # each name's records in wire form, while the name holds the same Record objects: a
         # change touches one name, and a transfer follows every change
         self._names: dict[str, tuple[list[Record], list[bytes]]] = {}
@@ -49,6 +56,33 @@ class Transfers:
         head = struct.pack("!H", ident)
         return [head + message for message in kept[1]]
 
+    def soa_question(self, wire: bytes) -> str | None:
+        """The zone whose apex SOA `wire` asks for, when it is a plain query (one question, no
+        other records, no EDNS), else None: anything else takes the general path."""
+        if len(wire) < 17 or wire[-4:] != _SOA_IN or wire[4:12] != _ONE_QUESTION \
+                or struct.unpack_from("!H", wire, 2)[0] & _QR_OPCODE:
+            return None
+        return self._apexes.get(wire[12:-4].lower())  # (the counts leave no room for more)
+
+    def soa_reply(self, zone: str, served: Served, wire: bytes) -> bytes:
+        """The reply to `wire`, a query `soa_question` took for `zone`: its question as asked
+        (case and all), and the zone's SOA with the serial the file holds."""
+        ttl, rdata = self._apex_soa(zone, served)
+        flags = _QR_AA | struct.unpack_from("!H", wire, 2)[0] & _RD
+        answer = struct.pack("!HHHIH", 0xC00C, dns.rdatatype.SOA, _IN, ttl, len(rdata)) + rdata
+        return wire[:2] + struct.pack("!HHHHH", flags, 1, 1, 0, 0) + wire[12:] + answer
+
+    def _apex_soa(self, zone: str, served: Served) -> tuple[int, bytes]:
+        """The zone's SOA TTL and rdata, with the serial the file holds: the operator's SOA is
+        rendered once per operator text, and the serial put in its place (the last 20 bytes
+        are serial, refresh, retry, expire, minimum)."""
+        kept = self._soa.get(zone)
+        if kept is None or kept[0] is not served.operator:
+            soa = served.operator.soa
+            kept = self._soa[zone] = (served.operator, soa.ttl, soa[0].to_wire())
+        _, ttl, rdata = kept
+        return ttl, rdata[:-20] + struct.pack("!I", served.serial) + rdata[-16:]
+
     def _at(self, name: str, records: list[Record]) -> list[bytes]:
         known = self._names.get(name)
         if known is not None and len(known[0]) == len(records) \
@@ -64,8 +98,7 @@ class Transfers:
         CNAMEs in the zone (an acme-dns account's: CoreDNS then answers a CNAME with its target
         in one reply, as the `file` plugin does), and the SOA again."""
         apex = _name(zone)
-        soa_set = served.soa()
-        soa = _rr(apex, dns.rdatatype.SOA, soa_set.ttl, soa_set[0].to_wire())
+        soa = _rr(apex, dns.rdatatype.SOA, *self._apex_soa(zone, served))
         ns = served.operator.ns
         records = [soa]
         if ns:

@@ -388,6 +388,8 @@ class ZoneFile:
         self._written: int | None = None  # the last serial this process wrote
         self._seen: tuple[int, int, int] | None = None  # the file's identity when last read or written
         self.block = ManagedBlock(origin)
+        # why each (name, kind) of dnsapi's may not be written, for one NameRules (see _servable)
+        self._refusals: tuple[NameRules | None, dict[tuple[str, str], str | None]] = (None, {})
         self.served: Served | None = None  # what the file holds since dnsapi last wrote or checked it
 
     def read_text(self) -> str:
@@ -630,9 +632,15 @@ class ZoneFile:
         its records (only a hand-edited Vault secret can hold that): they stay in Vault, but the
         zone must keep loading."""
         # Per name and kind, not per record: a busy zone holds many values at few names, and
-        # this runs for every batch.
+        # this runs for every batch; remembered while the operator's text stays the same.
         kinds = {(record.fqdn, record.kind) for record in records.values()}
-        refused = {pair: why for pair in kinds if (why := rules.conflict(*pair)) is not None}
+        remembered_for, known = self._refusals
+        if remembered_for is not rules or len(known) > 2 * len(kinds):  # (names gone from Vault drop out)
+            known = {}
+            self._refusals = (rules, known)
+        for pair in kinds - known.keys():
+            known[pair] = rules.conflict(*pair)
+        refused = {pair: why for pair in kinds if (why := known[pair]) is not None}
         cnames = {fqdn for fqdn, kind in kinds if kind == "CNAME"}
         if cnames:
             held = Counter(key[0] for key in records)

@@ -10,6 +10,8 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
+import dns.update
 import pytest
 
 from dnsapi.answers import ChallengeAnswers, _Replies
@@ -220,6 +222,44 @@ async def test_the_zone_soa_is_answered_with_the_serial_the_file_holds(tmp_path)
         serial = service.writers["dev.local"].file.served.serial  # type: ignore[union-attr]
         assert reply.flags & dns.flags.AA and [rrset[0].serial for rrset in reply.answer] == [serial]
         assert (await ask(answers, "dev.local", "NS")).rcode() == dns.rcode.REFUSED
+
+
+async def test_a_plain_soa_query_is_answered_in_wire_form_as_dnspython_would(tmp_path):
+    """The SOA a secondary asks after every NOTIFY skips parsing (dnsapi/transfer.py): the reply
+    is the one the general path builds, with the question as asked and the current serial."""
+    async with running(transfer_config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        for value in ("v1", "v2"):
+            await service.add(service.make_record(WWW, value))
+            served = service.writers["dev.local"].file.served
+            assert served is not None
+            for name, tcp in (("dev.local.", True), ("DeV.LoCaL.", False)):
+                query = dns.message.make_query(name, "SOA")
+                assert answers.transfers.soa_question(query.to_wire()) == "dev.local"
+                expected = dns.message.make_response(query)
+                expected.flags |= dns.flags.AA
+                expected.answer.append(dns.rrset.from_rdata_list(query.question[0].name,
+                                                                 served.soa().ttl, list(served.soa())))
+                reply = await answers.handle(query.to_wire(), "127.0.0.1", tcp)
+                assert isinstance(reply, bytes) and dns.message.from_wire(reply) == expected
+                assert dns.message.from_wire(reply).answer[0][0].serial == served.serial
+
+
+@pytest.mark.parametrize("query", [
+    dns.message.make_query("dev.local.", "SOA", use_edns=0),  # EDNS: the general path
+    dns.message.make_query("www.dev.local.", "SOA"),
+    dns.message.make_query("dev.local.", "NS"),
+    dns.message.make_query("dev.local.", "SOA", rdclass="CH"),
+    dns.update.UpdateMessage("dev.local."),
+])
+async def test_only_a_plain_apex_soa_query_takes_the_wire_form_path(tmp_path, query):
+    async with running(transfer_config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        wire = query.to_wire()
+        assert answers.transfers.soa_question(wire) is None
+        assert answers.transfers.soa_question(wire[:-1]) is None
+        reply = await answers.handle(wire, "127.0.0.1", False)
+        assert reply is not None and dns.message.from_wire(reply).id == query.id
 
 
 async def test_a_transfer_holds_the_challenge_names_and_nothing_else(tmp_path):

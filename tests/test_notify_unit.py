@@ -96,7 +96,7 @@ async def notifying(tmp_path, monkeypatch) -> AsyncIterator[tuple[RecordService,
     async with running(config) as (service, _):
         transport, secondary = await loop.create_datagram_endpoint(
             lambda: Secondary(service), local_addr=("127.0.0.1", 0))
-        transfers = Transfers("_acme-challenge")
+        transfers = Transfers("_acme-challenge", ["dev.local"])
         secondary.transfers_served = transfers.served
         notifier = Notifier(service, transfers, "_acme-challenge",
                             (("127.0.0.1", transport.get_extra_info("sockname")[1]),), "127.0.0.1")
