@@ -342,6 +342,12 @@ class Served:
     def soa(self) -> dns.rdataset.Rdataset:
         return self.operator.soa_at(self.serial)
 
+    def same_as(self, other: Served | None) -> bool:
+        """Whether `other` serves exactly this: then it is kept, with the replies and the
+        transfer worked out from it (dnsapi/answers.py)."""
+        return other is not None and other.serial == self.serial \
+            and other.operator is self.operator and other.records == self.records
+
 
 @dataclass(frozen=True)
 class Rewrite:
@@ -619,7 +625,8 @@ class ZoneFile:
         was renamed over (a file left as it was is checked by `commit`, which knows whether it
         was read under this lock)."""
         if rewrite.tmp is None:
-            self.served = rewrite.served
+            if not rewrite.served.same_as(self.served):  # (a reconcile that found nothing new)
+                self.served = rewrite.served
             return None
         self._replace(rewrite.tmp, rewrite.expected)
         self._written = rewrite.served.serial

@@ -195,6 +195,24 @@ async def test_a_question_asked_again_is_not_worked_out_again(tmp_path, monkeypa
         assert len(worked) == 2
 
 
+async def test_a_reconcile_that_finds_nothing_new_keeps_the_replies(tmp_path, monkeypatch):
+    """Every 10 s dnsapi reconciles each zone from Vault; when the file already holds what Vault
+    has, what is served stays the same object, so kept replies and the transfer stay kept."""
+    async with running(config(tmp_path)) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        await service.add(service.make_record(WWW, "v1"))
+        worked = []
+        work_out = answers._work_out
+        monkeypatch.setattr(answers, "_work_out", lambda query, tcp: worked.append(1) or work_out(query, tcp))
+        served = service.writers["dev.local"].file.served
+        await ask(answers, WWW)
+        await service.reconcile()
+        assert service.writers["dev.local"].file.served is served
+        await ask(answers, WWW)
+        assert len(worked) == 1
+        await service.add(service.make_record(WWW, "v2"))  # a change is worked out afresh
+        assert texts(await ask(answers, WWW)) == {(WWW, "TXT"): {"v1", "v2"}} and len(worked) == 2
+
 def transfer_config(tmp_path) -> Config:
     """config() with a CoreDNS at 127.0.0.2 in answers.notify: the one address that may transfer."""
     config_, _ = service_config(tmp_path, answers={"listen": "127.0.0.1:1", "notify": ["127.0.0.2:53"]},
