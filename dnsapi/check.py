@@ -32,7 +32,7 @@ import dns.rdatatype
 import hvac.exceptions
 
 from . import config as config_module
-from .config import Config, ZoneConfig, parse_duration
+from .config import Config, ZoneConfig, hostport_text, parse_duration
 from .errors import ConfigError, VaultUnavailable, ZoneError
 from .store import zone_access, zone_secret
 from .vault import VaultSession, is_kv2
@@ -313,8 +313,8 @@ def _corefile_push(config: Config, zone: ZoneConfig, blocks: list[ServerBlock], 
     or forwards them there, ahead of the zone's file block, without cache."""
     assert config.answers is not None
     label, listen = config.challenge_label, config.answers.listen
-    target = _address(*listen)
-    reachable = _address(_LOOPBACK.get(listen[0], listen[0]), listen[1])
+    target = hostport_text(*listen)
+    reachable = hostport_text(_LOOPBACK.get(listen[0], listen[0]), listen[1])
     what = f"Corefile {path} takes {zone.name}'s {label} names from dnsapi's answers ({target})"
     fix = ("use coredns/Corefile.push (`dnsapi example corefile-push`) with `transfer from "
            f"{reachable}`, its block before the file block")
@@ -344,7 +344,7 @@ def _corefile_push(config: Config, zone: ZoneConfig, blocks: list[ServerBlock], 
         elif how == "secondary" and (unnamed := _unnamed_sources(config, addresses)):
             checks.add(False, f"{what}: dnsapi's NOTIFY comes from {', '.join(unnamed)}, which "
                               "`transfer from` does not name (CoreDNS drops it)",
-                       f"name {_address(unnamed[0], listen[1])} in `transfer from`, or set "
+                       f"name {hostport_text(unnamed[0], listen[1])} in `transfer from`, or set "
                        "answers.listen to the address it names")
         else:
             checks.add(True, f"{what} ({how})")
@@ -434,11 +434,6 @@ def _ask(host: str, port: int, name: str, rdtype: dns.rdatatype.RdataType, what:
         return None
 
 
-def _address(host: str, port: int) -> str:
-    """HOST:PORT as CoreDNS writes it ([::1]:5354 for IPv6)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # A listener on every address is asked, and forwarded to, on loopback.
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
@@ -485,7 +480,7 @@ def _answers(config: Config, checks: Checklist) -> set[str]:
     answering = set()
     for zone in config.zones:
         name = f"{config.challenge_label}.{zone.name}"
-        what = f"dnsapi's answers on {_address(host, port)} answer {name}"
+        what = f"dnsapi's answers on {hostport_text(host, port)} answer {name}"
         response = _ask(ask_at, port, name, dns.rdatatype.TXT, what, checks, DNSAPI_DOWN)
         if response is None:
             break  # (each further zone would wait out the same timeout)
@@ -504,7 +499,7 @@ def _forwarded(host: str, port: int, name: str, checks: Checklist) -> None:
     CoreDNS gives when its forward does not reach dnsapi's answers listener, or its secondary
     block never transferred from it. (An answer cannot show where it came from: that the
     Corefile takes the names from dnsapi is the --corefile check.)"""
-    what = f"{_address(host, port)} answers {name} (from dnsapi's answers)"
+    what = f"{hostport_text(host, port)} answers {name} (from dnsapi's answers)"
     fix = ("CoreDNS has no challenge names from answers.listen: check the address in its `forward` "
            "or `transfer from`, and (transfer) that answers.notify lists it; see its log")
     try:

@@ -69,7 +69,8 @@ def parse_duration(value: object) -> float | None:
 
 def parse_hostport(text: object) -> tuple[str, int]:
     """`127.0.0.1:8053` or `[::1]:8053` → (host, port), requiring a literal IP address: a host
-    name would be resolved at a moment nobody chose."""
+    name would be resolved at a moment nobody chose. The address comes back in its usual
+    spelling (`::1` for `0:0::1`), so two spellings of one address compare equal."""
     if not isinstance(text, str):
         raise ValueError("must be a string like 127.0.0.1:8053")
     match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
@@ -78,12 +79,17 @@ def parse_hostport(text: object) -> tuple[str, int]:
     host = match.group(1) or match.group(3)
     port = int(match.group(2) or match.group(4))
     try:
-        ipaddress.ip_address(host)
+        host = str(ipaddress.ip_address(host))
     except ValueError:
         raise ValueError(f"{host!r} is not an IP address") from None
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is out of range")
     return host, port
+
+
+def hostport_text(host: str, port: int) -> str:
+    """HOST:PORT as parse_hostport reads it, and as CoreDNS writes it ([::1]:5354 for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Invalid(ValueError):

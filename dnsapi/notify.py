@@ -28,6 +28,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
+from .config import hostport_text
 from .metrics import Metrics
 from .service import RecordService, ZoneWriter
 from .transfer import Transfers
@@ -88,7 +89,7 @@ class _Follower:
         self.zone = writer.zone.name
         self.transferred = transfers.served.setdefault(self.zone, asyncio.Event())
         self.host, self.port = target
-        self.address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        self.address = hostport_text(self.host, self.port)
         self.source = source
         self.metrics = metrics
         # Named for the zone's bare challenge name, not its apex: CoreDNS takes a NOTIFY for

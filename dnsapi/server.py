@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import ssl
@@ -106,7 +107,8 @@ async def serve(path: Path) -> None:
         if config.answers.notify:
             source = config.answers.listen[0]
             notifier = Notifier(app[SERVICE], answers.transfers, config.challenge_label,
-                                config.answers.notify, None if source in ("0.0.0.0", "::") else source)
+                                config.answers.notify,
+                                None if ipaddress.ip_address(source).is_unspecified else source)
             notifier.start()
     await site.start()
     status = (f"serving {'https' if context else 'http'}://{config.listen_host}:{config.listen_port}, "

@@ -109,6 +109,8 @@ def test_approle_with_files():
      "answers.notify[1]: lists an address twice, or answers.listen itself"),
     ("answers", {"listen": "127.0.0.1:5354", "notify": ["127.0.0.1:5354"]},
      "answers.notify[0]: lists an address twice, or answers.listen itself"),
+    ("answers", {"listen": "[::1]:5354", "notify": ["[0:0::1]:5354"]},  # one address, two spellings
+     "answers.notify[0]: lists an address twice, or answers.listen itself"),
 ])
 def test_errors_name_the_key(path, value, message):
     with pytest.raises(ConfigError) as info:
