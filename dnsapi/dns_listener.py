@@ -74,9 +74,9 @@ class DnsListener:
         self._tcp_open += 1
         try:
             while True:
-                prefix = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
-                (length,) = struct.unpack("!H", prefix)
-                wire = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
+                async with asyncio.timeout(TCP_IDLE):  # (wait_for would start a task per read)
+                    (length,) = struct.unpack("!H", await reader.readexactly(2))
+                    wire = await reader.readexactly(length)
                 reply = await self.handle(wire, remote, True)
                 if reply is None:
                     return
