@@ -45,3 +45,21 @@ def test_a_smoke_run_never_replaces_the_committed_figures():
     result = subprocess.run([sys.executable, "bench/compare.py", "--smoke"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and "--smoke needs --out" in result.stderr
+
+
+def test_the_push_timeline_finds_every_step_of_each_add():
+    """bench/push_timeline.py reads packets on `lo` (CAP_NET_RAW: the CI runs as root)."""
+    result = subprocess.run([sys.executable, "bench/push_timeline.py", "-n", "3"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    rows = [line.split(" | ") for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| step |")]
+    assert {row[0].lstrip("| ") for row in rows} == {
+        "request reaches dnsapi", "dnsapi writes to Vault", "Vault answers", "acknowledged",
+        "NOTIFY sent", "CoreDNS asks the SOA", "dnsapi answers the SOA", "CoreDNS asks the AXFR",
+        "dnsapi sends the AXFR", "answered by CoreDNS"}, result.stdout
+    assert all(row[2] == "3 of 3 |" for row in rows), result.stdout
+    # in the order the layout implies
+    order = [row[0].lstrip("| ") for row in rows]
+    assert order.index("acknowledged") < order.index("answered by CoreDNS")
+    assert order.index("CoreDNS asks the SOA") < order.index("CoreDNS asks the AXFR")
