@@ -75,12 +75,25 @@ def wait_until(check: Callable[[], object], timeout: float = 10, what: str = "th
 
 
 async def until(check: Callable[[], object], what: str = "the condition", turns: int = 1000) -> None:
-    """Let the event loop run until `check` is true (no clock involved: at most `turns` turns)."""
+    """Let the event loop run until `check` is true (no clock involved: at most `turns` turns).
+    Only for what the event loop alone brings about; see `until_done` for a worker thread's."""
     for _ in range(turns):
         if check():
             return
         await asyncio.sleep(0)
     raise AssertionError(f"{what} did not happen within {turns} turns of the event loop")
+
+
+async def until_done(check: Callable[[], object], what: str = "the condition", timeout: float = 10
+                     ) -> None:
+    """Wait for `check` to hold when a worker thread brings it about (its progress is not
+    counted in event loop turns); fail after `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.001)
+    except TimeoutError:
+        raise AssertionError(f"{what} did not happen within {timeout:g} s") from None
 
 
 # -- ports --------------------------------------------------------------------------------------
@@ -197,6 +210,7 @@ async def running(config: Config, store: MemoryStore | None = None, audit: Audit
     try:
         yield service, store
     finally:
+        store.release_all()  # a test that failed while a call was held must fail, not hang
         await service.close()
 
 
@@ -233,6 +247,7 @@ class MemoryStore:
         self.accounts: dict[str, dict[str, Any]] = {}  # acme-dns accounts by username
         self._failures: dict[str, list[Exception]] = {}
         self._gates: dict[str, Gate] = {}
+        self._held: list[Gate] = []  # every gate handed out, for release_all
 
     # what the test scripts
 
@@ -243,7 +258,12 @@ class MemoryStore:
     def hold(self, operation: str) -> Gate:
         """The next call of `operation` waits at the returned gate."""
         gate = self._gates[operation] = Gate()
+        self._held.append(gate)
         return gate
+
+    def release_all(self) -> None:
+        for gate in self._held:
+            gate.release()
 
     def put(self, zone: str, *records: Record, replace: bool = False) -> None:
         """Another instance writes `records` into the zone (with `replace`: only these remain)."""

@@ -20,7 +20,7 @@ from dnsapi.records import Key, Outcome, Record
 from dnsapi.service import RecordService
 from dnsapi.zonefile import ZoneText
 
-from .helpers import ZONE, MemoryStore, running, service_config, until
+from .helpers import ZONE, MemoryStore, running, service_config, until, until_done
 
 WWW = "_acme-challenge.www.dev.local"
 API = "_acme-challenge.api.dev.local"
@@ -70,7 +70,7 @@ async def test_the_zone_file_is_prepared_while_the_store_writes_and_changed_only
         gate = store.hold("write_zone")
         add = asyncio.create_task(service.add(record(service, "P" * 43)))
         await gate.entered.wait()
-        await until(lambda: len(temp_files(config)) == 1, "the next text prepared beside the file")
+        await until_done(lambda: len(temp_files(config)) == 1, "the next text prepared beside the file")
         assert 'TXT "' + "P" * 43 in temp_files(config)[0].read_text()
         assert zone_path(config).read_bytes() == before and not add.done()
         gate.release()
