@@ -111,10 +111,14 @@ def _dns_question_type(payload: bytes) -> int | None:
 def steps(packets: list[Packet], ports: dict[str, int]) -> dict[str, float]:
     """The first time of each step among one add's packets."""
     http, vault, answers, coredns = ports["http"], ports["vault"], ports["answers"], ports["coredns"]
+    # dnsapi also reads from Vault now and then (its watch, its reconcile): the write is the
+    # first POST or PUT, and Vault's answer the first packet back after it
+    write = next((p.at for p in packets if p.tcp and p.destination == vault
+                  and p.payload.startswith((b"POST ", b"PUT "))), None)
     firsts = {
         "request reaches dnsapi": lambda p: p.tcp and p.destination == http,
-        "dnsapi writes to Vault": lambda p: p.tcp and p.destination == vault,
-        "Vault answers": lambda p: p.tcp and p.source == vault,
+        "dnsapi writes to Vault": lambda p: p.at == write and p.tcp and p.destination == vault,
+        "Vault answers": lambda p: write is not None and p.at > write and p.tcp and p.source == vault,
         "acknowledged": lambda p: p.tcp and p.source == http,
         "NOTIFY sent": lambda p: not p.tcp and p.destination == coredns and len(p.payload) > 2
         and (p.payload[2] >> 3) & 0x0F == NOTIFY_OPCODE,
@@ -170,7 +174,7 @@ def main() -> None:
                             time.sleep(0.002)
                         answered = time.time()
                         time.sleep(0.05)  # the transfer's last packets
-                        found = steps([p for p in sniffer.packets if p.at <= answered], ports)
+                        found = steps([p for p in sniffer.packets if start <= p.at <= answered], ports)
                         for step, at in {**found, "answered by CoreDNS": answered}.items():
                             rows.setdefault(step, []).append((at - start) * 1000)
             finally:

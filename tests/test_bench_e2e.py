@@ -61,5 +61,5 @@ def test_the_push_timeline_finds_every_step_of_each_add():
     assert all(row[2] == "3 of 3 |" for row in rows), result.stdout
     # in the order the layout implies
     order = [row[0].lstrip("| ") for row in rows]
-    assert order.index("acknowledged") < order.index("answered by CoreDNS")
-    assert order.index("CoreDNS asks the SOA") < order.index("CoreDNS asks the AXFR")
+    assert order.index("dnsapi writes to Vault") < order.index("Vault answers") < order.index("acknowledged")
+    assert order.index("Vault answers") < order.index("dnsapi sends the AXFR")  # served once stored
