@@ -144,7 +144,8 @@ def test_notify_reload_and_sigterm_finishing_in_flight_writes(make_stack, tmp_pa
     stack.start_dnsapi(env={"NOTIFY_SOCKET": str(notify.path)})
     notify.expect("READY=1")
     burst = Burst(stack, "cut", 48, wait=False)
-    time.sleep(0.03)
+    # the first acknowledgement, not a fixed pause: the burst is then under way
+    wait_until(lambda: 201 in burst.results.values(), 10, "an add of the burst acknowledged", interval=0.001)
     os.kill(stack.dnsapi.popen.pid, signal.SIGTERM)
     assert stack.dnsapi.popen.wait(30) == 0
     answered = burst.statuses()
