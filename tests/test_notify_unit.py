@@ -21,7 +21,7 @@ from dnsapi.notify import Notifier, nxdomain_serial
 from dnsapi.service import RecordService
 from dnsapi.transfer import Transfers
 
-from .helpers import running, service_config
+from .helpers import running, service_config, until_done
 
 pytestmark = pytest.mark.unit
 
@@ -108,36 +108,29 @@ async def notifying(tmp_path, monkeypatch) -> AsyncIterator[tuple[RecordService,
             transport.close()
 
 
-async def until(check, timeout: float = 10.0) -> None:
-    """Wait for `check()` to hold (a condition, polled on the loop), failing after `timeout`."""
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.001)
-
-
 async def test_each_change_brings_the_target_to_the_new_serial(tmp_path, monkeypatch):
     async with notifying(tmp_path, monkeypatch) as (service, secondary):
-        await until(secondary.holds_current)  # told at start, though nothing changed yet
+        await until_done(secondary.holds_current)  # told at start, though nothing changed yet
         for value in ("v1", "v2"):
             before = secondary.held
             await service.add(service.make_record(WWW, value))
-            await until(secondary.holds_current)
+            await until_done(secondary.holds_current)
             assert secondary.held != before
         assert set(secondary.notifies) == {"_acme-challenge.dev.local."}  # the block's name, not the apex
-        await until(lambda: service.metrics.registry.get_sample_value(
+        await until_done(lambda: service.metrics.registry.get_sample_value(
             "dnsapi_notify_serial", {"zone": "dev.local", "target": secondary.address()}) == secondary.held)
 
 
 async def test_a_burst_costs_fewer_notifies_than_changes(tmp_path, monkeypatch):
     async with notifying(tmp_path, monkeypatch) as (service, secondary):
-        await until(secondary.holds_current)
+        await until_done(secondary.holds_current)
         secondary.transfer_takes = 0.3  # changes arrive faster than it transfers
         sent = len(secondary.notifies)
         serials = set()
         for i in range(20):
             await service.add(service.make_record(WWW, f"v{i}"))
             serials.add(service.writers["dev.local"].file.served.serial)  # type: ignore[union-attr]
-        await until(secondary.holds_current)
+        await until_done(secondary.holds_current)
         assert len(serials) == 20  # each add its own serial...
         assert len(secondary.notifies) - sent < len(serials) / 2  # ...but not its own NOTIFY
 
@@ -145,15 +138,15 @@ async def test_a_burst_costs_fewer_notifies_than_changes(tmp_path, monkeypatch):
 async def test_a_target_that_does_not_catch_up_is_told_again_until_it_does(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO, "dnsapi.notify")
     async with notifying(tmp_path, monkeypatch) as (service, secondary):
-        await until(secondary.holds_current)
+        await until_done(secondary.holds_current)
         secondary.transfers = False  # it takes the NOTIFY, but keeps its old zone
         await service.add(service.make_record(WWW, "v1"))
-        await until(lambda: len([r for r in caplog.records if r.levelno == logging.WARNING]) >= 1)
+        await until_done(lambda: len([r for r in caplog.records if r.levelno == logging.WARNING]) >= 1)
         assert "did not come to hold serial" in caplog.text
         assert not secondary.holds_current()
         secondary.transfers = True  # no further change: the retry alone brings it
-        await until(secondary.holds_current)
-        await until(lambda: "holds serial" in caplog.records[-1].getMessage())
+        await until_done(secondary.holds_current)
+        await until_done(lambda: "holds serial" in caplog.records[-1].getMessage())
         failures = service.metrics.registry.get_sample_value(
             "dnsapi_notify_failures_total", {"zone": "dev.local", "target": secondary.address()})
         assert failures is not None and failures >= 1
@@ -161,31 +154,31 @@ async def test_a_target_that_does_not_catch_up_is_told_again_until_it_does(tmp_p
 
 async def test_a_silent_target_is_retried_and_stops_nothing(tmp_path, monkeypatch):
     async with notifying(tmp_path, monkeypatch) as (service, secondary):
-        await until(secondary.holds_current)
+        await until_done(secondary.holds_current)
         secondary.answers = False
         await service.add(service.make_record(WWW, "v1"))  # acknowledged all the same
-        await until(lambda: (service.metrics.registry.get_sample_value(
+        await until_done(lambda: (service.metrics.registry.get_sample_value(
             "dnsapi_notify_failures_total", {"zone": "dev.local", "target": secondary.address()})
             or 0) >= 2)
         secondary.answers = True
-        await until(secondary.holds_current)
+        await until_done(secondary.holds_current)
 
 
 async def test_a_target_holding_a_newer_serial_than_the_file_is_reported(tmp_path, monkeypatch, caplog):
     """A restored zone file with a lower serial: CoreDNS transfers only a newer one, so its
     challenge names would stay as they were. That is a failure, not a target caught up."""
     async with notifying(tmp_path, monkeypatch) as (service, secondary):
-        await until(secondary.holds_current)
+        await until_done(secondary.holds_current)
         secondary.transfers = False
         secondary.held = (secondary.held + 2**30) % 2**32  # newer by serial arithmetic (RFC 1982)
         await service.add(service.make_record(WWW, "v1"))
-        await until(lambda: "newer than the file's" in caplog.text)
+        await until_done(lambda: "newer than the file's" in caplog.text)
         assert not secondary.holds_current()
 
 
 async def test_closing_gives_the_last_change_to_the_target(tmp_path, monkeypatch):
     async with notifying(tmp_path, monkeypatch) as (service, secondary):
-        await until(secondary.holds_current)
+        await until_done(secondary.holds_current)
         secondary.transfer_takes = 0.2
         await service.add(service.make_record(WWW, "v1"))
     assert secondary.holds_current()  # close() waited for it
