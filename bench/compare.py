@@ -131,18 +131,19 @@ class Updater:
         if response.rcode() != dns.rcode.NOERROR:
             raise SystemExit(f"{self.label} refused an update: rcode {dns.rcode.to_text(response.rcode())}")
 
-    def add(self, fqdn: str, value: str) -> None:
+    def adding(self, fqdn: str, value: str) -> dns.update.UpdateMessage:
+        """The signed UPDATE that adds one TXT record."""
         update = dns.update.Update("dev.local.", keyring=self.keyring, keyalgorithm="hmac-sha256")
         update.add(fqdn + ".", 60, "TXT", f'"{value}"')
-        self.send(update, 10)
+        return update
+
+    def add(self, fqdn: str, value: str) -> None:
+        self.send(self.adding(fqdn, value), 10)
 
     def adds_per_second(self, concurrency: int, count: int, tag: str) -> float:
         """Rate of `count` updates at `concurrency` (bench/dns_load.py); the records are
         removed again afterwards."""
-        updates = []
-        for body in bodies(tag, count):
-            updates.append(dns.update.Update("dev.local.", keyring=self.keyring, keyalgorithm="hmac-sha256"))
-            updates[-1].add(body["fqdn"] + ".", 60, "TXT", f'"{body["value"]}"')
+        updates = [self.adding(body["fqdn"], body["value"]) for body in bodies(tag, count)]
         wires = [update.to_wire() for update in updates]  # signed now, before the clock starts
         seconds, answers = asyncio.run(exchange_all(self.port, wires, concurrency, self.udp))
         check_answers(updates, answers, self.keyring, self.label)
