@@ -82,7 +82,7 @@ class ChallengeAnswers:
         files = tuple(writer.file.served for writer in self.service.writers.values())
         known = self._replies.get(key, files)
         if known is None:
-            soa = self._apex_soa(wire)
+            soa = self._plain_soa_reply(wire)
             if soa is not None:
                 self.service.metrics.answers.labels("NOERROR").inc()
                 return soa
@@ -101,7 +101,7 @@ class ChallengeAnswers:
         self.service.metrics.answers.labels(rcode).inc()
         return wire[:2] + reply[2:]
 
-    def _apex_soa(self, wire: bytes) -> bytes | None:
+    def _plain_soa_reply(self, wire: bytes) -> bytes | None:
         """The reply to a plain SOA query for a zone's apex, made without parsing it: what a
         secondary asks after every NOTIFY (dnsapi/transfer.py). None for any other message."""
         zone = self.transfers.soa_question(wire)
