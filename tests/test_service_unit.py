@@ -70,8 +70,10 @@ async def test_the_zone_file_is_prepared_while_the_store_writes_and_changed_only
         gate = store.hold("write_zone")
         add = asyncio.create_task(service.add(record(service, "P" * 43)))
         await gate.entered.wait()
-        await until_done(lambda: len(temp_files(config)) == 1, "the next text prepared beside the file")
-        assert 'TXT "' + "P" * 43 in temp_files(config)[0].read_text()
+        # (mkstemp makes the file empty, then the worker thread writes it: wait for the text)
+        await until_done(lambda: any('TXT "' + "P" * 43 in tmp.read_text() for tmp in temp_files(config)),
+                         "the next text prepared beside the file")
+        assert len(temp_files(config)) == 1
         assert zone_path(config).read_bytes() == before and not add.done()
         gate.release()
         assert await add is Outcome.CREATED
