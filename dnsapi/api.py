@@ -117,11 +117,15 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     rid = logs.request_id(request.headers.get("X-Request-Id"))
     logs.REQUEST_ID.set(rid)
     start = time.perf_counter()
-    with request.app[GUARD].busy(request):
-        response = await handler(request)
+    metrics = request.app[SERVICE].metrics
+    metrics.requests_in_progress.inc()
+    try:
+        with request.app[GUARD].busy(request):
+            response = await handler(request)
+    finally:
+        metrics.requests_in_progress.dec()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    metrics = request.app[SERVICE].metrics
     metrics.requests.labels(route, request.method, str(response.status)).inc()
     metrics.request_seconds.labels(route, request.method).observe(time.perf_counter() - start)
     response.headers["X-Request-Id"] = rid

@@ -66,6 +66,9 @@ class Metrics:
                                             "propagation_timeout", registry=r)
 
         self.connections = Gauge("dnsapi_http_connections", "open HTTP connections", registry=r)
+        self.requests_in_progress = Gauge("dnsapi_http_requests_in_progress", "HTTP requests inside "
+                                          "dnsapi's handlers (a slow body, a `wait`, a queued write; "
+                                          "this scrape among them)", registry=r)
         self.connections_refused = Counter("dnsapi_http_connections_refused", "connections refused "
                                            "at once, by limit (per_address, total)", ["reason"],
                                            registry=r)

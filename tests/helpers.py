@@ -96,6 +96,12 @@ async def until_done(check: Callable[[], object], what: str = "the condition", t
         raise AssertionError(f"{what} did not happen within {timeout:g} s") from None
 
 
+def metric_total(text: str, name: str) -> float:
+    """The sum of every series of metric `name` in a /metrics page."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.split(" ", 1)[0].split("{", 1)[0] == name)
+
+
 # -- ports --------------------------------------------------------------------------------------
 
 _HANDED_OUT: set[int] = set()

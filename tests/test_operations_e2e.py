@@ -29,6 +29,7 @@ from .helpers import (
     FIGURES,
     Receiver,
     add_token,
+    metric_total,
     openbao_server,
     start_stack,
     wait_until,
@@ -365,7 +366,9 @@ def test_sigterm_does_not_wait_for_a_body_that_never_comes(stack):
     slow = socket.create_connection(("127.0.0.1", stack.api_port))
     slow.sendall(f"POST /v1/records HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {stack.token}\r\n"
                  f"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"fqdn\": ".encode())
-    time.sleep(0.3)  # the handler is waiting for the rest of the body
+    wait_until(lambda: metric_total(requests.get(stack.url + "/metrics", timeout=5).text,
+                                    "dnsapi_http_requests_in_progress") == 2,
+               what="the handler waiting for the rest of the body (and the scrape asking)")
     start = time.monotonic()
     stack.dnsapi.popen.send_signal(signal.SIGTERM)
     assert stack.dnsapi.popen.wait(10) == 0

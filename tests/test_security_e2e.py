@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dnsapi.connections import DESCRIPTOR_RESERVE
 
-from .helpers import FIGURES, Stack, add_token, free_port, replace_zone_file, wait_until
+from .helpers import FIGURES, Stack, add_token, free_port, metric_total, replace_zone_file, wait_until
 
 NAME = "_acme-challenge.sec.dev.local"
 VALUE = "S" * 43
@@ -129,11 +129,6 @@ def test_slow_clients_do_not_take_the_api_down(make_stack):
         f"{max(latencies) * 1000:.0f} ms / {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms "
         f"over {len(latencies)} adds; dnsapi log +{grown} bytes; closed {closed:.0f}, refused "
         f"{refused:.0f}")
-
-
-def metric_total(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.split(" ", 1)[0].split("{", 1)[0] == name)
 
 
 def test_idle_and_trickling_connections_are_closed_on_time(make_stack):
