@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import dns.rcode
@@ -15,18 +16,29 @@ from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message
+TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message, or to take its reply
 MAX_TCP = 64  # open TCP connections at once; more are closed at once (they share the descriptors
 # the HTTP side keeps in reserve, see connections.DESCRIPTOR_RESERVE)
+MAX_TCP_PER_ADDRESS = 16  # ...and from one address, so one source cannot take them all
+MAX_MESSAGE = 65535  # a DNS message over TCP
+UDP_MOST = 1232  # the most a UDP reply carries whatever EDNS size is offered (DNS Flag Day 2020:
+# no fragments on any path, and a small query cannot draw a large reply at someone else)
 
 # (wire, remote address, tcp) → the reply; several messages for a zone transfer (TCP only)
 Handler = Callable[[bytes, str, bool], Awaitable[bytes | list[bytes] | None]]
 
 
+def reply_limit(tcp: bool, edns: int, payload: int) -> int:
+    """How large a reply may be: a TCP message's most, else 512 bytes without EDNS (RFC 1035)
+    and the size the client offers with it, between 512 and UDP_MOST."""
+    return MAX_MESSAGE if tcp else 512 if edns < 0 else min(max(512, payload), UDP_MOST)
+
+
 def formerr(wire: bytes) -> bytes | None:
     """The FORMERR reply to a message that does not parse: its id and opcode echoed, nothing
-    else; None when there is no header to echo."""
-    if len(wire) < 12:
+    else; None when there is no header to echo, or when it is a response (QR set): answering
+    one could start a loop, or reflect packets at whoever was spoofed as its sender."""
+    if len(wire) < 12 or wire[2] & 0x80:
         return None
     ident, flags = struct.unpack("!HH", wire[:4])
     return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7800) | dns.rcode.FORMERR, 0, 0, 0, 0)
@@ -39,7 +51,7 @@ class DnsListener:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._tcp_open = 0
+        self._tcp_open: Counter[str] = Counter()  # open TCP connections by source address
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -67,11 +79,11 @@ class DnsListener:
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         remote = str((writer.get_extra_info("peername") or ("unknown",))[0])
-        if self._tcp_open >= MAX_TCP:
+        if self._tcp_open.total() >= MAX_TCP or self._tcp_open[remote] >= MAX_TCP_PER_ADDRESS:
             self.metrics.connections_refused.labels("dns_tcp").inc()
             writer.transport.abort()
             return
-        self._tcp_open += 1
+        self._tcp_open[remote] += 1
         try:
             while True:
                 async with asyncio.timeout(TCP_IDLE):  # (wait_for would start a task per read)
@@ -82,12 +94,18 @@ class DnsListener:
                     return
                 for message in [reply] if isinstance(reply, bytes) else reply:
                     writer.write(struct.pack("!H", len(message)) + message)
-                await writer.drain()
+                async with asyncio.timeout(TCP_IDLE):  # a client that does not read its replies
+                    await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             return
         finally:
-            self._tcp_open -= 1
-            writer.close()
+            self._tcp_open[remote] -= 1
+            if not self._tcp_open[remote]:
+                del self._tcp_open[remote]
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # (close() would wait for a reader that never reads)
+            else:
+                writer.close()
 
 
 class _Udp(asyncio.DatagramProtocol):

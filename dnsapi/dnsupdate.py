@@ -40,7 +40,7 @@ import dns.update
 from . import tsig, update_message
 from .audit import AuditLog, value_hash
 from .config import Config, TsigKeyConfig
-from .dns_listener import DnsListener, formerr
+from .dns_listener import DnsListener, formerr, reply_limit
 from .errors import DnsapiError, NameConflict, TooManyRecords
 from .names import (
     InvalidInput,
@@ -57,7 +57,6 @@ from .update_message import Rr, UpdateRequest
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE = 65535  # a DNS message over TCP
 
 _RCODE_OF = {Outcome.NXDOMAIN: dns.rcode.NXDOMAIN, Outcome.YXDOMAIN: dns.rcode.YXDOMAIN,
              Outcome.NXRRSET: dns.rcode.NXRRSET, Outcome.YXRRSET: dns.rcode.YXRRSET,
@@ -133,7 +132,7 @@ class DnsUpdateServer:
             message, signer = parsed
             if message.flags & dns.flags.QR:
                 return None  # a response: answering it could start a loop between two servers
-            max_size = MAX_MESSAGE if tcp else 512 if message.edns < 0 else max(512, message.payload)
+            max_size = reply_limit(tcp, message.edns, message.payload)
             opcode = message.opcode()
             if opcode == dns.opcode.UPDATE and isinstance(message, dns.update.UpdateMessage):
                 request = update_message.from_dnspython(message)
