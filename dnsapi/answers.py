@@ -37,7 +37,7 @@ import dns.rdatatype
 import dns.rrset
 
 from .config import Config
-from .dns_listener import DnsListener, formerr
+from .dns_listener import DnsListener, formerr, reply_limit
 from .names import zone_for
 from .records import Key, Record
 from .service import RecordService
@@ -45,8 +45,6 @@ from .transfer import Transfers
 from .zonefile import Served
 
 log = logging.getLogger(__name__)
-
-MAX_MESSAGE = 65535
 
 
 class ChallengeAnswers:
@@ -82,7 +80,7 @@ class ChallengeAnswers:
         files = tuple(writer.file.served for writer in self.service.writers.values())
         known = self._replies.get(key, files)
         if known is None:
-            soa = self._plain_soa_reply(wire)
+            soa = self._plain_soa_reply(wire, tcp)
             if soa is not None:
                 self.service.metrics.answers.labels("NOERROR").inc()
                 return soa
@@ -101,14 +99,17 @@ class ChallengeAnswers:
         self.service.metrics.answers.labels(rcode).inc()
         return wire[:2] + reply[2:]
 
-    def _plain_soa_reply(self, wire: bytes) -> bytes | None:
+    def _plain_soa_reply(self, wire: bytes, tcp: bool) -> bytes | None:
         """The reply to a plain SOA query for a zone's apex, made without parsing it: what a
-        secondary asks after every NOTIFY (dnsapi/transfer.py). None for any other message."""
+        secondary asks after every NOTIFY (dnsapi/transfer.py). None for any other message,
+        and for a reply too long for UDP without EDNS (long apex and SOA names): the general
+        path sets TC then."""
         zone = self.transfers.soa_question(wire)
         served = self.service.writers[zone].file.served if zone is not None else None
         if zone is None or served is None:
             return None
-        return self.transfers.soa_reply(zone, served, wire)
+        reply = self.transfers.soa_reply(zone, served, wire)
+        return reply if tcp or len(reply) <= 512 else None
 
     def _transfer(self, query: dns.message.Message, remote: str, tcp: bool) -> bytes | list[bytes]:
         """AXFR of a zone's challenge names (dnsapi/transfer.py), over TCP, to an
@@ -134,13 +135,15 @@ class ChallengeAnswers:
     def _work_out(self, query: dns.message.Message, tcp: bool) -> tuple[bytes, str]:
         """The reply to `query` and its rcode's name."""
         reply = dns.message.make_response(query)
-        if query.opcode() != dns.opcode.QUERY:
+        if query.edns > 0:
+            reply.set_rcode(dns.rcode.BADVERS)  # (RFC 6891 6.1.3: only EDNS version 0 is known)
+        elif query.opcode() != dns.opcode.QUERY:
             reply.set_rcode(dns.rcode.NOTIMP)
         elif len(query.question) != 1:
             reply.set_rcode(dns.rcode.FORMERR)
         else:
             self._answer(reply, query.question[0])
-        max_size = MAX_MESSAGE if tcp else 512 if query.edns < 0 else max(512, query.payload)
+        max_size = reply_limit(tcp, query.edns, query.payload)
         rcode = dns.rcode.to_text(reply.rcode())
         try:
             return reply.to_wire(max_size=max_size), rcode
@@ -152,7 +155,9 @@ class ChallengeAnswers:
 
     def _answer(self, reply: dns.message.Message, question: dns.rrset.RRset) -> None:
         name = question.name.to_text(omit_final_dot=True).lower()
-        zone = zone_for(name, self.config.zone_names)
+        # A label holding a dot or other special byte shows escaped (`a\.dev`): such a name is
+        # in no zone, though its text ends like one.
+        zone = zone_for(name, self.config.zone_names) if "\\" not in name else None
         served = self.service.writers[zone].file.served if zone is not None else None
         if served is not None and name == zone and question.rdtype == dns.rdatatype.SOA \
                 and question.rdclass == dns.rdataclass.IN:

@@ -7,6 +7,7 @@ import time
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
@@ -106,6 +107,12 @@ async def test_an_answer_too_long_for_udp_is_truncated_and_whole_over_tcp(tmp_pa
         assert udp.flags & dns.flags.TC and not udp.answer
         tcp = dns.message.from_wire(await answers.handle(wire, "127.0.0.1", True) or b"")
         assert texts(tcp) == {(WWW, "TXT"): values}
+        # A client offering a 64 KiB UDP size gets no more than 1232 bytes: a small query must
+        # not draw a large reply at whoever its source address names.
+        offered = dns.message.make_query(WWW + ".", "TXT", use_edns=0, payload=65535).to_wire()
+        big = await answers.handle(offered, "127.0.0.1", False)
+        assert isinstance(big, bytes) and len(big) <= 1232
+        assert dns.message.from_wire(big).flags & dns.flags.TC
 
 
 @pytest.mark.parametrize("name, rdclass", [("www.dev.local", "IN"), ("dev.local", "IN"),
@@ -128,6 +135,14 @@ async def test_malformed_and_odd_messages(tmp_path):
         assert formerr is not None and formerr[:2] == wire[:2] and formerr[3] & 0xF == dns.rcode.FORMERR
         response = dns.message.make_response(dns.message.from_wire(wire)).to_wire()
         assert await answers.handle(response, "127.0.0.1", False) is None  # never answer a reply
+        assert await answers.handle(response[:-3], "127.0.0.1", False) is None  # ...nor a broken one
+        newer = dns.message.make_query(WWW + ".", "TXT", use_edns=1)
+        reply = await answers.handle(newer.to_wire(), "127.0.0.1", False)
+        assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.BADVERS
+        # Labels `_acme-challenge`, `www.dev`, `local`: its text ends in "dev.local", the name does not.
+        dotted = dns.message.make_query(dns.name.Name([b"_acme-challenge", b"www.dev", b"local", b""]), "TXT")
+        reply = await answers.handle(dotted.to_wire(), "127.0.0.1", False)
+        assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.REFUSED
         notify = dns.message.make_query("dev.local.", "SOA")
         notify.set_opcode(dns.opcode.NOTIFY)
         reply = await answers.handle(notify.to_wire(), "127.0.0.1", False)
@@ -265,6 +280,25 @@ async def test_a_plain_soa_query_is_answered_in_wire_form_as_dnspython_would(tmp
                 assert reply[12:len(wire)] == wire[12:]  # the question as asked, case and all
                 assert dns.message.from_wire(reply).answer[0].ttl == served.soa().ttl
                 assert dns.message.from_wire(reply).answer[0][0].serial == served.serial
+
+
+async def test_a_plain_soa_reply_too_long_for_udp_takes_the_general_path(tmp_path):
+    """An operator's SOA with long names makes a reply over 512 bytes: over UDP without EDNS
+    it is truncated (TC), as dnspython's path does, and whole over TCP."""
+    config_ = transfer_config(tmp_path)
+    path = config_.zones[0].file
+    # Names of 253 bytes that share no suffix: no compression makes the reply short.
+    mname, rname = ".".join(["a" * 62] * 4) + ".", ".".join(["b" * 62] * 4) + "."
+    path.write_text(path.read_text().replace("ns1.dev.local. hostmaster.dev.local.", f"{mname} {rname}", 1))
+    async with running(config_) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        wire = dns.message.make_query("dev.local.", "SOA").to_wire()
+        udp = await answers.handle(wire, "127.0.0.1", False)
+        assert isinstance(udp, bytes) and len(udp) <= 512
+        assert dns.message.from_wire(udp).flags & dns.flags.TC
+        tcp = await answers.handle(wire, "127.0.0.1", True)
+        assert isinstance(tcp, bytes) and len(tcp) > 512
+        assert dns.message.from_wire(tcp).answer[0][0].mname.to_text() == mname
 
 
 @pytest.mark.parametrize("query", [
