@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import struct
+from secrets import randbits
 
-import dns.asyncbackend
-import dns.exception
 import dns.flags
 import dns.message
 import dns.opcode
@@ -100,42 +98,33 @@ class _Follower:
         self.notify = notify.to_wire()
         self.probe = dns.message.make_query(f"{label}.{PROBE_LABEL}.{self.zone}.",
                                             dns.rdatatype.SOA).to_wire()
-        self._ident = random.getrandbits(16)
         self._started = -ROUND_GAP  # when the last round started (event loop time)
         self.held: int | None = None  # the serial the target was last seen holding
-        self._socket: dns.asyncbackend.DatagramSocket | None = None  # kept: a change asks a few times
+        self._channel: _Channel | None = None  # kept: a change asks a few times
         self.moved = asyncio.Event()
         self.moved.set()  # a target may hold an old serial from before this start
         writer.watchers.append(self.moved)
 
     async def close(self) -> None:
-        if self._socket is not None:
-            await self._socket.close()
-            self._socket = None
+        if self._channel is not None and self._channel.transport is not None:
+            self._channel.transport.close()
+        self._channel = None
 
     async def _ask(self, query: bytes) -> bytes | None:
-        """The reply to `query` (wire form, its id replaced by a fresh one) from the target,
+        """The reply to `query` (wire form, its id replaced by a random one) from the target,
         None if none came within NOTIFY_TIMEOUT. Kept in wire form: a change asks a few times,
         and parsing each message in full cost more than the transfer it waits for."""
-        self._ident = (self._ident + 1) & 0xFFFF
-        wire = struct.pack("!H", self._ident) + query[2:]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + NOTIFY_TIMEOUT
+        wire = struct.pack("!H", randbits(16)) + query[2:]
         try:
-            if self._socket is None:
+            if self._channel is None:
                 family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-                self._socket = await dns.asyncbackend.get_backend("asyncio").make_socket(
-                    family, socket.SOCK_DGRAM, 0, (self.source, 0) if self.source else None)
-            await self._socket.sendto(wire, (self.host, self.port), None)
-            while (left := deadline - loop.time()) > 0:
-                reply, _ = await self._socket.recvfrom(65535, left)
-                if reply[:2] == wire[:2] and len(reply) >= 12 and reply[2] & 0x80:
-                    return bytes(reply)  # (a late reply to an earlier question is passed over)
-        except (dns.exception.Timeout, TimeoutError):
-            return None
-        except OSError:
+                _, self._channel = await asyncio.get_running_loop().create_datagram_endpoint(
+                    _Channel, remote_addr=(self.host, self.port), family=family,
+                    local_addr=(self.source, 0) if self.source else None)
+            return await self._channel.ask(wire, NOTIFY_TIMEOUT)
+        except OSError:  # (nothing listens at the target: the next question opens a new socket)
             await self.close()
-        return None
+            return None
 
     def caught_up(self) -> bool:
         served = self.writer.file.served
@@ -144,7 +133,7 @@ class _Follower:
     async def run(self) -> None:
         failures = 0
         while True:
-            pause = None if not failures else min(RETRY_MOST, RETRY_FIRST * 2 ** (failures - 1))
+            pause = retry_pause(failures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.moved.wait(), pause)
             self.moved.clear()
@@ -208,6 +197,59 @@ class _Follower:
                 return held
             await asyncio.sleep(pause)
             pause = min(ASK_MOST, pause * 2)
+
+
+class _Channel(asyncio.DatagramProtocol):
+    """A UDP socket connected to one target, so the kernel drops datagrams from any other
+    address. A datagram is taken only while a question waits and only if it answers that
+    question; anything else (a late answer to an earlier question, say) is dropped, so nothing
+    piles up between rounds."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self._question = b""
+        self._reply: asyncio.Future[bytes] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._reply is not None and not self._reply.done() and is_reply_to(self._question, data):
+            self._reply.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:  # (an ICMP error: nothing listens there)
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(exc)
+
+    async def ask(self, wire: bytes, timeout: float) -> bytes | None:
+        """Send `wire` and wait up to `timeout` for its reply (None if none came)."""
+        assert self.transport is not None
+        self._question, self._reply = wire, asyncio.get_running_loop().create_future()
+        self.transport.sendto(wire)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._reply
+        except TimeoutError:
+            return None
+        finally:
+            self._reply = None
+
+
+def is_reply_to(query: bytes, reply: bytes) -> bool:
+    """Does `reply` answer `query` (a message holding only its one question): the same id, QR
+    set, the same opcode and the same question (its name's ASCII case aside)?"""
+    end = len(query)
+    return (len(reply) >= end and reply[:2] == query[:2] and reply[2] & 0x80 == 0x80
+            and reply[2] & 0x78 == query[2] & 0x78 and reply[4:6] == b"\x00\x01"
+            and reply[12:end].lower() == query[12:end].lower())
+
+
+def retry_pause(failures: int) -> float | None:
+    """Seconds before asking a target again after `failures` rounds it did not catch up in
+    (None: after none, wait for the next change)."""
+    if not failures:
+        return None
+    return min(RETRY_MOST, RETRY_FIRST * 2 ** min(failures - 1, 30))  # (2 ** 1024 overflows a float)
 
 
 def nxdomain_serial(reply: bytes) -> int | None:

@@ -17,7 +17,7 @@ import dns.rrset
 import pytest
 
 from dnsapi import notify
-from dnsapi.notify import Notifier, nxdomain_serial
+from dnsapi.notify import Notifier, is_reply_to, nxdomain_serial, retry_pause
 from dnsapi.service import RecordService
 from dnsapi.transfer import Transfers
 
@@ -44,11 +44,13 @@ class Secondary(asyncio.DatagramProtocol):
         self.transfers_served: dict[str, asyncio.Event] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.caught_up = asyncio.Event()
+        self.asked_from: tuple[str, int] | None = None  # where dnsapi's questions come from
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.asked_from = addr
         if not self.answers:
             return
         query = dns.message.from_wire(data)
@@ -197,3 +199,71 @@ def test_the_serial_is_read_from_a_negative_answer_as_coredns_words_it():
     reply.set_rcode(dns.rcode.NXDOMAIN)
     reply.authority.clear()
     assert nxdomain_serial(reply.to_wire()) is None
+
+
+async def test_a_forged_caught_up_from_another_address_is_not_taken(tmp_path, monkeypatch):
+    """Anyone may learn the zone's serial (the answers listener tells its SOA to all). A reply
+    saying the target holds it counts only from the target's own address."""
+    monkeypatch.setattr(notify, "randbits", lambda bits: 0x1234)  # the forger even knows the id
+    async with notifying(tmp_path, monkeypatch) as (service, secondary):
+        await until_done(secondary.holds_current)
+        secondary.transfers = False
+        await service.add(service.make_record(WWW, "v1"))
+        served = service.writers["dev.local"].file.served
+        assert served is not None and secondary.asked_from is not None
+        probe = dns.message.make_query(f"_acme-challenge.{notify.PROBE_LABEL}.dev.local.", "SOA")
+        probe.id = 0x1234
+        forged = dns.message.make_response(probe)
+        forged.set_rcode(dns.rcode.NXDOMAIN)
+        forged.authority.append(dns.rrset.from_text(
+            "dev.local.", 60, "IN", "SOA", f"ns1.dev.local. h.dev.local. {served.serial} 1 1 1 1"))
+        forger, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+
+        async def spray() -> None:
+            while True:
+                forger.sendto(forged.to_wire(), secondary.asked_from)
+                await asyncio.sleep(0.001)
+
+        sprayer = asyncio.create_task(spray())
+        try:
+            await until_done(lambda: (service.metrics.registry.get_sample_value(
+                "dnsapi_notify_failures_total", {"zone": "dev.local", "target": secondary.address()})
+                or 0) >= 1, "a round that ended with the target behind")
+        finally:
+            sprayer.cancel()
+            forger.close()
+        assert service.metrics.registry.get_sample_value(
+            "dnsapi_notify_serial", {"zone": "dev.local", "target": secondary.address()}) != served.serial
+
+
+def test_a_reply_is_matched_to_its_question():
+    query = dns.message.make_query("_acme-challenge.-dnsapi-serial.dev.local.", "SOA")
+    wire = query.to_wire()
+    reply = dns.message.make_response(query)
+    assert is_reply_to(wire, reply.to_wire())
+    shouted = dns.message.make_response(dns.message.make_query("_ACME-challenge.-dnsapi-serial.DEV.local.",
+                                                               "SOA", id=query.id))
+    assert is_reply_to(wire, shouted.to_wire())  # names compare without their case
+    assert not is_reply_to(wire, wire)  # QR unset: a question, not its answer
+    other = dns.message.make_response(dns.message.make_query("x.dev.local.", "SOA", id=query.id))
+    assert not is_reply_to(wire, other.to_wire())
+    a_type = dns.message.make_response(dns.message.make_query(
+        "_acme-challenge.-dnsapi-serial.dev.local.", "TXT", id=query.id))
+    assert not is_reply_to(wire, a_type.to_wire())
+    reply.id = query.id ^ 1
+    assert not is_reply_to(wire, reply.to_wire())
+    reply.id = query.id
+    reply.set_opcode(dns.opcode.NOTIFY)
+    assert not is_reply_to(wire, reply.to_wire())
+    reply.set_opcode(dns.opcode.QUERY)
+    reply.question.clear()
+    assert not is_reply_to(wire, reply.to_wire())  # no question echoed
+    assert not is_reply_to(wire, reply.to_wire()[:11])
+
+
+def test_the_retry_pause_grows_to_its_ceiling_and_stays_there():
+    assert retry_pause(0) is None  # caught up: wait for the next change
+    assert retry_pause(1) == notify.RETRY_FIRST
+    assert retry_pause(2) == 2 * notify.RETRY_FIRST
+    assert retry_pause(5000) == notify.RETRY_MOST  # days of failures: no overflow, the follower lives
