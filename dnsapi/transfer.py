@@ -40,9 +40,9 @@ class Transfers:
         self._apexes = {_name(zone): zone for zone in zones}  # by wire form, for soa_question
         self._kept: dict[str, tuple[Served, list[bytes]]] = {}
         self._soa: dict[str, tuple[object, int, bytes]] = {}  # each zone's SOA by operator text
-        # each name's records in wire form, while the name holds the same Record objects: a
-        # change touches one name, and a transfer follows every change
-        self._names: dict[str, tuple[list[Record], list[bytes]]] = {}
+        # per zone, each name's records in wire form while the name holds the same Record
+        # objects: a change touches one name, and a transfer follows every change
+        self._names: dict[str, dict[str, tuple[list[Record], list[bytes]]]] = {}
         self.served: dict[str, asyncio.Event] = {}  # set whenever a zone's transfer is served
 
     def reply(self, zone: str, served: Served, by_name: Mapping[str, list[Record]], ident: int
@@ -51,7 +51,8 @@ class Transfers:
         kept = self._kept.get(zone)
         if kept is None or kept[0] is not served:
             kept = self._kept[zone] = (served, _messages(zone, self._records(zone, served, by_name)))
-            self._names = {name: known for name, known in self._names.items() if name in by_name}
+            names = self._names.get(zone, {})
+            self._names[zone] = {name: known for name, known in names.items() if name in by_name}
         self.served.setdefault(zone, asyncio.Event()).set()
         head = struct.pack("!H", ident)
         return [head + message for message in kept[1]]
@@ -83,13 +84,14 @@ class Transfers:
         _, ttl, rdata = kept
         return ttl, rdata[:-20] + struct.pack("!I", served.serial) + rdata[-16:]
 
-    def _at(self, name: str, records: list[Record]) -> list[bytes]:
-        known = self._names.get(name)
+    def _at(self, zone: str, name: str, records: list[Record]) -> list[bytes]:
+        names = self._names.setdefault(zone, {})
+        known = names.get(name)
         if known is not None and len(known[0]) == len(records) \
                 and all(a is b for a, b in zip(known[0], records, strict=True)):
             return known[1]
         wires = _dnsapi_records(name, records)
-        self._names[name] = (records, wires)
+        names[name] = (records, wires)
         return wires
 
     def _records(self, zone: str, served: Served, by_name: Mapping[str, list[Record]]) -> list[bytes]:
@@ -107,7 +109,7 @@ class Transfers:
         for name, at_name in by_name.items():
             if name.split(".", 1)[0] != self.label:
                 continue
-            records.extend(self._at(name, at_name))
+            records.extend(self._at(zone, name, at_name))
             targets.update(r.value.lower() for r in at_name if r.kind == "CNAME")
         for target in sorted(targets):
             if target.endswith("." + zone) and target.split(".", 1)[0] != self.label:

@@ -15,6 +15,7 @@ import dns.rrset
 import dns.update
 import pytest
 
+from dnsapi import transfer as transfer_module
 from dnsapi.answers import ChallengeAnswers, _Replies
 from dnsapi.config import Config
 from dnsapi.records import Record
@@ -391,3 +392,29 @@ async def test_a_large_transfer_is_split_into_messages(tmp_path):
                    for rrset in m.answer if rrset.rdtype == dns.rdatatype.TXT for rd in rrset]
         assert {value for _, value in records} >= values | {"w"}
         assert len(records) == len(set(records))
+
+
+async def test_a_transfer_re_encodes_only_the_names_that_changed_in_every_zone(tmp_path, monkeypatch):
+    """Each name's records are kept encoded between transfers, per zone: transferring one zone
+    does not throw away what another zone kept."""
+    config_ = transfer_config(tmp_path)
+    (tmp_path / "db.other.test").write_text((tmp_path / "db.dev.local").read_text())
+    config_ = config_.model_copy(update={"zones": [*config_.zones, config_.zones[0].model_copy(
+        update={"name": "other.test", "file": tmp_path / "db.other.test"})]})
+    encoded: list[str] = []
+    real = transfer_module._dnsapi_records
+    monkeypatch.setattr(transfer_module, "_dnsapi_records",
+                        lambda name, records: encoded.append(name) or real(name, records))
+    async with running(config_) as (service, _):
+        answers = ChallengeAnswers(service.config, service)
+        for zone in ("dev.local", "other.test"):
+            for host in ("a", "b", "c"):
+                await service.add(service.make_record(f"_acme-challenge.{host}.{zone}", "v1"))
+        await transfer(answers, zone="dev.local")
+        await transfer(answers, zone="other.test")
+        await service.add(service.make_record("_acme-challenge.a.dev.local", "v2"))
+        encoded.clear()
+        messages = await transfer(answers, zone="dev.local")
+        assert encoded == ["_acme-challenge.a.dev.local"]
+        assert {rrset.name.to_text() for m in messages for rrset in m.answer
+                if rrset.rdtype == dns.rdatatype.TXT} >= {f"_acme-challenge.{h}.dev.local." for h in "abc"}
