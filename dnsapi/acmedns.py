@@ -29,7 +29,7 @@ from .audit import value_hash
 from .auth import Authenticator
 from .config import AcmeDnsConfig, Config, TokenConfig
 from .connections import ConnectionGuard
-from .errors import DnsapiError, TooManyRequests, Unauthorized
+from .errors import DnsapiError, TooManyRequests, Unauthorized, VaultUnavailable, ZoneError
 from .names import patterns_allow
 from .records import Outcome
 
@@ -168,6 +168,10 @@ async def register(request: web.Request) -> web.Response:
         _audit(request, "acme_dns_register", who, 401, "refused",
                f"the token's allow does not cover the names in {door.settings.zone}")
         return answer(401, {"error": "forbidden"})
+    wait = request.app[RUNTIME].limiter.allow(who)  # (each account costs a scrypt and a secret)
+    if wait:
+        _audit(request, "acme_dns_register", who, 429, "refused", "rate_limited")
+        raise TooManyRequests(f"{who} is over its rate limit; retry in {max(wait, 0.1):.1f}s", wait)
     text = await _body(request)
     parsed = _allowfrom(text) if text is not None else "malformed_json_payload"
     if isinstance(parsed, str):
@@ -175,9 +179,12 @@ async def register(request: web.Request) -> web.Response:
         return answer(400, {"error": parsed})
     try:
         account, password = await door.accounts.create(parsed, who)
-    except DnsapiError as exc:
+    except VaultUnavailable as exc:
         _audit(request, "acme_dns_register", who, 500, "failed", exc.message)
         return answer(500, {"error": "db_error"})
+    except DnsapiError as exc:  # (too many password checks at once: 429, said as dnsapi says it)
+        _audit(request, "acme_dns_register", who, exc.status, "refused", exc.code)
+        raise
     fulldomain = account.fulldomain(door.settings.zone)
     _audit(request, "acme_dns_register", who, 201, "created", fqdn=fulldomain)
     return answer(201, {"username": account.username, "password": password,
@@ -209,9 +216,12 @@ async def update(request: web.Request) -> web.Response:
     door = request.app[ACME_DNS]
     try:
         account = await _account(request, door)
-    except DnsapiError as exc:
+    except VaultUnavailable as exc:
         _audit(request, "acme_dns_update", None, 500, "failed", exc.message)
         return answer(500, {"error": "db_error"})
+    except DnsapiError as exc:  # (too many password checks at once)
+        _audit(request, "acme_dns_update", None, exc.status, "refused", exc.code)
+        raise
     if account is None:
         _audit(request, "acme_dns_update", None, 401, "refused", "bad credentials or source address")
         return answer(401, {"error": "forbidden"})
@@ -233,9 +243,13 @@ async def update(request: web.Request) -> web.Response:
         with service.waits.slot(who):
             outcome = await service.add(record)
             await service.wait_served(record)
-    except DnsapiError as exc:
+    except (VaultUnavailable, ZoneError) as exc:  # storage: acme-dns's own answer
         _audit(request, "acme_dns_update", who, 500, "failed", exc.message, fulldomain, txt)
         return answer(500, {"error": "db_error"})
+    except DnsapiError as exc:  # the client's (quota, conflict, limits) or a wait's: said so
+        _audit(request, "acme_dns_update", who, exc.status, "refused" if exc.status < 500 else "failed",
+               exc.code, fulldomain, txt)
+        raise
     _audit(request, "acme_dns_update", who, 200,
            "created" if outcome is Outcome.CREATED else "existed", None, fulldomain, txt)
     return answer(200, {"txt": txt})

@@ -15,6 +15,7 @@ account from Vault afresh.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -22,9 +23,12 @@ import secrets
 import string
 import time
 import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import TooManyRequests
 from .store import VaultStore
 
 PASSWORD_LENGTH = 40  # acme-dns's
@@ -32,6 +36,11 @@ PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_"
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # RFC 7914 interactive-login parameters (16 MiB each)
 SCRYPT_MAXMEM = 64 * 1024 * 1024
 VERIFIED_MAX = 4096  # remembered successful checks; forgotten all at once past this
+# scrypt runs at once (each 16 MiB and tens of ms of a core), in threads of their own: anyone
+# may make one with a made-up username, so they must not take the zone writers' threads or
+# unbounded memory. A check waits this long for a turn, then is refused (429).
+HASHING_MOST = 2
+HASHING_WAIT = 2.0
 _DUMMY_SALT = bytes(16)  # for unknown usernames: the same work as a real check
 
 
@@ -62,7 +71,10 @@ def network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     """An allowfrom entry as acme-dns reads it (brackets dropped, then Go's net.ParseCIDR, which
     wants a prefix length); None when it is not one."""
     text = entry.replace("[", "").replace("]", "")
-    if "/" not in text:
+    address, _, prefix = text.partition("/")
+    # Go takes only a decimal prefix length and no IPv6 zone; Python would also take a
+    # netmask ("/255.255.255.0") or a hostmask, and "%eth0".
+    if not (prefix.isascii() and prefix.isdigit()) or "%" in address:
         return None
     try:
         return ipaddress.ip_network(text, strict=False)
@@ -111,7 +123,7 @@ class Account:
                           bytes.fromhex(data["salt"]).hex(), float(data.get("created_at") or 0),
                           str(data.get("created_by") or ""),
                           tuple(str(n) for n in data.get("cnames") or ()))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
         if data.get("scrypt") != "n={n},r={r},p={p}".format(**SCRYPT) or len(account.salt) < 32:
             return None
@@ -124,12 +136,33 @@ class Accounts:
     def __init__(self, store: VaultStore) -> None:
         self.store = store
         self._verified: set[str] = set()
+        self._hashing = asyncio.Semaphore(HASHING_MOST)
+        self._hashers = ThreadPoolExecutor(HASHING_MOST, thread_name_prefix="scrypt")
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(HASHING_WAIT):
+                await self._hashing.acquire()
+        except TimeoutError:
+            raise TooManyRequests("too many acme-dns password checks at once; retry in 1s", 1.0,
+                                  "too_many_password_checks") from None
+        try:
+            yield
+        finally:
+            self._hashing.release()
+
+    async def _hash(self, password: str, salt: bytes) -> str:
+        """scrypt in one of the door's own threads, when one is free (see HASHING_MOST)."""
+        async with self._turn():
+            return await asyncio.get_running_loop().run_in_executor(
+                self._hashers, hash_password, password, salt)
 
     async def create(self, allowfrom: tuple[str, ...], created_by: str,
                      cnames: tuple[str, ...] = ()) -> tuple[Account, str]:
         """A new account and its password (the only time the password exists in the clear)."""
         password, salt = new_password(), secrets.token_bytes(16)
-        password_hash = await asyncio.to_thread(hash_password, password, salt)
+        password_hash = await self._hash(password, salt)
         account = Account(str(uuid.uuid4()), str(uuid.uuid4()), allowfrom, password_hash,
                           salt.hex(), time.time(), created_by, cnames)
         await self.store.create_account(account.username, account.secret())
@@ -148,13 +181,13 @@ class Accounts:
             return None
         account = await self.get(username)
         if account is None:
-            await asyncio.to_thread(hash_password, password, _DUMMY_SALT)
+            await self._hash(password, _DUMMY_SALT)
             return None
         remembered = hashlib.sha256(f"{username}\0{password}\0{account.password_hash}"
                                     .encode()).hexdigest()
         if remembered in self._verified:
             return account
-        computed = await asyncio.to_thread(hash_password, password, bytes.fromhex(account.salt))
+        computed = await self._hash(password, bytes.fromhex(account.salt))
         if not hmac.compare_digest(computed, account.password_hash):
             return None
         if len(self._verified) >= VERIFIED_MAX:

@@ -33,6 +33,10 @@ def credential_from_header(header: str) -> str:
     scheme, _, rest = header.strip().partition(" ")
     rest = rest.strip()
     if scheme.lower() == "bearer" and rest:
+        try:
+            rest.encode("utf-8")  # (aiohttp hands undecodable header bytes over as surrogates)
+        except UnicodeEncodeError:
+            raise Unauthorized("malformed Bearer token: not UTF-8") from None
         return rest
     if scheme.lower() == "basic" and rest:
         try:

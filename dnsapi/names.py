@@ -112,7 +112,7 @@ def validate_value(value: object) -> str:
         raise InvalidInput("value must be a string", "invalid_value")
     if not value:
         raise InvalidInput("value is empty", "invalid_value")
-    if len(value) > MAX_VALUE_LENGTH or len(value.encode("utf-8")) > MAX_VALUE_LENGTH:
+    if len(value) > MAX_VALUE_LENGTH:  # (every allowed character is one byte)
         raise InvalidInput(f"value is longer than {MAX_VALUE_LENGTH} bytes", "invalid_value")
     bad = next((ch for ch in value if not _VALUE_RE.fullmatch(ch)), None)
     if bad is not None:

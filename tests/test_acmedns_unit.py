@@ -3,8 +3,10 @@ statuses and bodies byte for byte, Go's JSON decoding, the CNAME record kind's r
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from dnsapi import acmedns
+from dnsapi import acmedns, acmedns_accounts
 from dnsapi.acmedns_accounts import Account
 from dnsapi.api import create_app
 from dnsapi.block import ManagedBlock, block_entries
@@ -28,8 +30,9 @@ TXT = "x" * 43
 
 
 @contextlib.asynccontextmanager
-async def serving(directory: Path, **acme: Any) -> AsyncIterator[tuple[TestClient, MemoryStore]]:
-    config, _ = service_config(directory, acme_dns={"zone": ZONE_ACME, **acme})
+async def serving(directory: Path, settings: dict[str, Any] | None = None, **acme: Any
+                  ) -> AsyncIterator[tuple[TestClient, MemoryStore]]:
+    config, _ = service_config(directory, acme_dns={"zone": ZONE_ACME, **acme}, **(settings or {}))
     store = MemoryStore()
     service = RecordService(config, store.metrics, store=store)  # type: ignore[arg-type]
     app = create_app(config, service=service)
@@ -61,6 +64,11 @@ async def test_register_is_closed_by_default(tmp_path):
     (b'{"allowfrom": ["10.0.0.1"]}', 400, "invalid_allowfrom_cidr"),
     (b'{"allowfrom": [""]}', 400, "invalid_allowfrom_cidr"),
     (b'{"allowfrom": ["[::1]/128", "10.0.0.1/8"]}', 201, None),
+    # what Go's net.ParseCIDR refuses and Python's ip_network would take
+    (b'{"allowfrom": ["10.0.0.0/255.255.255.0"]}', 400, "invalid_allowfrom_cidr"),
+    (b'{"allowfrom": ["0.0.0.0/0.0.0.0"]}', 400, "invalid_allowfrom_cidr"),
+    (b'{"allowfrom": ["fe80::%eth0/64"]}', 400, "invalid_allowfrom_cidr"),
+    (b'{"allowfrom": ["10.0.0.0/\\u00b2"]}', 400, "invalid_allowfrom_cidr"),  # a superscript two
 ])
 async def test_register_bodies_as_go_reads_them(tmp_path, body, status, answer):
     async with serving(tmp_path, register={"allow_from": ["127.0.0.1/32"]}) as (client, store):
@@ -165,3 +173,65 @@ def test_config_refuses_an_acme_zone_outside_the_zones(tmp_path):
         service_config(tmp_path, acme_dns={"zone": ZONE_ACME, "register": {"allow_from": ["x"]}})
     with pytest.raises(ConfigError, match="acme_dns.surprise: unknown setting"):
         service_config(tmp_path, acme_dns={"zone": ZONE_ACME, "surprise": 1})
+
+
+async def test_password_checks_take_turns_and_a_flood_is_refused_429(tmp_path, monkeypatch):
+    """Anyone can make a check with a made-up username: at most HASHING_MOST scrypt runs at once,
+    in the door's own threads; a check that finds none free in time is refused, not queued."""
+    monkeypatch.setattr(acmedns_accounts, "HASHING_WAIT", 0.05)
+    async with serving(tmp_path, register={"allow_from": ["127.0.0.1/32"]}) as (client, store):
+        account = await (await client.post("/register")).json()
+        release, running = threading.Event(), []
+        real = acmedns_accounts.hash_password
+
+        def held(password: str, salt: bytes) -> str:
+            running.append(threading.current_thread().name)
+            release.wait(10)
+            return real(password, salt)
+
+        monkeypatch.setattr(acmedns_accounts, "hash_password", held)
+        body = {"subdomain": account["subdomain"], "txt": TXT}
+
+        async def update(user: str) -> tuple[int, str]:
+            response = await client.post("/update", json=body,
+                                         headers={"X-Api-User": user, "X-Api-Key": "k" * 40})
+            return response.status, await response.text()
+
+        made_up = [str(uuid) for uuid in (f"00000000-0000-4000-8000-00000000000{i}" for i in range(3))]
+        first = [asyncio.create_task(update(user)) for user in made_up[:acmedns_accounts.HASHING_MOST]]
+        while len(running) < acmedns_accounts.HASHING_MOST:
+            await asyncio.sleep(0.001)
+        status, text = await update(made_up[-1])
+        assert status == 429 and json.loads(text)["error"] == "too_many_password_checks"
+        release.set()
+        assert [status for status, _ in await asyncio.gather(*first)] == [401, 401]
+        assert all(name.startswith("scrypt") for name in running)  # not the zone writers' threads
+        assert store.records() == set()
+
+
+async def test_an_update_over_the_quota_is_refused_as_such_not_as_a_storage_error(tmp_path):
+    async with serving(tmp_path, {"max_records_per_token": 1},
+                       register={"allow_from": ["127.0.0.1/32"]}) as (client, store):
+        account = await (await client.post("/register")).json()
+        headers = {"X-Api-User": account["username"], "X-Api-Key": account["password"]}
+        first = await client.post("/update", json={"subdomain": account["subdomain"], "txt": TXT},
+                                  headers=headers)
+        assert first.status == 200
+        second = await client.post("/update", json={"subdomain": account["subdomain"], "txt": "y" * 43},
+                                   headers=headers)
+        assert second.status == 409 and (await second.json())["error"] == "token_quota_exceeded"
+        assert store.records() == {(account["fulldomain"], TXT)}
+
+
+def test_a_hand_edited_account_with_a_subdomain_that_is_not_text_is_locked():
+    secret = {"subdomain": 5, "password_scrypt": "00" * 32, "salt": "00" * 16,
+              "scrypt": "n=16384,r=8,p=1"}
+    assert Account.from_secret("00000000-0000-4000-8000-000000000001", secret) is None
+
+
+async def test_registration_is_rate_limited_per_registrant(tmp_path):
+    """Each account costs a scrypt run and a Vault secret: a registrant gets the tokens' rate."""
+    async with serving(tmp_path, {"rate_limit": {"per_second": 0.001, "burst": 2}},
+                       register={"allow_from": ["127.0.0.1/32"]}) as (client, store):
+        statuses = [(await client.post("/register")).status for _ in range(3)]
+        assert statuses == [201, 201, 429] and len(store.accounts) == 2

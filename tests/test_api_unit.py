@@ -162,6 +162,20 @@ async def test_a_missing_or_wrong_token_is_401_and_changes_nothing(tmp_path, hea
         assert api.store.attempts == 0
 
 
+async def test_a_token_that_is_not_utf8_is_401_not_a_crash(tmp_path):
+    """aiohttp hands header bytes that are not UTF-8 over as surrogates, which hashing refused."""
+    async with serving(tmp_path) as api:
+        server = api.client.server
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        body = json.dumps({"fqdn": WWW, "value": VALUE}).encode()
+        writer.write(b"POST /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        writer.close()
+        assert head.startswith("HTTP/1.1 401")
+        assert api.store.attempts == 0
+
+
 @pytest.mark.parametrize("method, fqdn", [("POST", API), ("POST", "_acme-challenge.x.www.dev.local"),
                                           ("DELETE", API)])
 async def test_a_name_outside_the_tokens_allow_list_is_403(tmp_path, method, fqdn):

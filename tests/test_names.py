@@ -85,6 +85,7 @@ def test_base64url_values_are_accepted_unchanged(value):
     ("a\x7fb", "U+007F"), ("caf\u00e9", "U+00E9"), ("x" * 256, "longer than 255"),
     ('a"b', "U+0022"), ("a\\b", "U+005C"), ("a;b", "U+003B"), ("a(b", "U+0028"), ("a b", "U+0020"),
     ("$INCLUDE", "U+0024"), ("a.b", "U+002E"), ("a+b/c", "U+002B"),
+    ("a\ud800b", "U+D800"),  # a lone surrogate (JSON "\\ud800"): refused, not a 500
 ])
 def test_bad_values_are_refused(value, fragment):
     with pytest.raises(InvalidInput) as info:
