@@ -106,7 +106,14 @@ class ZoneWriter:
             stop = None in batch
             jobs = [job for job in batch if job is not None]
             if jobs:
-                await self._process(jobs)
+                try:
+                    await self._process(jobs)
+                except Exception:  # a bug or an error nobody foresaw: the zone's writer lives on
+                    log.exception("zone %s: a batch of %d change(s) failed", self.zone.name, len(jobs))
+                    self.state = None  # read Vault afresh for the next batch
+                    failure = DnsapiError("internal error writing the zone; see the dnsapi log")
+                    for job in jobs:
+                        _settle(job.future, failure)
             if stop:
                 return
 

@@ -168,7 +168,7 @@ def soa_serial(text: str) -> int | None:
     the SOA), or None; for a file that does not parse as a whole."""
     for start, end in _serial_spans(text):
         digits = text[start:end]
-        return int(digits) if digits.isdigit() else None
+        return int(digits) if digits.isascii() and digits.isdigit() else None
     return None
 
 
@@ -177,7 +177,7 @@ def serial_span(text: str, serial: int) -> tuple[int, int]:
     whose serial is `serial`."""
     for start, end in _serial_spans(text):
         candidate = text[start:end]
-        if candidate.isdigit() and int(candidate) == serial:
+        if candidate.isascii() and candidate.isdigit() and int(candidate) == serial:
             return start, end
     raise ZoneError("cannot find the SOA serial in the zone file's own text (is the SOA in an "
                     "$INCLUDE file?); dnsapi must be able to bump it")
@@ -277,12 +277,21 @@ class _Validated:
                 or not before.startswith(self.head) or not before.endswith(self.tail):
             return None
         digits = before[len(self.head):len(before) - len(self.tail)]
-        return int(digits) if digits.isdigit() else None
+        return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 # A record line with no owner name (leading blank) takes the previous record's owner: right after
 # dnsapi's block that would be one of dnsapi's names.
 _OWNERLESS_FIRST_LINE = re.compile(r"(?:[ \t]*(?:;[^\n]*)?\r?\n)*[ \t]+[^\s;]")
+# What can hold a parenthesis that does not count: a quoted string, a comment, an escape.
+_QUOTED_COMMENT_OR_ESCAPE = re.compile(r'"(?:[^"\\]|\\.)*"|;[^\n]*|\\.', re.DOTALL)
+
+
+def _ends_inside_a_record(text: str) -> bool:
+    """Does `text` end inside a record's parentheses (or a quoted string)? Lines put after it
+    would then be read as part of that record. (Zone files do not nest parentheses.)"""
+    bare = _QUOTED_COMMENT_OR_ESCAPE.sub("", text)
+    return bare.count("(") > bare.count(")") or '"' in bare
 
 
 def _validate(parts: ZoneText, origin: str) -> tuple[int, _Validated]:
@@ -292,6 +301,9 @@ def _validate(parts: ZoneText, origin: str) -> tuple[int, _Validated]:
     the serial digits are located so that a rewrite can change just them.
     """
     operator = parse_zone(parts.join(""), origin)
+    if parts.block and _ends_inside_a_record(parts.before):
+        raise ZoneError("dnsapi's block sits inside another record, within its parentheses (its "
+                        "markers were moved?); put the BEGIN/END lines between records")
     serial = operator.get_soa().serial
     start, end = serial_span(parts.before, serial)
     if parts.after and _OWNERLESS_FIRST_LINE.match(parts.after):
@@ -496,7 +508,7 @@ class ZoneFile:
         again: the caller finishes in a thread, as CommitLater says."""
         try:
             with self._locked(wait):
-                if rewrite.tmp is None and self.path.read_bytes() != rewrite.expected:
+                if rewrite.tmp is None and self._read_bytes() != rewrite.expected:
                     raise _FileChanged()  # (read without the lock: what it serves may have moved)
                 return self._commit(rewrite)
         except _FileChanged:
@@ -589,6 +601,9 @@ class ZoneFile:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 raise CommitLater(again=False) from None
+            except OSError as exc:  # (no locks on this file system, say)
+                raise ZoneError(f"cannot lock the directory of zone file {self.path}: "
+                                f"{exc.strerror}") from None
             yield
         finally:
             os.close(fd)

@@ -15,10 +15,10 @@ from dnsapi import service as service_module
 from dnsapi.audit import AuditLog, value_hash
 from dnsapi.block import block_records
 from dnsapi.config import Config
-from dnsapi.errors import NameConflict, TooManyRecords, VaultUnavailable, ZoneError
+from dnsapi.errors import DnsapiError, NameConflict, TooManyRecords, VaultUnavailable, ZoneError
 from dnsapi.records import Key, Outcome, Record
 from dnsapi.service import RecordService
-from dnsapi.zonefile import ZoneText
+from dnsapi.zonefile import ZoneFile, ZoneText
 
 from .helpers import ZONE, MemoryStore, running, service_config, until, until_done
 
@@ -78,6 +78,23 @@ async def test_the_zone_file_is_prepared_while_the_store_writes_and_changed_only
         gate.release()
         assert await add is Outcome.CREATED
         assert block(config) == {(WWW, "P" * 43)} and temp_files(config) == []
+
+
+async def test_an_error_nobody_foresaw_fails_its_batch_and_the_zone_writer_lives_on(tmp_path, monkeypatch):
+    """The writer task serves every change of its zone: if it died, each later add would hang."""
+    config, _ = service_config(tmp_path)
+    async with running(config) as (service, store):
+        real = ZoneFile.prepare
+
+        def broken(self, records, today=None):
+            monkeypatch.setattr(ZoneFile, "prepare", real)  # once
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(ZoneFile, "prepare", broken)
+        with pytest.raises(DnsapiError, match="internal error"):
+            await asyncio.wait_for(service.add(record(service, "first")), 10)
+        assert await asyncio.wait_for(service.add(record(service, "second")), 10) is Outcome.CREATED
+        assert (WWW, "second") in block(config)
 
 
 async def test_adds_queued_behind_a_write_cost_one_store_write_and_one_zone_rewrite(tmp_path):

@@ -19,6 +19,7 @@ from dnsapi.zonefile import (
     parse_zone,
     serial_gt,
     serial_span,
+    soa_serial,
 )
 
 DAY = dt.date(2026, 11, 28)
@@ -302,6 +303,30 @@ def test_markers_inside_a_record_are_refused(zone):
     with pytest.raises(ZoneError):
         zone.sync([rec("www.", "v1")], today=DAY)
     assert zone.path.read_text() == text
+
+
+def test_markers_inside_a_record_are_refused_even_when_the_block_would_be_empty(zone):
+    """Emptied, the block is only its two comment lines: the whole file parses and counts right,
+    and the next add would have gone into the operator's record unchecked."""
+    text = OPERATOR_ZONE + ('multi IN TXT ( "a"\n; BEGIN dnsapi managed records\n'
+                            '_acme-challenge.www.dev.local. 60 IN TXT "v1"\n'
+                            '; END dnsapi managed records\n"b" )\n')
+    zone.path.write_text(text)
+    for records in ([], [rec("www.", "v2")]):
+        with pytest.raises(ZoneError, match="inside another record"):
+            zone.sync(records, today=DAY)
+    assert zone.path.read_text() == text
+
+
+def test_parentheses_in_strings_comments_and_escapes_do_not_count(zone):
+    text = OPERATOR_ZONE + ('odd IN TXT "a(b" ; (a comment\nesc\\( IN TXT "c"\n'
+                            "; BEGIN dnsapi managed records\n; END dnsapi managed records\n")
+    zone.path.write_text(text)
+    assert zone.sync([rec("www.", "v1")], today=DAY) is not None
+
+
+def test_a_serial_of_other_digits_is_no_serial():
+    assert soa_serial("@ IN SOA a. b. \u00b2 1 1 1 1") is None  # "²".isdigit(), yet int() refuses it
 
 
 def test_escaped_values_from_vault_survive_repeated_rewrites(zone):
