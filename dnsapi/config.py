@@ -329,7 +329,8 @@ class _Model(BaseModel):
 class AppRoleConfig(_Model):
     role_id: Text | None = None
     role_id_file: WrittenFile | None = None
-    secret_id: Annotated[Text | None, _or_env(ENV_APPROLE_SECRET_ID)] = Field(None, validate_default=True)
+    secret_id: Annotated[Text | None, _or_env(ENV_APPROLE_SECRET_ID)] = Field(None, validate_default=True,
+                                                                              repr=False)
     secret_id_file: WrittenFile | None = None
     mount: VaultPath = "approle"
 
@@ -565,15 +566,15 @@ class SinkConfig(_Model):
 
     type: Annotated[str, _one_of(SINK_TYPES)]  # first: the other keys depend on it
     name: Text
-    url: Annotated[str, BeforeValidator(_url)] | None = None  # every type but command
-    secret: Text | None = None  # dingtalk / feishu: the robot's signing secret
+    url: Annotated[str, BeforeValidator(_url)] | None = Field(None, repr=False)  # all but command
+    secret: Text | None = Field(None, repr=False)  # dingtalk / feishu: the robot's signing secret
     # webhook: extra headers, e.g. Authorization
-    headers: Annotated[tuple[tuple[str, str], ...], BeforeValidator(_headers)] = ()
+    headers: Annotated[tuple[tuple[str, str], ...], BeforeValidator(_headers)] = Field((), repr=False)
     # command: argv; the event arrives as JSON on stdin
     command: Annotated[tuple[str, ...], BeforeValidator(_argv)] = ()
     # command: its environment besides PATH and LANG (a value of None: passed through from
     # pki-watch's own environment)
-    env: Annotated[tuple[tuple[str, str | None], ...], BeforeValidator(_sink_env)] = ()
+    env: Annotated[tuple[tuple[str, str | None], ...], BeforeValidator(_sink_env)] = Field((), repr=False)
     timeout: Duration = 10.0
 
     @model_validator(mode="after")

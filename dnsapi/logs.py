@@ -79,3 +79,6 @@ def setup(level: str = "info", fmt: str = "plain") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # urllib3 (under hvac and requests) logs each request's URL at debug level, and a chat
+    # sink's URL holds its key (WeCom's key=, DingTalk's access_token= and sign=).
+    logging.getLogger("urllib3").setLevel(max(root.level, logging.WARNING))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import requests
 
 from dnsapi import config as cfg
 from dnsapi.config import SinkConfig
@@ -282,3 +283,149 @@ def test_command_sink_does_not_inherit_vault_credentials(tmp_path, monkeypatch):
 def test_command_sink_env_must_be_names(env):
     with pytest.raises(ConfigError, match=r"pki_watch.sinks\[0\].env"):
         load({**BASE, "pki_watch": {"sinks": [{"type": "command", "command": ["x"], "env": env}]}})
+
+
+class Answering:
+    """A requests.Session stand-in whose every POST answers `body` with status 200."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def post(self, url: str, **kwargs: object) -> requests.Response:
+        response = requests.Response()
+        response.status_code, response._content = 200, self.body
+        return response
+
+
+@pytest.mark.parametrize("body", [b"[1]", b'"ok"', b"null", b"7"])
+def test_a_robot_answering_json_that_is_no_object_is_a_failed_delivery(body):
+    with pytest.raises(DeliveryError, match="not a JSON object"):
+        send(sink("wecom"), EVENT, Answering(body))  # type: ignore[arg-type]
+
+
+@pytest.mark.e2e  # the command runs as a process
+def test_a_command_sink_that_cannot_run_is_a_failed_delivery(tmp_path):
+    config = load({**BASE, "pki_watch": {"sinks": [{"type": "command", "name": "dir",
+                                                     "command": [str(tmp_path)]}]}})
+    with pytest.raises(DeliveryError, match="cannot run"):
+        send(config.pki_watch.sinks[0], EVENT, session=None)
+
+
+def test_a_sink_failing_in_a_way_nobody_foresaw_is_retried_not_fatal(monkeypatch):
+    config = load({**BASE, "pki_watch": {"sinks": [{"type": "webhook", "url": "https://h.example/x?key=K",
+                                                    "name": "odd"}]}})
+
+    def odd(*args: object) -> None:
+        raise RuntimeError("https://h.example/x?key=K broke")  # (its message is not logged)
+
+    monkeypatch.setattr(watch_module, "send", odd)
+    watch = PkiWatch(config)
+    state = WatchState(outbox=[Pending({"id": "e1"}, "odd", 0, NOW, NOW)])
+    assert watch.deliver(state, NOW)
+    assert [p.attempts for p in state.outbox] == [1]  # still pending, retried later
+
+
+def test_a_long_outage_does_not_overflow_the_backoff(monkeypatch):
+    config = load({**BASE, "pki_watch": {
+        "sinks": [{"type": "webhook", "url": "https://hooks.example/x", "name": "down"}],
+        "retry": {"initial": "1s", "max": "1s", "give_up": "30d"}}})
+    monkeypatch.setattr(watch_module, "send", lambda *args: (_ for _ in ()).throw(DeliveryError("down")))
+    watch = PkiWatch(config)
+    state = WatchState(outbox=[Pending({"id": "e1"}, "down", 5000, NOW, NOW)])  # 5,000 tries so far
+    assert watch.deliver(state, NOW + 1)
+    assert state.outbox[0].next_at - (NOW + 1) <= 1
+
+
+def test_secrets_of_sinks_and_approle_stay_out_of_repr():
+    config = load({**BASE, "pki_watch": {"sinks": [
+        {"type": "dingtalk", "name": "robot", "url": "https://oapi.example/send?access_token=TOKEN1",
+         "secret": "SECRET2"},
+        {"type": "webhook", "name": "hook", "url": "https://h.example/",
+         "headers": {"Authorization": "Bearer H3"}}]}})
+    shown = repr(config.pki_watch)
+    assert "robot" in shown and not any(s in shown for s in ("TOKEN1", "SECRET2", "H3"))
+    approle = cfg.AppRoleConfig(role_id="r", secret_id="SECRET4")
+    assert "SECRET4" not in repr(approle)
+
+
+def test_debug_logging_keeps_urllib3_quiet():
+    """urllib3 logs each URL at debug level; a chat sink's URL holds its key."""
+    import logging
+
+    from dnsapi import logs
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.setup("debug")
+        assert logging.getLogger("urllib3").getEffectiveLevel() >= logging.WARNING
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+
+
+class BrokenAnswers:
+    """A VaultSession stand-in for PkiClient whose mount answers what Vault never writes."""
+
+    class config:
+        ca_cert = None
+        timeout = 5.0
+
+    url = "http://127.0.0.1:1"
+
+
+@pytest.mark.parametrize("data", [
+    {"certificate": "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"},
+    {},  # no certificate at all
+    {"certificate": 5},
+])
+def test_a_certificate_answer_that_does_not_hold_together_is_pki_unavailable(monkeypatch, data):
+    from dnsapi.pki.client import PkiClient
+    client = PkiClient(BrokenAnswers(), "pki")  # type: ignore[arg-type]
+    monkeypatch.setattr(client, "_get_json", lambda path, method="GET": data)
+    with pytest.raises(PkiUnavailable, match="does not hold together"):
+        client.stored("01:02")
+
+
+def test_the_watch_loop_outlives_an_error_nobody_foresaw(monkeypatch):
+    config = load({**BASE, "pki_watch": {"sinks": [{"type": "webhook", "url": "https://h.example/",
+                                                    "name": "hook"}]}})
+    watch = PkiWatch(config)
+
+    class Stop:  # a stop flag whose waits return at once
+        done = False
+
+        def is_set(self) -> bool:
+            return self.done
+
+        def wait(self, seconds: float) -> bool:
+            return self.done
+
+    stop, checks = Stop(), []
+
+    def check(state: WatchState, now: float) -> list:
+        checks.append(now)
+        if len(checks) == 1:
+            raise RuntimeError("a bug")
+        stop.done = True
+        return []
+
+    monkeypatch.setattr(watch, "check", check)
+    monkeypatch.setattr(watch.store, "load", WatchState)
+    monkeypatch.setattr(watch.store, "save", lambda state: None)
+    watch.run(stop)  # type: ignore[arg-type]
+    assert len(checks) == 2  # it checked again after the failure
+
+
+def test_a_serial_whose_certificate_cannot_be_read_is_skipped_not_an_unreachable_responder():
+    class Tidied(FakePki):
+        def stored(self, serial, refresh=False):
+            if serial == "0d":
+                raise PkiUnavailable("pki/cert/0d: HTTP 404")
+            return super().stored(serial, refresh)
+
+    pki, state = Tidied(), MountState()
+    pki.add("0c", "c.dev.local", NOW + 90 * DAY)
+    pki.add("0d", "d.dev.local", NOW + 90 * DAY)
+    cycle(pki, state, baseline=True)
+    pki.listed_revoked, pki.crl_serials = {"0d"}, {"0d"}
+    events = cycle(pki, state)
+    assert ("ocsp_unreachable", "") not in events and not any(t == "ocsp_unreachable" for t, _ in events)

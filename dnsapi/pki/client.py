@@ -8,7 +8,10 @@ issuers, CRLs and OCSP are public endpoints, fetched over plain HTTP with the sa
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import hvac.exceptions
 import requests
@@ -26,6 +29,27 @@ class PkiUnavailable(Exception):
 
 class Unsupported(PkiUnavailable):
     """The server does not have this endpoint (e.g. HashiCorp Vault has no `certs/detailed`)."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# What reading an answer that does not hold together raises: a PEM or DER that does not load,
+# a duplicate extension, a field missing or of another type, a date in another form.
+_MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError,
+              x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+
+
+def _readable(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """`method`, raising PkiUnavailable for an answer that does not hold together: a broken or
+    hostile answer is a mount that cannot be checked this cycle, never the end of pki-watch."""
+    @functools.wraps(method)
+    def read(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except _MALFORMED as exc:
+            raise PkiUnavailable(f"{method.__name__}: an answer that does not hold together "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    return read
 
 
 @dataclass(frozen=True)
@@ -110,6 +134,7 @@ class PkiClient:
         """The mount's URL on the node the session talks to (the active one, after a failover)."""
         return f"{self.session.url}/v1/{self.mount}"
 
+    @_readable
     def certificates(self) -> dict[str, CertInfo]:
         """Every certificate the mount stored (leaves and its own issuers), by serial.
         OpenBao lists them with their names and expiry in one call (`certs/detailed`); where
@@ -126,13 +151,16 @@ class PkiClient:
                                      not_after=not_after.timestamp())
         return infos
 
+    @_readable
     def certificates_one_by_one(self) -> dict[str, CertInfo]:
         return {serial: self.stored(serial).info for serial in self._list("certs").get("keys") or ()}
 
+    @_readable
     def revoked(self) -> set[str]:
         """Serials Vault has marked revoked, whether or not a CRL shows them yet."""
         return set(self._list("certs/revoked").get("keys") or ())
 
+    @_readable
     def stored(self, serial: str, refresh: bool = False) -> StoredCert:
         if refresh or serial not in self._stored:
             data = self._get_json(f"cert/{serial}")
@@ -141,6 +169,7 @@ class PkiClient:
                                               revocation_time=revocation_time(data))
         return self._stored[serial]
 
+    @_readable
     def issuers(self) -> dict[str, Issuer]:
         issuers = {}
         for issuer_id in self._get_json("issuers", method="LIST").get("keys") or ():
@@ -151,6 +180,7 @@ class PkiClient:
         return issuers
 
     @staticmethod
+    @_readable
     def issuer_of(cert: StoredCert, issuers: dict[str, Issuer]) -> Issuer | None:
         """The mount's issuer that signed `cert`: Vault names it only for revoked certificates,
         otherwise the issuer whose key verifies the certificate's signature."""
@@ -165,6 +195,7 @@ class PkiClient:
             return issuer
         return None
 
+    @_readable
     def crls(self, issuer: Issuer) -> list[Crl]:
         """The issuer's full CRL and, when there is one, its delta CRL; signatures are checked."""
         public_key = x509.load_pem_x509_certificate(issuer.pem.encode()).public_key()
@@ -192,6 +223,7 @@ class PkiClient:
                 signature_valid=crl.is_signature_valid(public_key)))  # type: ignore[arg-type]
         return crls
 
+    @_readable
     def ocsp_status(self, cert: StoredCert, issuer: Issuer) -> str:
         """`good`, `revoked` or `unknown` from the mount's OCSP responder; PkiUnavailable when it
         does not answer, answers an error, or answers for another certificate."""

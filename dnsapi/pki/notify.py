@@ -103,6 +103,8 @@ def send(sink: SinkConfig, event: dict[str, Any], session: requests.Session) -> 
             answer = response.json()
         except ValueError:
             raise DeliveryError(f"sink {sink.name}: the answer is not JSON") from None
+        if not isinstance(answer, dict):
+            raise DeliveryError(f"sink {sink.name}: the answer is not a JSON object")
         code = answer.get("errcode", answer.get("code", answer.get("StatusCode", 0)))
         if code != 0:
             message = str(answer.get("errmsg") or answer.get("msg") or "")[:200]
@@ -131,6 +133,8 @@ def _run_command(sink: SinkConfig, event: dict[str, Any]) -> None:
         raise DeliveryError(f"sink {sink.name}: {sink.command[0]} not found") from None
     except subprocess.TimeoutExpired:
         raise DeliveryError(f"sink {sink.name}: timed out after {sink.timeout:g}s") from None
+    except OSError as exc:  # not executable, a directory, out of processes, ...
+        raise DeliveryError(f"sink {sink.name}: cannot run {sink.command[0]}: {exc.strerror}") from None
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
         raise DeliveryError(f"sink {sink.name}: exit status {result.returncode} {detail[0][:200]}")

@@ -234,8 +234,13 @@ class MountCheck:
             targets.append((max(valid, key=lambda c: c.not_after).serial, "good"))
         try:
             for serial, expected in targets:
-                stored = self.pki.stored(serial)
-                issuer = self.pki.issuer_of(stored, issuers)
+                try:
+                    stored = self.pki.stored(serial)
+                    issuer = self.pki.issuer_of(stored, issuers)
+                except PkiUnavailable as exc:  # (tidied away, or broken: not the responder's fault)
+                    log.warning("pki-watch: %s: cannot read certificate %s for its OCSP check: %s",
+                                self.mount, serial, exc)
+                    continue
                 if issuer is None:  # signed by an issuer since removed from the mount
                     continue
                 status = self.pki.ocsp_status(stored, issuer)
@@ -324,13 +329,18 @@ class PkiWatch:
                 continue
             else:
                 try:
-                    send(sink, pending.event, self.http)
+                    try:
+                        send(sink, pending.event, self.http)
+                    except DeliveryError:
+                        raise
+                    except Exception as unforeseen:  # (only its type: a message may hold the URL)
+                        raise DeliveryError(f"sink {sink.name}: {type(unforeseen).__name__}") from None
                     log.info("pki-watch: delivered event %s to %s", pending.event["id"], sink.name)
                 except DeliveryError as exc:
                     pending.attempts += 1
                     if now - pending.since < self.settings.give_up:
                         delay = min(self.settings.retry_max,
-                                    self.settings.retry_initial * 2 ** (pending.attempts - 1))
+                                    self.settings.retry_initial * 2 ** min(pending.attempts - 1, 30))
                         pending.next_at = now + delay * random.uniform(0.8, 1.0)
                         log.warning("pki-watch: %s (attempt %d; next in %.0fs)", exc, pending.attempts,
                                     pending.next_at - now)
@@ -383,6 +393,11 @@ class PkiWatch:
                 continue
             except VaultUnavailable as exc:
                 log.error("pki-watch: %s", exc)
+                state = None
+                stop.wait(min(self.settings.interval, 10))
+                continue
+            except Exception:  # a bug, or an answer nobody foresaw: pki-watch goes on watching
+                log.exception("pki-watch: the check or its delivery failed; trying again")
                 state = None
                 stop.wait(min(self.settings.interval, 10))
                 continue
