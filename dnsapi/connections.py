@@ -53,6 +53,7 @@ class _Connection:
     transport: asyncio.Transport | None = None  # None until the transport exists
     busy: int = 0  # requests of this connection inside dnsapi's handlers
     timer: asyncio.TimerHandle | None = None
+    ended: bool = False  # closed by the guard before its transport existed (in its TLS handshake)
 
 
 def connection_limit(configured: int) -> int:
@@ -129,9 +130,13 @@ class ConnectionGuard:
                     server, sock, ssl=context, ssl_handshake_timeout=self.limits.request_timeout)
         except (TimeoutError, OSError, ssl.SSLError):
             self._forget(sock)
+            if connection.ended:  # (asyncio closes the socket of a failed handshake)
+                loop.call_soon(self._closed)
             return
         if self._open.get(sock) is not connection:  # displaced or timed out meanwhile
             transport.abort()
+            if connection.ended:
+                loop.call_soon(self._closed)
             return
         connection.transport = transport
         self._by_handler[handler] = connection
@@ -198,11 +203,18 @@ class ConnectionGuard:
 
     def _close(self, sock: socket.socket) -> None:
         connection = self._forget(sock)
-        if connection is not None and connection.transport is not None:
+        if connection is None:
+            return
+        self._closing += 1  # its descriptor is still open: counted until the loop closes it
+        if connection.transport is not None:
             connection.transport.abort()  # its socket is closed by a callback at the next turn...
-            self._closing += 1
             asyncio.get_running_loop().call_soon(self._closed)  # ...which runs before this one
-        # before its transport exists, _connect sees the connection gone and aborts it
+            return
+        # Still in its TLS handshake, which would hold the descriptor until request_timeout:
+        # end the handshake now; _connect counts the connection closed when it fails.
+        connection.ended = True
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def _closed(self) -> None:
         self._closing -= 1

@@ -386,3 +386,61 @@ def test_the_audit_trail_can_be_rotated(make_stack):
     assert stack.remove(NAME, VALUE).status_code == 200
     rotated = (stack.dir / "audit.jsonl.1").read_text()
     assert '"action": "add"' in rotated and '"action": "remove"' in audit_path(stack).read_text()
+
+
+async def test_connections_displaced_in_their_tls_handshake_give_their_descriptors_back(tls_files):
+    """A flood of connections that never start TLS, past max_connections: each new one displaces
+    the oldest idle one. One still in its handshake has no transport yet; it used to be only
+    forgotten, its socket open until the handshake timed out (request_timeout), so open
+    descriptors grew past the cap with the rate of the flood."""
+    import socket
+    import ssl
+
+    from aiohttp import web
+
+    from dnsapi.config import HttpLimits
+    from dnsapi.connections import ConnectionGuard
+    from dnsapi.metrics import Metrics
+
+    limits = HttpLimits(max_connections=4, max_connections_per_address=4, request_timeout=30.0)
+    guard = ConnectionGuard(limits, Metrics())
+    server = web.Server(lambda request: web.Response(text="ok"))
+    guard.attach(server)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files.cert, tls_files.key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    accepting = asyncio.create_task(guard.serve(listener, server, context))
+    loop = asyncio.get_running_loop()
+    clients: list[socket.socket] = []
+    try:
+        for i in range(20):  # one at a time, as a flood's connections arrive, each from its own address
+            client = socket.create_connection(listener.getsockname(), source_address=(f"127.0.0.{i + 2}", 0))
+            client.setblocking(False)
+            clients.append(client)
+            await asyncio.wait_for(_until(lambda: len(guard._open) >= min(len(clients), 4)), 5)
+
+        async def ended(client: socket.socket) -> bool:  # closed by dnsapi: end of file or a reset
+            try:
+                return await asyncio.wait_for(loop.sock_recv(client, 1), 5) == b""
+            except ConnectionResetError:
+                return True
+            except TimeoutError:
+                return False
+
+        # The 16 displaced (or refused, while one displaced was still closing) are closed by
+        # dnsapi long before request_timeout (30 s)...
+        held = {connection.sock.getpeername() for connection in guard._open.values()}
+        gone = [client for client in clients if client.getsockname() not in held]
+        assert len(gone) == 16 and all(await asyncio.gather(*(ended(c) for c in gone)))
+        assert len(guard._open) == 4 and guard._closing == 0  # ...and nothing is left counted
+    finally:
+        accepting.cancel()
+        for client in clients:
+            client.close()
+        listener.close()
+
+
+async def _until(check) -> None:
+    while not check():
+        await asyncio.sleep(0.001)
