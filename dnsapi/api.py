@@ -138,7 +138,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     refusal, and charge a refusal to its source address."""
     request[NOTES] = {}
     response = await handler(request)
-    action = AUDITED.get((request.method, request.path))
+    action = AUDITED.get(("GET" if request.method == "HEAD" else request.method, request.path))
     notes = request[NOTES]
     runtime = request.app[RUNTIME]
     refused = response.status >= 400
@@ -210,8 +210,13 @@ async def read_body(request: web.Request) -> bytes:
     reading = asyncio.ensure_future(request.read())
     stopping = asyncio.ensure_future(request.app[RUNTIME].stopping.wait())
     timeout = request.app[GUARD].limits.request_timeout
-    await asyncio.wait((reading, stopping), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
+    try:
+        await asyncio.wait((reading, stopping), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the client went away: neither task may outlive the request
+        reading.cancel()
+        raise
+    finally:
+        stopping.cancel()
     if not reading.done():
         reading.cancel()
         if request.app[RUNTIME].stopping.is_set():

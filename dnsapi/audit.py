@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import sys
 import threading
 import time
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 SUMMARY_SOURCES = 10  # busiest source addresses named in a summary line
+
+log = logging.getLogger(__name__)
 
 
 def value_hash(value: str) -> str:
@@ -71,11 +74,17 @@ class AuditLog:
                            **{k: v for k, v in entry.items() if v is not None}},
                           ensure_ascii=True, sort_keys=False)
         with self._lock:
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except OSError as exc:  # (a full disk) the change is made: say so where it can be read
+                log.error("cannot write the audit trail (%s); its entry: %s", exc.strerror, line)
 
     def close(self) -> None:
         self._window_start -= self.interval  # whatever was counted is written before closing
         self.flush()
         if self._owned:
-            self._stream.close()
+            try:
+                self._stream.close()
+            except OSError as exc:  # what is still buffered went to the log with its write
+                log.error("cannot close the audit trail cleanly (%s)", exc.strerror)

@@ -388,6 +388,7 @@ class RecordService:
                         for zone in config.zones}
         self.waits = Waits(config.dns_servers, config.waits, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []
+        self._readiness: asyncio.Future[dict[str, str]] | None = None  # the check running now
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -549,7 +550,14 @@ class RecordService:
 
     async def readiness(self) -> dict[str, str]:
         """Each check → "ok" or what is wrong: Vault reachable with write access to each zone
-        secret, and each zone file parseable with a writable directory."""
+        secret, and each zone file parseable with a writable directory. Anyone may ask
+        (/readyz), so callers arriving while a check runs share it: one at a time, however
+        many ask."""
+        if self._readiness is None or self._readiness.done():
+            self._readiness = asyncio.ensure_future(self._check_readiness())
+        return dict(await asyncio.shield(self._readiness))  # (a caller that goes away stops nothing)
+
+    async def _check_readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}
         for zone, writer in self.writers.items():
             try:

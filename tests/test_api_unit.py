@@ -23,7 +23,7 @@ from dnsapi.propagation import Waits
 from dnsapi.ratelimit import RateLimiter
 from dnsapi.service import RecordService
 
-from .helpers import ZONE, FakeClock, MemoryStore, Tokens, service_config
+from .helpers import ZONE, FakeClock, MemoryStore, Tokens, metric_total, service_config, until, until_done
 
 WWW = "_acme-challenge.www.dev.local"
 API = "_acme-challenge.api.dev.local"
@@ -174,6 +174,45 @@ async def test_a_token_that_is_not_utf8_is_401_not_a_crash(tmp_path):
         writer.close()
         assert head.startswith("HTTP/1.1 401")
         assert api.store.attempts == 0
+
+
+async def test_a_refused_head_request_is_audited_as_the_get_it_stands_for(tmp_path):
+    async with serving(tmp_path) as api:
+        async with api.client.request("HEAD", "/v1/records",
+                                      headers={"Authorization": "Bearer no"}) as answer:
+            assert answer.status == 401
+        assert [(e["action"], e["status"]) for e in api.audit()] == [("list", 401)]
+
+
+async def test_a_client_gone_in_the_middle_of_its_body_leaves_no_task_behind(tmp_path):
+    async with serving(tmp_path) as api:
+        stopping = api.client.server.app[RUNTIME].stopping
+
+        def waiting_for_shutdown() -> list[asyncio.Task]:
+            return [t for t in asyncio.all_tasks() if (frame := t.get_coro().cr_frame) is not None  # type: ignore[union-attr]
+                    and frame.f_locals.get("self") is stopping]
+
+        server = api.client.server
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"POST /v1/records HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            f"{k}: {v}\r\n".encode() for k, v in api.tokens.header("acme").items())
+            + b"Content-Length: 100\r\n\r\n{\"fqdn\": ")
+        await writer.drain()
+        await until_done(lambda: waiting_for_shutdown(), "the handler reading the body")
+        writer.close()
+        await until_done(lambda: not waiting_for_shutdown(), "the body's tasks ended with the request")
+        assert api.store.attempts == 0
+
+
+async def test_an_audit_trail_that_cannot_be_written_does_not_hide_a_made_change(tmp_path, caplog):
+    """The change is in Vault and the zone file by then: the client is told so, and the entry
+    goes to the log instead."""
+    async with serving(tmp_path) as api:
+        runtime = api.client.server.app[RUNTIME]
+        runtime.audit = AuditLog(Path("/dev/full"))  # every write: no space left on device
+        status, _, _ = await api.add()
+        assert status == 201 and api.store.records() == {(WWW, VALUE)}
+        assert "cannot write the audit trail" in caplog.text and f'"fqdn": "{WWW}"' in caplog.text
 
 
 @pytest.mark.parametrize("method, fqdn", [("POST", API), ("POST", "_acme-challenge.x.www.dev.local"),
@@ -362,6 +401,30 @@ async def test_readyz_reports_an_unreachable_vault(tmp_path):
         status, body, _ = await api.call("GET", "/readyz")
         assert status == 503
         assert body["checks"][f"vault:{ZONE}"] == "Vault at http://127.0.0.1:1 is unreachable"
+
+
+async def test_readyz_asked_many_times_at_once_checks_once(tmp_path):
+    """Anyone may ask /readyz, and each check asks Vault and the DNS servers: callers arriving
+    while a check runs share it."""
+    async with serving(tmp_path) as api:
+        checks, real = [], api.store.zone_access
+
+        async def counted(zone: str) -> str | None:
+            checks.append(zone)
+            return await real(zone)
+
+        api.store.zone_access = counted  # type: ignore[method-assign]
+        gate = api.store.hold("zone_access")
+        asked = [asyncio.create_task(api.call("GET", "/readyz", None)) for _ in range(10)]
+        await gate.entered.wait()
+        await until(lambda: metric_total(api.service.metrics.render().decode(),
+                                         "dnsapi_http_requests_in_progress") == 10, "all ten asking")
+        gate.release()
+        assert [status for status, _, _ in await asyncio.gather(*asked)] == [200] * 10
+        assert checks == [ZONE]  # one check for the ten
+        api.store.fail("zone_access", VaultUnavailable("down"))  # a later ask checks afresh
+        status, _, _ = await api.call("GET", "/readyz", None)
+        assert status == 503 and checks == [ZONE, ZONE]
 
 
 # -- waits for DNS ------------------------------------------------------------------------------
