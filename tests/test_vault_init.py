@@ -211,6 +211,29 @@ def test_a_symlink_at_the_destination_is_refused(tmp_path, name):
     assert not (name.startswith("creds/") and vault.minted_secret_id())
 
 
+def test_a_secret_id_file_this_user_may_not_read_is_an_error_not_a_new_secret_id(tmp_path, monkeypatch):
+    """Run as another admin, vault-init took an unreadable file for a missing one: it minted a
+    secret_id and replaced the file the service runs on."""
+    conf = tmp_path / "conf"
+    (conf / "creds").mkdir(parents=True)
+    (conf / "creds" / "secret-id").write_text("the service's own\n")
+    vault = FakeVault()
+    init = init_in(conf, vault)
+    real = Path.read_text
+
+    def guarded(path: Path, *args: Any, **kwargs: Any) -> str:
+        if path.name == "secret-id":
+            raise PermissionError(13, "Permission denied")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", guarded)
+    with pytest.raises(InitError, match="cannot read .*secret-id: Permission denied"):
+        write_all(init)
+    monkeypatch.undo()
+    assert not vault.minted_secret_id()
+    assert (conf / "creds" / "secret-id").read_text() == "the service's own\n"
+
+
 @pytest.mark.parametrize("name", ["creds/role-id", "creds/secret-id", "root-ca.pem"])
 def test_a_symlink_planted_before_the_config_is_loaded_is_refused(tmp_path, name):
     conf, victim = tmp_path / "conf", precious(tmp_path)

@@ -456,13 +456,20 @@ class VaultInit:
 
 
 def _read_file(path: Path | None, strip: bool = True) -> str | None:
-    """The file's text, None if unreadable. A symlink is refused before anything is read or
-    minted in Vault (see `refuse_symlink`)."""
+    """The file's text, None if it does not exist (or is not text). A symlink is refused before
+    anything is read or minted in Vault (see `refuse_symlink`), and so is a file this user may
+    not read: run as another admin, vault-init would otherwise mint a new secret_id and replace
+    the file the service runs on."""
     if path is None:
         return None
     refuse_symlink(path)
     try:
         text = path.read_text()
-    except OSError:
+    except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        return None
+    except OSError as exc:
+        raise InitError(f"cannot read {path}: {exc.strerror}; run vault-init as a user who may "
+                        "(it compares the file with what Vault holds before writing it)") from None
     return text.strip() if strip else text
