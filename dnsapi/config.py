@@ -404,12 +404,18 @@ def _key_name(value: object) -> str:
     return normalize_name(_text(value), "key name")
 
 
+TSIG_SECRET_LEAST = 16  # bytes (128 bits); tsig-keygen makes one as long as the digest
+
+
 def _base64(value: str | None) -> str | None:
     if value is not None:
         try:
-            base64.b64decode(value, validate=True)
+            secret = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("must be base64 (as `tsig-keygen` or `dnssec-keygen` print it)") from None
+        if len(secret) < TSIG_SECRET_LEAST:  # (an empty one would let anyone sign)
+            raise ValueError(f"is {len(secret)} bytes; a TSIG secret needs at least "
+                             f"{TSIG_SECRET_LEAST} (make one with `tsig-keygen -a hmac-sha256`)")
     return value
 
 

@@ -20,6 +20,7 @@ TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message, or to
 MAX_TCP = 64  # open TCP connections at once; more are closed at once (they share the descriptors
 # the HTTP side keeps in reserve, see connections.DESCRIPTOR_RESERVE)
 MAX_TCP_PER_ADDRESS = 16  # ...and from one address, so one source cannot take them all
+MAX_UDP_PENDING = 256  # UDP messages being answered at once; more are dropped (a client retries)
 MAX_MESSAGE = 65535  # a DNS message over TCP
 UDP_MOST = 1232  # the most a UDP reply carries whatever EDNS size is offered (DNS Flag Day 2020:
 # no fragments on any path, and a small query cannot draw a large reply at someone else)
@@ -38,10 +39,16 @@ def formerr(wire: bytes) -> bytes | None:
     """The FORMERR reply to a message that does not parse: its id and opcode echoed, nothing
     else; None when there is no header to echo, or when it is a response (QR set): answering
     one could start a loop, or reflect packets at whoever was spoofed as its sender."""
+    return header_reply(wire, dns.rcode.FORMERR)
+
+
+def header_reply(wire: bytes, rcode: int, truncated: bool = False) -> bytes | None:
+    """A reply of a header only (id and opcode echoed, `rcode`, TC if `truncated`), as formerr."""
     if len(wire) < 12 or wire[2] & 0x80:
         return None
     ident, flags = struct.unpack("!HH", wire[:4])
-    return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7800) | dns.rcode.FORMERR, 0, 0, 0, 0)
+    return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7800) | (0x0200 if truncated else 0)
+                       | rcode, 0, 0, 0, 0)
 
 
 class DnsListener:
@@ -68,6 +75,9 @@ class DnsListener:
             task.cancel()
 
     def spawn(self, wire: bytes, remote: tuple[str, int]) -> None:
+        if len(self._tasks) >= MAX_UDP_PENDING:  # a flood: its tasks must not pile up
+            self.metrics.dns_dropped.inc()
+            return
         task = asyncio.create_task(self._answer_udp(wire, remote))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -40,7 +40,7 @@ import dns.update
 from . import tsig, update_message
 from .audit import AuditLog, value_hash
 from .config import Config, TsigKeyConfig
-from .dns_listener import DnsListener, formerr, reply_limit
+from .dns_listener import DnsListener, formerr, header_reply, reply_limit
 from .errors import DnsapiError, NameConflict, TooManyRecords
 from .names import (
     InvalidInput,
@@ -56,6 +56,10 @@ from .service import RecordService
 from .update_message import Rr, UpdateRequest
 
 log = logging.getLogger(__name__)
+
+# Records in one message, all sections together. An ACME client's UPDATE holds a handful; a
+# message of thousands costs a parse (and prerequisite checks) however it is signed.
+MAX_RECORDS = 256
 
 
 _RCODE_OF = {Outcome.NXDOMAIN: dns.rcode.NXDOMAIN, Outcome.YXDOMAIN: dns.rcode.YXDOMAIN,
@@ -117,6 +121,10 @@ class DnsUpdateServer:
 
     async def handle(self, wire: bytes, remote: str, tcp: bool) -> bytes | None:
         """The reply to one message (None: nothing to answer: no header, or not a request)."""
+        if len(wire) < 12 or wire[2] & 0x80:
+            return None  # a response, even one whose TSIG does not check: answering it could loop
+        if sum(struct.unpack_from("!HHHH", wire, 4)) > MAX_RECORDS:
+            return self._formerr(wire, remote)  # (before parsing: unsigned, it costs the sender nothing)
         started = time.perf_counter()
         signer: tsig.Signer | None
         checked = tsig.verified(wire, self.tsig_keys)
@@ -143,7 +151,11 @@ class DnsUpdateServer:
             else:
                 answer = await self._query(message) if opcode == dns.opcode.QUERY \
                     else _reply(message, dns.rcode.NOTIMP)
-                rcode, reply = answer.rcode(), answer.to_wire(max_size=max_size)
+                rcode = answer.rcode()
+                try:
+                    reply = answer.to_wire(max_size=max_size)
+                except dns.exception.TooBig:  # (echoing several long questions): the header alone
+                    reply = header_reply(wire, rcode, truncated=not tcp) or b""
         self.metrics.dns_requests.labels(dns.opcode.to_text(opcode), dns.rcode.to_text(rcode)).inc()
         self.metrics.dns_request_seconds.observe(time.perf_counter() - started)
         return reply

@@ -94,6 +94,9 @@ class Metrics:
         self.notify_failures = Counter("dnsapi_notify_failures", "answers.notify: NOTIFY rounds "
                                        "after which the target did not hold the zone's serial",
                                        ["zone", "target"], registry=r)
+        self.dns_dropped = Counter("dnsapi_dns_dropped", "UDP messages to a DNS door (RFC 2136, "
+                                   "answers) dropped unanswered: too many were being answered "
+                                   "at once", registry=r)
         self.dns_request_seconds = Histogram("dnsapi_dns_request_duration_seconds", "RFC 2136 front "
                                              "door: time to answer a message", buckets=_SLOW,
                                              registry=r)

@@ -74,3 +74,26 @@ async def test_one_address_cannot_take_every_tcp_slot():
         for sock in held:
             sock.close()
         await listener.close()
+
+
+async def test_a_udp_flood_is_dropped_past_the_messages_being_answered(monkeypatch):
+    monkeypatch.setattr(dns_listener, "MAX_UDP_PENDING", 8)
+    release = asyncio.Event()
+
+    async def slow(wire: bytes, remote: str, tcp: bool) -> bytes:
+        await release.wait()
+        return REPLY[:100]
+
+    listener, port = DnsListener(slow, Metrics()), free_port()
+    await listener.start("127.0.0.1", port)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+            for _ in range(20):
+                flood.sendto(b"q" * 12, ("127.0.0.1", port))
+            await until_done(lambda: listener.metrics.registry.get_sample_value(
+                "dnsapi_dns_dropped_total") == 12, "12 of 20 dropped")
+            assert len(listener._tasks) == 8
+            release.set()
+            await until_done(lambda: not listener._tasks, "the 8 answered")
+    finally:
+        await listener.close()

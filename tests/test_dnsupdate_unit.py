@@ -1,0 +1,93 @@
+"""The RFC 2136 door in-process (dnsapi/dnsupdate.py, helpers.MemoryStore for Vault): what it
+does not answer, and what it answers without parsing. The door over the network, with nsupdate,
+knsupdate, lego and certbot, is tests/test_dnsupdate_e2e.py."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import struct
+
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import dns.tsig
+import dns.tsigkeyring
+import dns.update
+import pytest
+
+from dnsapi.config import Config
+from dnsapi.dnsupdate import MAX_RECORDS, DnsUpdateServer
+from dnsapi.errors import ConfigError
+
+from .helpers import running, service_config
+
+pytestmark = pytest.mark.unit
+
+SECRET = base64.b64encode(secrets.token_bytes(32)).decode()
+NAME = "_acme-challenge.www.dev.local."
+
+
+def config(tmp_path) -> Config:
+    config_, _ = service_config(tmp_path, dns_update={"listen": "127.0.0.1:1", "keys": [
+        {"name": "acme", "algorithm": "hmac-sha256", "secret": SECRET, "allow": ["*.dev.local"]}]})
+    return config_
+
+
+def rcode_of(reply: bytes) -> int:
+    return struct.unpack_from("!H", reply, 2)[0] & 0xF
+
+
+async def test_a_response_is_never_answered_even_with_a_tsig_that_does_not_check(tmp_path):
+    """An answer to an answer: two dnsapi nodes (or dnsapi and any server) spoofed at each other
+    would answer BADKEY to BADKEY for ever."""
+    async with running(config(tmp_path)) as (service, _):
+        door = DnsUpdateServer(service.config, service, lambda: None)  # type: ignore[arg-type,return-value]
+        update = dns.update.UpdateMessage("dev.local.")
+        update.add(NAME, 60, "TXT", '"v"')
+        update.use_tsig(dns.tsigkeyring.from_text({"stranger.": SECRET}), keyname="stranger.",
+                        algorithm=dns.tsig.HMAC_SHA256)
+        update.flags |= dns.flags.QR
+        assert await door.handle(update.to_wire(), "127.0.0.1", False) is None
+
+
+async def test_a_message_of_too_many_records_is_formerr_before_it_is_parsed(tmp_path, monkeypatch):
+    async with running(config(tmp_path)) as (service, store):
+        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        update = dns.update.UpdateMessage("dev.local.")
+        for i in range(MAX_RECORDS + 1):
+            update.add(NAME, 60, "TXT", f'"v{i}"')
+        parsed = []
+        monkeypatch.setattr(dns.message, "from_wire", lambda *a, **k: parsed.append(1))
+        reply = await door.handle(update.to_wire(), "127.0.0.1", True)
+        assert reply is not None and rcode_of(reply) == dns.rcode.FORMERR and parsed == []
+        assert store.attempts == 0
+
+
+async def test_a_reply_too_long_to_echo_its_questions_is_the_header_alone(tmp_path):
+    async with running(config(tmp_path)) as (service, _):
+        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        query = dns.message.make_query("dev.local.", "SOA")
+        for letter in "qrs":  # three long names that share nothing to compress
+            long = ".".join([letter * 62] * 3) + ".example."
+            query.question.append(dns.rrset.RRset(dns.name.from_text(long), dns.rdataclass.IN,
+                                                  dns.rdatatype.A))
+        reply = await door.handle(query.to_wire(), "127.0.0.1", False)
+        assert reply is not None and len(reply) == 12 and rcode_of(reply) == dns.rcode.FORMERR
+        assert reply[:2] == query.to_wire()[:2] and reply[2] & 0x02  # TC: ask again over TCP
+
+
+@pytest.mark.parametrize("content", ["\n", base64.b64encode(b"short").decode()])
+def test_a_tsig_secret_that_is_empty_or_short_is_refused(tmp_path, content):
+    """An empty secret (a blank secret_file) would let anyone sign."""
+    (tmp_path / "acme.key").write_text(content)
+    with pytest.raises(ConfigError, match="secret"):
+        service_config(tmp_path, dns_update={"listen": "127.0.0.1:1", "keys": [
+            {"name": "acme", "secret_file": "acme.key", "allow": ["*.dev.local"]}]})
+
+
+def service_audit(tmp_path):
+    from dnsapi.audit import AuditLog
+    return AuditLog(tmp_path / "audit.jsonl")
