@@ -453,6 +453,9 @@ class RecordService:
                     version = await self.store.current_version(zone)
                 except VaultUnavailable:
                     continue  # reported by requests and /readyz; the reconcile timer retries
+                except Exception:  # a chore: nothing may end the loop that runs it
+                    log.exception("asking Vault for zone %s's version failed", zone)
+                    continue
                 if writer.state is None or version != writer.state.version:
                     try:
                         await writer.submit(None)

@@ -196,6 +196,12 @@ class _Standby(Exception):
     """The node answered, but it is not (or no longer) the active one."""
 
 
+def _refuse_redirects(response: requests.Response, *args: object, **kwargs: object) -> None:
+    """requests hook: a redirect (a standby naming the active node) is _Standby, never followed."""
+    if response.is_redirect:
+        raise _Standby()
+
+
 class VaultSession:
     """An hvac client pointed at the cluster's active node, with a token VaultAuth keeps valid.
     `run` retries through leader changes, node losses and elections for vault.failover_timeout
@@ -213,15 +219,20 @@ class VaultSession:
     def __init__(self, config: VaultConfig) -> None:
         self.config = config
         self.verify: bool | str = str(config.ca_cert) if config.ca_cert else True
-        self.client = hvac.Client(url=config.addrs[0], verify=self.verify, timeout=config.timeout,
-                                  allow_redirects=False)
+        # token="": none from VAULT_TOKEN or ~/.vault-token (VaultAuth sets the configured one)
+        self.client = hvac.Client(url=config.addrs[0], token="", verify=self.verify,
+                                  timeout=config.timeout, allow_redirects=False)
         self.client.session.headers["X-Vault-No-Request-Forwarding"] = "true"
+        # A standby's redirect is not an error to hvac, which hands back the bare response: the
+        # caller would take it for an answer. It means "not the active node", whatever the call.
+        self.client.session.hooks["response"].append(_refuse_redirects)
         # Configured, not inherited: no proxy, netrc or CA bundle from the environment
         # (vault.ca_cert names the CA), and no lookup of each on every call.
         self.client.session.trust_env = False
         self.auth = VaultAuth(config)
         self._probes = requests.Session()
         self._probes.trust_env = False
+        self._warned: set[str] = set()  # leaders named over another scheme, told once each
         self._direct: aiohttp.ClientSession | None = None  # for write_kv_direct, made in the loop
 
     @property
@@ -343,7 +354,7 @@ class VaultSession:
         None when it does not answer. Raises requests' SSLError when its certificate is not
         trusted."""
         try:
-            response = self._probes.get(f"{addr}/v1/sys/leader", verify=self.verify,
+            response = self._probes.get(f"{addr}/v1/sys/leader", verify=self.verify, allow_redirects=False,
                                         timeout=min(PROBE_TIMEOUT, self.config.timeout))
             answer = response.json() if response.status_code == 200 else None
         except requests.exceptions.SSLError:
@@ -355,7 +366,16 @@ class VaultSession:
         if answer.get("is_self") is True or answer.get("ha_enabled") is False:
             return addr
         leader = str(answer.get("leader_address") or "").rstrip("/")
-        return leader if re.fullmatch(r"https?://[^\s/]+", leader) else ""
+        if not re.fullmatch(r"https?://[^\s/]+", leader):
+            return ""
+        if leader.partition(":")[0] != addr.partition(":")[0]:
+            # The token would go there: never from https down to http (nor the other way).
+            if leader not in self._warned:
+                self._warned.add(leader)
+                log.warning("Vault at %s names %s as the active node, over another scheme than "
+                            "vault.addr's; not followed (check the nodes' api_addr)", addr, leader)
+            return ""
+        return leader
 
     # The calls below are raw hvac calls: run them inside `run`.
 

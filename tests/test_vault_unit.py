@@ -6,9 +6,13 @@ event loop may use the token for a direct write, and which way a direct write's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
 
@@ -212,3 +216,83 @@ async def test_a_direct_write_that_fails_tls_is_retried_where_the_tls_error_is_r
             await vault.write_kv_direct("zones/dev.local", {}, 1)
         await vault.close()
     assert (info.value.confirm, info.value.why) == (False, "TLS")
+
+
+# -- against nodes on loopback HTTP servers (threads) ----------------------------------------
+
+Answer = Callable[[str, str], tuple[int, dict[str, str], dict | None]]
+
+
+@contextlib.contextmanager
+def node(answer: Answer) -> Iterator[str]:
+    """An HTTP server answering (status, headers, JSON body) = answer(method, path)."""
+    class Handler(BaseHTTPRequestHandler):
+        def handle_one(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            status, headers, body = answer(self.command, self.path)
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(data))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = handle_one
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def real_session(addrs: list[str]) -> VaultSession:
+    """A session on real HTTP nodes (`node`), with a configured token."""
+    return VaultSession(VaultConfig.model_validate({"addr": addrs, "token": "s.configured",
+                                                    "failover_timeout": "3s"}))
+
+
+def test_a_standbys_redirect_is_a_failover_not_an_answer():
+    """hvac hands a 307 back as a bare response: read_kv raised TypeError, a delete reported
+    success, and the watch loop died. The redirect's Location is not followed either."""
+    seen: list[tuple[str, str, str]] = []
+    with node(lambda method, path: (
+            (200, {}, {"is_self": True, "leader_address": ""}) if path == "/v1/sys/leader"
+            else (200, {}, {"data": {"ttl": 0, "renewable": False}}) if "lookup-self" in path
+            else (200, {}, {"data": {"data": {"a": 1}, "metadata": {"version": 3}}}))) as active:
+        def standby(method: str, path: str) -> tuple[int, dict[str, str], dict | None]:
+            seen.append(("standby", method, path))
+            if path == "/v1/sys/leader":
+                return 200, {}, {"is_self": False, "leader_address": active}
+            return 307, {"Location": "http://127.0.0.1:9/elsewhere"}, None
+
+        with node(standby) as standby_addr:
+            vault = real_session([standby_addr])
+            assert vault.run(lambda: vault.read_kv("dnsapi/zones/dev.local")) == ({"a": 1}, 3)
+            assert vault.url == active
+
+
+def test_no_token_is_inherited_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("VAULT_TOKEN", "s.inherited")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert real_session(["http://127.0.0.1:1"]).client.token in ("", None)
+
+
+def test_a_leader_named_over_another_scheme_is_not_followed(caplog):
+    """A node whose api_addr names another scheme would have had the token sent there (from
+    https down to http, in the clear)."""
+    def naming(leader: str) -> Answer:
+        return lambda method, path: (200, {}, {"is_self": False, "leader_address": leader})
+
+    with node(naming("https://10.0.0.9:8200")) as other, node(naming("http://10.0.0.9:8200")) as same:
+        vault = real_session([other, same])
+        assert vault._named_leader(other) == ""  # as if it knew of no leader
+        assert "over another scheme" in caplog.text
+        assert vault._named_leader(same) == "http://10.0.0.9:8200"
