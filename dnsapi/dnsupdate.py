@@ -22,6 +22,7 @@ import contextlib
 import logging
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import dns.exception
@@ -60,6 +61,10 @@ log = logging.getLogger(__name__)
 # Records in one message, all sections together. An ACME client's UPDATE holds a handful; a
 # message of thousands costs a parse (and prerequisite checks) however it is signed.
 MAX_RECORDS = 256
+# Signed UPDATEs answered lately, remembered by their MAC for as long as their signature holds
+# (time signed ± tsig.FUDGE): the same message again, a client's retransmission or someone's
+# replay, gets the same answer and changes nothing. At most this many, the oldest forgotten.
+ANSWERED_MOST = 16384
 
 
 _RCODE_OF = {Outcome.NXDOMAIN: dns.rcode.NXDOMAIN, Outcome.YXDOMAIN: dns.rcode.YXDOMAIN,
@@ -108,6 +113,8 @@ class DnsUpdateServer:
         self.tsig_keys = tsig.Keyring(self.keyring.values())
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
         self.listener = DnsListener(self.handle, self.metrics)
+        # (key, MAC) -> (when it may be forgotten, its reply: a future while it is worked out)
+        self._answered: OrderedDict[tuple[str, bytes], tuple[float, asyncio.Future[bytes]]] = OrderedDict()
 
     async def start(self) -> None:
         host, port = self.settings.listen
@@ -130,9 +137,12 @@ class DnsUpdateServer:
         checked = tsig.verified(wire, self.tsig_keys)
         request = update_message.read(checked[0]) if checked is not None else None
         if checked is not None and request is not None:  # a plain signed UPDATE: the quick way
-            opcode, signer = dns.opcode.UPDATE, checked[1]
-            rcode = await self._update(request, signer, remote)
-            reply = tsig.sign(request.reply(rcode), signer, self.tsig_keys)
+            opcode, signer, quick = dns.opcode.UPDATE, checked[1], request
+            answered = await self._update_once(quick, signer, remote, lambda rcode: tsig.sign(
+                quick.reply(rcode), signer, self.tsig_keys))
+            if isinstance(answered, bytes):
+                return answered  # (the same message again: answered as before)
+            rcode, reply = answered
         else:
             parsed = self._parse(wire, remote)
             if not isinstance(parsed, tuple):
@@ -143,11 +153,14 @@ class DnsUpdateServer:
             max_size = reply_limit(tcp, message.edns, message.payload)
             opcode = message.opcode()
             if opcode == dns.opcode.UPDATE and isinstance(message, dns.update.UpdateMessage):
-                request = update_message.from_dnspython(message)
-                rcode = await self._update(request, signer, remote)
+                converted = update_message.from_dnspython(message)
                 # With EDNS the reply carries OPT: dnspython's way, rare enough to cost what it does.
-                reply = tsig.sign(request.reply(rcode), signer, self.tsig_keys) if message.edns < 0 \
-                    else _reply(message, rcode).to_wire(max_size=max_size)
+                answered = await self._update_once(converted, signer, remote, lambda rcode: tsig.sign(
+                    converted.reply(rcode), signer, self.tsig_keys) if message.edns < 0
+                    else _reply(message, rcode).to_wire(max_size=max_size))
+                if isinstance(answered, bytes):
+                    return answered
+                rcode, reply = answered
             else:
                 answer = await self._query(message) if opcode == dns.opcode.QUERY \
                     else _reply(message, dns.rcode.NOTIMP)
@@ -159,6 +172,55 @@ class DnsUpdateServer:
         self.metrics.dns_requests.labels(dns.opcode.to_text(opcode), dns.rcode.to_text(rcode)).inc()
         self.metrics.dns_request_seconds.observe(time.perf_counter() - started)
         return reply
+
+    async def _update_once(self, request: UpdateRequest, signer: tsig.Signer | None, remote: str,
+                           reply_of: Callable[[dns.rcode.Rcode], bytes]
+                           ) -> tuple[dns.rcode.Rcode, bytes] | bytes:
+        """(rcode, reply) of an UPDATE applied now; the reply given then, alone, for a signed
+        UPDATE that came before, which changes nothing."""
+        if signer is not None:
+            known = self._answered_before(signer, remote)
+            if known is not None:
+                return await known
+        try:
+            rcode = await self._update(request, signer, remote)
+        except BaseException:
+            self._forget(signer)
+            raise
+        reply = reply_of(rcode)
+        if signer is not None:
+            self._remember(signer, reply)
+        return rcode, reply
+
+    def _answered_before(self, signer: tsig.Signer, remote: str) -> asyncio.Future[bytes] | None:
+        """The reply to this signed message if it came before (or is being answered now), and
+        else None, after taking its place: it is answered once."""
+        now = time.monotonic()
+        while self._answered and next(iter(self._answered.values()))[0] <= now:
+            self._answered.popitem(last=False)
+        known = self._answered.get((signer.key, signer.mac))
+        if known is not None:
+            self.audit().refused(remote, action="dns_update", token=f"key:{signer.key}",
+                                 result="repeated",
+                                 error="the same signed UPDATE again: answered as before, nothing changed")
+            return known[1]
+        if len(self._answered) >= ANSWERED_MOST:
+            self._answered.popitem(last=False)
+        self._answered[(signer.key, signer.mac)] = (now + 2 * tsig.FUDGE,
+                                                     asyncio.get_running_loop().create_future())
+        return None
+
+    def _remember(self, signer: tsig.Signer, reply: bytes) -> None:
+        known = self._answered.get((signer.key, signer.mac))
+        if known is not None and not known[1].done():
+            known[1].set_result(reply)
+
+    def _forget(self, signer: tsig.Signer | None) -> None:
+        """A signed UPDATE that was not answered (an error nobody foresaw): the same message
+        again is worked out afresh, and whoever waits for this one is let go."""
+        known = self._answered.pop((signer.key, signer.mac), None) if signer is not None else None
+        if known is not None and not known[1].done():
+            known[1].cancel()
 
     def _parse(self, wire: bytes, remote: str
                ) -> tuple[dns.message.Message, tsig.Signer | None] | bytes | None:
@@ -176,6 +238,9 @@ class DnsUpdateServer:
         except (dns.exception.DNSException, ValueError, IndexError, struct.error):
             return self._formerr(wire, remote)
         if message.had_tsig and isinstance(message.keyring, dns.tsig.Key) and message.mac:
+            assert message.tsig is not None
+            if abs(message.tsig[0].time_signed - time.time()) > tsig.FUDGE:  # (its own fudge was longer)
+                return self._tsig_error(wire, remote, dns.rcode.BADTIME, "TSIG time outside the fudge")
             name = message.keyring.name.to_text(omit_final_dot=True).lower()
             return message, tsig.Signer(name, message.mac)
         return message, None

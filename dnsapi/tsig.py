@@ -26,7 +26,9 @@ import dns.tsig
 
 from .wire import name_at
 
-FUDGE = 300  # seconds of clock skew a signed reply allows (dnspython's and BIND's default)
+FUDGE = 300  # seconds of clock skew a signed reply allows (dnspython's and BIND's default),
+# and the most a request's own fudge may allow: a longer one would let a captured UPDATE be
+# replayed for up to 18 hours (dnsupdate.py remembers what it answered for this long)
 _UPDATE = 5  # the UPDATE opcode
 _HASHES = {dns.tsig.HMAC_MD5: hashlib.md5, dns.tsig.HMAC_SHA1: hashlib.sha1,
            dns.tsig.HMAC_SHA224: hashlib.sha224, dns.tsig.HMAC_SHA256: hashlib.sha256,
@@ -88,7 +90,7 @@ def verified(wire: bytes, keyring: Keyring) -> tuple[bytes, Signer] | None:
         if algorithm != key.algorithm or error or len(other) != other_size \
                 or len(mac) != size or size != key.hmac.digest_size:
             return None
-        if abs(((high << 32) | low) - time.time()) > fudge:
+        if abs(((high << 32) | low) - time.time()) > min(fudge, FUDGE):
             return None
         (additional,) = struct.unpack_from("!H", wire, 10)
         unsigned = wire[:10] + struct.pack("!H", additional - 1) + wire[12:start]

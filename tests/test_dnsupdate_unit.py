@@ -7,11 +7,13 @@ from __future__ import annotations
 import base64
 import secrets
 import struct
+import time
 
 import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.renderer
 import dns.rrset
 import dns.tsig
 import dns.tsigkeyring
@@ -91,3 +93,58 @@ def test_a_tsig_secret_that_is_empty_or_short_is_refused(tmp_path, content):
 def service_audit(tmp_path):
     from dnsapi.audit import AuditLog
     return AuditLog(tmp_path / "audit.jsonl")
+
+
+KEYRING = {"acme.": SECRET}
+
+
+def signed(*changes: tuple[str, str], fudge: int = 300) -> bytes:
+    """An UPDATE of dev.local signed with key acme: ("add" | "delete", value) each."""
+    update = dns.update.UpdateMessage("dev.local.")
+    for action, value in changes:
+        getattr(update, action)(NAME, 60, "TXT", f'"{value}"') if action == "add" \
+            else update.delete(NAME, "TXT", f'"{value}"')
+    update.use_tsig(dns.tsigkeyring.from_text(KEYRING), keyname="acme.", fudge=fudge,
+                    algorithm=dns.tsig.HMAC_SHA256)
+    return update.to_wire()
+
+
+@pytest.mark.parametrize("edns", [False, True])  # the quick path, and dnspython's
+async def test_the_same_signed_update_again_is_answered_as_before_and_changes_nothing(tmp_path, edns):
+    """A client's retransmission, or a replay by someone who saw the message: a captured delete
+    must not remove a value added again since."""
+    async with running(config(tmp_path)) as (service, store):
+        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+
+        def with_edns(wire: bytes) -> bytes:
+            if not edns:
+                return wire
+            message = dns.message.from_wire(wire, keyring=dns.tsigkeyring.from_text(KEYRING))
+            message.use_edns(0)
+            message.use_tsig(dns.tsigkeyring.from_text(KEYRING), keyname="acme.",
+                             algorithm=dns.tsig.HMAC_SHA256)
+            return message.to_wire()
+
+        delete, add = with_edns(signed(("delete", "V" * 43))), with_edns(signed(("add", "V" * 43)))
+        first = await door.handle(delete, "127.0.0.1", False)  # (nothing there yet to delete)
+        assert await door.handle(add, "127.0.0.1", False) is not None
+        assert store.records() == {(NAME[:-1], "V" * 43)}
+        writes = len(store.writes)
+        assert await door.handle(delete, "127.0.0.2", False) == first  # replayed: the same bytes
+        assert store.records() == {(NAME[:-1], "V" * 43)} and len(store.writes) == writes
+        assert "repeated" in (tmp_path / "audit.jsonl").read_text()
+
+
+async def test_a_signature_valid_only_by_its_own_long_fudge_is_badtime(tmp_path, monkeypatch):
+    """A request's fudge says how long its signature holds; one of hours would let a captured
+    UPDATE be replayed for hours. dnsapi holds any to tsig.FUDGE (300 s)."""
+    async with running(config(tmp_path)) as (service, store):
+        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        real = time.time
+        monkeypatch.setattr(dns.renderer.time, "time", lambda: real() - 1000)  # signed 1000 s ago
+        wire = signed(("add", "W" * 43), fudge=3600)
+        monkeypatch.undo()
+        reply = dns.message.from_wire(await door.handle(wire, "127.0.0.1", False) or b"",
+                                      keyring=False)
+        assert reply.rcode() == dns.rcode.NOTAUTH and reply.tsig_error == dns.rcode.BADTIME
+        assert store.records() == set()
