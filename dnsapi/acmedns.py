@@ -130,6 +130,11 @@ def _allowfrom(text: str) -> tuple[str, ...] | str:
     return entries
 
 
+def _result(exc: DnsapiError) -> str:
+    """An audit line's result for a request that ended in `exc`: the client's or dnsapi's."""
+    return "refused" if exc.status < 500 else "failed"
+
+
 def _audit(request: web.Request, action: str, who: str | None, status: int, result: str,
            error: str | None = None, fqdn: str | None = None, value: str | None = None) -> None:
     entry = dict(token=who, action=action, fqdn=fqdn, result=result, status=status, error=error,
@@ -183,7 +188,7 @@ async def register(request: web.Request) -> web.Response:
         _audit(request, "acme_dns_register", who, 500, "failed", exc.message)
         return answer(500, {"error": "db_error"})
     except DnsapiError as exc:  # (too many password checks at once: 429, said as dnsapi says it)
-        _audit(request, "acme_dns_register", who, exc.status, "refused", exc.code)
+        _audit(request, "acme_dns_register", who, exc.status, _result(exc), exc.code)
         raise
     fulldomain = account.fulldomain(door.settings.zone)
     _audit(request, "acme_dns_register", who, 201, "created", fqdn=fulldomain)
@@ -220,7 +225,7 @@ async def update(request: web.Request) -> web.Response:
         _audit(request, "acme_dns_update", None, 500, "failed", exc.message)
         return answer(500, {"error": "db_error"})
     except DnsapiError as exc:  # (too many password checks at once)
-        _audit(request, "acme_dns_update", None, exc.status, "refused", exc.code)
+        _audit(request, "acme_dns_update", None, exc.status, _result(exc), exc.code)
         raise
     if account is None:
         _audit(request, "acme_dns_update", None, 401, "refused", "bad credentials or source address")
@@ -247,8 +252,7 @@ async def update(request: web.Request) -> web.Response:
         _audit(request, "acme_dns_update", who, 500, "failed", exc.message, fulldomain, txt)
         return answer(500, {"error": "db_error"})
     except DnsapiError as exc:  # the client's (quota, conflict, limits) or a wait's: said so
-        _audit(request, "acme_dns_update", who, exc.status, "refused" if exc.status < 500 else "failed",
-               exc.code, fulldomain, txt)
+        _audit(request, "acme_dns_update", who, exc.status, _result(exc), exc.code, fulldomain, txt)
         raise
     _audit(request, "acme_dns_update", who, 200,
            "created" if outcome is Outcome.CREATED else "existed", None, fulldomain, txt)

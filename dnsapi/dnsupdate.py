@@ -138,7 +138,7 @@ class DnsUpdateServer:
         request = update_message.read(checked[0]) if checked is not None else None
         if checked is not None and request is not None:  # a plain signed UPDATE: the quick way
             opcode, signer, quick = dns.opcode.UPDATE, checked[1], request
-            answered = await self._update_once(quick, signer, remote, lambda rcode: tsig.sign(
+            answered = await self._update_once(wire, quick, signer, remote, lambda rcode: tsig.sign(
                 quick.reply(rcode), signer, self.tsig_keys))
             if isinstance(answered, bytes):
                 return answered  # (the same message again: answered as before)
@@ -155,7 +155,7 @@ class DnsUpdateServer:
             if opcode == dns.opcode.UPDATE and isinstance(message, dns.update.UpdateMessage):
                 converted = update_message.from_dnspython(message)
                 # With EDNS the reply carries OPT: dnspython's way, rare enough to cost what it does.
-                answered = await self._update_once(converted, signer, remote, lambda rcode: tsig.sign(
+                answered = await self._update_once(wire, converted, signer, remote, lambda rcode: tsig.sign(
                     converted.reply(rcode), signer, self.tsig_keys) if message.edns < 0
                     else _reply(message, rcode).to_wire(max_size=max_size))
                 if isinstance(answered, bytes):
@@ -173,54 +173,48 @@ class DnsUpdateServer:
         self.metrics.dns_request_seconds.observe(time.perf_counter() - started)
         return reply
 
-    async def _update_once(self, request: UpdateRequest, signer: tsig.Signer | None, remote: str,
-                           reply_of: Callable[[dns.rcode.Rcode], bytes]
+    async def _update_once(self, wire: bytes, request: UpdateRequest, signer: tsig.Signer | None,
+                           remote: str, reply_of: Callable[[dns.rcode.Rcode], bytes]
                            ) -> tuple[dns.rcode.Rcode, bytes] | bytes:
-        """(rcode, reply) of an UPDATE applied now; the reply given then, alone, for a signed
-        UPDATE that came before, which changes nothing."""
-        if signer is not None:
-            known = self._answered_before(signer, remote)
-            if known is not None:
-                return await known
+        """(rcode, reply) of an UPDATE applied now; for a signed UPDATE that came before, the
+        reply given then (with this message's id: a forwarder may re-id a retry), alone: it
+        changes nothing."""
+        if signer is None:
+            rcode = await self._update(request, signer, remote)
+            return rcode, reply_of(rcode)
+        key = (signer.key, signer.mac)
+        earlier = self._answered_earlier(key, remote)
+        if earlier is not None:  # (shielded: a waiter that goes away must not cancel it for all)
+            return wire[:2] + (await asyncio.shield(earlier))[2:]
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._keep(key, answer)
         try:
             rcode = await self._update(request, signer, remote)
+            reply = reply_of(rcode)
         except BaseException:
-            self._forget(signer)
+            self._answered.pop(key, None)  # (an error nobody foresaw: worked out afresh next time)
+            answer.cancel()  # ...and whoever waits for it is let go
             raise
-        reply = reply_of(rcode)
-        if signer is not None:
-            self._remember(signer, reply)
+        answer.set_result(reply)
         return rcode, reply
 
-    def _answered_before(self, signer: tsig.Signer, remote: str) -> asyncio.Future[bytes] | None:
-        """The reply to this signed message if it came before (or is being answered now), and
-        else None, after taking its place: it is answered once."""
+    def _answered_earlier(self, key: tuple[str, bytes], remote: str) -> asyncio.Future[bytes] | None:
+        """The reply (or the reply being worked out) to the signed UPDATE `key` names, if it came
+        before, within its signature's time; each repeat is audited."""
         now = time.monotonic()
         while self._answered and next(iter(self._answered.values()))[0] <= now:
             self._answered.popitem(last=False)
-        known = self._answered.get((signer.key, signer.mac))
-        if known is not None:
-            self.audit().refused(remote, action="dns_update", token=f"key:{signer.key}",
-                                 result="repeated",
-                                 error="the same signed UPDATE again: answered as before, nothing changed")
-            return known[1]
+        known = self._answered.get(key)
+        if known is None:
+            return None
+        self.audit().refused(remote, action="dns_update", token=f"key:{key[0]}", result="repeated",
+                             error="the same signed UPDATE again: answered as before, nothing changed")
+        return known[1]
+
+    def _keep(self, key: tuple[str, bytes], answer: asyncio.Future[bytes]) -> None:
         if len(self._answered) >= ANSWERED_MOST:
             self._answered.popitem(last=False)
-        self._answered[(signer.key, signer.mac)] = (now + 2 * tsig.FUDGE,
-                                                     asyncio.get_running_loop().create_future())
-        return None
-
-    def _remember(self, signer: tsig.Signer, reply: bytes) -> None:
-        known = self._answered.get((signer.key, signer.mac))
-        if known is not None and not known[1].done():
-            known[1].set_result(reply)
-
-    def _forget(self, signer: tsig.Signer | None) -> None:
-        """A signed UPDATE that was not answered (an error nobody foresaw): the same message
-        again is worked out afresh, and whoever waits for this one is let go."""
-        known = self._answered.pop((signer.key, signer.mac), None) if signer is not None else None
-        if known is not None and not known[1].done():
-            known[1].cancel()
+        self._answered[key] = (time.monotonic() + 2 * tsig.FUDGE, answer)
 
     def _parse(self, wire: bytes, remote: str
                ) -> tuple[dns.message.Message, tsig.Signer | None] | bytes | None:
@@ -238,8 +232,8 @@ class DnsUpdateServer:
         except (dns.exception.DNSException, ValueError, IndexError, struct.error):
             return self._formerr(wire, remote)
         if message.had_tsig and isinstance(message.keyring, dns.tsig.Key) and message.mac:
-            assert message.tsig is not None
-            if abs(message.tsig[0].time_signed - time.time()) > tsig.FUDGE:  # (its own fudge was longer)
+            if message.tsig is not None and abs(message.tsig[0].time_signed - time.time()) > tsig.FUDGE:
+                # (within its own fudge, which was longer)
                 return self._tsig_error(wire, remote, dns.rcode.BADTIME, "TSIG time outside the fudge")
             name = message.keyring.name.to_text(omit_final_dot=True).lower()
             return message, tsig.Signer(name, message.mac)

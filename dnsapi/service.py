@@ -111,9 +111,9 @@ class ZoneWriter:
                 except Exception:  # a bug or an error nobody foresaw: the zone's writer lives on
                     log.exception("zone %s: a batch of %d change(s) failed", self.zone.name, len(jobs))
                     self.state = None  # read Vault afresh for the next batch
-                    failure = DnsapiError("internal error writing the zone; see the dnsapi log")
                     for job in jobs:
-                        _settle(job.future, failure)
+                        _settle(job.future, DnsapiError("internal error writing the zone; see the "
+                                                        "dnsapi log"))
             if stop:
                 return
 
@@ -416,6 +416,8 @@ class RecordService:
         """Finish every queued change, then stop."""
         for task in self._tasks[len(self.writers):]:
             task.cancel()
+        if self._readiness is not None:
+            self._readiness.cancel()
         for writer in self.writers.values():
             await writer.queue.put(None)
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -558,6 +560,8 @@ class RecordService:
         many ask."""
         if self._readiness is None or self._readiness.done():
             self._readiness = asyncio.ensure_future(self._check_readiness())
+            # (an error is every waiting caller's; with none left, it is not logged as unread)
+            self._readiness.add_done_callback(lambda task: task.cancelled() or task.exception())
         return dict(await asyncio.shield(self._readiness))  # (a caller that goes away stops nothing)
 
     async def _check_readiness(self) -> dict[str, str]:

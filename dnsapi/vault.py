@@ -199,7 +199,8 @@ class _Standby(Exception):
 def _refuse_redirects(response: requests.Response, *args: object, **kwargs: object) -> None:
     """requests hook: a redirect (a standby naming the active node) is _Standby, never followed."""
     if response.is_redirect:
-        raise _Standby()
+        response.close()
+        raise _Standby(f"redirected (HTTP {response.status_code}): not the active node")
 
 
 class VaultSession:

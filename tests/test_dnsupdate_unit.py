@@ -4,6 +4,7 @@ knsupdate, lego and certbot, is tests/test_dnsupdate_e2e.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import struct
@@ -131,6 +132,9 @@ async def test_the_same_signed_update_again_is_answered_as_before_and_changes_no
         assert store.records() == {(NAME[:-1], "V" * 43)}
         writes = len(store.writes)
         assert await door.handle(delete, "127.0.0.2", False) == first  # replayed: the same bytes
+        reidentified = b"\x12\x34" + delete[2:]  # a forwarder's retry: a new id, the MAC the same
+        again = await door.handle(reidentified, "127.0.0.1", False)
+        assert again == b"\x12\x34" + first[2:]
         assert store.records() == {(NAME[:-1], "V" * 43)} and len(store.writes) == writes
         assert "repeated" in (tmp_path / "audit.jsonl").read_text()
 
@@ -148,3 +152,19 @@ async def test_a_signature_valid_only_by_its_own_long_fudge_is_badtime(tmp_path,
                                       keyring=False)
         assert reply.rcode() == dns.rcode.NOTAUTH and reply.tsig_error == dns.rcode.BADTIME
         assert store.records() == set()
+
+
+async def test_the_same_signed_update_while_the_first_is_applied_waits_for_its_answer(tmp_path):
+    async with running(config(tmp_path)) as (service, store):
+        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        add = signed(("add", "X" * 43))
+        gate = store.hold("write_zone")
+        first = asyncio.create_task(door.handle(add, "127.0.0.1", False))
+        await gate.entered.wait()
+        retry = asyncio.create_task(door.handle(add, "127.0.0.1", False))
+        await asyncio.sleep(0)
+        retry_of_a_client_that_left = asyncio.create_task(door.handle(add, "127.0.0.1", False))
+        await asyncio.sleep(0)
+        retry_of_a_client_that_left.cancel()  # must not cancel the answer the others wait for
+        gate.release()
+        assert await retry == await first and store.attempts == 1

@@ -468,7 +468,8 @@ def _read_file(path: Path | None, strip: bool = True) -> str | None:
     except FileNotFoundError:
         return None
     except UnicodeDecodeError:
-        return None
+        raise InitError(f"{path} is not text: not what vault-init writes; move it away if it may "
+                        "be replaced") from None
     except OSError as exc:
         raise InitError(f"cannot read {path}: {exc.strerror}; run vault-init as a user who may "
                         "(it compares the file with what Vault holds before writing it)") from None
