@@ -105,9 +105,13 @@ class VaultAuth:
         finally:
             self._lock.release()
 
-    def recover(self, client: hvac.Client) -> bool:
-        """After a 403: get a fresh token if the method allows it. True when worth retrying."""
+    def recover(self, client: hvac.Client, refused: str | None = None) -> bool:
+        """After a 403 to token `refused`: get a fresh token if the method allows it. True when
+        worth retrying. Several threads refused at once log in once: the others find the token
+        already replaced and retry with it."""
         with self._lock:
+            if refused is not None and client.token != refused:
+                return True
             if self.config.approle is not None:
                 self._approle_login(client)
                 return True
@@ -277,10 +281,11 @@ class VaultSession:
     def _call(self, fn: Callable[[], T]) -> T:
         try:
             self.auth.prepare(self.client)
+            token = self.client.token
             try:
                 return fn()
             except hvac.exceptions.Forbidden:
-                if not self.auth.recover(self.client):
+                if not self.auth.recover(self.client, token):
                     raise
                 return fn()
         except (CasConflict, VaultUnavailable, requests.ConnectionError, requests.Timeout,

@@ -125,6 +125,28 @@ def test_the_loop_gets_the_token_only_when_it_needs_no_work_first() -> None:
     assert auth.ready_token(client) is None  # type: ignore[arg-type]
 
 
+def test_threads_refused_the_same_token_log_in_once(tmp_path) -> None:
+    """Each login leaves a token behind until its TTL and may use up one of the secret_id's
+    allowed uses: a thread refused a token another thread has replaced since just retries."""
+    (tmp_path / "role-id").write_text("r\n")
+    (tmp_path / "secret-id").write_text("s\n")
+    auth = VaultAuth(VaultConfig.model_validate({"addr": A, "approle": {
+        "role_id_file": str(tmp_path / "role-id"), "secret_id_file": str(tmp_path / "secret-id")}}))
+    logins: list[str] = []
+
+    def login(**kwargs: str) -> dict:
+        logins.append(kwargs["secret_id"])
+        client.token = f"token-{len(logins)}"
+        return {"auth": {"lease_duration": 3600, "renewable": True}}
+
+    client = SimpleNamespace(token="token-0", auth=SimpleNamespace(approle=SimpleNamespace(login=login)))
+    assert auth.recover(client, "token-0")  # type: ignore[arg-type]  # the first refused: logs in
+    assert auth.recover(client, "token-0")  # type: ignore[arg-type]  # another, refused the same
+    assert logins == ["s"] and client.token == "token-1"
+    assert auth.recover(client, "token-1")  # type: ignore[arg-type]  # the new one refused: again
+    assert len(logins) == 2
+
+
 def test_a_rewritten_token_file_sends_the_next_write_through_prepare(tmp_path) -> None:
     path = tmp_path / "token"
     path.write_text("first\n")
