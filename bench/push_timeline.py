@@ -52,6 +52,8 @@ class Sniffer:
 
     packets: list[Packet] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _marker: bytes = b""  # the payload caught_up waits for
+    _marked: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> Sniffer:
         self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -78,8 +80,20 @@ class Sniffer:
             at = next((struct.unpack("=qq", data[:16]) for level, kind, data in ancillary
                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS), None)
             packet = _parse(frame, at[0] + at[1] / 1e9 if at else time.time())
-            if packet is not None:
+            if packet is not None and self._marker and packet.payload == self._marker:
+                self._marked.set()
+            elif packet is not None:
                 self.packets.append(packet)
+
+    def caught_up(self, timeout: float = 5.0) -> None:
+        """Return once every packet sent before the call has been read: a marker datagram is
+        sent and waited for (the packet socket reads `lo` in order)."""
+        self._marker = secrets.token_bytes(16)
+        self._marked.clear()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(self._marker, ("127.0.0.1", 9))  # (the discard port: nothing answers)
+        if not self._marked.wait(timeout):
+            raise TimeoutError(f"the packet sniffer did not see its marker within {timeout:g} s")
 
 
 def _parse(frame: bytes, at: float) -> Packet | None:
@@ -173,7 +187,7 @@ def main() -> None:
                         while not served(coredns_port, fqdn, value):
                             time.sleep(0.002)
                         answered = time.time()
-                        time.sleep(0.05)  # the transfer's last packets
+                        sniffer.caught_up()  # every packet up to `answered` read
                         found = steps([p for p in sniffer.packets if start <= p.at <= answered], ports)
                         for step, at in {**found, "answered by CoreDNS": answered}.items():
                             rows.setdefault(step, []).append((at - start) * 1000)

@@ -23,7 +23,7 @@ from dnsapi.records import Change, Outcome, Record, apply_changes
 from dnsapi.service import RecordService
 from dnsapi.store import decode_records, encode_records
 
-from .helpers import MemoryStore, service_config
+from .helpers import MemoryStore, service_config, until_done
 
 ZONE_ACME = "acme.dev.local"
 TXT = "x" * 43
@@ -199,8 +199,7 @@ async def test_password_checks_take_turns_and_a_flood_is_refused_429(tmp_path, m
 
         made_up = [str(uuid) for uuid in (f"00000000-0000-4000-8000-00000000000{i}" for i in range(3))]
         first = [asyncio.create_task(update(user)) for user in made_up[:acmedns_accounts.HASHING_MOST]]
-        while len(running) < acmedns_accounts.HASHING_MOST:
-            await asyncio.sleep(0.001)
+        await until_done(lambda: len(running) == acmedns_accounts.HASHING_MOST, "both checks hashing")
         status, text = await update(made_up[-1])
         assert status == 429 and json.loads(text)["error"] == "too_many_password_checks"
         release.set()

@@ -25,7 +25,7 @@ from dnsapi.config import Config
 from dnsapi.dnsupdate import MAX_RECORDS, DnsUpdateServer
 from dnsapi.errors import ConfigError
 
-from .helpers import running, service_config
+from .helpers import running, service_config, until
 
 pytestmark = pytest.mark.unit
 
@@ -161,10 +161,15 @@ async def test_the_same_signed_update_while_the_first_is_applied_waits_for_its_a
         gate = store.hold("write_zone")
         first = asyncio.create_task(door.handle(add, "127.0.0.1", False))
         await gate.entered.wait()
+        audit = tmp_path / "audit.jsonl"
+
+        def repeats() -> int:  # (each is audited once it waits for the first's answer)
+            return audit.read_text().count('"repeated"') if audit.exists() else 0
+
         retry = asyncio.create_task(door.handle(add, "127.0.0.1", False))
-        await asyncio.sleep(0)
+        await until(lambda: repeats() == 1, "the retry waiting")
         retry_of_a_client_that_left = asyncio.create_task(door.handle(add, "127.0.0.1", False))
-        await asyncio.sleep(0)
+        await until(lambda: repeats() == 2, "the second retry waiting")
         retry_of_a_client_that_left.cancel()  # must not cancel the answer the others wait for
         gate.release()
         assert await retry == await first and store.attempts == 1

@@ -17,7 +17,16 @@ from pathlib import Path
 
 from dnsapi.connections import DESCRIPTOR_RESERVE
 
-from .helpers import FIGURES, Stack, add_token, free_port, metric_total, replace_zone_file, wait_until
+from .helpers import (
+    FIGURES,
+    Stack,
+    add_token,
+    free_port,
+    metric_total,
+    replace_zone_file,
+    until_done,
+    wait_until,
+)
 
 NAME = "_acme-challenge.sec.dev.local"
 VALUE = "S" * 43
@@ -413,12 +422,19 @@ async def test_connections_displaced_in_their_tls_handshake_give_their_descripto
     accepting = asyncio.create_task(guard.serve(listener, server, context))
     loop = asyncio.get_running_loop()
     clients: list[socket.socket] = []
+
+    def taken_in() -> float:  # connections the guard has accepted: open, displaced or refused
+        count = guard.metrics.registry.get_sample_value
+        return len(guard._open) + (count("dnsapi_http_connections_closed_total", {"reason": "displaced"})
+                                   or 0) + (count("dnsapi_http_connections_refused_total",
+                                                  {"reason": "total"}) or 0)
+
     try:
         for i in range(20):  # one at a time, as a flood's connections arrive, each from its own address
             client = socket.create_connection(listener.getsockname(), source_address=(f"127.0.0.{i + 2}", 0))
             client.setblocking(False)
             clients.append(client)
-            await asyncio.wait_for(_until(lambda: len(guard._open) >= min(len(clients), 4)), 5)
+            await until_done(lambda: taken_in() == len(clients), "the guard taking it in", 5)
 
         async def ended(client: socket.socket) -> bool:  # closed by dnsapi: end of file or a reset
             try:
@@ -440,7 +456,3 @@ async def test_connections_displaced_in_their_tls_handshake_give_their_descripto
             client.close()
         listener.close()
 
-
-async def _until(check) -> None:
-    while not check():
-        await asyncio.sleep(0.001)
