@@ -155,9 +155,7 @@ class ChallengeAnswers:
 
     def _answer(self, reply: dns.message.Message, question: dns.rrset.RRset) -> None:
         name = question.name.to_text(omit_final_dot=True).lower()
-        # A label holding a dot or other special byte shows escaped (`a\.dev`): such a name is
-        # in no zone, though its text ends like one.
-        zone = zone_for(name, self.config.zone_names) if "\\" not in name else None
+        zone = zone_for(name, self.config.zone_names)
         served = self.service.writers[zone].file.served if zone is not None else None
         if served is not None and name == zone and question.rdtype == dns.rdatatype.SOA \
                 and question.rdclass == dns.rdataclass.IN:

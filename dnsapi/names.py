@@ -68,7 +68,11 @@ def is_below(name: str, parent: str) -> bool:
 
 
 def zone_for(name: str, zones: Iterable[str]) -> str | None:
-    """The zone with the longest suffix match for `name` (zones may be nested), or None."""
+    """The zone with the longest suffix match for `name` (zones may be nested), or None. A name
+    from the wire whose text holds an escape (`a\\.dev.local`: a label holding a dot) is in no
+    zone, though its text may end like one."""
+    if "\\" in name:
+        return None
     best: str | None = None
     for zone in zones:
         if is_below(name, zone) and (best is None or len(zone) > len(best)):

@@ -11,6 +11,7 @@ import struct
 import time
 
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
@@ -173,3 +174,12 @@ async def test_the_same_signed_update_while_the_first_is_applied_waits_for_its_a
         retry_of_a_client_that_left.cancel()  # must not cancel the answer the others wait for
         gate.release()
         assert await retry == await first and store.attempts == 1
+
+
+async def test_an_soa_query_for_a_name_whose_label_holds_a_dot_is_refused(tmp_path):
+    """Its text ends in dev.local; the name is in no zone (as the challenge answers say too)."""
+    async with running(config(tmp_path)) as (service, _):
+        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        query = dns.message.make_query(dns.name.Name([b"a.dev", b"local", b""]), "SOA")
+        reply = await door.handle(query.to_wire(), "127.0.0.1", False)
+        assert reply is not None and rcode_of(reply) == dns.rcode.REFUSED

@@ -64,6 +64,12 @@ def test_longest_zone_wins():
     assert zone_for("_acme-challenge.x.example", ZONES) is None
 
 
+def test_a_name_whose_label_holds_a_dot_is_in_no_zone():
+    """Labels `x`, `corp.dev`, `local` in DNS text: it ends like a zone, and is in none."""
+    assert zone_for("_acme-challenge.x.corp\\.dev.local", ZONES) is None
+    assert zone_for("_acme-challenge.a\\032b.dev.local", ZONES) is None  # any escape: a special byte
+
+
 def test_name_of_exactly_253_characters_is_accepted():
     name = "_acme-challenge." + "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 35 + ".dev.local"
     assert len(name) == 253
