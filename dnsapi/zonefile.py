@@ -163,12 +163,16 @@ def _serial_spans(text: str) -> Iterator[tuple[int, int]]:
             yield spans[i + 3]
 
 
+def _number(digits: str) -> int | None:
+    """`digits` as a serial when they are ASCII digits only ("²".isdigit(), yet int() refuses it)."""
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
 def soa_serial(text: str) -> int | None:
     """The serial of the first SOA in `text`, read as CoreDNS's reload check reads it (only up to
     the SOA), or None; for a file that does not parse as a whole."""
     for start, end in _serial_spans(text):
-        digits = text[start:end]
-        return int(digits) if digits.isascii() and digits.isdigit() else None
+        return _number(text[start:end])
     return None
 
 
@@ -176,8 +180,7 @@ def serial_span(text: str, serial: int) -> tuple[int, int]:
     """Where in `text` the digits of the SOA serial are: the serial span of the first `SOA`
     whose serial is `serial`."""
     for start, end in _serial_spans(text):
-        candidate = text[start:end]
-        if candidate.isascii() and candidate.isdigit() and int(candidate) == serial:
+        if _number(text[start:end]) == serial:
             return start, end
     raise ZoneError("cannot find the SOA serial in the zone file's own text (is the SOA in an "
                     "$INCLUDE file?); dnsapi must be able to bump it")
@@ -276,8 +279,7 @@ class _Validated:
         if parts.after != self.after or len(before) <= len(self.head) + len(self.tail) \
                 or not before.startswith(self.head) or not before.endswith(self.tail):
             return None
-        digits = before[len(self.head):len(before) - len(self.tail)]
-        return int(digits) if digits.isascii() and digits.isdigit() else None
+        return _number(before[len(self.head):len(before) - len(self.tail)])
 
 
 # A record line with no owner name (leading blank) takes the previous record's owner: right after
