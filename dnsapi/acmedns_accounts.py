@@ -15,7 +15,6 @@ account from Vault afresh.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -23,7 +22,6 @@ import secrets
 import string
 import time
 import uuid
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -139,8 +137,8 @@ class Accounts:
         self._hashing = asyncio.Semaphore(HASHING_MOST)
         self._hashers = ThreadPoolExecutor(HASHING_MOST, thread_name_prefix="scrypt")
 
-    @contextlib.asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
+    async def _hash(self, password: str, salt: bytes) -> str:
+        """scrypt in one of the door's own threads, when one is free within HASHING_WAIT."""
         try:
             async with asyncio.timeout(HASHING_WAIT):
                 await self._hashing.acquire()
@@ -148,15 +146,10 @@ class Accounts:
             raise TooManyRequests("too many acme-dns password checks at once; retry in 1s", 1.0,
                                   "too_many_password_checks") from None
         try:
-            yield
-        finally:
-            self._hashing.release()
-
-    async def _hash(self, password: str, salt: bytes) -> str:
-        """scrypt in one of the door's own threads, when one is free (see HASHING_MOST)."""
-        async with self._turn():
             return await asyncio.get_running_loop().run_in_executor(
                 self._hashers, hash_password, password, salt)
+        finally:
+            self._hashing.release()
 
     async def create(self, allowfrom: tuple[str, ...], created_by: str,
                      cnames: tuple[str, ...] = ()) -> tuple[Account, str]:
