@@ -329,25 +329,22 @@ class PkiWatch:
                 continue
             else:
                 try:
-                    try:
-                        send(sink, pending.event, self.http)
-                    except DeliveryError:
-                        raise
-                    except Exception as unforeseen:  # (only its type: a message may hold the URL)
-                        raise DeliveryError(f"sink {sink.name}: {type(unforeseen).__name__}") from None
+                    send(sink, pending.event, self.http)
                     log.info("pki-watch: delivered event %s to %s", pending.event["id"], sink.name)
-                except DeliveryError as exc:
+                except Exception as exc:  # DeliveryError, or one nobody foresaw: a failed delivery
+                    # (of an unforeseen one only its type is told: its message may hold the URL)
+                    why = exc if isinstance(exc, DeliveryError) else f"sink {sink.name}: {type(exc).__name__}"
                     pending.attempts += 1
                     if now - pending.since < self.settings.give_up:
                         delay = min(self.settings.retry_max,
                                     self.settings.retry_initial * 2 ** min(pending.attempts - 1, 30))
                         pending.next_at = now + delay * random.uniform(0.8, 1.0)
-                        log.warning("pki-watch: %s (attempt %d; next in %.0fs)", exc, pending.attempts,
+                        log.warning("pki-watch: %s (attempt %d; next in %.0fs)", why, pending.attempts,
                                     pending.next_at - now)
                         changed = True
                         continue
                     log.error("pki-watch: giving up on event %s for %s after %d attempts: %s",
-                              pending.event["id"], sink.name, pending.attempts, exc)
+                              pending.event["id"], sink.name, pending.attempts, why)
             state.outbox.remove(pending)
             changed = True
         return changed
