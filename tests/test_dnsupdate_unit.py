@@ -22,9 +22,11 @@ import dns.tsigkeyring
 import dns.update
 import pytest
 
+from dnsapi.audit import AuditLog
 from dnsapi.config import Config
 from dnsapi.dnsupdate import MAX_RECORDS, DnsUpdateServer
 from dnsapi.errors import ConfigError
+from dnsapi.service import RecordService
 
 from .helpers import running, service_config, until
 
@@ -40,6 +42,12 @@ def config(tmp_path) -> Config:
     return config_
 
 
+def update_door(service: RecordService, tmp_path) -> DnsUpdateServer:
+    """The door for `service`, auditing to tmp_path/audit.jsonl."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    return DnsUpdateServer(service.config, service, lambda: audit)
+
+
 def rcode_of(reply: bytes) -> int:
     return struct.unpack_from("!H", reply, 2)[0] & 0xF
 
@@ -48,7 +56,7 @@ async def test_a_response_is_never_answered_even_with_a_tsig_that_does_not_check
     """An answer to an answer: two dnsapi nodes (or dnsapi and any server) spoofed at each other
     would answer BADKEY to BADKEY for ever."""
     async with running(config(tmp_path)) as (service, _):
-        door = DnsUpdateServer(service.config, service, lambda: None)  # type: ignore[arg-type,return-value]
+        door = update_door(service, tmp_path)
         update = dns.update.UpdateMessage("dev.local.")
         update.add(NAME, 60, "TXT", '"v"')
         update.use_tsig(dns.tsigkeyring.from_text({"stranger.": SECRET}), keyname="stranger.",
@@ -59,7 +67,7 @@ async def test_a_response_is_never_answered_even_with_a_tsig_that_does_not_check
 
 async def test_a_message_of_too_many_records_is_formerr_before_it_is_parsed(tmp_path, monkeypatch):
     async with running(config(tmp_path)) as (service, store):
-        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        door = update_door(service, tmp_path)
         update = dns.update.UpdateMessage("dev.local.")
         for i in range(MAX_RECORDS + 1):
             update.add(NAME, 60, "TXT", f'"v{i}"')
@@ -72,7 +80,7 @@ async def test_a_message_of_too_many_records_is_formerr_before_it_is_parsed(tmp_
 
 async def test_a_reply_too_long_to_echo_its_questions_is_the_header_alone(tmp_path):
     async with running(config(tmp_path)) as (service, _):
-        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        door = update_door(service, tmp_path)
         query = dns.message.make_query("dev.local.", "SOA")
         for letter in "qrs":  # three long names that share nothing to compress
             long = ".".join([letter * 62] * 3) + ".example."
@@ -90,11 +98,6 @@ def test_a_tsig_secret_that_is_empty_or_short_is_refused(tmp_path, content):
     with pytest.raises(ConfigError, match="secret"):
         service_config(tmp_path, dns_update={"listen": "127.0.0.1:1", "keys": [
             {"name": "acme", "secret_file": "acme.key", "allow": ["*.dev.local"]}]})
-
-
-def service_audit(tmp_path):
-    from dnsapi.audit import AuditLog
-    return AuditLog(tmp_path / "audit.jsonl")
 
 
 KEYRING = {"acme.": SECRET}
@@ -116,7 +119,7 @@ async def test_the_same_signed_update_again_is_answered_as_before_and_changes_no
     """A client's retransmission, or a replay by someone who saw the message: a captured delete
     must not remove a value added again since."""
     async with running(config(tmp_path)) as (service, store):
-        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        door = update_door(service, tmp_path)
 
         def with_edns(wire: bytes) -> bytes:
             if not edns:
@@ -144,7 +147,7 @@ async def test_a_signature_valid_only_by_its_own_long_fudge_is_badtime(tmp_path,
     """A request's fudge says how long its signature holds; one of hours would let a captured
     UPDATE be replayed for hours. dnsapi holds any to tsig.FUDGE (300 s)."""
     async with running(config(tmp_path)) as (service, store):
-        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        door = update_door(service, tmp_path)
         real = time.time
         monkeypatch.setattr(dns.renderer.time, "time", lambda: real() - 1000)  # signed 1000 s ago
         wire = signed(("add", "W" * 43), fudge=3600)
@@ -157,7 +160,7 @@ async def test_a_signature_valid_only_by_its_own_long_fudge_is_badtime(tmp_path,
 
 async def test_the_same_signed_update_while_the_first_is_applied_waits_for_its_answer(tmp_path):
     async with running(config(tmp_path)) as (service, store):
-        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        door = update_door(service, tmp_path)
         add = signed(("add", "X" * 43))
         gate = store.hold("write_zone")
         first = asyncio.create_task(door.handle(add, "127.0.0.1", False))
@@ -179,7 +182,7 @@ async def test_the_same_signed_update_while_the_first_is_applied_waits_for_its_a
 async def test_an_soa_query_for_a_name_whose_label_holds_a_dot_is_refused(tmp_path):
     """Its text ends in dev.local; the name is in no zone (as the challenge answers say too)."""
     async with running(config(tmp_path)) as (service, _):
-        door = DnsUpdateServer(service.config, service, lambda: service_audit(tmp_path))
+        door = update_door(service, tmp_path)
         query = dns.message.make_query(dns.name.Name([b"a.dev", b"local", b""]), "SOA")
         reply = await door.handle(query.to_wire(), "127.0.0.1", False)
         assert reply is not None and rcode_of(reply) == dns.rcode.REFUSED
