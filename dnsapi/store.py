@@ -315,6 +315,7 @@ class VaultStore:
         every key that may differ from `state.records`. Returns the new state. Raises
         CasConflict when someone else wrote first."""
         touched = frozenset(touched)
+        write_id = secrets.token_hex(8)  # finds this write again if its answer is lost
         if any(key in records or key in touched for key in state.foreign):
             # A record added over a kept line replaces it, for good: the line must not come
             # back once that record goes.
@@ -323,13 +324,18 @@ class VaultStore:
         one = self._one_write(zone, records, state, touched)
         if one is None:
             # Several calls (the snapshot, then the secret naming it), in a worker thread.
-            written = await self._call("write_zone",
-                                       lambda: self._write_with_snapshot(zone, records, state))
+            written = await self._call(
+                "write_zone", lambda: self._write_with_snapshot(zone, records, state, write_id))
         else:
-            path, cas = self.secret_path(zone), state.version
-            version = await self._call(
-                "write_zone", lambda: self.session.write_kv(path, one.data, cas),
-                direct=lambda: self.session.write_kv_direct(path, one.data, cas))
+            path, cas, data = self.secret_path(zone), state.version, {**one.data, "write": write_id}
+            try:
+                version = await self._call("write_zone", lambda: self.session.write_kv(path, data, cas),
+                                           direct=lambda: self.session.write_kv_direct(path, data, cas))
+            except CasConflict as conflict:
+                if not conflict.uncertain or not await self._call(
+                        "read_zone", lambda: self._landed(zone, cas + 1, write_id), read=True):
+                    raise
+                version = cas + 1
             written = ZoneState(records=records, version=version, base=one.base,
                                 changed=one.changed, foreign=state.foreign)
             if state.base is not None and one.base is None:  # the zone shrank: inline again
@@ -420,21 +426,34 @@ class VaultStore:
         return _OneWrite(encode_delta(state.base.name, records, changed, self._lines),
                          state.base, changed)
 
+    def _landed(self, zone: str, version: int, write_id: str) -> dict[str, Any]:
+        """The data of the zone secret's `version` if it is the write `write_id` (one whose
+        answer was lost: a dropped connection, a leader gone after committing), else {}.
+        Re-applying the batch over its own write instead would answer an add "existed", a
+        remove "absent", and put back a record another instance removed meanwhile."""
+        data = self.session.read_kv_version(self.secret_path(zone), version)
+        return data if data.get("write") == write_id else {}
+
     def _write_with_snapshot(self, zone: str, records: dict[Key, Record],
-                             state: ZoneState) -> ZoneState:
+                             state: ZoneState, write_id: str) -> ZoneState:
         path = self.secret_path(zone)
         # A new snapshot first (create-only under a fresh name), then the zone secret naming it.
         snapshot = Snapshot(f"{int(time.time()):08x}{secrets.token_hex(4)}", records, state.foreign)
         self.session.write_kv(self.snapshot_path(zone, snapshot.name),
                               encode_records(records, self._lines, state.foreign), 0)
         try:
-            version = self.session.write_kv(path, encode_delta(snapshot.name, records, (), self._lines),
-                                            state.version)
+            version = self.session.write_kv(
+                path, {**encode_delta(snapshot.name, records, (), self._lines), "write": write_id},
+                state.version)
         except CasConflict:
-            # Certainly not written, so nothing names the new snapshot. (After any other error
-            # the write may have landed: the snapshot must then stay.)
-            self._drop_snapshot(zone, snapshot)
-            raise
+            # An earlier attempt of this call (`run` retries it whole) may have landed, naming
+            # the snapshot it wrote: the same records under another name.
+            landed = self._landed(zone, state.version + 1, write_id)
+            self._drop_snapshot(zone, snapshot)  # nothing names this one
+            if not landed:
+                raise
+            snapshot = Snapshot(str(landed.get("base")), records, state.foreign)
+            version = state.version + 1
         self._snapshots[zone] = snapshot
         self._drop_snapshot(zone, state.base)
         return ZoneState(records=records, version=version, base=snapshot, foreign=state.foreign)

@@ -38,7 +38,13 @@ T = TypeVar("T")
 
 
 class CasConflict(Exception):
-    """Another writer changed the zone secret since we read it: re-read, re-apply, retry."""
+    """Another writer changed the zone secret since we read it: re-read, re-apply, retry.
+    `uncertain`: an earlier attempt of the same write got no answer and may have landed, so
+    the other writer may be that attempt (VaultStore.write_zone looks)."""
+
+    def __init__(self, uncertain: bool = False) -> None:
+        super().__init__()
+        self.uncertain = uncertain
 
 
 class Detour(Exception):
@@ -218,7 +224,8 @@ class VaultSession:
     standby answers them with a redirect instead of forwarding, and dnsapi looks for the active
     node again; a read (`run(..., read=True)`) first asks its node whether it is still active.
     Retrying a write whose answer was lost is safe because every zone write is a check-and-set:
-    if the first attempt landed, the retry is a conflict, and the writer re-reads and re-applies.
+    if the first attempt landed, the retry is a conflict marked `uncertain`, and the store
+    finds its own write in the version it made (VaultStore.write_zone).
     """
 
     def __init__(self, config: VaultConfig) -> None:
@@ -255,16 +262,20 @@ class VaultSession:
         deadline = time.monotonic() + (self.config.failover_timeout if patience is None else patience)
         if confirm and not self._find_active(deadline):
             raise VaultUnavailable(self._unavailable(failed or "no node leads"))
+        retried = confirm and failed is not None  # after a direct write that got no answer
         while True:
             try:
                 if read and not self._is_active(self.url):
                     raise _Standby()
                 return self._call(fn)
+            except CasConflict as conflict:
+                conflict.uncertain = retried
+                raise
             except requests.exceptions.SSLError:
                 raise VaultUnavailable(f"TLS to Vault at {self.url} failed "
                                        "(check vault.ca_cert)") from None
             except (_Standby, requests.ConnectionError, requests.Timeout, *_NOT_ACTIVE) as exc:
-                failed = self.url
+                failed, retried = self.url, True
                 why = _vault_message(exc) if isinstance(exc, hvac.exceptions.VaultError) \
                     else "not the active node" if isinstance(exc, _Standby) else type(exc).__name__
                 log.info("Vault at %s did not answer as the active node (%s)", failed, why)
@@ -394,6 +405,16 @@ class VaultSession:
         except hvac.exceptions.InvalidPath:
             return {}, 0
         return body.get("data") or {}, int(body["metadata"]["version"])
+
+    def read_kv_version(self, path: str, version: int) -> dict[str, Any]:
+        """The data of one version of a KV v2 secret ({} when it is deleted or gone)."""
+        try:
+            body = self.client.secrets.kv.v2.read_secret_version(
+                path=path, version=version, mount_point=self.config.kv_mount,
+                raise_on_deleted_version=False)["data"]
+        except hvac.exceptions.InvalidPath:
+            return {}
+        return body.get("data") or {}
 
     def write_kv(self, path: str, data: dict[str, Any], cas: int) -> int:
         """Write `data` if the secret is still at version `cas` (0: does not exist yet); returns

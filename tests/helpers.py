@@ -663,6 +663,82 @@ def local_stack(directory: Path, edit: ConfigEdit | None = None) -> Iterator[Sta
             stack.stop()
 
 
+# -- a network that loses answers -----------------------------------------------------------------
+
+class LossyRelay:
+    """A TCP relay on loopback to a server (Vault) that can lose an answer: after
+    `lose(marker, then)`, the next request holding `marker` (e.g. b"POST /v1/secret/data/...")
+    reaches the server, which acts on it and answers; the relay drops that answer, calls `then`
+    (another writer, say) and closes the client's connection, as a network failing after the
+    commit would. Everything else passes unchanged. A context manager: closed on exit."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.lost = 0  # answers dropped so far
+        self._armed: list[tuple[bytes, Callable[[], None] | None]] = []
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def lose(self, marker: bytes, then: Callable[[], None] | None = None) -> None:
+        with self._lock:
+            self._armed.append((marker, then))
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._sockets += [client, upstream]
+            dropping: list[Callable[[], None] | None] = []  # set when this answer is to be lost
+            threading.Thread(target=self._requests, args=(client, upstream, dropping), daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, dropping), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket,
+                  dropping: list[Callable[[], None] | None]) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                with self._lock:
+                    armed = next((item for item in self._armed if item[0] in data), None)
+                    if armed is not None:
+                        self._armed.remove(armed)
+                        dropping.append(armed[1])
+                upstream.sendall(data)
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_WR)
+
+    def _answers(self, upstream: socket.socket, client: socket.socket,
+                 dropping: list[Callable[[], None] | None]) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if dropping:
+                    then = dropping.pop()
+                    if then is not None:
+                        then()
+                    with self._lock:
+                        self.lost += 1
+                    break
+                client.sendall(data)
+        for sock in (client, upstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def __enter__(self) -> LossyRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
 # -- pki-watch ----------------------------------------------------------------------------------
 
 class Receiver:

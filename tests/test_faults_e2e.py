@@ -14,7 +14,9 @@ import requests
 from dnsapi.block import block_records
 from dnsapi.zonefile import ZoneText, parse_zone
 
-from .helpers import FIGURES, wait_until
+from .helpers import FIGURES, LossyRelay, wait_until
+
+WWW = "_acme-challenge.www.dev.local"
 
 
 def fast_reconcile(config):
@@ -181,3 +183,38 @@ async def test_two_instances_1000_interleaved_operations_from_32_clients(make_st
         assert block.count(" IN TXT ") == len(expected)  # no duplicated value
     FIGURES["two instances, one Vault"] = (f"{operations} operations from 32 clients, both zones = "
                                            f"Vault's {len(expected)} records")
+
+
+def test_changes_whose_vault_answers_are_lost_are_reported_as_made_and_undo_nothing(make_stack, openbao):
+    """Vault commits a zone write but the answer is lost on the way back to dnsapi: the add is
+    still answered "created" and the remove "existed" (not re-applied over the write's own
+    result), and a record another instance removed in that moment is not put back."""
+    with LossyRelay(int(openbao.addr.rsplit(":", 1)[1])) as relay:
+        stack = make_stack(edit=lambda config: config["vault"].update(addr=relay.addr))
+        path = f"{stack.prefix}/zones/dev.local"
+        write = f"POST /v1/secret/data/{path} ".encode()
+
+        relay.lose(write)
+        added = stack.add(WWW, "lost-answer")
+        assert relay.lost == 1 and added.status_code == 201 and added.json()["created"] is True
+        relay.lose(write)
+        removed = stack.remove(WWW, "lost-answer")
+        assert relay.lost == 2 and removed.status_code == 200 and removed.json()["existed"] is True
+
+        def another_instance_removes() -> None:
+            """What a second dnsapi's remove of the record does to the zone secret."""
+            secret = openbao.client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point="secret", raise_on_deleted_version=False)["data"]
+            data = secret["data"]
+            for lines in ("records", "owners"):
+                data[lines] = "\n".join(line for line in data[lines].splitlines()
+                                        if " taken-back " not in line)
+            openbao.client.secrets.kv.v2.create_or_update_secret(
+                path=path, secret=data, cas=secret["metadata"]["version"], mount_point="secret")
+
+        relay.lose(write, then=another_instance_removes)
+        assert stack.add(WWW, "taken-back").status_code == 201
+        assert relay.lost == 3
+        assert (WWW, "taken-back") not in stack.vault_records()
+        wait_until(lambda: "taken-back" not in stack.zone_path.read_text(), 10,
+                   "the other instance's remove to reach the zone file")

@@ -8,7 +8,7 @@ import pytest
 from dnsapi.auth import new_token
 from dnsapi.devstack import start_openbao
 
-from .helpers import free_port
+from .helpers import LossyRelay, free_port
 
 WWW = "_acme-challenge.www.dev.local"
 
@@ -211,14 +211,15 @@ def test_vault_client_sees_only_hashes_never_tokens(stack):
 
 @pytest.fixture
 async def kv_store(openbao):
-    """Makes VaultStores on the test's OpenBao under a prefix; closes them after the test."""
+    """Makes VaultStores on the test's OpenBao (or at `addr`) under a prefix; closes them after
+    the test."""
     from dnsapi.config import VaultConfig
     from dnsapi.metrics import Metrics
     from dnsapi.store import VaultStore
     made = []
 
-    def make(prefix: str) -> VaultStore:
-        made.append(VaultStore(VaultConfig(addr=openbao.addr, token=openbao.root_token,
+    def make(prefix: str, addr: str | None = None) -> VaultStore:
+        made.append(VaultStore(VaultConfig(addr=addr or openbao.addr, token=openbao.root_token,
                                            token_file=None, approle=None, ca_cert=None,
                                            kv_mount="secret", prefix=prefix, timeout=10), Metrics()))
         return made[-1]
@@ -375,6 +376,52 @@ async def test_a_batch_that_misreports_its_changes_still_loses_nothing(openbao, 
     assert after.base.name != state.base.name  # a new snapshot, not a delta
     read = await kv_store(prefix).read_zone("dev.local")
     assert read.records == challenges(0, 310)
+
+
+async def test_a_zone_write_whose_answer_is_lost_is_found_again(openbao, kv_store):
+    """Vault commits a batch's write but its answer never comes back: the retry meets a
+    check-and-set conflict with that very write, which the store recognises (the write's id in
+    the version it made) instead of reporting a conflict, so the writer does not re-apply the
+    batch over itself. A conflict with another writer is still one."""
+    from dnsapi.store import ZoneState
+    from dnsapi.vault import CasConflict
+
+    prefix = f"lost-{uuid.uuid4().hex[:8]}"
+    with LossyRelay(int(openbao.addr.rsplit(":", 1)[1])) as relay:
+        store = kv_store(prefix, addr=relay.addr)
+        state = await store.write_zone("dev.local", challenges(0, 1), ZoneState({}, 0), challenges(0, 1))
+        relay.lose(f"POST /v1/secret/data/{prefix}/zones/dev.local ".encode())
+        more = challenges(1, 2)
+        after = await store.write_zone("dev.local", {**state.records, **more}, state, more)
+        assert relay.lost == 1
+        assert after.version == state.version + 1 == 2
+        read = await kv_store(prefix).read_zone("dev.local")
+        assert read.version == 2 and read.records == challenges(0, 2)
+        with pytest.raises(CasConflict):  # `state` is stale: a real conflict
+            await store.write_zone("dev.local", {**state.records, **more}, state, more)
+
+
+async def test_a_snapshot_write_whose_answer_is_lost_is_found_again(openbao, kv_store):
+    """The same on the snapshot path, which `run` retries whole: the retry writes a second
+    snapshot and meets its own first attempt, which named the first; the second is dropped and
+    the zone reads back whole, over the snapshot Vault names."""
+    from dnsapi.store import ZoneState
+
+    prefix = f"lost-snap-{uuid.uuid4().hex[:8]}"
+    with LossyRelay(int(openbao.addr.rsplit(":", 1)[1])) as relay:
+        store = kv_store(prefix, addr=relay.addr)
+        state = await store.write_zone("dev.local", challenges(0, 300), ZoneState({}, 0),
+                                       challenges(0, 300))
+        relay.lose(f"POST /v1/secret/data/{prefix}/zones/dev.local ".encode())
+        more = challenges(300, 600)  # more than DELTA_MAX changes: a new snapshot
+        after = await store.write_zone("dev.local", {**state.records, **more}, state, more)
+        assert relay.lost == 1 and after.version == state.version + 1
+        secret = openbao.client.secrets.kv.v2.read_secret_version(
+            path=f"{prefix}/zones/dev.local", mount_point="secret",
+            raise_on_deleted_version=False)["data"]["data"]
+        assert after.base.name == secret["base"] != state.base.name
+        assert snapshot_names(openbao, prefix) == [secret["base"]]
+        assert (await kv_store(prefix).read_zone("dev.local")).records == challenges(0, 600)
 
 
 def test_a_vault_certificate_the_configured_ca_did_not_sign_is_said_at_once(tmp_path, tls_files):
