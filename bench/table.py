@@ -9,16 +9,20 @@ printed, where one add's time goes, then the targets checked against those figur
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from compare import breakdown, table, targets
 
 
 def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results.json"
-    results = json.loads(path.read_text())
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="?", type=Path,
+                        default=Path(__file__).resolve().parent / "results.json",
+                        help="the results file (default: bench/results.json)")
+    results = json.loads(parser.parse_args().results.read_text())
     print(f"Machine: {results['machine']}, {results['date']}\n")
     print(table(results))
     if "add_breakdown_ms" in results:

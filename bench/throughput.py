@@ -16,6 +16,7 @@ much CPU per request as dnsapi did answering it.)
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
@@ -96,6 +97,8 @@ def unlimited(config: dict) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), unlimited) as stack:
         results = {f"c{c}": adds_per_second(stack.url, stack.token, c, n, f"c{c}")
                    for c, n in LEVELS}

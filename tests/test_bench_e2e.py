@@ -63,3 +63,14 @@ def test_the_push_timeline_finds_every_step_of_each_add():
     order = [row[0].lstrip("| ") for row in rows]
     assert order.index("dnsapi writes to Vault") < order.index("Vault answers") < order.index("acknowledged")
     assert order.index("Vault answers") < order.index("dnsapi sends the AXFR")  # served once stored
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("*.py")
+                                          if "__main__" in p.read_text()))
+def test_every_bench_script_explains_itself_and_measures_nothing_on_help(script):
+    """`--help` prints what the script measures and how to run it, and starts nothing (each
+    takes seconds to half an hour once it runs)."""
+    result = subprocess.run([sys.executable, f"bench/{script}", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage:") and len(result.stdout.splitlines()) > 3
