@@ -114,10 +114,14 @@ class VaultAuth:
     def recover(self, client: hvac.Client, refused: str | None = None) -> bool:
         """After a 403 to token `refused`: get a fresh token if the method allows it. True when
         worth retrying. Several threads refused at once log in once: the others find the token
-        already replaced and retry with it."""
+        already replaced and retry with it. A token Vault still knows was refused for want of a
+        permission: a new one would have the same policies, and each AppRole login leaves a
+        token behind and may use up one of the secret_id's uses, once per request."""
         with self._lock:
             if refused is not None and client.token != refused:
                 return True
+            if _still_valid(client):
+                return False
             if self.config.approle is not None:
                 self._approle_login(client)
                 return True
@@ -181,6 +185,16 @@ class VaultAuth:
             self._approle_login(client)
         else:
             self._renew_at = None  # nothing more we can do; a 403 will surface in /readyz
+
+
+def _still_valid(client: hvac.Client) -> bool:
+    """Does Vault still accept the client's token? (lookup-self is in every token's default
+    policy.) False when it cannot tell."""
+    try:
+        client.auth.token.lookup_self()
+    except (hvac.exceptions.VaultError, requests.RequestException):
+        return False
+    return True
 
 
 def _read_secret_file(path: Path | None, what: str) -> str:

@@ -160,6 +160,25 @@ def test_revoked_approle_token_is_replaced_by_logging_in_again(make_stack, openb
     assert (stack.dir / "dnsapi.log").read_text().count("logged in to Vault with AppRole") == 2
 
 
+def test_a_permission_the_policy_lacks_is_503_without_logging_in_again(make_stack, openbao,
+                                                                      approle_mount):
+    """A 403 to a token Vault still knows is a missing permission, which a new token of the
+    same role would lack too: no login per refused request (each leaves a token behind and
+    may use up one of the secret_id's uses)."""
+    stack = make_stack(start=False)
+    start_on_approle(stack, openbao, approle_mount, token_ttl="1h", secret_id_num_uses="3")
+    assert stack.add(WWW, "before").status_code == 201
+    openbao.client.sys.create_or_update_acl_policy(  # an operator narrows the policy by mistake
+        name=f"dnsapi-{stack.prefix}",
+        policy=f'path "secret/data/{stack.prefix}/*" {{ capabilities = ["read"] }}')
+    for attempt in range(4):
+        response = stack.add(WWW, f"refused-{attempt}")
+        assert response.status_code == 503 and "refused dnsapi's token" in response.json()["message"]
+    assert (stack.dir / "dnsapi.log").read_text().count("logged in to Vault with AppRole") == 1
+    least_privilege_policy(openbao, stack.prefix)  # fixed: the same token works again
+    assert stack.add(WWW, "after").status_code == 201
+
+
 def test_vault_down_is_503_then_recovers_without_restart(make_stack, tmp_path):
     port = free_port()
     root = new_token()

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
 
+import hvac.exceptions
 import pytest
 import requests
 from aiohttp import web
@@ -139,7 +140,11 @@ def test_threads_refused_the_same_token_log_in_once(tmp_path) -> None:
         client.token = f"token-{len(logins)}"
         return {"auth": {"lease_duration": 3600, "renewable": True}}
 
-    client = SimpleNamespace(token="token-0", auth=SimpleNamespace(approle=SimpleNamespace(login=login)))
+    def expired() -> dict:
+        raise hvac.exceptions.Forbidden("permission denied")
+
+    client = SimpleNamespace(token="token-0", auth=SimpleNamespace(
+        approle=SimpleNamespace(login=login), token=SimpleNamespace(lookup_self=expired)))
     assert auth.recover(client, "token-0")  # type: ignore[arg-type]  # the first refused: logs in
     assert auth.recover(client, "token-0")  # type: ignore[arg-type]  # another, refused the same
     assert logins == ["s"] and client.token == "token-1"
