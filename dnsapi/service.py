@@ -266,7 +266,8 @@ class ZoneWriter:
             touched = _touched(changes, self.state.records) + [r.key for r in expired]
             rewrite = self._prepare_file(records)
             try:
-                state = await self.store.write_zone(self.zone.name, records, self.state, touched)
+                state = await self.store.write_zone(self.zone.name, records, self.state, touched,
+                                                    _added(changes))
             except BaseException as exc:
                 await self._discard(rewrite)
                 if not isinstance(exc, CasConflict):
@@ -365,6 +366,13 @@ def _touched(changes: list[Change | Update], old: dict[Key, Record]) -> list[Key
     names = {change.record.fqdn for change in plain if change.action == "remove_name"}
     keys = [change.record.key for change in plain if change.action != "remove_name"]
     return keys + [key for key in old if key[0] in names] if names else keys
+
+
+def _added(changes: list[Change | Update]) -> set[Key]:
+    """The keys the changes add (whether or not a later change of the batch removes them)."""
+    return {change.record.key for item in changes
+            for change in (item.changes if isinstance(item, Update) else (item,))
+            if change.action == "add"}
 
 
 def _settle(future: asyncio.Future[Outcome | None], result: Outcome | None | Exception) -> None:

@@ -310,17 +310,19 @@ class VaultStore:
         return state
 
     async def write_zone(self, zone: str, records: dict[Key, Record], state: ZoneState,
-                         touched: Iterable[Key]) -> ZoneState:
+                         touched: Iterable[Key], added: Iterable[Key] = ()) -> ZoneState:
         """Write `records` if the zone secret is still at `state`'s version; `touched` holds
-        every key that may differ from `state.records`. Returns the new state. Raises
-        CasConflict when someone else wrote first."""
+        every key that may differ from `state.records`, `added` the keys the batch added.
+        Returns the new state. Raises CasConflict when someone else wrote first."""
         touched = frozenset(touched)
         write_id = secrets.token_hex(8)  # finds this write again if its answer is lost
-        if any(key in records or key in touched for key in state.foreign):
+        added = frozenset(added)
+        if any(key in records or key in added for key in state.foreign):
             # A record added over a kept line replaces it, for good: the line must not come
-            # back once that record goes.
+            # back once that record goes, in this batch or a later one. A remove alone leaves
+            # it: the line is not this node's to delete.
             state = replace(state, foreign={key: kept for key, kept in state.foreign.items()
-                                            if key not in records and key not in touched})
+                                            if key not in records and key not in added})
         one = self._one_write(zone, records, state, touched)
         if one is None:
             # Several calls (the snapshot, then the secret naming it), in a worker thread.

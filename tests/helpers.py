@@ -293,7 +293,7 @@ class MemoryStore:
                          foreign={key: ("", "") for key in refused})
 
     async def write_zone(self, zone: str, records: dict[Key, Record], state: ZoneState,
-                         touched: object) -> ZoneState:
+                         touched: object, added: object = ()) -> ZoneState:
         self.attempts += 1
         await self._enter("write_zone")
         if self.before_write is not None:
@@ -513,6 +513,17 @@ class Stack:
                 raise AssertionError(f"CoreDNS served {rcode} {served} for {fqdn}, expected "
                                      f"{values or 'NXDOMAIN'}")
             time.sleep(0.02)
+
+    def put_record_line(self, line: str, path: str = f"zones/{ZONE}") -> None:
+        """Append `line` to a secret's record lines with check-and-set, as another node (a
+        newer dnsapi, or one whose config differs) would write it."""
+        kv = self.vault.client.secrets.kv.v2
+        current = kv.read_secret_version(path=f"{self.prefix}/{path}", mount_point="secret",
+                                         raise_on_deleted_version=False)["data"]
+        data = current["data"]
+        kv.create_or_update_secret(path=f"{self.prefix}/{path}", mount_point="secret",
+                                   cas=current["metadata"]["version"],
+                                   secret={**data, "records": f"{data['records']}\n{line}"})
 
     def vault_secret(self, path: str) -> dict[str, Any]:
         """A secret's latest data under the stack's prefix ({} when there is none)."""

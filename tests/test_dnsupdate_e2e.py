@@ -293,3 +293,18 @@ def test_idle_tcp_connections_are_capped_and_the_door_keeps_answering(door):
         except (OSError, EOFError, dns.exception.DNSException):
             return False
     wait_until(tcp_answers, what="a TCP answer after the flood")
+
+
+def test_a_remove_leaves_a_kept_line_alone_whatever_else_its_update_holds(door):
+    """A line this node keeps in Vault but does not serve (here a TTL it refuses; another node
+    or a hand edit wrote it) is not its to delete: a remove of its name and value leaves it,
+    alone or in one UPDATE with an add (before, the add's write dropped it)."""
+    assert nsupdate(door, f"update add {NAME} 60 TXT {'V' * 43}\n").returncode == 0
+    kept = f"{NAME} {VALUE} -1 1700000000.000"
+    door.put_record_line(kept)
+    for script in (f"update delete {NAME} TXT {VALUE}\n",
+                   f"update delete {NAME} TXT {VALUE}\nupdate add {NAME} 60 TXT {'W' * 43}\n"):
+        result = nsupdate(door, script)
+        assert result.returncode == 0, result.stderr
+        assert kept in door.vault_secret("zones/dev.local")["records"].splitlines()
+    assert {(NAME, "V" * 43), (NAME, "W" * 43)} <= door.vault_records()

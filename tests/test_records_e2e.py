@@ -211,17 +211,6 @@ async def test_a_large_zone_is_rebuilt_from_snapshot_and_delta_after_a_restart(m
     stack.wait_served(names[0], set())
 
 
-def put_newer_line(stack, path: str, line: str) -> None:
-    """Write `line` into a secret's record lines with check-and-set, as a newer dnsapi would."""
-    kv = stack.vault.client.secrets.kv.v2
-    current = kv.read_secret_version(path=f"{stack.prefix}/{path}", mount_point="secret",
-                                     raise_on_deleted_version=False)["data"]
-    data = current["data"]
-    kv.create_or_update_secret(path=f"{stack.prefix}/{path}", mount_point="secret",
-                               cas=current["metadata"]["version"],
-                               secret={**data, "records": f"{data['records']}\n{line}"})
-
-
 # Lines another node may write that this one must keep but not serve, and a part of each that
 # must not reach the zone file: a kind from a newer dnsapi (a rolling upgrade), and a CNAME to
 # an acme-dns zone only another node's config names (configs differing during a rollout).
@@ -236,7 +225,7 @@ def test_another_nodes_record_survives_this_ones_writes(stack, template, marker)
     zone secret. This one's next writes keep it in Vault, and neither serves nor lists it."""
     newer = template.format(now=f"{time.time():.3f}")
     assert stack.add(WWW, V1).status_code in (200, 201)
-    put_newer_line(stack, "zones/dev.local", newer)
+    stack.put_record_line(newer)
     assert stack.add(WWW, V2).status_code == 201
     assert stack.remove(WWW, V1).status_code == 200
     assert newer in stack.vault_secret("zones/dev.local")["records"].splitlines()
@@ -252,7 +241,7 @@ def test_a_record_added_over_a_kept_line_replaces_it_for_good(stack):
     Vault holds the client's record alone, and once it is removed, nothing at that key."""
     assert stack.add(WWW, V1).status_code in (200, 201)
     refused = f"{WWW} {V2} -1 {time.time():.3f}"  # a TTL no dnsapi writes
-    put_newer_line(stack, "zones/dev.local", refused)
+    stack.put_record_line(refused)
     assert stack.add(WWW, V2).status_code == 201
     lines = stack.vault_secret("zones/dev.local")["records"].splitlines()
     assert refused not in lines and [line.split()[1] for line in lines].count(V2) == 1
@@ -277,7 +266,7 @@ async def test_another_nodes_record_in_a_delta_is_carried_into_the_next_snapshot
         before = stack.vault_secret("zones/dev.local")
         assert before["format"] == 3
         newer = template.format(now=f"{time.time():.3f}")
-        put_newer_line(stack, "zones/dev.local", newer)
+        stack.put_record_line(newer)
         await add("after-the-newer-line")
         after = stack.vault_secret("zones/dev.local")
         assert after["format"] == 3 and after["base"] != before["base"]
