@@ -27,12 +27,15 @@ never blocks, except a batch's one write of the zone secret, which the loop send
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import re
 import secrets
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -54,6 +57,7 @@ DELTA_FORMAT = 3  # the secret holds the changes since a snapshot secret
 INLINE_MAX = 256  # zones of up to this many records are written whole, without a snapshot
 DELTA_MAX = 256  # changed keys since the snapshot before a new snapshot is taken
 SNAPSHOT_GRACE = 86400.0  # an unnamed snapshot this old is garbage: no write can still name it
+VAULT_THREADS = 8  # Vault calls in flight at once (each may wait out an election)
 _SNAPSHOT_NAME = re.compile(r"[0-9a-f]{16}")  # creation time (8 hex digits of seconds) + random
 
 Lines = dict[Key, tuple[Record, str, str]]  # key -> (record, its line, its owner line): _lines_of
@@ -282,12 +286,16 @@ class VaultStore:
         self._lines: Lines = {}
         self._snapshots: dict[str, Snapshot] = {}  # zone -> the last snapshot read or written
         self._versions: dict[str, int] = {}  # zone -> the newest version read or written
+        # Threads of their own: calls waiting out an election must not hold the default
+        # pool's, which the zone files' reads and writes and the DNS doors use.
+        self._threads = ThreadPoolExecutor(VAULT_THREADS, thread_name_prefix="vault")
 
     def secret_path(self, zone: str) -> str:
         return zone_secret(self.config.prefix, zone)
 
     async def close(self) -> None:
         await self.session.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     def snapshot_path(self, zone: str, name: str) -> str:
         return f"{snapshot_folder(self.config.prefix, zone)}/{name}"
@@ -512,7 +520,7 @@ class VaultStore:
     async def _call(self, operation: str, fn: Callable[[], T], read: bool = False,
                     patience: float | None = None, confirm: bool = False,
                     direct: Callable[[], Awaitable[T]] | None = None) -> T:
-        """`fn` in a worker thread on the active node (see VaultSession.run): `read` when what
+        """`fn` in a Vault thread on the active node (see VaultSession.run): `read` when what
         it reads must be current, `patience` to wait less than vault.failover_timeout,
         `confirm` to ask every node which one leads first. With `direct`, that is tried first
         from the event loop, and `fn` only runs when it takes a Detour."""
@@ -525,7 +533,9 @@ class VaultStore:
                 except Detour as detour:
                     self.metrics.vault_detours.labels(operation).inc()
                     confirm, failed = detour.confirm, detour.why
-            return await asyncio.to_thread(self.session.run, fn, read, patience, confirm, failed)
+            call = functools.partial(self.session.run, fn, read, patience, confirm, failed)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._threads, contextvars.copy_context().run, call)  # (the log's request id)
         except CasConflict:
             raise  # counted per zone by the writer
         except Exception:
