@@ -277,6 +277,7 @@ class VaultSession:
         if confirm and not self._find_active(deadline):
             raise VaultUnavailable(self._unavailable(failed or "no node leads"))
         retried = confirm and failed is not None  # after a direct write that got no answer
+        overtime = False  # one try at a newly found leader past the deadline, no more
         while True:
             try:
                 if read and not self._is_active(self.url):
@@ -293,8 +294,10 @@ class VaultSession:
                 why = _vault_message(exc) if isinstance(exc, hvac.exceptions.VaultError) \
                     else "not the active node" if isinstance(exc, _Standby) else type(exc).__name__
                 log.info("Vault at %s did not answer as the active node (%s)", failed, why)
-                if not self._find_active(deadline) or (self.url == failed and time.monotonic() >= deadline):
+                late = time.monotonic() >= deadline
+                if not self._find_active(deadline) or (late and (self.url == failed or overtime)):
                     raise VaultUnavailable(self._unavailable(why)) from None
+                overtime = late
                 if self.url == failed and not isinstance(exc, _Standby):
                     time.sleep(PROBE_PAUSE)  # still the active node: it may be settling in
 

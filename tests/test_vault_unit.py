@@ -78,6 +78,32 @@ def test_no_trusted_node_is_a_tls_error_at_once_not_an_election() -> None:
         vault._find_active(deadline=time.monotonic() + 30)
 
 
+def test_a_leader_that_keeps_changing_does_not_hold_a_call_past_its_deadline() -> None:
+    """Each round finds another node leading and each refuses the connection: the call ends
+    soon after vault.failover_timeout, after at most one try past it."""
+    vault = VaultSession(VaultConfig.model_validate({"addr": [A, B], "token": "t",
+                                                     "failover_timeout": "300ms"}))
+    tries: list[float] = []
+
+    def flap(deadline: float) -> bool:
+        vault.client.url = B if vault.url == A else A
+        return True
+
+    def refused() -> None:
+        tries.append(time.monotonic())
+        raise requests.ConnectionError("refused")
+
+    vault._find_active = flap  # type: ignore[method-assign]
+    vault.auth.prepare = lambda client: None  # type: ignore[method-assign]
+    outcome: list[BaseException] = []
+    caller = threading.Thread(target=lambda: outcome.append(pytest.raises(
+        VaultUnavailable, vault.run, refused).value), daemon=True)
+    caller.start()
+    caller.join(5)
+    assert outcome, "still retrying long past vault.failover_timeout"
+    assert sum(at >= tries[0] + 0.3 for at in tries) <= 1
+
+
 class Replies:
     """Stands in for VaultSession.run: answers reads with the next state, noting each call's
     `confirm`."""
@@ -103,6 +129,22 @@ def test_a_read_older_than_one_seen_is_read_again_after_asking_every_node() -> N
     # 7; then 5 (stale: asked again, 7); then 3 and, asked again, 3 (deleted by hand: taken)
     assert asyncio.run(reads()) == [7, 7, 3]
     assert replies.confirms == [False, False, True, False, True]
+
+
+async def test_vault_calls_waiting_out_an_election_leave_the_default_threads_free() -> None:
+    """Every Vault call may wait up to vault.failover_timeout during an election: a dozen of
+    them must not hold the threads the zone files and the DNS doors' reads use."""
+    store = VaultStore(VaultConfig.model_validate({"addr": A, "token": "t"}), Metrics())
+    election = threading.Event()
+    blocked = SimpleNamespace(run=lambda *args: election.wait(), close=store.session.close)
+    store.session = blocked  # type: ignore[assignment]
+    waiting = [asyncio.create_task(store.current_version("dev.local")) for _ in range(12)]
+    try:
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "a zone file read"), 5) == "a zone file read"
+    finally:
+        election.set()
+        await asyncio.gather(*waiting)
+        await store.close()
 
 
 class TokenClient:
