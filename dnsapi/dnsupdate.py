@@ -405,25 +405,32 @@ class DnsUpdateServer:
     # -- replies and the audit trail ----------------------------------------------------------
 
     def _tsig_error(self, wire: bytes, remote: str, error: int, reason: str) -> bytes | None:
-        """NOTAUTH carrying a TSIG RR with the error and an empty MAC, unsigned (RFC 8945 §5.3)."""
+        """NOTAUTH carrying a TSIG RR with the error and an empty MAC, unsigned (RFC 8945 §5.3);
+        but BADTIME, when the MAC checks, signed, with the request's time signed and ours in
+        the other data (§5.2.3), so that the client can tell its clock is off."""
         try:
             request = dns.message.from_wire(wire, keyring=False)
         except dns.exception.DNSException:
             return self._formerr(wire, remote)
         reply = _unsigned_reply(request, dns.rcode.NOTAUTH)
-        if request.keyname is not None and request.tsig is not None:
-            signed = request.tsig[0]
-            tsig = dns.rdtypes.ANY.TSIG.TSIG(
-                dns.rdataclass.ANY, dns.rdatatype.TSIG, signed.algorithm,
-                int(time.time()) if error == dns.rcode.BADTIME else signed.time_signed,
-                signed.fudge, b"", request.id, error,
-                struct.pack("!Q", int(time.time()))[2:] if error == dns.rcode.BADTIME else b"")
-            reply.additional.append(dns.rrset.from_rdata(request.keyname, 0, tsig))
+        now = struct.pack("!Q", int(time.time()))[2:] if error == dns.rcode.BADTIME else b""
+        checked = tsig.verified(wire, self.tsig_keys, late=True) if now else None
+        if checked is not None and request.tsig is not None:
+            answer = tsig.sign(reply.to_wire(), checked[1], self.tsig_keys, error,
+                               request.tsig[0].time_signed, now)
+        else:
+            if request.keyname is not None and request.tsig is not None:
+                signed = request.tsig[0]
+                record = dns.rdtypes.ANY.TSIG.TSIG(
+                    dns.rdataclass.ANY, dns.rdatatype.TSIG, signed.algorithm, signed.time_signed,
+                    signed.fudge, b"", request.id, error, now)
+                reply.additional.append(dns.rrset.from_rdata(request.keyname, 0, record))
+            answer = reply.to_wire()
         updates = update_message.from_dnspython(request).updates \
             if isinstance(request, dns.update.UpdateMessage) else ()
         self._audit(remote, str(request.keyname).rstrip(".") if request.keyname else None, updates,
                     "refused", dns.rcode.NOTAUTH, reason)
-        return reply.to_wire()
+        return answer
 
     def _formerr(self, wire: bytes, remote: str) -> bytes | None:
         """FORMERR echoing the id and opcode, when there is a header to echo."""

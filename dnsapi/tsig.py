@@ -68,11 +68,13 @@ class Keyring:
         return self._keys.get(name)
 
 
-def verified(wire: bytes, keyring: Keyring) -> tuple[bytes, Signer] | None:
+def verified(wire: bytes, keyring: Keyring, late: bool = False) -> tuple[bytes, Signer] | None:
     """A signed UPDATE checked the quick way: the message without its TSIG record, and who
-    signed it; or None (see the module's doc)."""
+    signed it; or None (see the module's doc). `late`: any message, signed at any time, for
+    the BADTIME answer, which is signed (RFC 8945 §5.2.3) and so only once the MAC checks:
+    signing an answer to an unchecked MAC was CVE-2017-3142's hole."""
     try:
-        if len(wire) < 12 or (wire[2] >> 3) & 0xF != _UPDATE:
+        if len(wire) < 12 or (not late and (wire[2] >> 3) & 0xF != _UPDATE):
             return None
         start = _last_record(wire)
         owner, offset = name_at(wire, start)
@@ -90,7 +92,7 @@ def verified(wire: bytes, keyring: Keyring) -> tuple[bytes, Signer] | None:
         if algorithm != key.algorithm or error or len(other) != other_size \
                 or len(mac) != size or size != key.hmac.digest_size:
             return None
-        if abs(((high << 32) | low) - time.time()) > min(fudge, FUDGE):
+        if not late and abs(((high << 32) | low) - time.time()) > min(fudge, FUDGE):
             return None
         (additional,) = struct.unpack_from("!H", wire, 10)
         unsigned = wire[:10] + struct.pack("!H", additional - 1) + wire[12:start]
@@ -105,20 +107,22 @@ def verified(wire: bytes, keyring: Keyring) -> tuple[bytes, Signer] | None:
     return unsigned, Signer(owner, mac)
 
 
-def sign(reply: bytes, signer: Signer | None, keyring: Keyring) -> bytes:
+def sign(reply: bytes, signer: Signer | None, keyring: Keyring, error: int = 0,
+         signed_at: int | None = None, other: bytes = b"") -> bytes:
     """`reply` (a whole message without a TSIG record) signed with the request's key, when the
-    request was signed (RFC 8945 §5.3: the MAC covers the request's MAC, then the reply)."""
+    request was signed (RFC 8945 §5.3: the MAC covers the request's MAC, then the reply);
+    `error`, `signed_at` (default now) and `other` go into its TSIG record as they are."""
     key = keyring.get(signer.key) if signer is not None else None
     if signer is None or key is None:
         return reply
-    now = int(time.time())
-    timers = struct.pack("!HIH", (now >> 32) & 0xFFFF, now & 0xFFFFFFFF, FUDGE)
+    when = int(time.time()) if signed_at is None else signed_at
+    timers = struct.pack("!HIH", (when >> 32) & 0xFFFF, when & 0xFFFFFFFF, FUDGE)
+    trailer = struct.pack("!HH", error, len(other)) + other
     context = key.hmac.copy()
     context.update(struct.pack("!H", len(signer.mac)) + signer.mac + reply)
-    context.update(key.variables + timers + struct.pack("!HH", 0, 0))
+    context.update(key.variables + timers + trailer)
     mac = context.digest()
-    rdata = (key.algorithm_wire + timers + struct.pack("!H", len(mac)) + mac
-             + reply[:2] + struct.pack("!HH", 0, 0))
+    rdata = key.algorithm_wire + timers + struct.pack("!H", len(mac)) + mac + reply[:2] + trailer
     (additional,) = struct.unpack_from("!H", reply, 10)
     return reply[:10] + struct.pack("!H", additional + 1) + reply[12:] + key.name_wire \
         + struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata)) + rdata

@@ -15,12 +15,13 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # lego and certbot (with its RFC 2136 plugin) and nginx for the end-to-end tests, knsupdate, the
 # linter shellcheck for the hooks, chattr and pgrep for the fault tests, BIND (named) for
 # bench/compare.py and named-checkzone for the zone oracle, systemd-analyze for the unit files,
-# and update-ca-certificates for the tutorial's trust step.
+# update-ca-certificates for the tutorial's trust step, and faketime for a client whose clock
+# is off (the RFC 2136 door's BADTIME).
 missing=()
 for pair in dig:bind9-dnsutils curl:curl wget:wget openssl:openssl lego:lego certbot:certbot \
             nginx:nginx-light shellcheck:shellcheck chattr:e2fsprogs pgrep:procps named:bind9 \
             systemd-analyze:systemd update-ca-certificates:ca-certificates \
-            named-checkzone:bind9-utils knsupdate:knot-dnsutils; do
+            named-checkzone:bind9-utils knsupdate:knot-dnsutils faketime:faketime; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 dpkg -s python3-certbot-dns-rfc2136 >/dev/null 2>&1 || missing+=(python3-certbot-dns-rfc2136)

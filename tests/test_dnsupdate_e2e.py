@@ -126,6 +126,21 @@ def test_knsupdate_adds_and_deletes(door):
     door.wait_served(NAME, set())
 
 
+def test_a_client_whose_clock_is_off_is_told_so_by_a_signed_badtime(door):
+    """knsupdate on a clock 1000 s behind (libfaketime; BIND's nsupdate hangs under it): the
+    BADTIME answer is signed (RFC 8945 §5.2.3), so knsupdate verifies it and says its time is
+    out of the window, where an unsigned one made it report a TSIG that failed to verify."""
+    algorithm, value = door.keys["acme"]
+    script = (f"server 127.0.0.1 {door.update_port}\nzone {ZONE}.\n"
+              f"update add {NAME}. 60 TXT {VALUE}\nsend\n")
+    result = subprocess.run(["faketime", "-f", "-1000s", "knsupdate", "-y", f"{algorithm}:acme:{value}"],
+                            input=script, capture_output=True, text=True, timeout=30, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "BADTIME" in output, output
+    assert "TSIG out of time window" in output, output
+    assert door.vault_records() == set()
+
+
 def test_cert_manager_wire_behaviour(door):
     """cert-manager's rfc2136 solver (pkg/issuer/acme/dns/rfc2136): hmac-md5 by default, UDP,
     one Insert of one RR per challenge, Remove of that one RR on cleanup; several challenges for

@@ -143,18 +143,41 @@ async def test_the_same_signed_update_again_is_answered_as_before_and_changes_no
         assert "repeated" in (tmp_path / "audit.jsonl").read_text()
 
 
-async def test_a_signature_valid_only_by_its_own_long_fudge_is_badtime(tmp_path, monkeypatch):
-    """A request's fudge says how long its signature holds; one of hours would let a captured
-    UPDATE be replayed for hours. dnsapi holds any to tsig.FUDGE (300 s)."""
+def badtime_signed_by_acme(reply_wire: bytes, request_wire: bytes) -> bool:
+    """Is `reply_wire` a BADTIME answer to `request_wire` as RFC 8945 §5.2.3 has it: signed
+    with the request's key over the request's MAC (checked with dnspython's digest), with the
+    request's time signed, and the server's time in the other data?"""
+    request = dns.message.from_wire(request_wire, keyring=False)
+    reply = dns.message.from_wire(reply_wire, keyring=False)
+    record = reply.tsig[0]
+    start = len(reply_wire) - len(reply.keyname.to_wire() or b"") - 10 - len(record.to_digestable())
+    unsigned = reply_wire[:10] + struct.pack("!H", len(reply.additional)) + reply_wire[12:start]
+    key = dns.tsig.Key("acme.", SECRET, dns.tsig.HMAC_SHA256)
+    mac = dns.tsig._digest(unsigned, key, record, None, request.tsig[0].mac).sign()
+    server_time = int.from_bytes(record.other, "big")
+    return (reply.rcode() == dns.rcode.NOTAUTH and record.error == dns.rcode.BADTIME
+            and record.mac == mac and record.time_signed == request.tsig[0].time_signed
+            and abs(server_time - time.time()) < 60)
+
+
+@pytest.mark.parametrize("fudge", [300, 3600])  # outside its fudge; inside its own long one only
+async def test_a_signature_from_a_skewed_clock_is_badtime_signed_so_the_client_can_tell(
+        tmp_path, monkeypatch, fudge):
+    """Signed 1000 s ago. A request's fudge says how long its signature holds; one of hours
+    would let a captured UPDATE be replayed for hours, so dnsapi holds any to tsig.FUDGE (300
+    s). The BADTIME answer is signed (RFC 8945 §5.2.3) once the MAC checks, so that a client can
+    trust it and say its clock is off; with a bad MAC it is unsigned, as every other error."""
     async with running(config(tmp_path)) as (service, store):
         door = update_door(service, tmp_path)
         real = time.time
         monkeypatch.setattr(dns.renderer.time, "time", lambda: real() - 1000)  # signed 1000 s ago
-        wire = signed(("add", "W" * 43), fudge=3600)
+        wire = signed(("add", "W" * 43), fudge=fudge)
         monkeypatch.undo()
-        reply = dns.message.from_wire(await door.handle(wire, "127.0.0.1", False) or b"",
+        assert badtime_signed_by_acme(await door.handle(wire, "127.0.0.1", False) or b"", wire)
+        forged = wire[:-20] + bytes([wire[-20] ^ 1]) + wire[-19:]  # a byte of the MAC
+        reply = dns.message.from_wire(await door.handle(forged, "127.0.0.1", False) or b"",
                                       keyring=False)
-        assert reply.rcode() == dns.rcode.NOTAUTH and reply.tsig_error == dns.rcode.BADTIME
+        assert reply.rcode() == dns.rcode.NOTAUTH and reply.tsig[0].mac == b""
         assert store.records() == set()
 
 
