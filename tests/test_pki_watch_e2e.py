@@ -13,9 +13,11 @@ from typing import Any
 
 import hvac
 import pytest
+import requests
+from cryptography.x509 import ocsp
 
 from dnsapi import config as config_module
-from dnsapi.pki.client import PkiClient, revocation_time
+from dnsapi.pki.client import PkiClient, PkiUnavailable, revocation_time
 from dnsapi.pki.vault_init import render_pki_watch_policy, render_policy
 from dnsapi.pki.watch import StateStore, WatchState
 from dnsapi.vault import VaultSession
@@ -234,6 +236,41 @@ def test_ocsp_says_revoked_and_an_unreachable_responder_is_reported(pki):
         proc.stop()
     assert alert["error"].endswith("HTTP 401")  # what OpenBao answers with OCSP disabled
     assert not pki.receiver.events("ocsp_mismatch")
+
+
+class DamagedSignatures(requests.adapters.HTTPAdapter):
+    """Flips one bit in the signature of every OCSP answer on its way in: what a client gets
+    from a responder signing with the wrong key, or through someone in between."""
+
+    def build_response(self, req, resp):
+        response = super().build_response(req, resp)
+        if req.url.endswith("/ocsp"):
+            body = bytearray(response.content)
+            at = bytes(body).find(ocsp.load_der_ocsp_response(bytes(body)).signature)
+            body[at + 4] ^= 1
+            response._content = bytes(body)
+        return response
+
+
+def test_an_ocsp_answer_the_issuer_did_not_sign_is_not_believed(pki):
+    """OpenBao's answers verify against the issuer (openssl agrees); the same answer with its
+    signature damaged is a responder that does not answer properly, not a status."""
+    serial = pki.issue("signed.dev.local")
+    pki.revoke(serial)
+    client = PkiClient(VaultSession(config_module.load(pki.config()).vault), pki.mount)
+    stored = client.stored(serial)
+    issuer = client.issuers()[stored.issuer_id]
+    assert client.ocsp_status(stored, issuer) == "revoked"
+    (pki.dir / "leaf.pem").write_text(stored.pem)
+    (pki.dir / "issuer.pem").write_text(issuer.pem)
+    out = subprocess.run(["openssl", "ocsp", "-issuer", str(pki.dir / "issuer.pem"), "-cert",
+                          str(pki.dir / "leaf.pem"), "-url", f"{pki.vault.addr}/v1/{pki.mount}/ocsp",
+                          "-VAfile", str(pki.dir / "issuer.pem")], capture_output=True, text=True,
+                         check=False)
+    assert "Response verify OK" in out.stderr + out.stdout and ": revoked" in out.stdout, out
+    client.http.mount(pki.vault.addr, DamagedSignatures())
+    with pytest.raises(PkiUnavailable, match="not signed by the issuer"):
+        client.ocsp_status(stored, issuer)
 
 
 def test_expiry_warned_once_per_threshold_and_not_for_renewed(pki):

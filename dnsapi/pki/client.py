@@ -18,7 +18,9 @@ import requests
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from ..vault import VaultSession
 
@@ -226,7 +228,9 @@ class PkiClient:
     @_readable
     def ocsp_status(self, cert: StoredCert, issuer: Issuer) -> str:
         """`good`, `revoked` or `unknown` from the mount's OCSP responder; PkiUnavailable when it
-        does not answer, answers an error, or answers for another certificate."""
+        does not answer, answers an error, answers for another certificate, or answers what a
+        client would reject: not signed by the issuer (or a responder it made for OCSP), or
+        past its next update."""
         leaf = x509.load_pem_x509_certificate(cert.pem.encode())
         issuer_cert = x509.load_pem_x509_certificate(issuer.pem.encode())
         request = ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer_cert, hashes.SHA1()).build()
@@ -247,6 +251,12 @@ class PkiClient:
             raise PkiUnavailable(f"{self.mount}/ocsp: {answer.response_status.name}")
         if answer.serial_number != leaf.serial_number:
             raise PkiUnavailable(f"{self.mount}/ocsp: answered for another serial")
+        if not _signed_by(answer, issuer_cert):
+            raise PkiUnavailable(f"{self.mount}/ocsp: the answer is not signed by the issuer "
+                                 f"{issuer.name}")
+        if answer.next_update_utc is not None and answer.next_update_utc < dt.datetime.now(dt.UTC):
+            raise PkiUnavailable(f"{self.mount}/ocsp: a stale answer (next update "
+                                 f"{answer.next_update_utc.isoformat(timespec='seconds')})")
         return answer.certificate_status.name.lower()
 
     def _list(self, path: str) -> dict:
@@ -277,3 +287,36 @@ class PkiClient:
             return response.json()["data"]
         except (ValueError, KeyError, TypeError):
             raise PkiUnavailable(f"{self.mount}/{path}: not a Vault JSON response") from None
+
+
+def _signed_by(answer: ocsp.OCSPResponse, issuer: x509.Certificate) -> bool:
+    """Does the issuer's key, or that of a responder certificate in the answer which the issuer
+    signed for OCSP signing (RFC 6960 §4.2.2.2), verify the answer's signature?"""
+    keys = [issuer.public_key()]
+    for responder in answer.certificates:
+        try:
+            responder.verify_directly_issued_by(issuer)
+            usage = responder.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+            continue
+        if ExtendedKeyUsageOID.OCSP_SIGNING in usage:
+            keys.append(responder.public_key())
+    return any(_verifies(key, answer) for key in keys)
+
+
+def _verifies(key: object, answer: ocsp.OCSPResponse) -> bool:
+    signature, data, algorithm = answer.signature, answer.tbs_response_bytes, answer.signature_hash_algorithm
+    try:
+        if isinstance(key, rsa.RSAPublicKey) and algorithm is not None:
+            pss = answer.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS
+            key.verify(signature, data, padding.PSS(padding.MGF1(algorithm), padding.PSS.AUTO) if pss
+                       else padding.PKCS1v15(), algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and algorithm is not None:
+            key.verify(signature, data, ec.ECDSA(algorithm))
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(signature, data)
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
