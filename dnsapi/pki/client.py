@@ -16,11 +16,11 @@ from typing import ParamSpec, TypeVar
 import hvac.exceptions
 import requests
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..vault import VaultSession
 
@@ -33,11 +33,12 @@ class Unsupported(PkiUnavailable):
     """The server does not have this endpoint (e.g. HashiCorp Vault has no `certs/detailed`)."""
 
 
+OCSP_SKEW = dt.timedelta(minutes=5)  # clock difference allowed for an answer's this_update
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 # What reading an answer that does not hold together raises: a PEM or DER that does not load,
 # a duplicate extension, a field missing or of another type, a date in another form.
-_MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError,
+_MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, UnsupportedAlgorithm,
               x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 
@@ -254,9 +255,13 @@ class PkiClient:
         if not _signed_by(answer, issuer_cert):
             raise PkiUnavailable(f"{self.mount}/ocsp: the answer is not signed by the issuer "
                                  f"{issuer.name}")
-        if answer.next_update_utc is not None and answer.next_update_utc < dt.datetime.now(dt.UTC):
+        now = dt.datetime.now(dt.UTC)
+        if answer.next_update_utc is not None and answer.next_update_utc < now:
             raise PkiUnavailable(f"{self.mount}/ocsp: a stale answer (next update "
                                  f"{answer.next_update_utc.isoformat(timespec='seconds')})")
+        if answer.this_update_utc > now + OCSP_SKEW:
+            raise PkiUnavailable(f"{self.mount}/ocsp: an answer from the future (this update "
+                                 f"{answer.this_update_utc.isoformat(timespec='seconds')})")
         return answer.certificate_status.name.lower()
 
     def _list(self, path: str) -> dict:
@@ -291,15 +296,19 @@ class PkiClient:
 
 def _signed_by(answer: ocsp.OCSPResponse, issuer: x509.Certificate) -> bool:
     """Does the issuer's key, or that of a responder certificate in the answer which the issuer
-    signed for OCSP signing (RFC 6960 §4.2.2.2), verify the answer's signature?"""
+    signed for OCSP signing and which is valid now (RFC 6960 §4.2.2.2), verify the answer's
+    signature? (UnsupportedAlgorithm for a signature algorithm cryptography cannot check,
+    RSA-PSS among them.)"""
     keys = [issuer.public_key()]
+    now = dt.datetime.now(dt.UTC)
     for responder in answer.certificates:
         try:
             responder.verify_directly_issued_by(issuer)
             usage = responder.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
             continue
-        if ExtendedKeyUsageOID.OCSP_SIGNING in usage:
+        if ExtendedKeyUsageOID.OCSP_SIGNING in usage \
+                and responder.not_valid_before_utc <= now <= responder.not_valid_after_utc:
             keys.append(responder.public_key())
     return any(_verifies(key, answer) for key in keys)
 
@@ -308,9 +317,7 @@ def _verifies(key: object, answer: ocsp.OCSPResponse) -> bool:
     signature, data, algorithm = answer.signature, answer.tbs_response_bytes, answer.signature_hash_algorithm
     try:
         if isinstance(key, rsa.RSAPublicKey) and algorithm is not None:
-            pss = answer.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS
-            key.verify(signature, data, padding.PSS(padding.MGF1(algorithm), padding.PSS.AUTO) if pss
-                       else padding.PKCS1v15(), algorithm)
+            key.verify(signature, data, padding.PKCS1v15(), algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey) and algorithm is not None:
             key.verify(signature, data, ec.ECDSA(algorithm))
         elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
