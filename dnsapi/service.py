@@ -267,7 +267,7 @@ class ZoneWriter:
             rewrite = self._prepare_file(records)
             try:
                 state = await self.store.write_zone(self.zone.name, records, self.state, touched,
-                                                    _added(changes))
+                                                    _added(changes, outcomes))
             except BaseException as exc:
                 await self._discard(rewrite)
                 if not isinstance(exc, CasConflict):
@@ -368,9 +368,11 @@ def _touched(changes: list[Change | Update], old: dict[Key, Record]) -> list[Key
     return keys + [key for key in old if key[0] in names] if names else keys
 
 
-def _added(changes: list[Change | Update]) -> set[Key]:
-    """The keys the changes add (whether or not a later change of the batch removes them)."""
-    return {change.record.key for item in changes
+def _added(changes: list[Change | Update], outcomes: list[Outcome]) -> set[Key]:
+    """The keys the batch's applied changes add (whether or not a later change of the batch
+    removes them); a refused add (quota, a failed prerequisite, ...) adds nothing."""
+    return {change.record.key for item, outcome in zip(changes, outcomes, strict=True)
+            if outcome in (Outcome.CREATED, Outcome.APPLIED)
             for change in (item.changes if isinstance(item, Update) else (item,))
             if change.action == "add"}
 

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -293,7 +293,7 @@ class MemoryStore:
                          foreign={key: ("", "") for key in refused})
 
     async def write_zone(self, zone: str, records: dict[Key, Record], state: ZoneState,
-                         touched: object, added: object = ()) -> ZoneState:
+                         touched: object, added: Iterable[Key] = ()) -> ZoneState:
         self.attempts += 1
         await self._enter("write_zone")
         if self.before_write is not None:
@@ -301,7 +301,9 @@ class MemoryStore:
             other(zone)
         if state.version != self.zones.get(zone, ZoneState({}, 0)).version:
             raise CasConflict()
-        foreign = {key: kept for key, kept in state.foreign.items() if key not in records}
+        added = frozenset(added)  # as VaultStore's: an applied add replaces a kept record
+        foreign = {key: kept for key, kept in state.foreign.items()
+                   if key not in records and key not in added}
         kept = {key: self.zones[zone].records[key] for key in foreign}
         written = ZoneState({**kept, **records}, state.version + 1)
         self.zones[zone] = written

@@ -16,7 +16,7 @@ from dnsapi.audit import AuditLog, value_hash
 from dnsapi.block import block_records
 from dnsapi.config import Config
 from dnsapi.errors import DnsapiError, NameConflict, TooManyRecords, VaultUnavailable, ZoneError
-from dnsapi.records import Key, Outcome, Record
+from dnsapi.records import Change, Key, Outcome, Prerequisite, Record, Update
 from dnsapi.service import RecordService
 from dnsapi.zonefile import ZoneFile, ZoneText
 
@@ -78,6 +78,29 @@ async def test_the_zone_file_is_prepared_while_the_store_writes_and_changed_only
         gate.release()
         assert await add is Outcome.CREATED
         assert block(config) == {(WWW, "P" * 43)} and temp_files(config) == []
+
+
+async def test_a_refused_add_leaves_a_kept_record_whatever_else_its_batch_writes(tmp_path):
+    """A record this node keeps but does not serve (another node's: here a TTL it refuses), and
+    in one batch an add of its name and value that is refused (a failed RFC 2136 prerequisite)
+    beside an add that is made: the kept record stays, as it does when the refused add is alone."""
+    config, _ = service_config(tmp_path)
+    async with running(config) as (service, store):
+        kept = Record(WWW, "K" * 43, -1, time.time())  # a TTL no dnsapi writes
+        store.put(ZONE, kept)
+        await service.reconcile()
+        gate = store.hold("write_zone")
+        first = asyncio.create_task(service.add(record(service, "first")))
+        await gate.entered.wait()
+        refused = Update(changes=(Change("add", record(service, "K" * 43)),),
+                         prerequisites=(Prerequisite("absent", WWW, Outcome.YXRRSET),))
+        batch = [asyncio.create_task(service.update(ZONE, refused)),
+                 asyncio.create_task(service.add(record(service, "made", fqdn=API)))]
+        await until(lambda: service.writers[ZONE].queue.qsize() == 2, "both queued behind the write")
+        gate.release()
+        assert [await first, *await asyncio.gather(*batch)] == [Outcome.CREATED, Outcome.YXRRSET,
+                                                                 Outcome.CREATED]
+        assert kept.key in store.records() and (API, "made") in store.records()
 
 
 async def test_an_error_nobody_foresaw_fails_its_batch_and_the_zone_writer_lives_on(tmp_path, monkeypatch):
