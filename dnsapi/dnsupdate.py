@@ -414,7 +414,7 @@ class DnsUpdateServer:
             return self._formerr(wire, remote)
         reply = _unsigned_reply(request, dns.rcode.NOTAUTH)
         now = struct.pack("!Q", int(time.time()))[2:] if error == dns.rcode.BADTIME else b""
-        checked = tsig.verified(wire, self.tsig_keys, late=True) if now else None
+        checked = tsig.verified(wire, self.tsig_keys, for_badtime=True) if now else None
         if checked is not None and request.tsig is not None:
             answer = tsig.sign(reply.to_wire(), checked[1], self.tsig_keys, error,
                                request.tsig[0].time_signed, now)

@@ -343,7 +343,7 @@ class VaultStore:
                                            direct=lambda: self.session.write_kv_direct(path, data, cas))
             except CasConflict as conflict:
                 if not conflict.uncertain or not await self._call(
-                        "read_zone", lambda: self._landed(zone, cas + 1, write_id), read=True):
+                        "find_write", lambda: self._landed(zone, cas + 1, write_id), read=True):
                     raise
                 version = cas + 1
             written = ZoneState(records=records, version=version, base=one.base,
@@ -458,8 +458,10 @@ class VaultStore:
         except CasConflict:
             # An earlier attempt of this call (`run` retries it whole) may have landed, naming
             # the snapshot it wrote: the same records under another name.
-            landed = self._landed(zone, state.version + 1, write_id)
-            self._drop_snapshot(zone, snapshot)  # nothing names this one
+            try:
+                landed = self._landed(zone, state.version + 1, write_id)
+            finally:
+                self._drop_snapshot(zone, snapshot)  # nothing names this one, whatever landed
             if not landed:
                 raise
             snapshot = Snapshot(str(landed.get("base")), records, state.foreign)
@@ -505,9 +507,14 @@ class VaultStore:
                                  lambda: self.session.read_kv(self.account_path(username)), read=True))[0]
 
     async def create_account(self, username: str, data: dict[str, Any]) -> None:
-        """Write a new account secret (create only: an existing one raises CasConflict)."""
-        await self._call("create_account",
-                         lambda: self.session.write_kv(self.account_path(username), data, 0))
+        """Write a new account secret (create only: an existing one raises CasConflict, but
+        for an attempt whose answer was lost: the name is a fresh UUID, so that is this one)."""
+        try:
+            await self._call("create_account",
+                             lambda: self.session.write_kv(self.account_path(username), data, 0))
+        except CasConflict as conflict:
+            if not conflict.uncertain:
+                raise
 
     async def list_accounts(self) -> list[str]:
         return await self._call("list_accounts", lambda: self.session.list_kv(self.account_path()),

@@ -68,13 +68,13 @@ class Keyring:
         return self._keys.get(name)
 
 
-def verified(wire: bytes, keyring: Keyring, late: bool = False) -> tuple[bytes, Signer] | None:
+def verified(wire: bytes, keyring: Keyring, for_badtime: bool = False) -> tuple[bytes, Signer] | None:
     """A signed UPDATE checked the quick way: the message without its TSIG record, and who
-    signed it; or None (see the module's doc). `late`: any message, signed at any time, for
-    the BADTIME answer, which is signed (RFC 8945 §5.2.3) and so only once the MAC checks:
+    signed it; or None (see the module's doc). `for_badtime`: any message (any opcode) signed
+    at any time, for the BADTIME answer, which is signed (RFC 8945 §5.2.3) and so only once the MAC checks:
     signing an answer to an unchecked MAC was CVE-2017-3142's hole."""
     try:
-        if len(wire) < 12 or (not late and (wire[2] >> 3) & 0xF != _UPDATE):
+        if len(wire) < 12 or (not for_badtime and (wire[2] >> 3) & 0xF != _UPDATE):
             return None
         start = _last_record(wire)
         owner, offset = name_at(wire, start)
@@ -92,7 +92,7 @@ def verified(wire: bytes, keyring: Keyring, late: bool = False) -> tuple[bytes, 
         if algorithm != key.algorithm or error or len(other) != other_size \
                 or len(mac) != size or size != key.hmac.digest_size:
             return None
-        if not late and abs(((high << 32) | low) - time.time()) > min(fudge, FUDGE):
+        if not for_badtime and abs(((high << 32) | low) - time.time()) > min(fudge, FUDGE):
             return None
         (additional,) = struct.unpack_from("!H", wire, 10)
         unsigned = wire[:10] + struct.pack("!H", additional - 1) + wire[12:start]

@@ -63,6 +63,9 @@ def is_kv2(mount: dict[str, Any]) -> bool:
     return mount.get("type") in ("kv", "generic") and (mount.get("options") or {}).get("version") == "2"
 
 
+RELOGIN_PAUSE = 60.0  # seconds: a 403 to a still-valid AppRole token logs in again at most this often
+
+
 class VaultAuth:
     """Keeps the hvac client holding a valid token. All methods but `ready_token` run in worker
     threads."""
@@ -75,6 +78,7 @@ class VaultAuth:
         self._login_ttl = 0  # TTL granted at login: renewals granting much less mean max TTL is near
         self._renewable = False
         self._logged_in = False
+        self._relogin_at = 0.0  # monotonic time before which a refused valid token is kept
 
     def prepare(self, client: hvac.Client) -> None:
         """Before each call: load or refresh the token if needed."""
@@ -115,14 +119,15 @@ class VaultAuth:
         """After a 403 to token `refused`: get a fresh token if the method allows it. True when
         worth retrying. Several threads refused at once log in once: the others find the token
         already replaced and retry with it. A token Vault still knows was refused for want of a
-        permission: a new one would have the same policies, and each AppRole login leaves a
-        token behind and may use up one of the secret_id's uses, once per request."""
+        permission, which only a policy added to the AppRole role since the login would bring:
+        that login is tried at most once every RELOGIN_PAUSE, not once per refused request
+        (each leaves a token behind and may use up one of the secret_id's uses)."""
         with self._lock:
             if refused is not None and client.token != refused:
                 return True
-            if _still_valid(client):
-                return False
             if self.config.approle is not None:
+                if time.monotonic() < self._relogin_at and _still_valid(client):
+                    return False
                 self._approle_login(client)
                 return True
             if self.config.token_file is not None:
@@ -155,7 +160,7 @@ class VaultAuth:
         response = client.auth.approle.login(role_id=role_id, secret_id=secret_id,
                                              mount_point=approle.mount)
         auth = response["auth"]
-        self._logged_in = True
+        self._logged_in, self._relogin_at = True, time.monotonic() + RELOGIN_PAUSE
         self._login_ttl = auth.get("lease_duration", 0)
         self._schedule(self._login_ttl, auth.get("renewable", False))
         log.info("logged in to Vault with AppRole (token TTL %ss)", auth.get("lease_duration"))

@@ -420,6 +420,18 @@ async def test_a_zone_write_whose_answer_is_lost_is_found_again(openbao, kv_stor
             await store.write_zone("dev.local", {**state.records, **more}, state, more)
 
 
+async def test_an_account_whose_create_answer_is_lost_is_created_once(openbao, kv_store):
+    """acme-dns registration writes a new account secret under a fresh UUID, create-only: the
+    retry of a write whose answer was lost meets that write, which is this one."""
+    prefix = f"lost-account-{uuid.uuid4().hex[:8]}"
+    with LossyRelay(int(openbao.addr.rsplit(":", 1)[1])) as relay:
+        store = kv_store(prefix, addr=relay.addr)
+        relay.lose(f"POST /v1/secret/data/{prefix}/acme-dns/accounts/".encode())
+        await store.create_account("0b6c0e1e-3d5d-4e2a-9a47-8d2f1c3b7a10", {"subdomain": "x"})
+        assert relay.lost == 1
+        assert await store.read_account("0b6c0e1e-3d5d-4e2a-9a47-8d2f1c3b7a10") == {"subdomain": "x"}
+
+
 async def test_a_snapshot_write_whose_answer_is_lost_is_found_again(openbao, kv_store):
     """The same on the snapshot path, which `run` retries whole: the retry writes a second
     snapshot and meets its own first attempt, which named the first; the second is dropped and

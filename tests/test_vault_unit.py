@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +23,7 @@ import requests
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+import dnsapi.vault
 from dnsapi.config import VaultConfig
 from dnsapi.errors import VaultUnavailable
 from dnsapi.metrics import Metrics
@@ -135,6 +137,8 @@ async def test_vault_calls_waiting_out_an_election_leave_the_default_threads_fre
     """Every Vault call may wait up to vault.failover_timeout during an election: a dozen of
     them must not hold the threads the zone files and the DNS doors' reads use."""
     store = VaultStore(VaultConfig.model_validate({"addr": A, "token": "t"}), Metrics())
+    # a default pool smaller than the dozen calls, whatever this machine's cores make it
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(4))
     election = threading.Event()
     blocked = SimpleNamespace(run=lambda *args: election.wait(), close=store.session.close)
     store.session = blocked  # type: ignore[assignment]
@@ -192,6 +196,34 @@ def test_threads_refused_the_same_token_log_in_once(tmp_path) -> None:
     assert logins == ["s"] and client.token == "token-1"
     assert auth.recover(client, "token-1")  # type: ignore[arg-type]  # the new one refused: again
     assert len(logins) == 2
+
+
+def test_a_refused_valid_approle_token_logs_in_again_only_after_a_pause(tmp_path, monkeypatch) -> None:
+    """A 403 to a token Vault still knows is a permission the policies lack. A policy added to
+    the AppRole role since the login comes only with a new login: tried once per RELOGIN_PAUSE,
+    not once per refused request."""
+    (tmp_path / "role-id").write_text("r\n")
+    (tmp_path / "secret-id").write_text("s\n")
+    auth = VaultAuth(VaultConfig.model_validate({"addr": A, "approle": {
+        "role_id_file": str(tmp_path / "role-id"), "secret_id_file": str(tmp_path / "secret-id")}}))
+    logins: list[str] = []
+
+    def login(**kwargs: str) -> dict:
+        logins.append(kwargs["secret_id"])
+        client.token = f"token-{len(logins)}"
+        return {"auth": {"lease_duration": 3600, "renewable": True}}
+
+    client = SimpleNamespace(token="", auth=SimpleNamespace(
+        approle=SimpleNamespace(login=login), token=SimpleNamespace(lookup_self=lambda: {"data": {}})))
+    auth.prepare(client)  # type: ignore[arg-type]
+    for _ in range(5):
+        assert not auth.recover(client, "token-1")  # type: ignore[arg-type]
+    assert logins == ["s"]
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + dnsapi.vault.RELOGIN_PAUSE)
+    assert auth.recover(client, "token-1")  # type: ignore[arg-type]
+    assert logins == ["s", "s"] and client.token == "token-2"
+    assert not auth.recover(client, "token-2")  # type: ignore[arg-type]
 
 
 def test_a_rewritten_token_file_sends_the_next_write_through_prepare(tmp_path) -> None:
