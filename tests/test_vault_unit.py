@@ -172,57 +172,59 @@ def test_the_loop_gets_the_token_only_when_it_needs_no_work_first() -> None:
     assert auth.ready_token(client) is None  # type: ignore[arg-type]
 
 
+class AppRoleClient:
+    """The part of an hvac client VaultAuth uses with AppRole: each login hands out token-N;
+    lookup-self answers as `token_known` says (False: Vault no longer knows the token)."""
+
+    def __init__(self, token: str = "", token_known: bool = False) -> None:
+        self.token = token
+        self.logins = 0
+
+        def login(**kwargs: str) -> dict:
+            self.logins += 1
+            self.token = f"token-{self.logins}"
+            return {"auth": {"lease_duration": 3600, "renewable": True}}
+
+        def lookup_self() -> dict:
+            if not token_known:
+                raise hvac.exceptions.Forbidden("permission denied")
+            return {"data": {}}
+
+        self.auth = SimpleNamespace(approle=SimpleNamespace(login=login),
+                                    token=SimpleNamespace(lookup_self=lookup_self))
+
+
+def approle_auth(tmp_path) -> VaultAuth:
+    (tmp_path / "role-id").write_text("r\n")
+    (tmp_path / "secret-id").write_text("s\n")
+    return VaultAuth(VaultConfig.model_validate({"addr": A, "approle": {
+        "role_id_file": str(tmp_path / "role-id"), "secret_id_file": str(tmp_path / "secret-id")}}))
+
+
 def test_threads_refused_the_same_token_log_in_once(tmp_path) -> None:
     """Each login leaves a token behind until its TTL and may use up one of the secret_id's
     allowed uses: a thread refused a token another thread has replaced since just retries."""
-    (tmp_path / "role-id").write_text("r\n")
-    (tmp_path / "secret-id").write_text("s\n")
-    auth = VaultAuth(VaultConfig.model_validate({"addr": A, "approle": {
-        "role_id_file": str(tmp_path / "role-id"), "secret_id_file": str(tmp_path / "secret-id")}}))
-    logins: list[str] = []
-
-    def login(**kwargs: str) -> dict:
-        logins.append(kwargs["secret_id"])
-        client.token = f"token-{len(logins)}"
-        return {"auth": {"lease_duration": 3600, "renewable": True}}
-
-    def expired() -> dict:
-        raise hvac.exceptions.Forbidden("permission denied")
-
-    client = SimpleNamespace(token="token-0", auth=SimpleNamespace(
-        approle=SimpleNamespace(login=login), token=SimpleNamespace(lookup_self=expired)))
+    auth, client = approle_auth(tmp_path), AppRoleClient("token-0")
     assert auth.recover(client, "token-0")  # type: ignore[arg-type]  # the first refused: logs in
     assert auth.recover(client, "token-0")  # type: ignore[arg-type]  # another, refused the same
-    assert logins == ["s"] and client.token == "token-1"
+    assert client.logins == 1 and client.token == "token-1"
     assert auth.recover(client, "token-1")  # type: ignore[arg-type]  # the new one refused: again
-    assert len(logins) == 2
+    assert client.logins == 2
 
 
 def test_a_refused_valid_approle_token_logs_in_again_only_after_a_pause(tmp_path, monkeypatch) -> None:
     """A 403 to a token Vault still knows is a permission the policies lack. A policy added to
     the AppRole role since the login comes only with a new login: tried once per RELOGIN_PAUSE,
     not once per refused request."""
-    (tmp_path / "role-id").write_text("r\n")
-    (tmp_path / "secret-id").write_text("s\n")
-    auth = VaultAuth(VaultConfig.model_validate({"addr": A, "approle": {
-        "role_id_file": str(tmp_path / "role-id"), "secret_id_file": str(tmp_path / "secret-id")}}))
-    logins: list[str] = []
-
-    def login(**kwargs: str) -> dict:
-        logins.append(kwargs["secret_id"])
-        client.token = f"token-{len(logins)}"
-        return {"auth": {"lease_duration": 3600, "renewable": True}}
-
-    client = SimpleNamespace(token="", auth=SimpleNamespace(
-        approle=SimpleNamespace(login=login), token=SimpleNamespace(lookup_self=lambda: {"data": {}})))
+    auth, client = approle_auth(tmp_path), AppRoleClient(token_known=True)
     auth.prepare(client)  # type: ignore[arg-type]
     for _ in range(5):
         assert not auth.recover(client, "token-1")  # type: ignore[arg-type]
-    assert logins == ["s"]
+    assert client.logins == 1
     now = time.monotonic()
     monkeypatch.setattr(time, "monotonic", lambda: now + dnsapi.vault.RELOGIN_PAUSE)
     assert auth.recover(client, "token-1")  # type: ignore[arg-type]
-    assert logins == ["s", "s"] and client.token == "token-2"
+    assert client.logins == 2 and client.token == "token-2"
     assert not auth.recover(client, "token-2")  # type: ignore[arg-type]
 
 
