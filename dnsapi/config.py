@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import math
 import os
 import re
 from pathlib import Path
@@ -43,6 +44,7 @@ EAB_POLICIES = ("not-required", "new-account-required", "always-required")
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+MAX_DURATION = 100 * 366 * 86400.0  # a century: more than any TTL a CA sets
 _MINUTE, _HOUR, _DAY = 60.0, 3600.0, 86400.0
 _VAULT_PATH_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 _KEY_BITS = {"ec": 384, "rsa": 4096, "ed25519": 0}
@@ -54,17 +56,18 @@ _HEADERS = "a mapping of header: value strings, for type: webhook only"
 
 
 def parse_duration(value: object) -> float | None:
-    """`30`, `30s`, `500ms`, `5m`, `1h`, `1d` → seconds; None when it is not a duration."""
+    """`30`, `30s`, `500ms`, `5m`, `1h`, `1d` → seconds; None when it is not a duration (NaN,
+    infinity and anything past MAX_DURATION included: a sleep of NaN never ends, and timeouts
+    that large overflow)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    if not isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION_RE.fullmatch(value.strip())):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
         return None
-    match = _DURATION_RE.fullmatch(value.strip())
-    if not match:
-        return None
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    return seconds if math.isfinite(seconds) and abs(seconds) <= MAX_DURATION else None
 
 
 def parse_hostport(text: object) -> tuple[str, int]:
@@ -141,7 +144,7 @@ def _positive_duration(value: object) -> float:
 
 
 def _rate(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
         raise ValueError("must be a number >= 0 (0 turns the limit off)")
     return float(value)
 
@@ -897,7 +900,12 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+        # Where and what, never the snippet of the line: it may hold a secret (a token, a
+        # webhook key), and this message goes to the journal and to `dnsapi check`.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise ConfigError(f"config: {path} is not valid YAML: {problem}{where}") from None
 
 
 def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:

@@ -141,10 +141,33 @@ def test_file_errors(tmp_path):
         cfg.load(bad)
 
 
+@pytest.mark.parametrize("line", ["  token: hvs.SUPERSECRETVALUE: x",
+                                  '    url: "https://qyapi.weixin.qq.com/send?key=SUPERSECRETVALUE'])
+def test_a_yaml_error_says_where_without_quoting_the_line(tmp_path, line):
+    """The message goes to the journal and `dnsapi check`; the broken line may hold a secret."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"vault:\n  addr: http://127.0.0.1:8200\n{line}\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML: .* \(line 3, column \d+\)") as raised:
+        cfg.load(bad)
+    assert "SUPERSECRETVALUE" not in str(raised.value)
+
+
 @pytest.mark.parametrize("text, seconds", [("30", 30), (30, 30), ("500ms", 0.5), ("5m", 300),
                                            ("1h", 3600), ("2d", 172800), ("1.5s", 1.5)])
 def test_durations(text, seconds):
     assert cfg.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "99999999999999999999d", -float("inf")])
+def test_no_duration_or_rate_is_endless_or_overflows(value):
+    """`reconcile_interval: .nan` would sleep for ever (reconciling never again) and a timeout of
+    1e20 s overflows the socket's: refused with the key's name, like any other bad value."""
+    assert cfg.parse_duration(value) is None
+    with pytest.raises(ConfigError, match="reconcile_interval: must be a positive duration"):
+        load(changed("reconcile_interval", value))
+    if not isinstance(value, str):
+        with pytest.raises(ConfigError, match="rate_limit.per_second: must be a number"):
+            load(changed("rate_limit", {"per_second": value}))
 
 
 def test_ipv6_listen():
