@@ -7,6 +7,7 @@ Options:
  DNSAPI_URL URL of the dnsapi service, e.g. https://dnsapi.dev.local:8053
  DNSAPI_TOKEN API token (the service config holds only its sha256)
  DNSAPI_CA_BUNDLE CA bundle for the service TLS certificate. Optional.
+ DNSAPI_TIMEOUT Seconds one request may take, waiting for the DNS servers included. Optional, default 120.
 '
 
 # Install: copy to ~/.acme.sh/dnsapi/dns_internal.sh, export DNSAPI_URL and DNSAPI_TOKEN once, then
@@ -53,17 +54,55 @@ dns_internal_rm() {
 
 ####################  Private functions below ##################################
 
-# Environment first, then what an earlier run saved.
+# Environment first, then what an earlier run saved. Each is checked before it is used or
+# saved: account.conf keeps them in single quotes and acme.sh evaluates it, and the token goes
+# into a header line.
 _dnsapi_settings() {
   DNSAPI_URL="${DNSAPI_URL:-$(_readaccountconf_mutable DNSAPI_URL)}"
   DNSAPI_TOKEN="${DNSAPI_TOKEN:-$(_readaccountconf_mutable DNSAPI_TOKEN)}"
   DNSAPI_CA_BUNDLE="${DNSAPI_CA_BUNDLE:-$(_readaccountconf_mutable DNSAPI_CA_BUNDLE)}"
+  DNSAPI_TIMEOUT="${DNSAPI_TIMEOUT:-120}"
   if [ -z "$DNSAPI_URL" ] || [ -z "$DNSAPI_TOKEN" ]; then
     _err "dnsapi: set DNSAPI_URL and DNSAPI_TOKEN (and DNSAPI_CA_BUNDLE for a private CA) once; they are saved for renewals"
     return 1
   fi
+  case "$DNSAPI_TOKEN" in
+    *[!a-zA-Z0-9._~+/=-]*)
+      _err "dnsapi: DNSAPI_TOKEN holds characters no Bearer token has (RFC 6750: letters, digits, -._~+/ and trailing =)"
+      return 1
+      ;;
+  esac
+  case "$DNSAPI_URL" in
+    http://* | https://*) ;;
+    *)
+      _err "dnsapi: DNSAPI_URL must start with https:// (or http:// on loopback)"
+      return 1
+      ;;
+  esac
+  if _dnsapi_unsafe "$DNSAPI_URL"; then
+    _err "dnsapi: DNSAPI_URL may not hold spaces, quotes, backslashes or \$"
+    return 1
+  fi
+  if _dnsapi_unsafe "$DNSAPI_CA_BUNDLE"; then
+    _err "dnsapi: DNSAPI_CA_BUNDLE may not hold spaces, quotes, backslashes or \$"
+    return 1
+  fi
+  case "$DNSAPI_TIMEOUT" in
+    "" | *[!0-9]* | 0)
+      _err "dnsapi: DNSAPI_TIMEOUT must be a whole number of seconds"
+      return 1
+      ;;
+  esac
   DNSAPI_URL="${DNSAPI_URL%/}"
   return 0
+}
+
+# True when $1 holds anything a shell quote or a command line could be broken by.
+_dnsapi_unsafe() {
+  case "$1" in
+    *[!a-zA-Z0-9._~+/=:@%?\&\#,\;\[\]!*\(\)-]*) return 0 ;;
+  esac
+  return 1
 }
 
 # JSON body; quotes and backslashes escaped although acme.sh only passes names and base64url.
@@ -77,19 +116,39 @@ _dnsapi_body() {
 # CA settings) and turn every failure into an _err message. _post returns 0 on HTTP errors, so
 # the status is read from $HTTP_HEADER.
 _dnsapi_call() {
-  export _H1="Authorization: Bearer $DNSAPI_TOKEN"
-  export _H2="Accept: application/json"
+  _H1="Authorization: Bearer $DNSAPI_TOKEN" # (not exported: no child needs it in its environment)
+  _H2="Accept: application/json"
+  _H3=""
+  _H4=""
+  _H5=""
+  # We run in acme.sh's subshell: what changes here changes our requests only.
   if [ -n "$DNSAPI_CA_BUNDLE" ]; then
-    # We run in acme.sh's subshell: this changes the CA for our requests only.
     CA_BUNDLE="$DNSAPI_CA_BUNDLE"
     CA_PATH=""
-    _resethttp
+  fi
+  # At --debug 2 acme.sh makes curl trace every request header, the token's too, into a temp
+  # file it never removes (and into its log after a failed transfer), and wget -d prints them:
+  # our requests go out as at --debug 1. With a time limit, and one try (wget retries a 504),
+  # so that a server that never answers cannot hold acme.sh.
+  _dnsapi_debug="$DEBUG"
+  if [ -n "$DEBUG" ] && [ "$DEBUG" -ge 2 ] 2>/dev/null; then
+    DEBUG=1
+  fi
+  _resethttp
+  _inithttp
+  if [ -n "$_ACME_CURL" ]; then
+    _ACME_CURL="$_ACME_CURL --max-time $DNSAPI_TIMEOUT "
+  fi
+  if [ -n "$_ACME_WGET" ]; then
+    _ACME_WGET="$_ACME_WGET --timeout=$DNSAPI_TIMEOUT --tries=1 "
   fi
   if [ -n "$HTTP_HEADER" ]; then
     : >"$HTTP_HEADER" # a transfer that fails must not leave an earlier request's status behind
   fi
   _dnsapi_response="$(_post "$2" "$DNSAPI_URL/v1/records" "" "$1" "application/json")"
   _dnsapi_ret="$?"
+  DEBUG="$_dnsapi_debug"
+  _resethttp
   _debug2 _dnsapi_response "$_dnsapi_response"
   # wget exits non-zero on some HTTP errors (6 on a 401), so an HTTP status wins over the exit code.
   _dnsapi_status="$(grep -i '^HTTP/' "$HTTP_HEADER" 2>/dev/null | tail -n 1 | tr -d '\r' | cut -d ' ' -f 2)"

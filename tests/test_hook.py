@@ -2,7 +2,9 @@
 (`sh` on Debian) and by bash, against a real dnsapi + CoreDNS + OpenBao."""
 
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -159,6 +161,59 @@ def test_https_with_ca_bundle(make_stack, tls_files, tmp_path, shell):
     assert f"SAVED_DNSAPI_CA_BUNDLE='{tls_files.ca}'" in conf.read_text()
     assert hook(shell, "rm", NAME, APEX_VALUE, conf, {}).returncode == 0  # renewal: all saved
     assert stack.vault_records() == set()
+
+
+@pytest.mark.parametrize("wget", [False, True])
+def test_debug_2_writes_the_token_nowhere(stack, tmp_path, wget):
+    """acme.sh --debug 2 makes curl trace every request header into a temp file it never removes
+    (and into its log after a failed transfer) and wget -d print them: the hook's requests go
+    out as at --debug 1, so the token is in no output and no file, a failed transfer included."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**settings(stack), "DEBUG": "2", "TMPDIR": str(temp), **({"ACME_USE_WGET": "1"} if wget else {})}
+    outputs = [hook("sh", "add", NAME, APEX_VALUE, tmp_path / "account.conf", env),
+               hook("sh", "rm", NAME, APEX_VALUE, tmp_path / "account.conf", env),
+               hook("sh", "add", NAME, APEX_VALUE, tmp_path / "account.conf",
+                    {**env, "DNSAPI_URL": f"http://127.0.0.1:{free_port()}"})]
+    assert [result.returncode for result in outputs] == [0, 0, 1], outputs[-1].stderr
+    assert "debug" in outputs[0].stderr  # (it did run at a debug level)
+    secret = stack.token[:16]  # (curl's trace wraps long lines: the whole token is never on one)
+    for result in outputs:
+        assert secret not in result.stdout + result.stderr
+    for path in [*temp.rglob("*"), *tmp_path.glob("*.header")]:
+        assert secret not in path.read_text(errors="replace"), path
+
+
+@pytest.mark.parametrize("wget", [False, True])
+def test_a_server_that_never_answers_is_given_up_on(tmp_path, wget):
+    """Accepted, never answered (a hung proxy, say): DNSAPI_TIMEOUT bounds the request, once
+    (wget would try 20 times)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        env = {"DNSAPI_URL": f"http://127.0.0.1:{silent.getsockname()[1]}", "DNSAPI_TOKEN": "t",
+               "DNSAPI_TIMEOUT": "2", **({"ACME_USE_WGET": "1"} if wget else {})}
+        started = time.monotonic()
+        result = hook("sh", "add", NAME, APEX_VALUE, tmp_path / "account.conf", env)
+        took = time.monotonic() - started
+    assert result.returncode != 0 and "dnsapi: cannot reach http://127.0.0.1" in result.stderr
+    assert took < 30, took
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("DNSAPI_TOKEN", "abc'; touch pwned; '", "holds characters no Bearer token has"),
+    ("DNSAPI_TOKEN", "abc\r\nX-Injected: 1", "holds characters no Bearer token has"),
+    ("DNSAPI_URL", "https://x'$(touch pwned)'", "may not hold spaces, quotes"),
+    ("DNSAPI_URL", "dnsapi.dev.local:8053", "must start with https://"),
+    ("DNSAPI_CA_BUNDLE", "/etc/ssl/my ca.pem", "may not hold spaces, quotes"),
+    ("DNSAPI_TIMEOUT", "soon", "must be a whole number of seconds")])
+def test_a_setting_that_would_break_account_conf_or_a_header_is_refused(stack, tmp_path, setting,
+                                                                        value, message):
+    """account.conf keeps the settings in single quotes and acme.sh evaluates it at renewal; the
+    token goes into a header line. A setting that could break either is refused before any
+    request, and saved nowhere."""
+    conf = tmp_path / "account.conf"
+    result = hook("sh", "add", NAME, APEX_VALUE, conf, {**settings(stack), setting: value})
+    assert result.returncode != 0 and f"dnsapi: {setting} {message}" in result.stderr
+    assert not conf.exists() and stack.vault_records() == set() and not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("script", ["hooks/dns_internal.sh", "hooks/lego-exec.sh",

@@ -33,25 +33,60 @@ _contains() { case "$1" in *"$2"*) return 0 ;; esac; return 1; }
 _egrep_o() { grep -E -o -e "$1" 2>/dev/null; }
 
 HTTP_HEADER="$(dirname "$ACCOUNT_CONF_PATH")/http.header"
-__http_ready=""
-_curl_opts=""
+__HTTP_INITIALIZED=""
+_ACME_CURL=""
+_ACME_WGET=""
+_CURL_DUMP=""
 
-_resethttp() { __http_ready=""; }
+_resethttp() {
+  __HTTP_INITIALIZED=""
+  _ACME_CURL=""
+  _ACME_WGET=""
+  ACME_HTTP_NO_REDIRECTS=""
+}
 
+# As acme.sh 3.1.4's: the command lines are built once and kept in _ACME_CURL / _ACME_WGET
+# (a hook may add to them after calling this); at DEBUG >= 2 curl traces every request, its
+# headers included, into a temp file acme.sh never removes, and wget gets -d.
 _inithttp() {
   if [ -z "$HTTP_HEADER" ] || ! touch "$HTTP_HEADER"; then
     HTTP_HEADER="$(mktemp)"
   fi
-  if [ -n "$__http_ready" ]; then
+  if [ -n "$__HTTP_INITIALIZED" ] && [ -n "$_ACME_CURL$_ACME_WGET" ]; then
     return 0
   fi
-  _curl_opts=""
-  if [ -n "${CA_PATH:-}" ]; then
-    _curl_opts="--capath $CA_PATH"
-  elif [ -n "${CA_BUNDLE:-}" ]; then
-    _curl_opts="--cacert $CA_BUNDLE"
+  if [ -z "$_ACME_CURL" ] && _exists curl; then
+    _ACME_CURL="curl --silent --dump-header $HTTP_HEADER "
+    if [ -z "${ACME_HTTP_NO_REDIRECTS:-}" ]; then
+      _ACME_CURL="$_ACME_CURL -L "
+    fi
+    if [ -n "$DEBUG" ] && [ "$DEBUG" -ge 2 ]; then
+      _CURL_DUMP="$(mktemp)"
+      _ACME_CURL="$_ACME_CURL --trace-ascii $_CURL_DUMP "
+    fi
+    if [ -n "${CA_PATH:-}" ]; then
+      _ACME_CURL="$_ACME_CURL --capath $CA_PATH "
+    elif [ -n "${CA_BUNDLE:-}" ]; then
+      _ACME_CURL="$_ACME_CURL --cacert $CA_BUNDLE "
+    fi
+    _ACME_CURL="$_ACME_CURL -g "
   fi
-  __http_ready=1
+  if [ -z "$_ACME_WGET" ] && _exists wget; then
+    _ACME_WGET="wget -q"
+    if [ -n "${ACME_HTTP_NO_REDIRECTS:-}" ]; then
+      _ACME_WGET="$_ACME_WGET --max-redirect 0 "
+    fi
+    if [ -n "$DEBUG" ] && [ "$DEBUG" -ge 2 ]; then
+      _ACME_WGET="$_ACME_WGET -d "
+    fi
+    if [ -n "${CA_PATH:-}" ]; then
+      _ACME_WGET="$_ACME_WGET --ca-directory=$CA_PATH "
+    elif [ -n "${CA_BUNDLE:-}" ]; then
+      _ACME_WGET="$_ACME_WGET --ca-certificate=$CA_BUNDLE "
+    fi
+    _ACME_WGET="$_ACME_WGET --content-on-error "
+  fi
+  __HTTP_INITIALIZED=1
 }
 
 _post() {
@@ -59,38 +94,42 @@ _post() {
   url="$2"
   method="${4:-POST}"
   content_type="${5:-}"
+  _debug2 "body" "$body"
   _inithttp
-  if [ "${ACME_USE_WGET:-0}" = "1" ]; then
-    wget_ca=""
-    if [ -n "${CA_BUNDLE:-}" ]; then wget_ca="--ca-certificate=$CA_BUNDLE"; fi
+  if [ -n "$_ACME_CURL" ] && [ "${ACME_USE_WGET:-0}" = "0" ]; then
+    _debug "_CURL" "$_ACME_CURL"
+    # shellcheck disable=SC2086
+    response="$($_ACME_CURL --user-agent "$USER_AGENT" -X "$method" -H "Content-Type: $content_type" \
+      -H "${_H1:-}" -H "${_H2:-}" -H "${_H3:-}" -H "${_H4:-}" -H "${_H5:-}" --data "$body" "$url")"
+    ret=$?
+    if [ "$ret" != "0" ]; then
+      _err "Please refer to https://curl.haxx.se/libcurl/c/libcurl-errors.html for error code: $ret"
+      if [ -n "$DEBUG" ] && [ "$DEBUG" -ge 2 ]; then
+        _err "Here is the curl dump log:"
+        _err "$(cat "$_CURL_DUMP")"
+      fi
+    fi
+  else
+    _debug "_WGET" "$_ACME_WGET"
     # _H5 first, as acme.sh does: an empty --header "" makes wget drop every header before it,
     # so the unset high-numbered ones must come before the set ones.
     # shellcheck disable=SC2086
-    response="$(wget -q -S -O - --content-on-error $wget_ca --user-agent="$USER_AGENT" \
+    response="$($_ACME_WGET -S -O - --user-agent="$USER_AGENT" \
       --header "${_H5:-}" --header "${_H4:-}" --header "${_H3:-}" --header "${_H2:-}" --header "${_H1:-}" \
       --header "Content-Type: $content_type" --method "$method" --body-data="$body" "$url" 2>"$HTTP_HEADER")"
     ret=$?
     if [ "$ret" = "8" ]; then ret=0; fi # wget's "server issued an error response": the body is read later
+    if [ "$ret" != "0" ]; then
+      _err "Please refer to https://www.gnu.org/software/wget/manual/html_node/Exit-Status.html for error code: $ret"
+    fi
+    if _contains "$_ACME_WGET" " -d "; then
+      cat "$HTTP_HEADER" >&2 # acme.sh shows wget's debug output, then keeps only the headers
+      sed -i '/^[^ ][^ ]/d; /^ *$/d' "$HTTP_HEADER"
+    fi
     sed -i 's/^  //' "$HTTP_HEADER"
-  else
-    # shellcheck disable=SC2086
-    response="$(curl --silent --dump-header "$HTTP_HEADER" -L -g $_curl_opts --user-agent "$USER_AGENT" \
-      -X "$method" -H "Content-Type: $content_type" \
-      -H "${_H1:-}" -H "${_H2:-}" -H "${_H3:-}" -H "${_H4:-}" -H "${_H5:-}" --data "$body" "$url")"
-    ret=$?
-  fi
-  if [ "$ret" != "0" ]; then
-    _err "transfer failed with exit code $ret"
   fi
   printf '%s' "$response"
   return "$ret"
-}
-
-_get() {
-  _inithttp
-  # shellcheck disable=SC2086
-  curl --silent --dump-header "$HTTP_HEADER" -L -g $_curl_opts --user-agent "$USER_AGENT" \
-    -H "${_H1:-}" -H "${_H2:-}" -H "${_H3:-}" -H "${_H4:-}" -H "${_H5:-}" "$1"
 }
 
 _readaccountconf_mutable() {
