@@ -70,6 +70,10 @@ def parse_duration(value: object) -> float | None:
     return seconds if math.isfinite(seconds) and abs(seconds) <= MAX_DURATION else None
 
 
+def _wildcard(host: str) -> bool:
+    return ipaddress.ip_address(host).is_unspecified
+
+
 def parse_hostport(text: object) -> tuple[str, int]:
     """`127.0.0.1:8053` or `[::1]:8053` → (host, port), requiring a literal IP address: a host
     name would be resolved at a moment nobody chose. The address comes back in its usual
@@ -820,30 +824,31 @@ class _File(_Model):
     answers: AnswersConfig | None = None
 
     @model_validator(mode="after")
-    def _answers_port_free(self) -> Self:
-        """The answers listener must not take an address a front door listens on."""
-        if self.answers is None:
-            return self
-        taken = [self.listen] + ([self.dns_update.listen] if self.dns_update else []) \
-            + ([self.acme_dns.listen] if self.acme_dns and self.acme_dns.listen else [])
-        if self.answers.listen in taken:
-            raise _Invalid("must differ from listen, dns_update.listen and acme_dns.listen",
-                           "answers", "listen")
+    def _listeners_apart(self) -> Self:
+        """No two listeners on one port at overlapping addresses (the same one, or a wildcard:
+        Linux refuses a listener beside 0.0.0.0 or :: on the port): the second would fail to
+        bind only at start."""
+        listeners: list[tuple[tuple[str, ...], tuple[str, int]]] = [(("listen",), self.listen)]
+        for section in ("dns_update", "acme_dns", "answers"):
+            listen = getattr(getattr(self, section), "listen", None)
+            if listen is not None:
+                listeners.append(((section, "listen"), listen))
+        for i, (key, (host, port)) in enumerate(listeners):
+            for earlier, (other_host, other_port) in listeners[:i]:
+                if port == other_port and (host == other_host or _wildcard(host) or _wildcard(other_host)):
+                    raise _Invalid(f"{hostport_text(host, port)} takes the port {'.'.join(earlier)} "
+                                   f"listens on ({hostport_text(other_host, other_port)})", *key)
         return self
 
     @model_validator(mode="after")
     def _acme_dns_fits(self) -> Self:
-        """The accounts' zone must be one dnsapi writes (a zone of its own or below one), and
-        its own listener must not take a port already in use here."""
+        """The accounts' zone must be one dnsapi writes (a zone of its own or below one)."""
         if self.acme_dns is None:
             return self
         if not any(is_below(self.acme_dns.zone, zone.name) for zone in self.zones):
             raise _Invalid(f"{self.acme_dns.zone} is not one of the zones, nor below one: list its "
                            "zone file under zones, or use a name below a listed zone",
                            "acme_dns", "zone")
-        taken = [self.listen] + ([self.dns_update.listen] if self.dns_update else [])
-        if self.acme_dns.listen is not None and self.acme_dns.listen in taken:
-            raise _Invalid("must differ from listen and dns_update.listen", "acme_dns", "listen")
         return self
 
     @model_validator(mode="after")

@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import ssl
+from collections.abc import Awaitable
 from pathlib import Path
 
 from aiohttp import web
@@ -22,7 +24,7 @@ from . import acmedns, systemd
 from . import config as config_module
 from .answers import ChallengeAnswers
 from .api import GUARD, RUNTIME, SERVICE, Handler, create_app
-from .config import Config
+from .config import Config, hostport_text
 from .connections import GuardedSite
 from .dnsupdate import DnsUpdateServer
 from .errors import ConfigError
@@ -74,6 +76,16 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+async def _listen(what: str, address: tuple[str, int], start: Awaitable[None]) -> None:
+    """Start a listener. A port another program holds, or one not ours to take (53 without the
+    capability, an address this host lacks), is said in one line, not a traceback."""
+    try:
+        await start
+    except OSError as exc:
+        raise ConfigError(f"cannot listen for {what} on {hostport_text(*address)}: "
+                          f"{os.strerror(exc.errno) if exc.errno else exc}") from None
+
+
 async def serve(path: Path) -> None:
     config = config_module.load(path)
     context = ssl_context(config)
@@ -94,23 +106,24 @@ async def serve(path: Path) -> None:
                                     keepalive_timeout=config.http.keepalive_timeout,
                                     handler_cancellation=True)
         await acme_runner.setup()
-        await GuardedSite(acme_runner, *config.acme_dns.listen, acme_app[GUARD], context).start()
+        await _listen("the acme-dns API", config.acme_dns.listen,
+                      GuardedSite(acme_runner, *config.acme_dns.listen, acme_app[GUARD], context).start())
         log.info("acme-dns API on %s:%d", *config.acme_dns.listen)
     dns_update = None
     if config.dns_update is not None:
         dns_update = DnsUpdateServer(config, app[SERVICE], lambda: app[RUNTIME].audit)
-        await dns_update.start()
+        await _listen("RFC 2136 updates", config.dns_update.listen, dns_update.start())
     answers = notifier = None
     if config.answers is not None:
         answers = ChallengeAnswers(config, app[SERVICE])
-        await answers.start()
+        await _listen("the challenge answers", config.answers.listen, answers.start())
         if config.answers.notify:
             source = config.answers.listen[0]
             notifier = Notifier(app[SERVICE], answers.transfers, config.challenge_label,
                                 config.answers.notify,
                                 None if ipaddress.ip_address(source).is_unspecified else source)
             notifier.start()
-    await site.start()
+    await _listen("the HTTP API", (config.listen_host, config.listen_port), site.start())
     status = (f"serving {'https' if context else 'http'}://{config.listen_host}:{config.listen_port}, "
               f"zones: {', '.join(z.name for z in config.zones)}")
     log.info("%s", status)

@@ -5,6 +5,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -115,6 +116,20 @@ def test_serve_with_a_missing_zone_file(tmp_path):
     result = run("serve", "-c", str(config))
     assert result.returncode != 0
     assert f"zone file {tmp_path / 'nope'} for dev.local does not exist" in result.stderr
+
+
+def test_serve_on_a_port_another_program_holds_says_so_in_one_line(make_stack):
+    stack = make_stack(start=False)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        stack.edit_config(lambda config: config.update(listen=f"127.0.0.1:{port}"))
+        env = {**os.environ, **stack.env}
+        result = run("serve", "-c", str(stack.config_path), env=env)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dnsapi: configuration error: cannot listen for the HTTP API on 127.0.0.1:{port}: "
+        "Address already in use")
+    assert "Traceback" not in result.stderr
 
 
 def test_hash_token():

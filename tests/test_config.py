@@ -170,5 +170,26 @@ def test_no_duration_or_rate_is_endless_or_overflows(value):
             load(changed("rate_limit", {"per_second": value}))
 
 
+@pytest.mark.parametrize("section, listen, clash", [
+    ("dns_update", "127.0.0.1:8053", "dns_update.listen: 127.0.0.1:8053 takes the port listen listens on"),
+    ("answers", "0.0.0.0:8053", "answers.listen: 0.0.0.0:8053 takes the port listen listens on"),
+    ("acme_dns", "[::]:8053", "acme_dns.listen: [::]:8053 takes the port listen listens on"),
+    ("dns_update", "127.0.0.2:8053", "dns_update.listen: 127.0.0.2:8053 takes the port listen listens on"),
+    ("dns_update", "127.0.0.1:5353", None)])
+def test_two_listeners_on_one_port_are_refused_before_start(section, listen, clash):
+    """Else the second fails to bind only at start (one address, or a wildcard beside any)."""
+    data = copy.deepcopy(BASE)
+    data["listen"] = "0.0.0.0:8053" if listen == "127.0.0.2:8053" else "127.0.0.1:8053"
+    data[section] = {"listen": listen, **({"zone": "acme.dev.local"} if section == "acme_dns" else {}),
+                     **({"keys": [{"name": "k", "algorithm": "hmac-sha256", "secret": "a" * 24,
+                                   "allow": ["*.dev.local"]}]} if section == "dns_update" else {})}
+    if clash is None:
+        load(data)
+        return
+    with pytest.raises(ConfigError) as info:
+        load(data)
+    assert str(info.value).startswith(clash)
+
+
 def test_ipv6_listen():
     assert load(changed("listen", "[::1]:8053")).listen_host == "::1"
