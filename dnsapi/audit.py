@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import ConfigError
+
 SUMMARY_SOURCES = 10  # busiest source addresses named in a summary line
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,10 @@ class AuditLog:
 
     def __init__(self, path: Path | None, refusal_lines: int = 100, interval: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._stream: IO[str] = open(path, "a", buffering=1) if path else sys.stderr  # noqa: SIM115
+        try:
+            self._stream: IO[str] = open(path, "a", buffering=1) if path else sys.stderr  # noqa: SIM115
+        except OSError as exc:
+            raise ConfigError(f"audit.file: cannot open {path} for appending: {exc.strerror}") from None
         self._owned = path is not None
         self._lock = threading.Lock()
         self.refusal_lines = refusal_lines

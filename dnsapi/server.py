@@ -190,10 +190,10 @@ def _reload(app: web.Application, path: Path) -> None:
     systemd.reloading()
     try:
         config = config_module.load(path)
+        needs_restart = reconfigure(app, config)  # (nothing changes when it raises)
     except ConfigError as exc:
         log.error("reload: configuration error, keeping the running configuration: %s", exc)
     else:
-        needs_restart = reconfigure(app, config)
         log.info("reload: applied %s (%d token(s))", path, len(config.tokens))
         if needs_restart:
             log.warning("reload: %s changed; restart dnsapi to apply", ", ".join(needs_restart))

@@ -132,6 +132,17 @@ def test_serve_on_a_port_another_program_holds_says_so_in_one_line(make_stack):
     assert "Traceback" not in result.stderr
 
 
+def test_serve_with_an_audit_file_it_cannot_open_says_so_in_one_line(make_stack, tmp_path):
+    stack = make_stack(start=False)
+    audit = tmp_path / "no-such-dir" / "audit.jsonl"
+    stack.edit_config(lambda config: config.update(audit={"file": str(audit)}))
+    result = run("serve", "-c", str(stack.config_path), env={**os.environ, **stack.env})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dnsapi: configuration error: audit.file: cannot open {audit} for appending: "
+        "No such file or directory")
+
+
 def test_hash_token():
     created = run("hash-token")
     token = created.stdout.split("token:")[1].split()[0]

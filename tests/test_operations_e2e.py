@@ -128,6 +128,15 @@ def test_notify_reload_and_sigterm_finishing_in_flight_writes(make_stack, tmp_pa
     assert "challenge_label changed; restart dnsapi to apply" in (stack.dir / "dnsapi.log").read_text()
     assert stack.add("_acme-challenge.label.dev.local", "L" * 43).status_code == 201
     assert stack.remove("_acme-challenge.label.dev.local", "L" * 43).status_code == 200
+    unopenable = yaml.safe_load(valid)  # an audit file that cannot be opened: READY, nothing changes
+    unopenable["audit"] = {"file": str(tmp_path / "no-such-dir" / "audit.jsonl")}
+    unopenable["tokens"] = []
+    unopenable["open_on_loopback"] = True
+    stack.config_path.write_text(yaml.safe_dump(unopenable))
+    os.kill(pid, signal.SIGHUP)
+    notify.expect("READY=1")
+    assert stack.call("GET", "/v1/records", token="").status_code == 401  # the tokens stayed
+    assert "audit.file: cannot open" in (stack.dir / "dnsapi.log").read_text()
     stack.config_path.write_text(valid)
 
     # SIGTERM while 16 adds are in their handlers (stored, waiting until CoreDNS serves them):
