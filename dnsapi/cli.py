@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import __version__, assets
 from .errors import ConfigError, ZoneError
@@ -317,8 +318,11 @@ def _vault_init(args: argparse.Namespace) -> int:
     from .pki.vault_init import InitError, Step, VaultInit
 
     config = config_module.load(args.config)
-    token = (args.token_file.read_text().strip() if args.token_file
-             else os.environ.get("VAULT_TOKEN") or os.environ.get("BAO_TOKEN"))
+    try:
+        token = (args.token_file.read_text().strip() if args.token_file
+                 else os.environ.get("VAULT_TOKEN") or os.environ.get("BAO_TOKEN"))
+    except OSError as exc:
+        raise SystemExit(f"dnsapi vault-init: cannot read {args.token_file}: {exc.strerror}") from None
     if not token:
         raise SystemExit("dnsapi vault-init: needs an admin token: set VAULT_TOKEN or BAO_TOKEN, "
                          "or pass --token-file")
@@ -329,10 +333,9 @@ def _vault_init(args: argparse.Namespace) -> int:
         detail = f" ({change.detail})" if change.detail else ""
         print(f"  {change.status:<9} {change.what}{detail}", flush=True)
 
-    init = VaultInit(config, client, root_only=args.root_only, report=show)
     try:
-        version = client.sys.read_health_status(method="GET").get("version", "?")
-        print(f"vault-init against {config.vault.addr} (server version {version})")
+        init = VaultInit(config, client, root_only=args.root_only, report=show)
+        print(f"vault-init against {config.vault.addr} (server version {_ready_version(client)})")
         changes = [c for c in init.run() if c.status in ("created", "updated")]
     except InitError as exc:
         raise SystemExit(f"dnsapi vault-init: {exc}") from None
@@ -343,9 +346,25 @@ def _vault_init(args: argparse.Namespace) -> int:
         raise SystemExit(f"dnsapi vault-init: Vault refused a step: {exc}") from None
     except requests.RequestException:
         raise SystemExit(f"dnsapi vault-init: cannot reach Vault at {config.vault.addr}") from None
+    except OSError as exc:  # writing the AppRole credential files
+        raise SystemExit(f"dnsapi vault-init: cannot write {exc.filename}: {exc.strerror}") from None
     print(f"{len(changes)} change(s)" if changes else "no changes: everything was already in place")
     print(f"ACME directory: {init.directory_url()}")
     return 0
+
+
+def _ready_version(client: Any) -> str:
+    """The server's version, once sys/health says it can take the steps (InitError if not:
+    hvac hands back the bare response for a sealed, uninitialised or standby node)."""
+    from .pki.vault_init import InitError
+
+    health = client.sys.read_health_status(method="GET")
+    if isinstance(health, dict):
+        return str(health.get("version", "?"))
+    status = int(getattr(health, "status_code", 0))
+    why = {429: "a standby node: point vault.addr at the active one", 473: "a performance standby",
+           501: "not initialised (bao operator init)", 503: "sealed (bao operator unseal)"}
+    raise InitError(f"Vault at {client.url} is {why.get(status, f'not ready (HTTP {status})')}")
 
 
 def _serve(args: argparse.Namespace) -> int:

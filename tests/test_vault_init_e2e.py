@@ -277,3 +277,35 @@ def test_acme_certificate_served_by_nginx_and_renewed(setup, tmp_path):
     finally:
         subprocess.run([*nginx, "-s", "quit"], capture_output=True, timeout=30, check=False)
     assert not any(f == f"_acme-challenge.{NAME}" for f, _ in stack.vault_records())
+
+
+def test_a_vault_not_ready_or_a_missing_token_file_is_said_in_one_line(tmp_path):
+    """An uninitialised OpenBao (a real `bao server`, in-memory storage, never initialised)
+    answers sys/health with 501, which hvac hands back as a bare response: vault-init says what
+    to do, as it does for a token file it cannot read, and neither is a traceback."""
+    from dnsapi.devstack import Process, http_status, openbao_binary, wait_for
+
+    port = free_port()
+    (tmp_path / "openbao.hcl").write_text(
+        f'storage "inmem" {{}}\nlistener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
+        '  tls_disable = true\n}\ndisable_mlock = true\n')
+    server = Process.start("openbao", [openbao_binary(), "server", f"-config={tmp_path / 'openbao.hcl'}"],
+                           tmp_path / "openbao.log")
+    try:
+        wait_for(lambda: http_status(f"http://127.0.0.1:{port}/v1/sys/health") == 501, 30, "OpenBao",
+                 server)
+        config = tmp_path / "dnsapi.yaml"
+        config.write_text(yaml.safe_dump({
+            "vault": {"addr": f"http://127.0.0.1:{port}", "token": "unused"},
+            "zones": [{"name": "dev.local", "file": "dev.local.zone"}], "open_on_loopback": True}))
+        result = vault_init(config, "some-admin-token")
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"dnsapi vault-init: Vault at http://127.0.0.1:{port} is not initialised (bao operator init)")
+        missing = subprocess.run([sys.executable, "-m", "dnsapi", "vault-init", "-c", str(config),
+                                  "--token-file", str(tmp_path / "nope")], capture_output=True,
+                                 text=True, timeout=60, check=False)
+        assert missing.returncode != 0 and "Traceback" not in missing.stderr
+        assert f"cannot read {tmp_path / 'nope'}: No such file or directory" in missing.stderr
+    finally:
+        server.stop()
