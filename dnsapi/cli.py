@@ -239,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev.add_argument("--dir", type=Path, default=Path(".dnsapi-dev"),
                      help="where to put the config, zone, tokens and logs (default: .dnsapi-dev)")
-    dev.add_argument("--vault-port", type=int, default=18200, help="default: 18200")
-    dev.add_argument("--dns-port", type=int, default=1053, help="default: 1053")
-    dev.add_argument("--api-port", type=int, default=8053, help="default: 8053")
+    dev.add_argument("--vault-port", type=_port, default=18200, help="default: 18200")
+    dev.add_argument("--dns-port", type=_port, default=1053, help="default: 1053")
+    dev.add_argument("--api-port", type=_port, default=8053, help="default: 8053")
     return parser
 
 
@@ -251,6 +251,13 @@ def _log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", default="plain", choices=["plain", "json"],
                         help="plain text, or one JSON object per line (with request_id); "
                              "default: plain")
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP/UDP port number."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,12 +187,18 @@ def start_dnsapi(config_path: Path, api_port: int, log_path: Path,
     return proc
 
 
+DEV_MARKER = ".dnsapi-dev-stack"  # written into every directory `prepare` fills
+DEV_FILES = {"Corefile", "db.dev.local", "token", "vault-token", "dnsapi.yaml", "logs", "root-ca.pem",
+             DEV_MARKER}
+
+
 def prepare(directory: Path, *, vault_addr: str, vault_token: str, dns_port: int, api_port: int,
             prefix: str = "dnsapi") -> str:
     """Copy the shipped Corefile and zone into `directory` and write a dnsapi.yaml derived from
     the shipped example: local ports, the Vault token in a 0600 token file, and a fresh API
     token (also written, 0600, to `token`). Returns the API token."""
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / DEV_MARKER).write_text("a throwaway dnsapi dev stack: `dnsapi dev` rewrites it\n")
     for name in ("Corefile", "db.dev.local"):
         shutil.copyfile(EXAMPLES / name, directory / name)
     api_token = new_token()
@@ -211,9 +217,21 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _check_dev_directory(directory: Path) -> None:
+    """`dnsapi dev` rewrites the Corefile, zone, config and tokens in its directory: only in a
+    new or empty one, or one a dev stack made (its marker, or only its files: one made before
+    the marker was)."""
+    names = {path.name for path in directory.iterdir()} if directory.is_dir() else set()
+    if not names or DEV_MARKER in names or (names <= DEV_FILES and "vault-token" in names):
+        return
+    raise StackError(f"{directory} is not a dev stack's directory (no {DEV_MARKER}), and `dnsapi dev` "
+                     "would overwrite a Corefile, dnsapi.yaml and tokens there: pick a new or empty --dir")
+
+
 def run_dev(directory: Path, vault_port: int, dns_port: int, api_port: int) -> int:
     """Start the whole stack in the foreground until Ctrl-C (or one piece dies)."""
     directory = directory.resolve()
+    _check_dev_directory(directory)
     for port, what in ((vault_port, "OpenBao"), (dns_port, "CoreDNS"), (api_port, "dnsapi")):
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:

@@ -99,6 +99,19 @@ def test_dev_refuses_a_busy_port(tmp_path):
     assert f"port {port} for dnsapi is already in use" in result.stderr
 
 
+def test_dev_leaves_a_directory_it_did_not_make_alone_and_takes_only_ports(tmp_path):
+    """`dnsapi dev --dir /etc/coredns` would have replaced the real Corefile."""
+    (tmp_path / "Corefile").write_text("operator's\n")
+    ports = ["--vault-port", str(free_port()), "--dns-port", str(free_port()), "--api-port", str(free_port())]
+    result = run("dev", "--dir", str(tmp_path), *ports)
+    assert result.returncode != 0 and "is not a dev stack's directory" in result.stderr
+    assert (tmp_path / "Corefile").read_text() == "operator's\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Corefile"]
+    wrong = run("dev", "--dir", str(tmp_path / "new"), "--api-port", "70000")
+    assert wrong.returncode == 2 and "'70000' is not a port (1-65535)" in wrong.stderr
+    assert "Traceback" not in result.stderr + wrong.stderr
+
+
 def test_serve_with_a_bad_config_names_the_key(tmp_path):
     config = tmp_path / "dnsapi.yaml"
     config.write_text("vault: {addr: 'http://127.0.0.1:1', token: t}\nzones: []\ntokens: []\n")
