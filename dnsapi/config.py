@@ -155,8 +155,8 @@ def _rate(value: object) -> float:
 
 def _vault_path(value: object) -> str:
     path = _text(value).strip("/")
-    if not _VAULT_PATH_RE.fullmatch(path):
-        raise ValueError(f"{path!r} is not a valid Vault path")
+    if not _VAULT_PATH_RE.fullmatch(path) or {".", ".."} & set(path.split("/")):
+        raise ValueError(f"{path!r} is not a valid Vault path (no empty, . or .. segments)")
     return path
 
 

@@ -101,6 +101,8 @@ def test_approle_with_files():
     ("reconcile_interval", "-1s", "reconcile_interval: must be a positive duration"),
     ("max_records_per_zone", 0, "max_records_per_zone: must be an integer from 1"),
     ("lisen", "127.0.0.1:1", "lisen: unknown setting"),
+    ("vault.prefix", "a/../../sys", "vault.prefix: 'a/../../sys' is not a valid Vault path"),
+    ("vault.kv_mount", "..", "vault.kv_mount: '..' is not a valid Vault path"),
     ("answers", {"listen": "127.0.0.1:5354", "notify": "127.0.0.1:1053"},
      "answers.notify: must be a list of IP:PORT addresses"),
     ("answers", {"listen": "127.0.0.1:5354", "notify": ["[::1]:1053"]},
