@@ -42,7 +42,8 @@ def test_differences_normalises_durations_and_lists():
 def test_policy_covers_only_the_prefix():
     text = render_policy("kv", "team/dnsapi")
     assert 'path "kv/data/team/dnsapi/*"' in text and 'path "kv/metadata/team/dnsapi/*"' in text
-    assert text.count("path ") == 2
+    assert 'path "kv/data/team/dnsapi/zones/*"' in text and 'path "kv/metadata/team/dnsapi/zones/*"' in text
+    assert text.count("path ") == 4
 
 
 def load(vault_init=None, approle=True):

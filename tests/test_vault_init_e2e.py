@@ -147,6 +147,9 @@ def test_service_runs_on_approle_and_its_token_is_confined(setup):
         lambda: service.sys.enable_secrets_engine("kv", path="mine"),
         lambda: service.write_data("pki/revoke", data={"serial_number": "01"}),
         lambda: service.read("pki/config/crl"),
+        # the zone secrets' history: written, never destroyed (nor soft-deleted)
+        lambda: kv.delete_metadata_and_all_versions("dnsapi/zones/probe", mount_point="secret"),
+        lambda: kv.delete_latest_version_of_secret("dnsapi/zones/probe", mount_point="secret"),
     ]
     for attempt in forbidden:
         with pytest.raises(hvac.exceptions.Forbidden):

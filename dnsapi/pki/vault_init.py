@@ -67,12 +67,17 @@ class Step:
 
 
 def render_policy(kv_mount: str, prefix: str) -> str:
-    """The service's least-privilege policy: its own prefix of the KV v2 mount, nothing else.
+    """The service's least-privilege policy: its own prefix of the KV v2 mount, nothing else;
+    and the zone secrets it writes but never deletes, so that a stolen token cannot destroy
+    their version history (the more specific path wins in Vault).
     (`deploy/vault/dnsapi-policy.hcl` is this text for the default mount and prefix.)"""
     return (
         f"# dnsapi: challenge records under {kv_mount}/{prefix}/ only (written by `dnsapi vault-init`)\n"
         f'path "{kv_mount}/data/{prefix}/*" {{\n  capabilities = ["create", "read", "update", "delete"]\n}}\n'
         f'path "{kv_mount}/metadata/{prefix}/*" {{\n  capabilities = ["list", "read", "delete"]\n}}\n'
+        f"# the zone secrets: written with check-and-set, never deleted (their versions are the history)\n"
+        f'path "{kv_mount}/data/{prefix}/zones/*" {{\n  capabilities = ["create", "read", "update"]\n}}\n'
+        f'path "{kv_mount}/metadata/{prefix}/zones/*" {{\n  capabilities = ["list", "read"]\n}}\n'
     )
 
 
