@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "one that does not parse) and re-rendered from Vault at start and every "
                     "reconcile_interval. Secrets may come from the environment: "
                     "DNSAPI_VAULT_TOKEN, DNSAPI_VAULT_SECRET_ID. SIGHUP re-reads the config file "
-                    "(tokens, limits, TTLs, audit file; listen, tls, vault and zones need a "
-                    "restart); SIGTERM finishes in-flight requests and queued writes, then exits. "
+                    "(tokens, limits, TTLs, intervals, audit file; listen, tls, vault, zones, "
+                    "challenge_label, max_body_bytes, http, dns_update, acme_dns and answers need "
+                    "a restart, and a reload that changes them says so); SIGTERM finishes "
+                    "in-flight requests and queued writes, then exits. "
                     "Under systemd (Type=notify) it reports READY, RELOADING and STOPPING.")
     serve.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
     _log_options(serve)

@@ -100,3 +100,17 @@ def test_docs_exist_and_link_only_to_files_that_exist(doc):
     text = (ROOT / doc).read_text()
     for target in re.findall(r"\]\(((?!https?://|#)[^)#]+)", text):
         assert (ROOT / doc).parent.joinpath(target).resolve().exists(), f"{doc}: broken link {target}"
+
+
+def test_every_restart_only_key_is_named_in_serve_help_and_operations():
+    """A reload leaves these as they were: an operator reads which in `serve --help` and
+    docs/operations.md, which must not fall behind server._RESTART_ONLY."""
+    from dnsapi.cli import build_parser
+    from dnsapi.server import _RESTART_ONLY
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    words = set(re.findall(r"[a-z_]+", serve.description or ""))
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    for key in set(_RESTART_ONLY.values()):
+        assert key in words, f"serve --help does not name {key}"
+        assert f"`{key}`" in operations, f"docs/operations.md does not name {key}"
