@@ -35,7 +35,7 @@ from . import config as config_module
 from .config import Config, ZoneConfig, hostport_text, parse_duration
 from .errors import ConfigError, VaultUnavailable, ZoneError
 from .store import zone_access, zone_secret
-from .vault import VaultSession, is_kv2
+from .vault import VaultSession, is_kv2, not_ready
 from .zonefile import ZoneFile
 
 
@@ -104,10 +104,13 @@ def _vault(config: Config, checks: Checklist) -> None:
         checks.add(False, f"Vault at {addr} is reachable: {type(exc).__name__}",
                    "start Vault, or correct vault.addr (and vault.ca_cert for a private CA)")
         return
-    if not isinstance(health, dict) or health.get("sealed", False):
-        checks.add(False, f"Vault at {addr} is unsealed", "unseal Vault (bao/vault operator unseal)")
+    unready = not_ready(health)
+    standby = getattr(health, "status_code", None) == 429 and len(config.vault.addrs) > 1
+    if unready is not None and not standby:
+        checks.add(False, f"Vault at {addr} is unsealed and active: it is {unready[0]}", unready[1])
         return
-    checks.add(True, f"Vault at {addr} is reachable and unsealed (version {health.get('version', '?')})")
+    checks.add(True, f"Vault at {addr} is reachable, a standby (dnsapi asks the nodes which leads)"
+               if standby else f"Vault at {addr} is reachable and unsealed (version {health['version']})")
     method = "AppRole" if config.vault.approle else "token file" if config.vault.token_file else "token"
     try:
         session.run(lambda: session.client.auth.token.lookup_self())

@@ -363,17 +363,15 @@ def _vault_init(args: argparse.Namespace) -> int:
 
 
 def _ready_version(client: Any) -> str:
-    """The server's version, once sys/health says it can take the steps (InitError if not:
-    hvac hands back the bare response for a sealed, uninitialised or standby node)."""
+    """The server's version, once sys/health says it can take the steps (InitError if not)."""
     from .pki.vault_init import InitError
+    from .vault import not_ready
 
     health = client.sys.read_health_status(method="GET")
-    if isinstance(health, dict):
-        return str(health.get("version", "?"))
-    status = int(getattr(health, "status_code", 0))
-    why = {429: "a standby node: point vault.addr at the active one", 473: "a performance standby",
-           501: "not initialised (bao operator init)", 503: "sealed (bao operator unseal)"}
-    raise InitError(f"Vault at {client.url} is {why.get(status, f'not ready (HTTP {status})')}")
+    problem = not_ready(health)
+    if problem is not None:
+        raise InitError(f"Vault at {client.url} is {problem[0]} ({problem[1]})")
+    return str(health.get("version", "?"))
 
 
 def _serve(args: argparse.Namespace) -> int:

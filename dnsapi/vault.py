@@ -58,6 +58,24 @@ class Detour(Exception):
         self.confirm, self.why = confirm, why
 
 
+# sys/health's status codes for a node that cannot take requests itself (hvac hands back the
+# bare response for them): what it is, and what to do.
+_NOT_READY = {429: ("a standby node", "point vault.addr at the active node, or list every node"),
+              472: ("a disaster-recovery secondary", "point vault.addr at the primary cluster"),
+              473: ("a performance standby", "point vault.addr at the active node"),
+              501: ("not initialised", "bao operator init"),
+              503: ("sealed", "bao operator unseal")}
+
+
+def not_ready(health: object) -> tuple[str, str] | None:
+    """What a sys/health answer says keeps the node from serving dnsapi (what it is, what to
+    do), or None when it is an unsealed active node."""
+    if isinstance(health, dict):
+        return ("sealed", _NOT_READY[503][1]) if health.get("sealed") else None
+    status = int(getattr(health, "status_code", 0))
+    return _NOT_READY.get(status, (f"not ready (HTTP {status})", "see the Vault server's log"))
+
+
 def is_kv2(mount: dict[str, Any]) -> bool:
     """Is this mount description (from sys/mounts or sys/internal/ui/mounts) a KV version 2 mount?"""
     return mount.get("type") in ("kv", "generic") and (mount.get("options") or {}).get("version") == "2"

@@ -284,8 +284,9 @@ def test_acme_certificate_served_by_nginx_and_renewed(setup, tmp_path):
 
 def test_a_vault_not_ready_or_a_missing_token_file_is_said_in_one_line(tmp_path):
     """An uninitialised OpenBao (a real `bao server`, in-memory storage, never initialised)
-    answers sys/health with 501, which hvac hands back as a bare response: vault-init says what
-    to do, as it does for a token file it cannot read, and neither is a traceback."""
+    answers sys/health with 501, which hvac hands back as a bare response: vault-init and
+    `dnsapi check` say what it is and what to do (check called it "sealed"), as vault-init does
+    for a token file it cannot read, and none is a traceback."""
     from dnsapi.devstack import Process, http_status, openbao_binary, wait_for
 
     port = free_port()
@@ -305,6 +306,11 @@ def test_a_vault_not_ready_or_a_missing_token_file_is_said_in_one_line(tmp_path)
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1] == (
             f"dnsapi vault-init: Vault at http://127.0.0.1:{port} is not initialised (bao operator init)")
+        check = subprocess.run([sys.executable, "-m", "dnsapi", "check", "-c", str(config)],
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert check.returncode != 0
+        assert f"Vault at http://127.0.0.1:{port} is unsealed and active: it is not initialised" \
+            in check.stdout, check.stdout
         missing = subprocess.run([sys.executable, "-m", "dnsapi", "vault-init", "-c", str(config),
                                   "--token-file", str(tmp_path / "nope")], capture_output=True,
                                  text=True, timeout=60, check=False)
