@@ -47,7 +47,8 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MAX_DURATION = 100 * 366 * 86400.0  # a century: more than any TTL a CA sets
 _MINUTE, _HOUR, _DAY = 60.0, 3600.0, 86400.0
 _VAULT_PATH_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
-_KEY_BITS = {"ec": 384, "rsa": 4096, "ed25519": 0}
+_KEY_BITS = {"ec": 384, "rsa": 4096, "ed25519": 0}  # the default size of each key type
+_KEY_SIZES = {"ec": (224, 256, 384, 521), "rsa": (2048, 3072, 4096, 8192), "ed25519": (0,)}
 _MAX_TTL = 2**31 - 1
 _TOKENS_NEEDED = ("must be a non-empty list of {name, sha256, allow} (to run without tokens on a "
                   "loopback listener, set open_on_loopback: true)")
@@ -564,6 +565,21 @@ class PkiConfig(_Model):
             raise _Invalid("must differ from pki.mount when intermediate is true", "root_mount")
         return self
 
+    @model_validator(mode="after")
+    def _fits_together(self) -> Self:
+        """What Vault would refuse only halfway through vault-init (after the KV, policy and
+        AppRole steps), or take as "use the default": refused before anything is done."""
+        if self.key_bits not in _KEY_SIZES[self.key_type]:
+            raise _Invalid(f"must be one of {', '.join(map(str, _KEY_SIZES[self.key_type]))} for "
+                           f"key_type {self.key_type}", "key_bits")
+        for key in ("root_ttl", "intermediate_ttl", "max_ttl", "crl_expiry"):
+            if getattr(self, key) < 1:
+                raise _Invalid("must be at least 1s (Vault reads 0 as its default)", key)
+        if self.intermediate and self.intermediate_ttl >= self.root_ttl:
+            raise _Invalid("must be shorter than root_ttl (Vault will not sign an intermediate "
+                           "that outlives its root)", "intermediate_ttl")
+        return self
+
 
 class VaultInitConfig(_Model):
     policy: str
@@ -749,6 +765,12 @@ class _AppRoleRole(_Model):
     token_ttl: Duration = _HOUR
     token_max_ttl: Duration = _DAY
 
+    @model_validator(mode="after")
+    def _ttls(self) -> Self:
+        if not 1 <= self.token_ttl <= self.token_max_ttl:
+            raise _Invalid("must be from 1s to token_max_ttl", "token_ttl")
+        return self
+
 
 class _VaultInitFile(_Model):
     """The `vault_init` section, read by `dnsapi vault-init`."""
@@ -768,6 +790,12 @@ class _Retry(_Model):
     initial: Duration = 5.0
     max: Duration = 5 * _MINUTE
     give_up: Duration = 7 * _DAY
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if self.initial > self.max:
+            raise _Invalid("must not be longer than retry.max", "initial")
+        return self
 
 
 class _PkiWatchFile(_Model):

@@ -64,6 +64,11 @@ def test_bad_sinks_are_refused_naming_the_key(sinks, key):
     assert str(info.value).startswith(key + ":")
 
 
+def test_a_first_retry_longer_than_the_longest_is_refused():
+    with pytest.raises(ConfigError, match=r"^pki_watch\.retry\.initial: must not be longer than retry.max"):
+        load({**BASE, "pki_watch": {"retry": {"initial": "10m", "max": "1m"}}})
+
+
 @pytest.mark.parametrize("warn", ["14d", ["14d", "soon"], [0]])
 def test_bad_expiry_thresholds_are_refused(warn):
     with pytest.raises(ConfigError, match=r"^pki_watch\.expiry_warn:"):

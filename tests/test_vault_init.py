@@ -74,6 +74,12 @@ def test_vault_init_defaults():
     ({"pki": {"intermediate": "yes"}}, "vault_init.pki.intermediate: must be true or false"),
     ({"approle": {"token_ttl": "soon"}}, "vault_init.approle.token_ttl: must be a positive duration"),
     ({"polcy": "x"}, "vault_init.polcy: unknown setting"),
+    # what Vault would refuse only after the KV, policy and AppRole steps, or read as "default"
+    ({"pki": {"key_type": "ec", "key_bits": 7}}, "vault_init.pki.key_bits: must be one of 224, 256"),
+    ({"pki": {"key_type": "rsa", "key_bits": 384}}, "vault_init.pki.key_bits: must be one of 2048"),
+    ({"pki": {"root_ttl": "1h"}}, "vault_init.pki.intermediate_ttl: must be shorter than root_ttl"),
+    ({"pki": {"max_ttl": "500ms"}}, "vault_init.pki.max_ttl: must be at least 1s"),
+    ({"approle": {"token_ttl": "2d"}}, "vault_init.approle.token_ttl: must be from 1s to token_max_ttl"),
 ])
 def test_vault_init_errors_name_the_key(section, message):
     with pytest.raises(ConfigError) as info:
