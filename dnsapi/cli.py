@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--token-file.")
     init.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
     init.add_argument("--token-file", type=Path, help="file holding an admin token")
-    init.add_argument("--root-only", action="store_true",
-                      help="no intermediate: the root CA on vault_init.pki.mount issues directly")
+    # Gone: pki-watch and the policy read the config file, which the flag did not change.
+    init.add_argument("--root-only", action="store_true", help=argparse.SUPPRESS)
 
     check = commands.add_parser(
         "check", help="check the config, Vault, zone files, Corefile and DNS servers",
@@ -326,6 +326,10 @@ def _vault_init(args: argparse.Namespace) -> int:
     from . import config as config_module
     from .pki.vault_init import InitError, Step, VaultInit
 
+    if args.root_only:
+        raise SystemExit("dnsapi vault-init: --root-only is gone: set vault_init.pki.intermediate: "
+                         "false in the config instead (dnsapi pki-watch reads it too; the flag "
+                         "left it watching a root mount that was never made)")
     config = config_module.load(args.config)
     try:
         token = (args.token_file.read_text().strip() if args.token_file
@@ -343,7 +347,7 @@ def _vault_init(args: argparse.Namespace) -> int:
         print(f"  {change.status:<9} {change.what}{detail}", flush=True)
 
     try:
-        init = VaultInit(config, client, root_only=args.root_only, report=show)
+        init = VaultInit(config, client, report=show)
         print(f"vault-init against {config.vault.addr} (server version {_ready_version(client)})")
         changes = [c for c in init.run() if c.status in ("created", "updated")]
     except InitError as exc:

@@ -311,6 +311,8 @@ def test_a_vault_not_ready_or_a_missing_token_file_is_said_in_one_line(tmp_path)
         assert check.returncode != 0
         assert f"Vault at http://127.0.0.1:{port} is unsealed and active: it is not initialised" \
             in check.stdout, check.stdout
+        gone = vault_init(config, "some-admin-token", "--root-only")
+        assert gone.returncode != 0 and "set vault_init.pki.intermediate: false" in gone.stderr
         missing = subprocess.run([sys.executable, "-m", "dnsapi", "vault-init", "-c", str(config),
                                   "--token-file", str(tmp_path / "nope")], capture_output=True,
                                  text=True, timeout=60, check=False)

@@ -141,7 +141,7 @@ def unsafe_directories(path: Path) -> list[str]:
 
 
 class VaultInit:
-    def __init__(self, config: Config, client: hvac.Client, root_only: bool = False,
+    def __init__(self, config: Config, client: hvac.Client,
                  report: Callable[[Step], None] = lambda change: None,
                  audit_file: str | None = None) -> None:
         approle = config.vault.approle
@@ -152,8 +152,6 @@ class VaultInit:
         self.config = config
         self.client = client
         self.pki = config.vault_init.pki
-        self.root_mount = self.pki.mount if root_only else self.pki.root_mount
-        self.intermediate = self.pki.intermediate and not root_only
         self.report = report
         self.audit_file = audit_file  # None: VAULT_AUDIT_FILE, or OPENBAO_AUDIT_FILE in the stanza
         self.changes: list[Step] = []
@@ -166,10 +164,10 @@ class VaultInit:
         self.approle()
         self.pki_mounts()
         root_pem = self.root_ca()
-        if self.intermediate:
+        if self.pki.intermediate:
             self.intermediate_ca()
         self.issuing_role()
-        for mount in dict.fromkeys([self.root_mount, self.pki.mount]):
+        for mount in dict.fromkeys([self.pki.root_mount, self.pki.mount]):
             self.mount_urls(mount)
             self.crl_and_tidy(mount)
         self.acme()
@@ -325,9 +323,9 @@ class VaultInit:
 
     def pki_mounts(self) -> None:
         mounts = self._mounts()
-        wanted = {self.root_mount: self.pki.root_ttl, self.pki.mount: self.pki.intermediate_ttl}
-        if not self.intermediate:
-            wanted = {self.root_mount: self.pki.root_ttl}
+        wanted = {self.pki.root_mount: self.pki.root_ttl, self.pki.mount: self.pki.intermediate_ttl}
+        if not self.pki.intermediate:
+            wanted = {self.pki.root_mount: self.pki.root_ttl}
         for mount, ttl in wanted.items():
             found = mounts.get(f"{mount}/")
             if found is None:
@@ -350,15 +348,15 @@ class VaultInit:
         return str(self.client.read(f"{mount}/issuer/default")["data"]["certificate"])
 
     def root_ca(self) -> str:
-        existing = self._issuer_pem(self.root_mount)
+        existing = self._issuer_pem(self.pki.root_mount)
         if existing:
-            self._note("unchanged", f"root CA in {self.root_mount}/")
+            self._note("unchanged", f"root CA in {self.pki.root_mount}/")
             return existing
-        response = self.client.write_data(f"{self.root_mount}/root/generate/internal", data={
+        response = self.client.write_data(f"{self.pki.root_mount}/root/generate/internal", data={
             "common_name": self.pki.common_name, "issuer_name": "root",
             "key_type": self.pki.key_type, "key_bits": self.pki.key_bits,
             "ttl": f"{int(self.pki.root_ttl)}s"})
-        self._note("created", f"root CA in {self.root_mount}/",
+        self._note("created", f"root CA in {self.pki.root_mount}/",
                    f"{self.pki.key_type}{self.pki.key_bits or ''} {self.pki.common_name!r}")
         return str(response["data"]["certificate"])
 
@@ -370,14 +368,14 @@ class VaultInit:
         csr = self.client.write_data(f"{self.pki.mount}/intermediate/generate/internal", data={
             "common_name": name, "key_type": self.pki.key_type,
             "key_bits": self.pki.key_bits})["data"]["csr"]
-        signed = self.client.write_data(f"{self.root_mount}/root/sign-intermediate", data={
+        signed = self.client.write_data(f"{self.pki.root_mount}/root/sign-intermediate", data={
             "csr": csr, "common_name": name, "ttl": f"{int(self.pki.intermediate_ttl)}s",
             "format": "pem"})["data"]["certificate"]
         # Only the intermediate: the chain clients get is then leaf + intermediate, without the
         # root, which they must already trust and servers should not send.
         self.client.write_data(f"{self.pki.mount}/intermediate/set-signed",
                                data={"certificate": signed})
-        self._note("created", f"intermediate CA in {self.pki.mount}/", f"signed by {self.root_mount}/")
+        self._note("created", f"intermediate CA in {self.pki.mount}/", f"signed by {self.pki.root_mount}/")
 
     def issuing_role(self) -> None:
         """The only role ACME may use (see `acme`): DNS names in the configured zones."""
