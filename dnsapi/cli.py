@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, assets
+from . import __version__, assets, logs
 from .errors import ConfigError, ZoneError
 
 DESCRIPTION = """\
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"], help="default: info")
-    parser.add_argument("--log-format", default="plain", choices=["plain", "json"],
+    parser.add_argument("--log-format", default="plain", choices=logs.FORMATS,
                         help="plain text, or one JSON object per line (with request_id); "
                              "default: plain")
 
@@ -381,7 +381,6 @@ def _ready_version(client: Any) -> str:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from . import logs
     from .server import serve
 
     logs.setup(args.log_level, args.log_format)
@@ -390,7 +389,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _pki_watch(args: argparse.Namespace) -> int:
-    from . import logs
     from .pki.watch import run_program
 
     logs.setup(args.log_level, args.log_format)

@@ -94,7 +94,7 @@ def test_vault_init_needs_approle_files_not_literals():
         base=Path("/etc/dnsapi"), env={})
     with pytest.raises(InitError, match="vault.approle"):
         VaultInit(literal, client=None)
-    assert VaultInit(config, client=None).intermediate
+    assert VaultInit(config, client=None).pki.intermediate  # (files: accepted)
 
 
 def test_without_approle_the_step_is_skipped():
