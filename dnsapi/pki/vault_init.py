@@ -28,7 +28,7 @@ import hvac
 import hvac.exceptions
 
 from .. import files
-from ..config import Config, parse_duration
+from ..config import Config, hostport_text, parse_duration
 from ..vault import is_kv2
 
 ACME_RESPONSE_HEADERS = ["Last-Modified", "Location", "Replay-Nonce", "Link"]
@@ -430,8 +430,7 @@ class VaultInit:
                 raise InitError("vault_init.pki.acme_dns_resolver: set it (or dns_servers) to the "
                                 "IP:PORT of a DNS server that serves the zones; Vault's ACME "
                                 "validates DNS-01 there")
-            host, port = self.config.dns_servers[0]
-            resolver = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            resolver = hostport_text(*self.config.dns_servers[0])
         if self._read(f"{mount}/config/acme") is None:
             raise InitError(f"{mount}/config/acme does not exist: this server has no ACME "
                             "(HashiCorp Vault needs 1.14 or later; OpenBao has it)")
