@@ -977,11 +977,20 @@ _MESSAGES = {"missing": "is required", "extra_forbidden": "unknown setting",
              "model_type": "must be a mapping"}
 
 
+MAX_PROBLEMS = 5  # config problems named in one error, on one line (it goes to the journal)
+
+
 def _config_error(exc: ValidationError) -> ConfigError:
-    """The first problem as `dotted.key[0].name: message`, the key as the operator wrote it."""
-    error = exc.errors()[0]
+    """Each problem as `dotted.key[0].name: message`, the key as the operator wrote it, so one
+    edit can fix them all (a mistyped key is then named beside the required one it stood for)."""
+    problems = [_problem(error) for error in exc.errors()]
+    more = f"; and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
+    return ConfigError("; ".join(problems[:MAX_PROBLEMS]) + more)
+
+
+def _problem(error: Any) -> str:
     cause = error.get("ctx", {}).get("error")
     loc = (*error["loc"], *cause.loc) if isinstance(cause, _Invalid) else error["loc"]
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
     message = _MESSAGES.get(error["type"]) or (str(cause) if cause else error["msg"])
-    return ConfigError(f"{key or 'config'}: {message}")
+    return f"{key or 'config'}: {message}"

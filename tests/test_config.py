@@ -193,5 +193,17 @@ def test_two_listeners_on_one_port_are_refused_before_start(section, listen, cla
     assert str(info.value).startswith(clash)
 
 
+def test_every_problem_is_named_in_one_line():
+    """One edit can fix them all: here the mistyped key beside the one it stood for."""
+    data = copy.deepcopy(BASE)
+    data["vault"]["addrs"] = data["vault"].pop("addr")
+    data["ttl"] = {"default": 0}
+    with pytest.raises(ConfigError) as info:
+        load(data)
+    problems = str(info.value).split("; ")
+    assert {"vault.addr: is required", "vault.addrs: unknown setting"} <= set(problems)
+    assert any(p.startswith("ttl.default:") for p in problems) and "\n" not in str(info.value)
+
+
 def test_ipv6_listen():
     assert load(changed("listen", "[::1]:8053")).listen_host == "::1"
