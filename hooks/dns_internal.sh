@@ -23,9 +23,10 @@ dns_internal_add() {
   _dnsapi_settings || return 1
   _info "Adding $fulldomain through dnsapi at $DNSAPI_URL (waiting until its DNS servers answer)"
   if ! _dnsapi_call POST "$(_dnsapi_body "$fulldomain" "$txtvalue" ',"wait":true')"; then
-    if [ "$_dnsapi_status" = "504" ]; then
-      # Stored but not served in time. acme.sh never calls _rm after a failed _add, so take the
-      # value out again here rather than leave it behind.
+    if [ "$_dnsapi_status" = "504" ] || [ "$_dnsapi_status" = "500" ]; then
+      # Stored but not served in time (504), or stored in Vault but not yet in the zone file
+      # (500). acme.sh never calls _rm after a failed _add, so take the value out again here
+      # rather than leave it behind.
       _info "Removing the value again"
       _dnsapi_call DELETE "$(_dnsapi_body "$fulldomain" "$txtvalue" "")"
     fi
@@ -157,7 +158,8 @@ _dnsapi_call() {
     _err "dnsapi: cannot reach $DNSAPI_URL (curl/wget exit code $_dnsapi_ret)"
     return 1
   fi
-  _dnsapi_message="$(printf '%s' "$_dnsapi_response" | _egrep_o '"message": *"[^"]*"' | cut -d '"' -f 4)"
+  # (control characters dropped: whatever answered, its text goes to a terminal and a log)
+  _dnsapi_message="$(printf '%s' "$_dnsapi_response" | _egrep_o '"message": *"[^"]*"' | cut -d '"' -f 4 | tr -d '\000-\037\177')"
   case "$_dnsapi_status" in
     2??)
       return 0

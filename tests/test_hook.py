@@ -1,10 +1,13 @@
 """hooks/dns_internal.sh under an acme.sh 3.x-like harness (tests/acmesh/harness.sh), run by dash
 (`sh` on Debian) and by bash, against a real dnsapi + CoreDNS + OpenBao."""
 
+import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -182,6 +185,44 @@ def test_debug_2_writes_the_token_nowhere(stack, tmp_path, wget):
         assert secret not in result.stdout + result.stderr
     for path in [*temp.rglob("*"), *tmp_path.glob("*.header")]:
         assert secret not in path.read_text(errors="replace"), path
+
+
+def test_a_500_after_storing_takes_the_value_out_and_prints_no_control_characters(tmp_path):
+    """A 500 (dnsapi: stored in Vault, the zone file not writable) is a failed add acme.sh will
+    not clean up: the hook deletes its value itself, as after a 504. Whatever answered, the text
+    it prints carries no control characters (an escape sequence would reach the terminal)."""
+    seen: list[tuple[str, dict]] = []
+
+    class Server(BaseHTTPRequestHandler):
+        def answer(self, status: int, data: bytes) -> None:
+            seen.append((self.command, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:  # (raw control characters: no JSON encoder writes them)
+            self.answer(500, b'{"error": "zone_error", "message": "stored \x1b[2Jin Vault\x07"}')
+
+        def do_DELETE(self) -> None:
+            self.answer(200, json.dumps({"fqdn": NAME, "value": APEX_VALUE, "existed": True}).encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"DNSAPI_URL": f"http://127.0.0.1:{server.server_address[1]}", "DNSAPI_TOKEN": "t"}
+        result = hook("sh", "add", NAME, APEX_VALUE, tmp_path / "account.conf", env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode != 0 and "server error (500): stored [2Jin Vault" in result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert [method for method, _ in seen] == ["POST", "DELETE"]
+    assert seen[1][1] == {"fqdn": NAME, "value": APEX_VALUE}
 
 
 @pytest.mark.parametrize("wget", [False, True])
