@@ -880,6 +880,26 @@ class _File(_Model):
         return self
 
     @model_validator(mode="after")
+    def _patterns_name_the_zones(self) -> Self:
+        """An `allow` pattern that covers no name in any zone can never allow anything: a typo
+        (another zone, dev.lcoal) that would show only as 403s."""
+        holders: list[tuple[tuple[str | int, ...], tuple[str, ...]]] = [
+            (("tokens", i), token.allow) for i, token in enumerate(self.tokens)]
+        if self.dns_update is not None:
+            holders += [(("dns_update", "keys", i), key.allow) for i, key in enumerate(self.dns_update.keys)]
+        if self.acme_dns is not None:
+            holders += [(("acme_dns", "register", "tokens", i), token.allow)
+                        for i, token in enumerate(self.acme_dns.registration.tokens)]
+        zones = [zone.name for zone in self.zones]
+        for loc, patterns in holders:
+            for j, pattern in enumerate(patterns):
+                name, wildcard = pattern.removeprefix("*."), pattern.startswith("*.")
+                if not any(is_below(name, zone) or (wildcard and is_below(zone, name)) for zone in zones):
+                    raise _Invalid(f"{pattern} covers no name in the zones ({', '.join(zones)})",
+                                   *loc, "allow", j)
+        return self
+
+    @model_validator(mode="after")
     def _tokens_or_open_loopback(self) -> Self:
         """Without tokens anyone who reaches the listener may write records: only when asked
         for, and only on loopback."""

@@ -102,6 +102,9 @@ def test_approle_with_files():
     ("max_records_per_zone", 0, "max_records_per_zone: must be an integer from 1"),
     ("lisen", "127.0.0.1:1", "lisen: unknown setting"),
     ("vault.prefix", "a/../../sys", "vault.prefix: 'a/../../sys' is not a valid Vault path"),
+    ("tokens.0.allow", ["*.dev.lcoal"], "tokens[0].allow[0]: *.dev.lcoal covers no name in the zones "
+                                        "(dev.local)"),
+    ("tokens.0.allow", ["*.dev.local", "local"], "tokens[0].allow[1]: local covers no name"),
     ("vault.kv_mount", "..", "vault.kv_mount: '..' is not a valid Vault path"),
     ("answers", {"listen": "127.0.0.1:5354", "notify": "127.0.0.1:1053"},
      "answers.notify: must be a list of IP:PORT addresses"),
@@ -203,6 +206,21 @@ def test_every_problem_is_named_in_one_line():
     problems = str(info.value).split("; ")
     assert {"vault.addr: is required", "vault.addrs: unknown setting"} <= set(problems)
     assert any(p.startswith("ttl.default:") for p in problems) and "\n" not in str(info.value)
+
+
+def test_an_rfc2136_key_or_acme_dns_token_allowing_no_zone_is_refused():
+    key = {"name": "k", "secret": "a" * 24, "allow": ["*.example.com"]}
+    with pytest.raises(ConfigError, match=r"^dns_update.keys\[0\].allow\[0\]: \*.example.com covers no"):
+        load(changed("dns_update", {"listen": "127.0.0.1:5353", "keys": [key]}))
+    token = {"name": "r", "sha256": "c" * 64, "allow": ["acme.example.com"]}
+    with pytest.raises(ConfigError, match=r"^acme_dns.register.tokens\[0\].allow\[0\]: acme.example.com"):
+        load(changed("acme_dns", {"zone": "acme.dev.local", "register": {"tokens": [token]}}))
+
+
+def test_an_allow_pattern_above_a_zone_covers_its_names():
+    data = copy.deepcopy(BASE)
+    data["tokens"][0]["allow"] = ["*.local", "www.dev.local"]
+    assert load(data).tokens[0].allow == ("*.local", "www.dev.local")
 
 
 def test_ipv6_listen():
