@@ -109,8 +109,9 @@ def _vault(config: Config, checks: Checklist) -> None:
     if unready is not None and not standby:
         checks.add(False, f"Vault at {addr} is unsealed and active: it is {unready[0]}", unready[1])
         return
+    version = "" if standby else health.get("version", "?")
     checks.add(True, f"Vault at {addr} is reachable, a standby (dnsapi asks the nodes which leads)"
-               if standby else f"Vault at {addr} is reachable and unsealed (version {health['version']})")
+               if standby else f"Vault at {addr} is reachable and unsealed (version {version})")
     method = "AppRole" if config.vault.approle else "token file" if config.vault.token_file else "token"
     try:
         session.run(lambda: session.client.auth.token.lookup_self())

@@ -413,17 +413,18 @@ class DnsUpdateServer:
         except dns.exception.DNSException:
             return self._formerr(wire, remote)
         reply = _unsigned_reply(request, dns.rcode.NOTAUTH)
-        now = struct.pack("!Q", int(time.time()))[2:] if error == dns.rcode.BADTIME else b""
-        checked = tsig.verified(wire, self.tsig_keys, for_badtime=True) if now else None
+        # BADTIME's other data: our time, 48 bits (RFC 8945 §5.2.3); nothing for other errors
+        other = struct.pack("!Q", int(time.time()))[2:] if error == dns.rcode.BADTIME else b""
+        checked = tsig.verified(wire, self.tsig_keys, for_badtime=True) if other else None
         if checked is not None and request.tsig is not None:
             answer = tsig.sign(reply.to_wire(), checked[1], self.tsig_keys, error,
-                               request.tsig[0].time_signed, now)
+                               request.tsig[0].time_signed, other)
         else:
             if request.keyname is not None and request.tsig is not None:
                 signed = request.tsig[0]
                 record = dns.rdtypes.ANY.TSIG.TSIG(
                     dns.rdataclass.ANY, dns.rdatatype.TSIG, signed.algorithm, signed.time_signed,
-                    signed.fudge, b"", request.id, error, now)
+                    signed.fudge, b"", request.id, error, other)
                 reply.additional.append(dns.rrset.from_rdata(request.keyname, 0, record))
             answer = reply.to_wire()
         updates = update_message.from_dnspython(request).updates \

@@ -441,7 +441,7 @@ class VaultStore:
         answer was lost: a dropped connection, a leader gone after committing), else {}.
         Re-applying the batch over its own write instead would answer an add "existed", a
         remove "absent", and put back a record another instance removed meanwhile."""
-        data = self.session.read_kv_version(self.secret_path(zone), version)
+        data, _ = self.session.read_kv(self.secret_path(zone), version)
         return data if data.get("write") == write_id else {}
 
     def _write_with_snapshot(self, zone: str, records: dict[Key, Record],

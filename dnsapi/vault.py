@@ -436,25 +436,16 @@ class VaultSession:
 
     # The calls below are raw hvac calls: run them inside `run`.
 
-    def read_kv(self, path: str) -> tuple[dict[str, Any], int]:
-        """A KV v2 secret's latest data and version: ({}, 0) when it does not exist, and data {}
-        when its latest version was deleted by hand."""
-        try:
-            body = self.client.secrets.kv.v2.read_secret_version(
-                path=path, mount_point=self.config.kv_mount, raise_on_deleted_version=False)["data"]
-        except hvac.exceptions.InvalidPath:
-            return {}, 0
-        return body.get("data") or {}, int(body["metadata"]["version"])
-
-    def read_kv_version(self, path: str, version: int) -> dict[str, Any]:
-        """The data of one version of a KV v2 secret ({} when it is deleted or gone)."""
+    def read_kv(self, path: str, version: int | None = None) -> tuple[dict[str, Any], int]:
+        """A KV v2 secret's data and version, the latest or the given `version`: ({}, 0) when it
+        does not exist, and data {} when that version was deleted."""
         try:
             body = self.client.secrets.kv.v2.read_secret_version(
                 path=path, version=version, mount_point=self.config.kv_mount,
                 raise_on_deleted_version=False)["data"]
         except hvac.exceptions.InvalidPath:
-            return {}
-        return body.get("data") or {}
+            return {}, 0
+        return body.get("data") or {}, int(body["metadata"]["version"])
 
     def write_kv(self, path: str, data: dict[str, Any], cas: int) -> int:
         """Write `data` if the secret is still at version `cas` (0: does not exist yet); returns
