@@ -19,7 +19,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 import yaml
 from pydantic import (
@@ -342,13 +342,15 @@ class AppRoleConfig(_Model):
     secret_id_file: WrittenFile | None = None
     mount: VaultPath = "approle"
 
+    _secret_id_sources: ClassVar[str] = (f"secret_id (or the {ENV_APPROLE_SECRET_ID} environment "
+                                         "variable) or secret_id_file")
+
     @model_validator(mode="after")
     def _exactly_one_source_each(self) -> Self:
         if (self.role_id is None) == (self.role_id_file is None):
             raise _Invalid("set exactly one of role_id or role_id_file", "role_id")
         if (self.secret_id is None) == (self.secret_id_file is None):
-            raise _Invalid(f"set exactly one of secret_id (or the {ENV_APPROLE_SECRET_ID} environment "
-                           "variable) or secret_id_file", "secret_id")
+            raise _Invalid(f"set exactly one of {self._secret_id_sources}", "secret_id")
         return self
 
 
@@ -384,8 +386,12 @@ class VaultConfig(_Model):
         return self.addrs[0]
 
     @model_validator(mode="after")
-    def _one_login(self) -> Self:
+    def _one_login(self, info: ValidationInfo) -> Self:
         given = [key for key in ("token", "token_file", "approle") if getattr(self, key)]
+        if info.context is None:
+            return self  # a part of a file checked already, put into Config
+        if not given and not info.context.get("service_login", True):
+            return self  # read for pki-watch, which logs in as itself
         if len(given) != 1:
             raise _Invalid(f"set exactly one of vault.token (or the {ENV_VAULT_TOKEN} environment "
                            "variable), vault.token_file or vault.approle"
@@ -629,6 +635,9 @@ class SinkConfig(_Model):
 
 
 class PkiWatchConfig(_Model):
+    # `vault:` with pki-watch's own login (pki_watch.token_file or .approle); None: none set,
+    # and pki-watch refuses to run on the service's credentials
+    vault: VaultConfig | None
     mounts: tuple[str, ...]
     interval: float
     expiry_warn: tuple[float, ...]  # thresholds in seconds, largest first
@@ -798,9 +807,21 @@ class _Retry(_Model):
         return self
 
 
-class _PkiWatchFile(_Model):
-    """The `pki_watch` section, read by `dnsapi pki-watch`."""
+class _PkiWatchAppRole(AppRoleConfig):
+    """pki_watch.approle: pki-watch's own AppRole. Its secret_id never comes from the environment,
+    which holds the service's (DNSAPI_VAULT_SECRET_ID)."""
 
+    secret_id: Text | None = Field(None, repr=False)
+    _secret_id_sources: ClassVar[str] = "secret_id or secret_id_file"
+
+
+class _PkiWatchFile(_Model):
+    """The `pki_watch` section, read by `dnsapi pki-watch`. It logs in to Vault as itself
+    (`token_file` or `approle`): the service's credentials may write challenge records, which a
+    watcher must not be able to do."""
+
+    token_file: File | None = None
+    approle: _PkiWatchAppRole | None = None
     mounts: Annotated[tuple[str, ...], BeforeValidator(_mounts)] | None = None  # None: vault-init's
     interval: Duration = 60.0
     expiry_warn: Annotated[tuple[float, ...], BeforeValidator(_thresholds)] = (14 * _DAY, 3 * _DAY)
@@ -810,9 +831,19 @@ class _PkiWatchFile(_Model):
     sinks: Annotated[tuple[SinkConfig, ...], BeforeValidator(_named_sinks),
                      _distinct(name="sink name {!r} is used twice")] = ()
 
-    def config(self, pki: PkiConfig) -> PkiWatchConfig:
+    @model_validator(mode="after")
+    def _one_login(self) -> Self:
+        if self.token_file is not None and self.approle is not None:
+            raise _Invalid("set one of pki_watch.token_file or pki_watch.approle, not both", "token_file")
+        return self
+
+    def config(self, vault: VaultConfig, pki: PkiConfig) -> PkiWatchConfig:
         created = (pki.root_mount, pki.mount) if pki.intermediate else (pki.mount,)
-        return PkiWatchConfig(mounts=self.mounts or created, interval=self.interval,
+        own = None
+        if self.token_file is not None or self.approle is not None:
+            own = vault.model_copy(update={"token": None, "token_file": self.token_file,
+                                           "approle": self.approle})
+        return PkiWatchConfig(vault=own, mounts=self.mounts or created, interval=self.interval,
                               expiry_warn=self.expiry_warn, crl_grace=self.crl_grace, ocsp=self.ocsp,
                               retry_initial=self.retry.initial, retry_max=self.retry.max,
                               give_up=self.retry.give_up, sinks=self.sinks)
@@ -923,7 +954,7 @@ class _File(_Model):
             max_age=self.max_age, rate_limit=self.rate_limit.per_second, rate_burst=self.rate_limit.burst,
             refusals=self.refusals, http=self.http, waits=self.waits, allowed_origins=self.allowed_origins,
             audit_file=self.audit.file, open_on_loopback=self.open_on_loopback, vault_init=vault_init,
-            pki_watch=self.pki_watch.config(vault_init.pki), dns_update=self.dns_update,
+            pki_watch=self.pki_watch.config(self.vault, vault_init.pki), dns_update=self.dns_update,
             acme_dns=self.acme_dns, answers=self.answers,
         )
 
@@ -932,11 +963,14 @@ class _ZonesOnly(BaseModel):
     zones: Zones = Field((), validate_default=True)
 
 
-def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
-    """Read and validate the YAML file at `path`; relative file paths in it are relative to it."""
+def load(path: str | os.PathLike[str], env: dict[str, str] | None = None,
+         service_login: bool = True) -> Config:
+    """Read and validate the YAML file at `path`; relative file paths in it are relative to it.
+    `service_login=False` (pki-watch) accepts a `vault:` section without the service's login,
+    whose secret may live in an environment pki-watch is not given."""
     env = dict(os.environ) if env is None else env
     path = Path(path)
-    return from_dict(_read_yaml(path), base=path.parent.resolve(), env=env)
+    return from_dict(_read_yaml(path), base=path.parent.resolve(), env=env, service_login=service_login)
 
 
 def load_zones(path: str | os.PathLike[str]) -> tuple[ZoneConfig, ...]:
@@ -961,10 +995,10 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"config: {path} is not valid YAML: {problem}{where}") from None
 
 
-def from_dict(raw: Any, base: Path, env: dict[str, str]) -> Config:
+def from_dict(raw: Any, base: Path, env: dict[str, str], service_login: bool = True) -> Config:
     """Validate a parsed file: relative paths are relative to `base`, secrets it leaves out come
     from `env`. An empty file is an empty mapping (so the first required key gets named)."""
-    return _validate(_File, {} if raw is None else raw, base, env).config()
+    return _validate(_File, {} if raw is None else raw, base, env, service_login).config()
 
 
 def _zones(raw: Any, base: Path) -> tuple[ZoneConfig, ...]:
@@ -975,9 +1009,11 @@ def _zones(raw: Any, base: Path) -> tuple[ZoneConfig, ...]:
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _validate(model: type[_M], raw: Any, base: Path, env: dict[str, str]) -> _M:
+def _validate(model: type[_M], raw: Any, base: Path, env: dict[str, str],
+              service_login: bool = True) -> _M:
     try:
-        return model.model_validate(_without_blanks(raw), context={"base": base, "env": env})
+        return model.model_validate(_without_blanks(raw), context={"base": base, "env": env,
+                                                                   "service_login": service_login})
     except ValidationError as exc:
         raise _config_error(exc) from None
 

@@ -9,8 +9,9 @@ import tempfile
 from pathlib import Path
 
 
-def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Replace `path` by a file holding `data`, with `mode` from the first byte.
+def write_file(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` by a file holding `data`, with `mode` (and `owner`, uid and gid) from the
+    first byte.
 
     Nothing planted in the directory can receive `data`: the temp file has an unpredictable name
     and is created exclusively without following symlinks (mkstemp), and the final rename replaces
@@ -19,6 +20,8 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            if owner is not None:
+                os.fchown(fd, *owner)
             os.fchmod(fd, mode)
             handle.write(data)
             handle.flush()

@@ -819,13 +819,18 @@ class Receiver:
 def write_watch_config(directory: Path, vault_addr: str, token: str, mounts: list[str],
                        sinks: list[dict[str, Any]], ca: Path | None = None, prefix: str = "watch",
                        **settings: Any) -> Path:
-    """A dnsapi.yaml holding just what pki-watch needs (the zone section is required but unused)."""
+    """A dnsapi.yaml holding just what pki-watch needs, its Vault token in `pki_watch.token_file`
+    (the zone section and the service's login are required but unused)."""
     directory.mkdir(parents=True, exist_ok=True)
+    token_file = directory / "pki-watch-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     config = {
-        "vault": {"addr": vault_addr, "token": token, "prefix": prefix, "ca_cert": str(ca) if ca else None},
+        "vault": {"addr": vault_addr, "token": "the-service-token-unused-by-pki-watch", "prefix": prefix,
+                  "ca_cert": str(ca) if ca else None},
         "zones": [{"name": ZONE, "file": "db.dev.local"}],
         "open_on_loopback": True,
-        "pki_watch": {"mounts": mounts, "interval": "500ms", "sinks": sinks,
+        "pki_watch": {"token_file": str(token_file), "mounts": mounts, "interval": "500ms", "sinks": sinks,
                       "retry": {"initial": "300ms", "max": "1s"}, **settings},
     }
     path = directory / "dnsapi.yaml"

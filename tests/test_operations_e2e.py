@@ -66,8 +66,14 @@ def test_systemd_units_verify_and_are_hardened(tmp_path):
                 if any(line.startswith(key + "=") for line in lines)} == {"LimitNOFILE", "TasksMax",
                                                                           "MemoryMax"}
         if unit.name.startswith("dnsapi"):
-            assert {"Type=notify", "User=dnsapi", "CapabilityBoundingSet=",
-                    "ExecReload=/bin/kill -HUP $MAINPID"} <= lines
+            assert {"Type=notify", "CapabilityBoundingSet=", "ExecReload=/bin/kill -HUP $MAINPID"} <= lines
+            # pki-watch runs as a user of its own, without the service's environment file
+            user, environment = {"dnsapi.service": ("dnsapi", "/etc/dnsapi/environment"),
+                                 "dnsapi-pki-watch.service": ("dnsapi-pki-watch",
+                                                              "/etc/dnsapi/pki-watch.environment")}[unit.name]
+            assert {f"User={user}", f"Group={user}", f"EnvironmentFile=-{environment}"} <= lines
+            assert [line for line in lines if line.startswith("EnvironmentFile=")] == [
+                f"EnvironmentFile=-{environment}"]
             writable = [line for line in lines if line.startswith("ReadWritePaths=")]
             expected = ["ReadWritePaths=/var/lib/dnsapi/zones"] if unit.name == "dnsapi.service" else []
             assert writable == expected

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from dnsapi import config as cfg
 from dnsapi.config import SinkConfig
@@ -26,6 +27,7 @@ from .test_config import BASE, changed
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
+WATCH_LOGIN = {"token_file": "/etc/dnsapi/pki-watch-token"}  # pki-watch's own login
 
 
 def load(data):
@@ -34,6 +36,53 @@ def load(data):
 
 def watch_settings(**pki_watch):
     return load({**BASE, "pki_watch": pki_watch}).pki_watch
+
+
+def test_pki_watch_logs_in_as_itself_never_as_the_service(tmp_path):
+    """The service's credentials may write challenge records: pki-watch refuses to run on them,
+    and its own login keeps the rest of `vault:` (address, CA, prefix)."""
+    sinks = [{"type": "webhook", "url": "https://hooks.example/x"}]
+    with pytest.raises(ConfigError, match=r"^pki_watch: set pki_watch.token_file or pki_watch.approle"):
+        watch_module.own_login(load({**BASE, "pki_watch": {"sinks": sinks}}))
+    config = tmp_path / "dnsapi.yaml"
+    config.write_text(yaml.safe_dump({**BASE, "pki_watch": {"sinks": sinks}}))
+    with pytest.raises(ConfigError, match=r"pki-watch logs in to Vault as itself"):
+        watch_module.run_program(config, once=True)
+
+    own = watch_module.own_login(load({**BASE, "pki_watch": {"approle": {
+        "role_id_file": "watch/role-id", "secret_id_file": "watch/secret-id"}}}))
+    assert own.token is None and own.token_file is None
+    assert own.approle is not None and own.approle.secret_id_file == Path("/etc/dnsapi/watch/secret-id")
+    assert (own.addrs, own.prefix, own.kv_mount) == (load(BASE).vault.addrs, "dnsapi", "secret")
+    assert watch_module.own_login(load({**BASE, "pki_watch": WATCH_LOGIN})).token_file == Path(
+        "/etc/dnsapi/pki-watch-token")
+
+
+def test_pki_watch_needs_no_service_login_whose_secret_it_is_not_given(tmp_path):
+    """Its unit does not read the service's environment file: a config whose service token comes
+    from DNSAPI_VAULT_TOKEN still loads for pki-watch, and still does not for the service."""
+    data = {**BASE, "vault": {"addr": "http://127.0.0.1:8200"}, "pki_watch": WATCH_LOGIN}
+    path = tmp_path / "dnsapi.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert watch_module.own_login(cfg.load(path, env={}, service_login=False)).token_file == Path(
+        "/etc/dnsapi/pki-watch-token")
+    with pytest.raises(ConfigError, match=r"^vault.token: set exactly one of vault.token"):
+        cfg.load(path, env={})
+    both = {**data, "vault": {"addr": "http://127.0.0.1:8200", "token": "t", "token_file": "f"}}
+    path.write_text(yaml.safe_dump(both))
+    with pytest.raises(ConfigError, match=r"got token, token_file"):
+        cfg.load(path, env={}, service_login=False)
+
+
+def test_pki_watch_login_settings_are_checked():
+    both = {**WATCH_LOGIN, "approle": {"role_id_file": "r", "secret_id_file": "s"}}
+    with pytest.raises(ConfigError, match=r"^pki_watch.token_file: set one of"):
+        load({**BASE, "pki_watch": both})
+    # the service's secret_id in the environment is not pki-watch's
+    data = {**BASE, "pki_watch": {"approle": {"role_id_file": "r"}}}
+    with pytest.raises(ConfigError, match=r"^pki_watch.approle.secret_id: set exactly one of secret_id or "
+                                          r"secret_id_file$"):
+        cfg.from_dict(data, base=Path("/etc/dnsapi"), env={cfg.ENV_APPROLE_SECRET_ID: "the-service's"})
 
 
 def test_defaults_watch_the_mounts_vault_init_creates():
@@ -211,6 +260,7 @@ def test_state_round_trip():
 
 def test_delivery_backoff_then_give_up(monkeypatch):
     config = load({**BASE, "pki_watch": {
+        **WATCH_LOGIN,
         "sinks": [{"type": "webhook", "url": "https://hooks.example/x", "name": "broken"}],
         "retry": {"initial": "10s", "max": "40s", "give_up": "1h"}}})
 
@@ -317,8 +367,8 @@ def test_a_command_sink_that_cannot_run_is_a_failed_delivery(tmp_path):
 
 
 def test_a_sink_failing_in_a_way_nobody_foresaw_is_retried_not_fatal(monkeypatch):
-    config = load({**BASE, "pki_watch": {"sinks": [{"type": "webhook", "url": "https://h.example/x?key=K",
-                                                    "name": "odd"}]}})
+    config = load({**BASE, "pki_watch": {**WATCH_LOGIN, "sinks": [
+        {"type": "webhook", "url": "https://h.example/x?key=K", "name": "odd"}]}})
 
     def odd(*args: object) -> None:
         raise RuntimeError("https://h.example/x?key=K broke")  # (its message is not logged)
@@ -332,6 +382,7 @@ def test_a_sink_failing_in_a_way_nobody_foresaw_is_retried_not_fatal(monkeypatch
 
 def test_a_long_outage_does_not_overflow_the_backoff(monkeypatch):
     config = load({**BASE, "pki_watch": {
+        **WATCH_LOGIN,
         "sinks": [{"type": "webhook", "url": "https://hooks.example/x", "name": "down"}],
         "retry": {"initial": "1s", "max": "1s", "give_up": "30d"}}})
     monkeypatch.setattr(watch_module, "send", lambda *args: (_ for _ in ()).throw(DeliveryError("down")))
@@ -391,8 +442,8 @@ def test_a_certificate_answer_that_does_not_hold_together_is_pki_unavailable(mon
 
 
 def test_the_watch_loop_outlives_an_error_nobody_foresaw(monkeypatch):
-    config = load({**BASE, "pki_watch": {"sinks": [{"type": "webhook", "url": "https://h.example/",
-                                                    "name": "hook"}]}})
+    config = load({**BASE, "pki_watch": {**WATCH_LOGIN, "sinks": [
+        {"type": "webhook", "url": "https://h.example/", "name": "hook"}]}})
     watch = PkiWatch(config)
 
     class Stop:  # a stop flag whose waits return at once

@@ -18,8 +18,8 @@ from cryptography.x509 import ocsp
 
 from dnsapi import config as config_module
 from dnsapi.pki.client import PkiClient, PkiUnavailable, revocation_time
-from dnsapi.pki.vault_init import render_pki_watch_policy, render_policy
-from dnsapi.pki.watch import StateStore, WatchState
+from dnsapi.pki.vault_init import render_pki_watch_policy
+from dnsapi.pki.watch import StateStore, WatchState, own_login
 from dnsapi.vault import VaultSession
 
 from .helpers import (
@@ -66,7 +66,7 @@ class Pki:
     def state(self) -> WatchState:
         """The watch state as pki-watch last saved it in Vault."""
         cfg = config_module.load(self.dir / "dnsapi.yaml")
-        return StateStore(VaultSession(cfg.vault)).load()
+        return StateStore(VaultSession(own_login(cfg))).load()
 
     def pending(self) -> int:
         """Undelivered events in the watch state in Vault."""
@@ -208,7 +208,7 @@ def test_ocsp_says_revoked_and_an_unreachable_responder_is_reported(pki):
     serial = pki.issue("ocsp.dev.local")
     pki.revoke(serial)
     cfg = config_module.load(pki.config())
-    client = PkiClient(VaultSession(cfg.vault), pki.mount)
+    client = PkiClient(VaultSession(own_login(cfg)), pki.mount)
     stored = client.stored(serial)
     assert client.ocsp_status(stored, client.issuers()[stored.issuer_id]) == "revoked"
     # and the same answer from openssl, independently of dnsapi's OCSP code
@@ -257,7 +257,7 @@ def test_an_ocsp_answer_the_issuer_did_not_sign_is_not_believed(pki):
     signature damaged is a responder that does not answer properly, not a status."""
     serial = pki.issue("signed.dev.local")
     pki.revoke(serial)
-    client = PkiClient(VaultSession(config_module.load(pki.config()).vault), pki.mount)
+    client = PkiClient(VaultSession(own_login(config_module.load(pki.config()))), pki.mount)
     stored = client.stored(serial)
     issuer = client.issuers()[stored.issuer_id]
     assert client.ocsp_status(stored, issuer) == "revoked"
@@ -294,15 +294,12 @@ def test_expiry_warned_once_per_threshold_and_not_for_renewed(pki):
 
 
 def test_runs_on_the_least_privilege_policies_and_lists_without_certs_detailed(pki):
-    """With only the service and pki-watch policies vault-init writes; and the one-by-one listing
-    used where `certs/detailed` is missing (HashiCorp Vault) agrees with the detailed one."""
+    """With only the pki-watch policy vault-init writes; and the one-by-one listing used where
+    `certs/detailed` is missing (HashiCorp Vault) agrees with the detailed one."""
     client = pki.client
-    client.sys.create_or_update_acl_policy(name=f"{pki.prefix}-svc",
-                                           policy=render_policy("secret", pki.prefix))
     client.sys.create_or_update_acl_policy(name=f"{pki.prefix}-watch",
-                                           policy=render_pki_watch_policy((pki.mount,)))
-    token = client.auth.token.create(policies=[f"{pki.prefix}-svc", f"{pki.prefix}-watch"],
-                                     ttl="10m")["auth"]["client_token"]
+                                           policy=render_pki_watch_policy("secret", pki.prefix, (pki.mount,)))
+    token = client.auth.token.create(policies=[f"{pki.prefix}-watch"], ttl="10m")["auth"]["client_token"]
     serial = pki.issue("confined.dev.local")
     config = write_watch_config(pki.dir, pki.vault.addr, token, [pki.mount],
                                 [{"type": "webhook", "url": pki.receiver.url}], prefix=pki.prefix)
@@ -311,7 +308,7 @@ def test_runs_on_the_least_privilege_policies_and_lists_without_certs_detailed(p
     result = run_once(config)
     assert result.returncode == 0, result.stderr
     assert [e["serial"] for e in pki.receiver.events("certificate_revoked")] == [serial]
-    watcher = PkiClient(VaultSession(config_module.load(config).vault), pki.mount)
+    watcher = PkiClient(VaultSession(own_login(config_module.load(config))), pki.mount)
     assert watcher.certificates_one_by_one() == watcher.certificates()
     assert serial in watcher.certificates()
 

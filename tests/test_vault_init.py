@@ -4,6 +4,7 @@ and ACME (against a stand-in client)."""
 
 import copy
 import os
+import re
 import stat
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from dnsapi.pki.vault_init import (
     VaultInit,
     audit_stanza,
     differences,
+    render_pki_watch_policy,
     render_policy,
 )
 
@@ -43,7 +45,17 @@ def test_policy_covers_only_the_prefix():
     text = render_policy("kv", "team/dnsapi")
     assert 'path "kv/data/team/dnsapi/*"' in text and 'path "kv/metadata/team/dnsapi/*"' in text
     assert 'path "kv/data/team/dnsapi/zones/*"' in text and 'path "kv/metadata/team/dnsapi/zones/*"' in text
-    assert text.count("path ") == 4
+    assert 'path "kv/data/team/dnsapi/pki-watch/*" {\n  capabilities = ["deny"]' in text
+    assert 'path "kv/metadata/team/dnsapi/pki-watch/*" {\n  capabilities = ["deny"]' in text
+    assert text.count("path ") == 6
+
+
+def test_pki_watch_policy_lists_certificates_and_keeps_its_state_nothing_else():
+    text = render_pki_watch_policy("kv", "team/dnsapi", ("pki",))
+    paths = re.findall(r'path "([^"]+)" \{\n  capabilities = (\[[^]]*\])', text)
+    assert paths == [("pki/certs", '["list"]'), ("pki/certs/detailed", '["list"]'),
+                     ("pki/certs/revoked", '["list"]'),
+                     ("kv/data/team/dnsapi/pki-watch/state", '["create", "read", "update"]')]
 
 
 def load(vault_init=None, approle=True):
@@ -101,7 +113,33 @@ def test_without_approle_the_step_is_skipped():
     changes = []
     init = VaultInit(load(approle=False), client=None, report=changes.append)
     init.approle()
-    assert [(c.status, c.what) for c in changes] == [("skipped", "AppRole")]
+    assert [(c.status, c.what) for c in changes] == [("skipped", "AppRole"), ("skipped", "pki-watch AppRole")]
+    assert "the dnsapi policy" in changes[0].detail and "dnsapi-pki-watch" not in changes[0].detail
+    assert "pki_watch.approle is not set" in changes[1].detail
+
+
+def test_the_service_and_pki_watch_get_a_role_each_with_one_policy(tmp_path):
+    """The review's finding: one role held both policies, so a stolen pki-watch secret_id could
+    write challenge records. Each role now has its own policy and its own credential files."""
+    data = copy.deepcopy(BASE)
+    del data["vault"]["token"]
+    data["vault"]["approle"] = {"role_id_file": "creds/role-id", "secret_id_file": "creds/secret-id"}
+    data["pki_watch"] = {"approle": {"role_id_file": "watch/role-id", "secret_id_file": "watch/secret-id"}}
+    vault = FakeVault({"auth/approle/role/dnsapi-pki-watch/role-id": {"role_id": "watch-role-id"}})
+    changes: list = []
+    VaultInit(cfg.from_dict(data, base=tmp_path, env={}), vault, report=changes.append).approle()
+    roles = {path: body["token_policies"] for path, body in vault.writes if "token_policies" in body}
+    assert roles == {"auth/approle/role/dnsapi": ["dnsapi"],
+                     "auth/approle/role/dnsapi-pki-watch": ["dnsapi-pki-watch"]}
+    assert (tmp_path / "watch" / "role-id").read_text() == "watch-role-id\n"
+    assert (tmp_path / "watch" / "secret-id").read_text() == SECRET_ID + "\n"
+    assert (tmp_path / "creds" / "role-id").read_text() == ROLE_ID + "\n"
+    assert "created AppRole role dnsapi-pki-watch" in [f"{c.status} {c.what}" for c in changes]
+
+    literal = copy.deepcopy(data)
+    literal["pki_watch"]["approle"] = {"role_id": "r", "secret_id": "s"}
+    with pytest.raises(InitError, match=r"^pki_watch.approle: vault-init writes"):
+        VaultInit(cfg.from_dict(literal, base=tmp_path, env={}), client=None)
 
 
 ROLE_ID, SECRET_ID = "the-role-id", "the-secret-id"
@@ -279,6 +317,28 @@ def test_files_have_their_mode_and_content_and_are_synced_before_the_rename(tmp_
         assert events.index(("fsync", temp)) < events.index(("replace", temp, str(path)))
     assert stat.S_IMODE((conf / "creds").stat().st_mode) == 0o700
     assert sorted(os.listdir(conf)) == ["creds", "root-ca.pem"]  # no temp file left behind
+
+
+def test_a_replaced_secret_id_stays_the_service_users(tmp_path):
+    """The review's finding: the runbook's rotation (vault-init, then restart) left a root-owned
+    0600 secret_id where the operator had given the service user a 0640 root:dnsapi one, and the
+    service could no longer log in. A replaced file keeps its owner, group and mode; a mode that
+    lets others read is not kept."""
+    assert os.geteuid() == 0, "run the tests as root (the file changes hands)"
+    conf = tmp_path / "conf"
+    (conf / "creds").mkdir(parents=True)
+    given = {"secret-id": (0o640, 0, 65534), "role-id": (0o644, 65534, 65534)}
+    for name, (mode, uid, gid) in given.items():
+        path = conf / "creds" / name
+        path.write_text("00000000-0000-0000-0000-000000000000\n")  # Vault no longer knows it
+        os.chown(path, uid, gid)
+        path.chmod(mode)
+    init_in(conf).approle()
+    after = {name: (conf / "creds" / name).stat() for name in given}
+    kept = {name: (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) for name, info in after.items()}
+    assert kept == {"secret-id": (0o640, 0, 65534), "role-id": (0o600, 65534, 65534)}
+    assert (conf / "creds" / "secret-id").read_text() == SECRET_ID + "\n"
+    assert (conf / "creds" / "role-id").read_text() == ROLE_ID + "\n"
 
 
 def test_directories_other_users_can_change_are_reported(tmp_path, monkeypatch):

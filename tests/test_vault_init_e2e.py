@@ -48,6 +48,9 @@ def approle_and_pki(config: dict) -> None:
     del config["vault"]["token_file"]
     config["vault"]["approle"] = {"role_id_file": "creds/role-id", "secret_id_file": "creds/secret-id"}
     config["vault_init"] = {"pki": {"common_name": "dev.local test root", "root_ca_file": "root-ca.pem"}}
+    config["pki_watch"] = {"approle": {"role_id_file": "creds/pki-watch-role-id",
+                                       "secret_id_file": "creds/pki-watch-secret-id"},
+                           "sinks": [{"type": "command", "command": ["/bin/true"]}]}
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +73,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 def test_first_run_creates_everything(setup):
     out = setup.first_run
     for line in ("created   policy dnsapi", "created   policy dnsapi-pki-watch",
-                 "created   AppRole role dnsapi",
+                 "created   AppRole role dnsapi\n", "created   AppRole role dnsapi-pki-watch\n",
                  "created   root CA in pki_root/ (ec384 'dev.local test root')",
                  "created   intermediate CA in pki/ (signed by pki_root/)",
                  "created   PKI role pki/roles/acme", "ACME on pki/ (DNS-01 checked at 127.0.0.1:"):
         assert line in out, out
     creds = setup.stack.dir / "creds"
-    for name in ("role-id", "secret-id"):
+    for name in ("role-id", "secret-id", "pki-watch-role-id", "pki-watch-secret-id"):
         assert (creds / name).stat().st_mode & 0o777 == 0o600
         assert (creds / name).read_text().strip() not in out  # never printed
     assert creds.stat().st_mode & 0o777 == 0o700
@@ -102,6 +105,8 @@ def test_a_stale_secret_id_is_replaced(setup, tmp_path):
     config = yaml.safe_load((setup.stack.dir / "dnsapi.yaml").read_text())
     config["vault"]["approle"] = {"role_id_file": str(tmp_path / "role-id"),
                                   "secret_id_file": str(tmp_path / "secret-id")}
+    config["pki_watch"]["approle"] = {key: str(setup.stack.dir / path)
+                                      for key, path in config["pki_watch"]["approle"].items()}
     config["zones"][0]["file"] = str(setup.stack.zone_path)
     config["vault_init"]["pki"]["root_ca_file"] = str(setup.stack.dir / "root-ca.pem")
     (tmp_path / "dnsapi.yaml").write_text(yaml.safe_dump(config))
@@ -121,7 +126,7 @@ def test_shipped_policy_is_what_vault_init_writes(setup):
     assert (ROOT / "deploy" / "vault" / "dnsapi-policy.hcl").read_text() == render_policy("secret", "dnsapi")
     rules = setup.vault.client.sys.read_policy("dnsapi")["data"]["rules"]
     assert rules == render_policy("secret", "dnsapi")
-    watch_policy = render_pki_watch_policy(("pki_root", "pki"))
+    watch_policy = render_pki_watch_policy("secret", "dnsapi", ("pki_root", "pki"))
     assert (ROOT / "deploy" / "vault" / "dnsapi-pki-watch-policy.hcl").read_text() == watch_policy
     assert setup.vault.client.sys.read_policy("dnsapi-pki-watch")["data"]["rules"] == watch_policy
 
@@ -134,7 +139,7 @@ def test_service_runs_on_approle_and_its_token_is_confined(setup):
     creds = stack.dir / "creds"
     login = hvac.Client(url=setup.vault.addr).auth.approle.login(
         role_id=(creds / "role-id").read_text().strip(), secret_id=(creds / "secret-id").read_text().strip())
-    assert login["auth"]["policies"] == ["default", "dnsapi", "dnsapi-pki-watch"]
+    assert login["auth"]["policies"] == ["default", "dnsapi"]
     service = hvac.Client(url=setup.vault.addr, token=login["auth"]["client_token"])
     kv = service.secrets.kv.v2
     kv.create_or_update_secret("dnsapi/zones/probe", secret={"a": 1}, mount_point="secret")
@@ -150,13 +155,50 @@ def test_service_runs_on_approle_and_its_token_is_confined(setup):
         # the zone secrets' history: written, never destroyed (nor soft-deleted)
         lambda: kv.delete_metadata_and_all_versions("dnsapi/zones/probe", mount_point="secret"),
         lambda: kv.delete_latest_version_of_secret("dnsapi/zones/probe", mount_point="secret"),
+        # pki-watch's work: its state (a revocation it was told it had reported goes unsaid)
+        lambda: kv.read_secret_version("dnsapi/pki-watch/state", mount_point="secret",
+                                       raise_on_deleted_version=False),
+        lambda: kv.create_or_update_secret("dnsapi/pki-watch/state", secret={"a": 1}, mount_point="secret"),
+        lambda: service.list("pki_root/certs"),
     ]
     for attempt in forbidden:
         with pytest.raises(hvac.exceptions.Forbidden):
             attempt()
-    # What pki-watch needs: listing the certificates (here the intermediate signed by the root).
-    assert service.list("pki_root/certs/revoked") is None  # nothing revoked: an empty listing
-    assert len(service.list("pki_root/certs")["data"]["keys"]) == 2
+
+
+def test_pki_watch_runs_on_its_own_approle_which_cannot_write_records(setup):
+    """The review's finding: pki-watch logged in with the service's role, which holds both
+    policies, so a stolen pki-watch credential could write challenge records."""
+    creds = setup.stack.dir / "creds"
+    login = hvac.Client(url=setup.vault.addr).auth.approle.login(
+        role_id=(creds / "pki-watch-role-id").read_text().strip(),
+        secret_id=(creds / "pki-watch-secret-id").read_text().strip())
+    assert login["auth"]["policies"] == ["default", "dnsapi-pki-watch"]
+    watch = hvac.Client(url=setup.vault.addr, token=login["auth"]["client_token"])
+    kv = watch.secrets.kv.v2
+    forbidden = [
+        lambda: kv.create_or_update_secret("dnsapi/zones/dev.local", secret={"a": 1}, mount_point="secret"),
+        lambda: kv.read_secret_version("dnsapi/zones/dev.local", mount_point="secret",
+                                       raise_on_deleted_version=False),
+        lambda: kv.create_or_update_secret("dnsapi/acme-dns/x", secret={"a": 1}, mount_point="secret"),
+        lambda: kv.delete_metadata_and_all_versions("dnsapi/pki-watch/state", mount_point="secret"),
+        lambda: watch.write_data("pki/issue/acme", data={"common_name": "x.dev.local"}),
+        lambda: watch.write_data("pki/revoke", data={"serial_number": "01"}),
+    ]
+    for attempt in forbidden:
+        with pytest.raises(hvac.exceptions.Forbidden):
+            attempt()
+    # What it needs: listing the certificates (here the intermediate signed by the root), and
+    # its state, which `dnsapi pki-watch --once` saves logged in with that role.
+    assert watch.list("pki_root/certs/revoked") is None  # nothing revoked: an empty listing
+    assert len(watch.list("pki_root/certs")["data"]["keys"]) == 2
+    result = subprocess.run([sys.executable, "-m", "dnsapi", "pki-watch", "-c", str(setup.stack.config_path),
+                             "--once"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "logged in to Vault with AppRole" in result.stderr
+    state = kv.read_secret_version("dnsapi/pki-watch/state", mount_point="secret",
+                                   raise_on_deleted_version=False)
+    assert state["data"]["metadata"]["version"] >= 1
 
 
 def test_acme_issues_only_for_names_in_the_zones(setup, tmp_path):

@@ -17,3 +17,7 @@ path "pki/certs/detailed" {
 path "pki/certs/revoked" {
   capabilities = ["list"]
 }
+# its state
+path "secret/data/dnsapi/pki-watch/state" {
+  capabilities = ["create", "read", "update"]
+}

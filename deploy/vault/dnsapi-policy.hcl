@@ -12,3 +12,10 @@ path "secret/data/dnsapi/zones/*" {
 path "secret/metadata/dnsapi/zones/*" {
   capabilities = ["list", "read"]
 }
+# pki-watch's state is its own
+path "secret/data/dnsapi/pki-watch/*" {
+  capabilities = ["deny"]
+}
+path "secret/metadata/dnsapi/pki-watch/*" {
+  capabilities = ["deny"]
+}

@@ -28,7 +28,7 @@ import hvac
 import hvac.exceptions
 
 from .. import files
-from ..config import Config, hostport_text, parse_duration
+from ..config import AppRoleConfig, Config, hostport_text, parse_duration
 from ..vault import is_kv2
 
 ACME_RESPONSE_HEADERS = ["Last-Modified", "Location", "Replay-Nonce", "Link"]
@@ -68,8 +68,9 @@ class Step:
 
 def render_policy(kv_mount: str, prefix: str) -> str:
     """The service's least-privilege policy: its own prefix of the KV v2 mount, nothing else;
-    and the zone secrets it writes but never deletes, so that a stolen token cannot destroy
-    their version history (the more specific path wins in Vault).
+    the zone secrets it writes but never deletes, so that a stolen token cannot destroy their
+    version history; and not pki-watch's state, so that it cannot silence a revocation notice
+    (the more specific path wins in Vault, and a deny wins over every other policy).
     (`deploy/vault/dnsapi-policy.hcl` is this text for the default mount and prefix.)"""
     return (
         f"# dnsapi: challenge records under {kv_mount}/{prefix}/ only (written by `dnsapi vault-init`)\n"
@@ -78,17 +79,23 @@ def render_policy(kv_mount: str, prefix: str) -> str:
         f"# the zone secrets: written with check-and-set, never deleted (their versions are the history)\n"
         f'path "{kv_mount}/data/{prefix}/zones/*" {{\n  capabilities = ["create", "read", "update"]\n}}\n'
         f'path "{kv_mount}/metadata/{prefix}/zones/*" {{\n  capabilities = ["list", "read"]\n}}\n'
+        f"# pki-watch's state is its own\n"
+        f'path "{kv_mount}/data/{prefix}/pki-watch/*" {{\n  capabilities = ["deny"]\n}}\n'
+        f'path "{kv_mount}/metadata/{prefix}/pki-watch/*" {{\n  capabilities = ["deny"]\n}}\n'
     )
 
 
-def render_pki_watch_policy(mounts: tuple[str, ...]) -> str:
-    """`dnsapi pki-watch`'s extra rights: listing the watched mounts' certificates. Certificates,
-    CRLs and OCSP are public; its state lives under the prefix the service policy covers.
-    (`deploy/vault/dnsapi-pki-watch-policy.hcl` is this text for the default mounts.)"""
+def render_pki_watch_policy(kv_mount: str, prefix: str, mounts: tuple[str, ...]) -> str:
+    """`dnsapi pki-watch`'s policy: listing the watched mounts' certificates (certificates, CRLs
+    and OCSP are public), and its state, written with check-and-set and never deleted. Nothing
+    else: no challenge record, no zone.
+    (`deploy/vault/dnsapi-pki-watch-policy.hcl` is this text for the defaults.)"""
     rules = "".join(f'path "{mount}/{path}" {{\n  capabilities = ["list"]\n}}\n'
                     for mount in mounts for path in ("certs", "certs/detailed", "certs/revoked"))
     header = f"# dnsapi pki-watch: list certificates of {', '.join(mounts)} (written by `dnsapi vault-init`)"
-    return f"{header}\n{rules}"
+    state = (f'# its state\npath "{kv_mount}/data/{prefix}/pki-watch/state" {{\n'
+             '  capabilities = ["create", "read", "update"]\n}\n')
+    return f"{header}\n{rules}{state}"
 
 
 def differences(desired: dict[str, Any], current: dict[str, Any] | None,
@@ -111,9 +118,18 @@ def differences(desired: dict[str, Any], current: dict[str, Any] | None,
 
 def write_file(path: Path, text: str, mode: int) -> None:
     """`files.write_file`, refusing a symlink at `path` so the operator hears of it (the rename
-    would only replace it)."""
+    would only replace it). A file replaced keeps its owner and group, and its mode unless that
+    lets others in: the operator gave a credential to the user a service runs as, and a renewed
+    secret_id owned by root alone would stop that service at its next login."""
     refuse_symlink(path)
-    files.write_file(path, text.encode(), mode)
+    try:
+        before = path.stat()
+    except FileNotFoundError:
+        files.write_file(path, text.encode(), mode)
+        return
+    kept = stat.S_IMODE(before.st_mode)
+    files.write_file(path, text.encode(), kept if not kept & 0o007 else mode,
+                     owner=(before.st_uid, before.st_gid))
 
 
 def refuse_symlink(path: Path) -> None:
@@ -144,11 +160,12 @@ class VaultInit:
     def __init__(self, config: Config, client: hvac.Client,
                  report: Callable[[Step], None] = lambda change: None,
                  audit_file: str | None = None) -> None:
-        approle = config.vault.approle
-        if approle is not None and (approle.role_id_file is None or approle.secret_id_file is None):
-            raise InitError("vault.approle: vault-init writes dnsapi's AppRole credentials to "
-                            "vault.approle.role_id_file and vault.approle.secret_id_file; use "
-                            "those two instead of literal role_id / secret_id")
+        for key, approle in (("vault.approle", config.vault.approle),
+                             ("pki_watch.approle", _watch_approle(config))):
+            if approle is not None and (approle.role_id_file is None or approle.secret_id_file is None):
+                raise InitError(f"{key}: vault-init writes the AppRole credentials to {key}.role_id_file "
+                                f"and {key}.secret_id_file; use those two instead of literal role_id "
+                                "/ secret_id")
         self.config = config
         self.client = client
         self.pki = config.vault_init.pki
@@ -261,7 +278,9 @@ class VaultInit:
     def policy(self) -> None:
         name = self.config.vault_init.policy
         self._policy(name, render_policy(self.config.vault.kv_mount, self.config.vault.prefix))
-        self._policy(f"{name}-pki-watch", render_pki_watch_policy(self.config.pki_watch.mounts))
+        vault = self.config.vault
+        self._policy(f"{name}-pki-watch",
+                     render_pki_watch_policy(vault.kv_mount, vault.prefix, self.config.pki_watch.mounts))
 
     def _policy(self, name: str, text: str) -> None:
         try:
@@ -275,12 +294,28 @@ class VaultInit:
         self._note("created" if current is None else "updated", f"policy {name}")
 
     def approle(self) -> None:
-        approle = self.config.vault.approle
-        if approle is None:
+        """The service's AppRole, and pki-watch's: two roles, so that neither can do the other's
+        work (pki-watch must not write challenge records, the service must not touch its state)."""
+        init = self.config.vault_init
+        watch_policy = f"{init.policy}-pki-watch"
+        service = self.config.vault.approle
+        if service is None:
             self._note("skipped", "AppRole", "vault.approle is not set: dnsapi authenticates with a "
-                       f"token; give that token the {self.config.vault_init.policy} policy (and "
-                       f"{self.config.vault_init.policy}-pki-watch for pki-watch)")
-            return
+                       f"token; give that token the {init.policy} policy")
+        else:
+            self._approle(service, init.approle_role, init.policy)
+        watch = _watch_approle(self.config)
+        if watch is not None:
+            self._approle(watch, f"{init.approle_role}-pki-watch", watch_policy)
+        elif self.config.pki_watch.vault is not None:
+            self._note("skipped", "pki-watch AppRole", "pki_watch.token_file is set: give that token "
+                       f"the {watch_policy} policy")
+        else:
+            self._note("skipped", "pki-watch AppRole", "pki_watch.approle is not set (pki-watch runs only "
+                       f"with a login of its own: pki_watch.approle, or a token with the {watch_policy} "
+                       "policy in pki_watch.token_file)")
+
+    def _approle(self, approle: AppRoleConfig, role: str, policy: str) -> None:
         assert approle.role_id_file and approle.secret_id_file
         init = self.config.vault_init
         if f"{approle.mount}/" not in self.client.sys.list_auth_methods()["data"]:
@@ -288,13 +323,13 @@ class VaultInit:
             self._note("created", f"AppRole auth method at {approle.mount}/")
         else:
             self._note("unchanged", f"AppRole auth method at {approle.mount}/")
-        role_path = f"auth/{approle.mount}/role/{init.approle_role}"
+        role_path = f"auth/{approle.mount}/role/{role}"
         self._ensure(role_path, {
-            "token_policies": [init.policy, f"{init.policy}-pki-watch"],
+            "token_policies": [policy],
             "token_ttl": f"{int(init.token_ttl)}s",
             "token_max_ttl": f"{int(init.token_max_ttl)}s", "token_type": "service",
             "secret_id_ttl": "0s", "bind_secret_id": True,
-        }, f"AppRole role {init.approle_role}", durations=("token_ttl", "token_max_ttl", "secret_id_ttl"))
+        }, f"AppRole role {role}", durations=("token_ttl", "token_max_ttl", "secret_id_ttl"))
 
         role_id = self.client.read(f"{role_path}/role-id")["data"]["role_id"]
         if _read_file(approle.role_id_file) == role_id:
@@ -455,6 +490,10 @@ class VaultInit:
 
     def directory_url(self) -> str:
         return f"{self.pki.cluster_url}/v1/{self.pki.mount}/acme/directory"
+
+
+def _watch_approle(config: Config) -> AppRoleConfig | None:
+    return config.pki_watch.vault.approle if config.pki_watch.vault is not None else None
 
 
 def _read_file(path: Path | None, strip: bool = True) -> str | None:

@@ -30,7 +30,7 @@ import requests
 
 from .. import config as config_module
 from .. import systemd
-from ..config import Config, PkiWatchConfig
+from ..config import Config, PkiWatchConfig, VaultConfig
 from ..errors import ConfigError, VaultUnavailable
 from ..vault import CasConflict, VaultSession
 from .client import Issuer, PkiClient, PkiUnavailable
@@ -285,12 +285,22 @@ class MountCheck:
         self.state.expiry = {s: t for s, t in self.state.expiry.items() if s in certificates}
 
 
+def own_login(config: Config) -> VaultConfig:
+    """`vault:` with pki-watch's own login. Never the service's: that one may write challenge
+    records, and the service's policy keeps it out of pki-watch's state."""
+    if config.pki_watch.vault is None:
+        raise ConfigError("pki_watch: set pki_watch.token_file or pki_watch.approle (role_id_file, "
+                          "secret_id_file): pki-watch logs in to Vault as itself, not with the "
+                          "service's credentials; `dnsapi vault-init` creates its AppRole and policy")
+    return config.pki_watch.vault
+
+
 class PkiWatch:
     """Runs check cycles and deliveries; `run_once` for cron, `run` until `stop` is set."""
 
     def __init__(self, config: Config, session: VaultSession | None = None) -> None:
         self.settings = config.pki_watch
-        self.session = session or VaultSession(config.vault)
+        self.session = session or VaultSession(own_login(config))
         self.store = StateStore(self.session)
         self.clients = {mount: PkiClient(self.session, mount) for mount in self.settings.mounts}
         self.sinks = {sink.name: sink for sink in self.settings.sinks}
@@ -411,9 +421,10 @@ def run_program(config_path: Path, once: bool = False) -> int:
     """`dnsapi pki-watch`: run until SIGTERM/SIGINT; SIGHUP re-reads the config (a broken file
     keeps the running one). `once`: one check, then exit."""
     def load() -> PkiWatch:
-        config = config_module.load(config_path)
+        config = config_module.load(config_path, service_login=False)
         if not config.pki_watch.sinks:
             raise ConfigError("pki_watch.sinks: no sinks configured: events would go nowhere")
+        own_login(config)
         return PkiWatch(config)
 
     watch = load()
