@@ -61,10 +61,12 @@ log = logging.getLogger(__name__)
 # Records in one message, all sections together. An ACME client's UPDATE holds a handful; a
 # message of thousands costs a parse (and prerequisite checks) however it is signed.
 MAX_RECORDS = 256
-# Signed UPDATEs answered lately, remembered by their MAC for as long as their signature holds
-# (time signed ± tsig.FUDGE): the same message again, a client's retransmission or someone's
-# replay, gets the same answer and changes nothing. At most this many, the oldest forgotten.
-ANSWERED_MOST = 16384
+# Signed UPDATEs answered lately, remembered per key by their MAC for as long as their signature
+# may still be accepted: the same message again, a client's retransmission or someone's replay,
+# gets the same answer and changes nothing. Never forgotten early, or a replay would apply
+# again: a key that sends more than this many within that time is refused until the oldest
+# expire (at the default rate limit it cannot), and no key's UPDATEs push out another's.
+ANSWERED_PER_KEY = 32768
 
 
 _RCODE_OF = {Outcome.NXDOMAIN: dns.rcode.NXDOMAIN, Outcome.YXDOMAIN: dns.rcode.YXDOMAIN,
@@ -100,21 +102,27 @@ def keyring(keys: tuple[TsigKeyConfig, ...]) -> dict[dns.name.Name, dns.tsig.Key
 class DnsUpdateServer:
     """Answers UPDATE, SOA and NS on one address, UDP and TCP."""
 
-    def __init__(self, config: Config, service: RecordService,
-                 audit: Callable[[], AuditLog]) -> None:
+    def __init__(self, config: Config, service: RecordService, audit: Callable[[], AuditLog],
+                 limiter: Callable[[], RateLimiter]) -> None:
+        """`audit` and `limiter`: the running ones, which a reload replaces (as it replaces the
+        service's config, whose TTL bounds this door reads on each UPDATE); `dns_update`'s own
+        settings need a restart."""
         assert config.dns_update is not None
-        self.config = config
         self.settings = config.dns_update
         self.service = service
         self.audit = audit
+        self.limiter = limiter
         self.metrics = service.metrics
         self.keys = {k.name: k for k in self.settings.keys}
         self.keyring = keyring(self.settings.keys)  # dnspython's, for everything but the quick path
         self.tsig_keys = tsig.Keyring(self.keyring.values())
-        self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
         self.listener = DnsListener(self.handle, self.metrics)
-        # (key, MAC) -> (when it may be forgotten, its reply: a future while it is worked out)
-        self._answered: OrderedDict[tuple[str, bytes], tuple[float, asyncio.Future[bytes]]] = OrderedDict()
+        # key -> MAC -> (when it may be forgotten, its reply: a future while it is worked out)
+        self._answered: dict[str, OrderedDict[bytes, tuple[float, asyncio.Future[bytes]]]] = {}
+
+    @property
+    def config(self) -> Config:
+        return self.service.config
 
     async def start(self) -> None:
         host, port = self.settings.listen
@@ -182,39 +190,47 @@ class DnsUpdateServer:
         if signer is None:
             rcode = await self._update(request, signer, remote)
             return rcode, reply_of(rcode)
-        key = (signer.key, signer.mac)
-        earlier = self._answered_earlier(key, remote)
+        answered = self._answered_by(signer.key)
+        earlier = self._answered_earlier(answered, signer, remote)
         if earlier is not None:  # (shielded: a waiter that goes away must not cancel it for all)
             return wire[:2] + (await asyncio.shield(earlier))[2:]
+        if len(answered) >= ANSWERED_PER_KEY:
+            rcode = dns.rcode.REFUSED
+            self._audit(remote, signer.key, request.updates, "refused", rcode,
+                        f"key {signer.key} sent more signed UPDATEs than can be told from replays "
+                        f"within {2 * tsig.FUDGE} s")
+            return rcode, reply_of(rcode)
         answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._keep(key, answer)
+        # (a signature is accepted within FUDGE of its time, which was within FUDGE of now)
+        answered[signer.mac] = (time.monotonic() + 2 * tsig.FUDGE, answer)
         try:
             rcode = await self._update(request, signer, remote)
             reply = reply_of(rcode)
         except BaseException:
-            self._answered.pop(key, None)  # (an error nobody foresaw: worked out afresh next time)
+            answered.pop(signer.mac, None)  # (an error nobody foresaw: worked out afresh next time)
             answer.cancel()  # ...and whoever waits for it is let go
             raise
         answer.set_result(reply)
         return rcode, reply
 
-    def _answered_earlier(self, key: tuple[str, bytes], remote: str) -> asyncio.Future[bytes] | None:
-        """The reply (or the reply being worked out) to the signed UPDATE `key` names, if it came
-        before, within its signature's time; each repeat is audited."""
+    def _answered_by(self, key: str) -> OrderedDict[bytes, tuple[float, asyncio.Future[bytes]]]:
+        """The UPDATEs `key` signed that may still be repeated, those past it forgotten."""
+        answered = self._answered.setdefault(key, OrderedDict())
         now = time.monotonic()
-        while self._answered and next(iter(self._answered.values()))[0] <= now:
-            self._answered.popitem(last=False)
-        known = self._answered.get(key)
+        while answered and next(iter(answered.values()))[0] <= now:
+            answered.popitem(last=False)
+        return answered
+
+    def _answered_earlier(self, answered: Mapping[bytes, tuple[float, asyncio.Future[bytes]]],
+                          signer: tsig.Signer, remote: str) -> asyncio.Future[bytes] | None:
+        """The reply (or the reply being worked out) to this signed UPDATE, if it came before,
+        within its signature's time; each repeat is audited."""
+        known = answered.get(signer.mac)
         if known is None:
             return None
-        self.audit().refused(remote, action="dns_update", token=f"key:{key[0]}", result="repeated",
+        self.audit().refused(remote, action="dns_update", token=f"key:{signer.key}", result="repeated",
                              error="the same signed UPDATE again: answered as before, nothing changed")
         return known[1]
-
-    def _keep(self, key: tuple[str, bytes], answer: asyncio.Future[bytes]) -> None:
-        if len(self._answered) >= ANSWERED_MOST:
-            self._answered.popitem(last=False)
-        self._answered[key] = (time.monotonic() + 2 * tsig.FUDGE, answer)
 
     def _parse(self, wire: bytes, remote: str
                ) -> tuple[dns.message.Message, tsig.Signer | None] | bytes | None:
@@ -272,7 +288,7 @@ class DnsUpdateServer:
         try:
             if key is None:
                 raise Refused(dns.rcode.NOTAUTH, "unsigned UPDATE")
-            wait = self.limiter.allow(key.name)
+            wait = self.limiter().allow(f"key:{key.name}")  # (beside the HTTP tokens' buckets)
             if wait:
                 raise Refused(dns.rcode.REFUSED, f"key {key.name} is over its rate limit")
             zone, update, names = await self._translate(request, key)

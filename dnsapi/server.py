@@ -111,7 +111,8 @@ async def serve(path: Path) -> None:
         log.info("acme-dns API on %s:%d", *config.acme_dns.listen)
     dns_update = None
     if config.dns_update is not None:
-        dns_update = DnsUpdateServer(config, app[SERVICE], lambda: app[RUNTIME].audit)
+        dns_update = DnsUpdateServer(config, app[SERVICE], lambda: app[RUNTIME].audit,
+                                     lambda: app[RUNTIME].limiter)
         await _listen("RFC 2136 updates", config.dns_update.listen, dns_update.start())
     answers = notifier = None
     if config.answers is not None:

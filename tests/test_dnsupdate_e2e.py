@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import secrets
+import signal
 import socket
 import subprocess
 import time
@@ -287,6 +288,29 @@ def test_updates_are_audited_and_counted(door):
     metrics = door.call("GET", "/metrics").text
     assert 'dnsapi_dns_requests_total{opcode="UPDATE",rcode="NOERROR"}' in metrics
     assert 'dnsapi_dns_requests_total{opcode="UPDATE",rcode="REFUSED"}' in metrics
+
+
+def test_a_reload_reaches_the_doors_ttl_bounds_and_rate_limit(door):
+    """The review's finding: the door kept the TTL bounds and rate limit it started with, while a
+    SIGHUP changed them for the HTTP API and logged them applied."""
+    def add(value: str, ttl: int) -> int:
+        update = signed_update(door)
+        update.add(f"{NAME}.", ttl, "TXT", value)
+        return send(door, update).rcode()
+
+    assert add("A" * 43, 60) == dns.rcode.NOERROR
+    door.edit_config(lambda c: c.update(ttl={"min": 120, "default": 300},
+                                        rate_limit={"per_second": 0.01, "burst": 2}))
+    log = door.dir / "dnsapi.log"
+    reloads = log.read_text().count("reload: applied")
+    door.dnsapi.popen.send_signal(signal.SIGHUP)
+    wait_until(lambda: log.read_text().count("reload: applied") > reloads, what="the reload")
+    assert add("B" * 43, 60) == dns.rcode.REFUSED  # below the new minimum
+    assert add("C" * 43, 300) == dns.rcode.NOERROR
+    assert add("D" * 43, 300) == dns.rcode.REFUSED  # the new burst of 2 is spent
+    assert door.vault_records() == {(NAME, "A" * 43), (NAME, "C" * 43)}
+    audit = (door.dir / "audit.jsonl").read_text()
+    assert "key acme is over its rate limit" in audit
 
 
 def test_idle_tcp_connections_are_capped_and_the_door_keeps_answering(door):

@@ -22,10 +22,12 @@ import dns.tsigkeyring
 import dns.update
 import pytest
 
+from dnsapi import dnsupdate
 from dnsapi.audit import AuditLog
 from dnsapi.config import Config
 from dnsapi.dnsupdate import MAX_RECORDS, DnsUpdateServer
 from dnsapi.errors import ConfigError
+from dnsapi.ratelimit import RateLimiter
 from dnsapi.service import RecordService
 
 from .helpers import running, service_config, until
@@ -45,7 +47,8 @@ def config(tmp_path) -> Config:
 def update_door(service: RecordService, tmp_path) -> DnsUpdateServer:
     """The door for `service`, auditing to tmp_path/audit.jsonl."""
     audit = AuditLog(tmp_path / "audit.jsonl")
-    return DnsUpdateServer(service.config, service, lambda: audit)
+    limiter = RateLimiter(service.config.rate_limit, service.config.rate_burst)
+    return DnsUpdateServer(service.config, service, lambda: audit, lambda: limiter)
 
 
 def rcode_of(reply: bytes) -> int:
@@ -141,6 +144,48 @@ async def test_the_same_signed_update_again_is_answered_as_before_and_changes_no
         assert again == b"\x12\x34" + first[2:]
         assert store.records() == {(NAME[:-1], "V" * 43)} and len(store.writes) == writes
         assert "repeated" in (tmp_path / "audit.jsonl").read_text()
+
+
+def signed_by(key: str, secret: str, action: str, value: str, name: str = NAME) -> bytes:
+    update = dns.update.UpdateMessage("dev.local.")
+    getattr(update, action)(name, 60, "TXT", f'"{value}"') if action == "add" \
+        else update.delete(name, "TXT", f'"{value}"')
+    update.use_tsig(dns.tsigkeyring.from_text({f"{key}.": secret}), keyname=f"{key}.",
+                    algorithm=dns.tsig.HMAC_SHA256)
+    return update.to_wire()
+
+
+async def test_another_keys_updates_cannot_push_out_what_makes_a_replay_harmless(tmp_path, monkeypatch):
+    """The review's finding: every key's UPDATEs shared one memory, its oldest forgotten first,
+    so a narrow key could flood it and then a captured add of another key applied again. Each
+    key now has its own, forgotten only when its signatures expire; a key that fills its own is
+    refused until then, and changes nothing."""
+    monkeypatch.setattr(dnsupdate, "ANSWERED_PER_KEY", 4)
+    other = base64.b64encode(secrets.token_bytes(32)).decode()
+    config_, _ = service_config(tmp_path, dns_update={"listen": "127.0.0.1:1", "keys": [
+        {"name": "acme", "algorithm": "hmac-sha256", "secret": SECRET, "allow": ["*.dev.local"]},
+        {"name": "narrow", "algorithm": "hmac-sha256", "secret": other, "allow": ["other.dev.local"]}]},
+        rate_limit={"per_second": 0})
+    async with running(config_) as (service, store):
+        door = update_door(service, tmp_path)
+        add = signed_by("acme", SECRET, "add", "V" * 43)
+        for wire in (add, signed_by("acme", SECRET, "delete", "V" * 43)):
+            assert rcode_of(await door.handle(wire, "127.0.0.1", False)) == dns.rcode.NOERROR
+        other_name = "_acme-challenge.other.dev.local."
+        flood = [signed_by("narrow", other, "add", f"{i:043d}", other_name) for i in range(8)]
+        answers = [rcode_of(await door.handle(wire, "127.0.0.9", False)) for wire in flood]
+        assert answers == [dns.rcode.NOERROR] * 4 + [dns.rcode.REFUSED] * 4
+        assert len(store.records()) == 4  # the refused ones changed nothing
+
+        writes = len(store.writes)
+        assert rcode_of(await door.handle(add, "127.0.0.9", False)) == dns.rcode.NOERROR  # as before
+        assert ("_acme-challenge.www.dev.local", "V" * 43) not in store.records()
+        assert len(store.writes) == writes
+
+        later = time.monotonic() + 2 * 300 + 1  # every signature above has expired
+        monkeypatch.setattr(dnsupdate.time, "monotonic", lambda: later)
+        fresh = signed_by("narrow", other, "add", "F" * 43, other_name)
+        assert rcode_of(await door.handle(fresh, "127.0.0.9", False)) == dns.rcode.NOERROR
 
 
 def badtime_signed_by_acme(reply_wire: bytes, request_wire: bytes) -> bool:
