@@ -6,8 +6,9 @@ result. Secrets never reach it: no token, no Authorization header, no Vault cred
 
 Refusals cost an attacker nothing, so they are written in full only up to a budget per interval
 (`refusals.audit_lines` per `refusals.audit_interval`); past it they are counted, and one summary
-line per interval gives the count and the busiest source addresses. How much an attacker can make
-dnsapi write is thus bounded whatever they send.
+line per interval gives the count and the busiest source addresses (the first SOURCES_COUNTED
+apart, the rest as "other"). How much an attacker can make dnsapi write, and hold, is thus
+bounded whatever they send.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from typing import IO, Any
 from .errors import ConfigError
 
 SUMMARY_SOURCES = 10  # busiest source addresses named in a summary line
+# Source addresses counted apart per interval; refusals from any further ones are counted under
+# "other". A UDP source costs a spoofer nothing, so what the counter holds must be bounded.
+SOURCES_COUNTED = 1000
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,10 @@ class AuditLog:
             self._written += 1
             self.write(remote=remote, **entry)
         else:
-            self._suppressed[remote or "unknown"] += 1
+            source = remote or "unknown"
+            if source not in self._suppressed and len(self._suppressed) >= SOURCES_COUNTED:
+                source = "other"
+            self._suppressed[source] += 1
 
     def flush(self) -> None:
         """Once the interval is over: the summary line of what was counted, and a new budget."""

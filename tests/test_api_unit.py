@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from dnsapi import audit
 from dnsapi.api import RUNTIME, create_app
 from dnsapi.audit import AuditLog, value_hash
 from dnsapi.config import Config
@@ -369,6 +370,20 @@ async def test_refusals_past_the_budget_are_counted_and_summarised_once_the_inte
     assert (summary["action"], summary["count"], summary["sources"]) == (
         "refusals_summarised", 3, {"127.0.0.1": 3})
     assert last.get("error") == "unauthorized"  # a new interval, a new budget
+
+
+def test_refusals_from_ever_new_sources_are_counted_in_bounded_memory(tmp_path):
+    """The review's finding: past the budget every new source address (free to spoof over UDP)
+    added an entry to the interval's counter: 200,000 sources held ~20 MB."""
+    clock = FakeClock()
+    trail = AuditLog(tmp_path / "audit.jsonl", refusal_lines=1, interval=60, clock=clock)
+    for n in range(audit.SOURCES_COUNTED + 500):
+        trail.refused(f"2001:db8::{n:x}", action="dns_update", result="refused")
+    assert len(trail._suppressed) == audit.SOURCES_COUNTED + 1  # and "other"
+    clock.advance(60)
+    trail.close()
+    summary = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[-1])
+    assert summary["count"] == audit.SOURCES_COUNTED + 499 and summary["sources"]["other"] == 499
 
 
 # -- readiness ----------------------------------------------------------------------------------
