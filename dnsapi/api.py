@@ -143,7 +143,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     runtime = request.app[RUNTIME]
     refused = response.status >= 400
     if refused and response.status in CHARGED:
-        runtime.refusals.allow(request.remote or "unknown")
+        runtime.refusals.charge(request.remote or "unknown")
     if action is None or (action == "list" and not refused):
         return response
     entry = dict(request_id=logs.REQUEST_ID.get(), token=notes.get("token"), action=action,

@@ -15,6 +15,7 @@ class _Bucket:
 
 
 MAX_KEYS = 10_000  # past this many buckets, the full ones are dropped (they hold no state)
+DEBT_BURSTS = 10  # what `charge` may leave a bucket owing, in bursts
 
 
 class RateLimiter:
@@ -33,6 +34,17 @@ class RateLimiter:
         if not wait and self.rate > 0:
             self._buckets[key].tokens -= 1
         return wait
+
+    def charge(self, key: str) -> None:
+        """Take one from `key`'s bucket even when it is empty. For what is paid for after the
+        fact (a refusal, known once answered): requests let in together before any was charged
+        are all paid for, so an address that sends many at once waits for every one of them
+        (up to DEBT_BURSTS bursts owed), not for one."""
+        if self.rate <= 0:
+            return
+        self.wait(key)  # (refills the bucket, or makes it)
+        bucket = self._buckets[key]
+        bucket.tokens = max(bucket.tokens - 1, -DEBT_BURSTS * self.burst)
 
     def wait(self, key: str) -> float:
         """The seconds until `key` may go ahead (0: now), taking nothing."""

@@ -316,6 +316,24 @@ async def test_the_rate_limit_is_per_token_and_refills_with_time(tmp_path):
         assert (await api.call("GET", "/v1/records"))[0] == 200
 
 
+def test_refusals_let_in_together_are_all_paid_for():
+    """The review's finding: the middleware checks an address's bucket on arrival and charges it
+    once the answer is a refusal, and a charge took nothing from an empty bucket. Requests that
+    await (acme-dns's /update reads Vault and hashes) all got in together, and only the first
+    `burst` were paid for: 4,992 of them in 10 s from one address, at a limit of 5/s."""
+    clock = FakeClock()
+    refusals = RateLimiter(5, 20, clock)
+    assert [refusals.wait("192.0.2.1") for _ in range(60)] == [0.0] * 60  # (all in at once)
+    for _ in range(60):
+        refusals.charge("192.0.2.1")
+    assert refusals.wait("192.0.2.1") == pytest.approx(41 / 5)  # every one of the 60 owed
+    clock.advance(41 / 5)
+    assert refusals.wait("192.0.2.1") == 0.0
+    for _ in range(10_000):  # what may be owed is bounded (10 bursts)
+        refusals.charge("192.0.2.2")
+    assert refusals.wait("192.0.2.2") == pytest.approx(201 / 5)
+
+
 async def test_refused_requests_are_limited_per_address_but_probes_still_answer(tmp_path):
     async with serving(tmp_path, refusals={"per_second": 1, "burst": 3}) as api:
         statuses = [(await api.call("GET", "/v1/records", None))[0] for _ in range(3)]
