@@ -122,7 +122,8 @@ def _allowfrom(text: str) -> tuple[str, ...] | str:
     allowfrom = fields.get("allowfrom")
     if allowfrom is None:
         return ()
-    if not isinstance(allowfrom, list) or not all(e is None or isinstance(e, str) for e in allowfrom):
+    if not isinstance(allowfrom, list) or isinstance(allowfrom, _Object) \
+            or not all(e is None or isinstance(e, str) for e in allowfrom):  # (an object is a list here)
         return "malformed_json_payload"
     entries = tuple((e or "").replace("[", "").replace("]", "") for e in allowfrom)
     if any(network(entry) is None for entry in entries):

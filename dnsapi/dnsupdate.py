@@ -344,6 +344,10 @@ class DnsUpdateServer:
                 key: TsigKeyConfig) -> Change:
         """RFC 2136 §2.5: add (class IN), delete one RR (NONE), delete an RRset or every RRset
         at the name (ANY) — for dnsapi's TXT records only."""
+        if rr.rdclass == dns.rdataclass.NONE and rr.ttl:  # (of class ANY: read as 0, by both readers)
+            raise Refused(dns.rcode.FORMERR, "a deletion's TTL must be 0 (RFC 2136 §2.5)")
+        if rr.rdclass == dns.rdataclass.NONE and rr.rdtype == dns.rdatatype.ANY:
+            raise Refused(dns.rcode.FORMERR, "a deletion of one record cannot be of type ANY")
         if rr.rdclass == dns.rdataclass.ANY:
             if rr.rdtype == dns.rdatatype.ANY and types.get(fqdn, frozenset()) - {dns.rdatatype.TXT}:
                 raise Refused(dns.rcode.REFUSED, f"{fqdn} holds the operator's records")
@@ -381,6 +385,8 @@ class DnsUpdateServer:
         found: list[Prerequisite] = []
         exact: dict[tuple[str, int], list[Rr]] = {}
         for rr in rrs:
+            if rr.ttl:
+                raise Refused(dns.rcode.FORMERR, "a prerequisite's TTL must be 0 (RFC 2136 §2.4)")
             if zone_for(rr.name, (zone,)) != zone:
                 raise Refused(dns.rcode.NOTZONE, f"prerequisite name {rr.name} is not in zone {zone}")
             if rr.rdclass == dns.rdataclass.IN:

@@ -79,7 +79,8 @@ def read(wire: bytes) -> UpdateRequest | None:
                 return None
             if rdclass == _ANY and rdtype in (_TXT, _ANY_TYPE) and not length:
                 updates.append(Rr(name, rdtype, rdclass, 0, None))
-            elif rdclass in (_IN, _NONE) and rdtype == _TXT and (strings := _strings(rdata)):
+            elif (rdclass == _IN or rdclass == _NONE and not ttl) and rdtype == _TXT \
+                    and (strings := _strings(rdata)):
                 updates.append(Rr(name, rdtype, rdclass, ttl if ttl <= _MAX_TTL else 0, strings))
             else:
                 return None

@@ -57,6 +57,7 @@ async def test_register_is_closed_by_default(tmp_path):
     (b'{"allowfrom": null, "unknown": {"x": 1}}', 201, None),
     (b"{", 400, "malformed_json_payload"), (b"[]", 400, "malformed_json_payload"),
     (b'{"allowfrom": [1]}', 400, "malformed_json_payload"),
+    (b'{"allowfrom": {}}', 400, "malformed_json_payload"),  # (an object is not a list: Go refuses it)
     (b'{"username": 5}', 400, "malformed_json_payload"),
     (b'{"allowfrom": ["10.0.0.0/8"]} {}', 400, "malformed_json_payload"),
     (b'{"allowfrom": NaN}', 400, "malformed_json_payload"),

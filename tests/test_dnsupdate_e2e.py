@@ -18,6 +18,7 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import dns.tsig
@@ -228,6 +229,20 @@ def hostile(door) -> list[tuple[str, object, int]]:
         "CH", "TXT", VALUE)))  # dnspython's own present() keeps to the zone's class
     odd_prerequisite.add(name, 60, "TXT", VALUE)
     cases.append(("a prerequisite in class CH", odd_prerequisite, dns.rcode.FORMERR))
+    # RFC 2136 §2.4, §2.5: a prerequisite's or a deletion's TTL is 0; no deletion of one record
+    # of type ANY (the review's finding: these were applied)
+    # (not an RRset's deletion with a TTL: dnspython neither writes nor reads one)
+    for what, odd in (("a deletion of one record with a TTL", ("delete", "TXT", VALUE)),
+                      ("a prerequisite with a TTL", ("present", "TXT", VALUE))):
+        message = update()
+        getattr(message, odd[0])(name, *odd[1:])
+        (message.prerequisite if odd[0] == "present" else message.update)[0].ttl = 60
+        if odd[0] == "present":
+            message.add(name, 60, "TXT", VALUE)
+        cases.append((what, message, dns.rcode.FORMERR))
+    none_any = update()
+    none_any.update.append(dns.rrset.RRset(name, dns.rdataclass.NONE, dns.rdatatype.ANY))
+    cases.append(("a deletion of one record of type ANY", none_any, dns.rcode.FORMERR))
     unsigned = dns.update.UpdateMessage(ZONE)
     unsigned.add(name, 60, "TXT", VALUE)
     cases.append(("unsigned", unsigned, dns.rcode.NOTAUTH))

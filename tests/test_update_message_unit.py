@@ -99,6 +99,12 @@ def others() -> dict[str, bytes]:
     spf = update()
     spf.add(CHALLENGE, 60, "SPF", '"v"')
     shapes["SPF"] = spf.to_wire()
+    # RFC 2136 §2.5: a deletion's TTL is 0; the door answers any other FORMERR (from dnspython's
+    # reading, which keeps the TTL of a record, not of an RRset's deletion, which has none)
+    one_with_ttl = update()
+    one_with_ttl.delete(CHALLENGE, "TXT", '"v"')
+    one_with_ttl.update[0].ttl = 60
+    shapes["a deletion of one record with a TTL"] = one_with_ttl.to_wire()
     shapes["no zone"] = struct.pack("!HHHHHH", 7, 0x2800, 0, 0, 0, 0)
     root = update(".")
     root.add(CHALLENGE, 60, "TXT", '"v"')
@@ -121,6 +127,11 @@ def test_the_common_shapes_are_read_by_hand_as_dnspython_reads_them(shape: str) 
 @pytest.mark.parametrize("shape", sorted(others()))
 def test_other_shapes_are_left_to_dnspython(shape: str) -> None:
     assert read(others()[shape]) is None
+
+
+def test_a_deletions_ttl_reaches_the_door_from_dnspython() -> None:
+    request = dnspython(others()["a deletion of one record with a TTL"])
+    assert request is not None and [rr.ttl for rr in request.updates] == [60]
 
 
 def test_records_are_kept_in_wire_order_one_each() -> None:
