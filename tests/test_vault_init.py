@@ -333,7 +333,9 @@ def test_a_replaced_secret_id_stays_the_service_users(tmp_path):
         path.write_text("00000000-0000-0000-0000-000000000000\n")  # Vault no longer knows it
         os.chown(path, uid, gid)
         path.chmod(mode)
-    init_in(conf).approle()
+    changes: list = []
+    init_in(conf, changes=changes).approle()
+    assert ("created", "new secret_id, mode 0640") in [(c.status, c.detail) for c in changes]  # as written
     after = {name: (conf / "creds" / name).stat() for name in given}
     kept = {name: (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) for name, info in after.items()}
     assert kept == {"secret-id": (0o640, 0, 65534), "role-id": (0o600, 65534, 65534)}

@@ -116,20 +116,22 @@ def differences(desired: dict[str, Any], current: dict[str, Any] | None,
     return changed
 
 
-def write_file(path: Path, text: str, mode: int) -> None:
+def write_file(path: Path, text: str, mode: int) -> int:
     """`files.write_file`, refusing a symlink at `path` so the operator hears of it (the rename
     would only replace it). A file replaced keeps its owner and group, and its mode unless that
     lets others in: the operator gave a credential to the user a service runs as, and a renewed
-    secret_id owned by root alone would stop that service at its next login."""
+    secret_id owned by root alone would stop that service at its next login. Returns the mode
+    written."""
     refuse_symlink(path)
     try:
         before = path.stat()
     except FileNotFoundError:
         files.write_file(path, text.encode(), mode)
-        return
+        return mode
     kept = stat.S_IMODE(before.st_mode)
-    files.write_file(path, text.encode(), kept if not kept & 0o007 else mode,
-                     owner=(before.st_uid, before.st_gid))
+    mode = kept if not kept & 0o007 else mode
+    files.write_file(path, text.encode(), mode, owner=(before.st_uid, before.st_gid))
+    return mode
 
 
 def refuse_symlink(path: Path) -> None:
@@ -219,7 +221,7 @@ class VaultInit:
     def _mounts(self) -> dict[str, Any]:
         return self.client.sys.list_mounted_secrets_engines()["data"]
 
-    def _write(self, path: Path, text: str, mode: int) -> None:
+    def _write(self, path: Path, text: str, mode: int) -> int:
         """Every file vault-init writes goes through here: its directory is made if need be
         (private for a private file), others' access on the way is reported, then `write_file`."""
         path.parent.mkdir(mode=0o700 if mode & 0o077 == 0 else 0o755, parents=True, exist_ok=True)
@@ -227,7 +229,7 @@ class VaultInit:
             warning = Step("warning", f"{reason}: another user could replace files written there")
             if warning not in self.changes:
                 self._note(warning.status, warning.what)
-        write_file(path, text, mode)
+        return write_file(path, text, mode)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -311,9 +313,9 @@ class VaultInit:
             self._note("skipped", "pki-watch AppRole", "pki_watch.token_file is set: give that token "
                        f"the {watch_policy} policy")
         else:
-            self._note("skipped", "pki-watch AppRole", "pki_watch.approle is not set (pki-watch runs only "
-                       f"with a login of its own: pki_watch.approle, or a token with the {watch_policy} "
-                       "policy in pki_watch.token_file)")
+            self._note("skipped", "pki-watch AppRole", "pki_watch.approle is not set: pki-watch needs a "
+                       f"login of its own, this AppRole or a token with the {watch_policy} policy in "
+                       "pki_watch.token_file")
 
     def _approle(self, approle: AppRoleConfig, role: str, policy: str) -> None:
         assert approle.role_id_file and approle.secret_id_file
@@ -335,16 +337,16 @@ class VaultInit:
         if _read_file(approle.role_id_file) == role_id:
             self._note("unchanged", f"role_id file {approle.role_id_file}")
         else:
-            self._write(approle.role_id_file, role_id + "\n", 0o600)
-            self._note("created", f"role_id file {approle.role_id_file}", "mode 0600")
+            mode = self._write(approle.role_id_file, role_id + "\n", 0o600)
+            self._note("created", f"role_id file {approle.role_id_file}", f"mode {mode:04o}")
 
         secret_id = _read_file(approle.secret_id_file)
         if secret_id and self._secret_id_valid(role_path, secret_id):
             self._note("unchanged", f"secret_id file {approle.secret_id_file}")
             return
         fresh = self.client.write_data(f"{role_path}/secret-id", data={})["data"]["secret_id"]
-        self._write(approle.secret_id_file, fresh + "\n", 0o600)
-        self._note("created", f"secret_id file {approle.secret_id_file}", "new secret_id, mode 0600")
+        mode = self._write(approle.secret_id_file, fresh + "\n", 0o600)
+        self._note("created", f"secret_id file {approle.secret_id_file}", f"new secret_id, mode {mode:04o}")
 
     def _secret_id_valid(self, role_path: str, secret_id: str) -> bool:
         try:
