@@ -5,9 +5,10 @@ challenge answers."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 
 import dns.rcode
@@ -17,9 +18,11 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message, or to take its reply
-MAX_TCP = 64  # open TCP connections at once; more are closed at once (they share the descriptors
-# the HTTP side keeps in reserve, see connections.DESCRIPTOR_RESERVE)
-MAX_TCP_PER_ADDRESS = 16  # ...and from one address, so one source cannot take them all
+MAX_TCP = 64  # open TCP connections at once (they share the descriptors the HTTP side keeps in
+# reserve, see connections.DESCRIPTOR_RESERVE); one more displaces the connection idle longest,
+# or is closed at once when none is idle
+MAX_TCP_PER_ADDRESS = 16  # ...and from one source (an IPv4 address or an IPv6 /64: one host
+# holds a whole /64), so one source cannot take them all
 MAX_UDP_PENDING = 256  # UDP messages being answered at once; more are dropped (a client retries)
 MAX_MESSAGE = 65535  # a DNS message over TCP
 UDP_MOST = 1232  # the most a UDP reply carries whatever EDNS size is offered (DNS Flag Day 2020:
@@ -51,6 +54,19 @@ def header_reply(wire: bytes, rcode: int, truncated: bool = False) -> bytes | No
                        | rcode, 0, 0, 0, 0)
 
 
+def source(address: str) -> str:
+    """Whom a TCP connection counts against: its IPv4 address, or its IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # (an IPv4 client of a dual-stack socket)
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class DnsListener:
     def __init__(self, handle: Handler, metrics: Metrics) -> None:
         self.handle = handle
@@ -58,7 +74,9 @@ class DnsListener:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._tcp_open: Counter[str] = Counter()  # open TCP connections by source address
+        self._tcp_open: Counter[str] = Counter()  # open TCP connections by source
+        # connections waiting for their client's next message, the longest waiting first
+        self._tcp_idle: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -87,17 +105,34 @@ class DnsListener:
         if isinstance(reply, bytes) and self._udp is not None:
             self._udp.sendto(reply, remote)
 
+    def _room(self, origin: str) -> bool:
+        """Whether a new connection from `origin` may stay: within its source's share, and within
+        MAX_TCP once the connection idle longest (if any) is closed. Clients that hold
+        connections open between rare messages take no slot from one that has a message."""
+        if self._tcp_open[origin] >= MAX_TCP_PER_ADDRESS:
+            return False
+        if self._tcp_open.total() < MAX_TCP:
+            return True
+        if not self._tcp_idle:
+            return False
+        oldest, _ = self._tcp_idle.popitem(last=False)
+        oldest.transport.abort()  # (its task ends and gives its slot back)
+        return True
+
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         remote = str((writer.get_extra_info("peername") or ("unknown",))[0])
-        if self._tcp_open.total() >= MAX_TCP or self._tcp_open[remote] >= MAX_TCP_PER_ADDRESS:
+        origin = source(remote)
+        if not self._room(origin):
             self.metrics.connections_refused.labels("dns_tcp").inc()
             writer.transport.abort()
             return
-        self._tcp_open[remote] += 1
+        self._tcp_open[origin] += 1
         try:
             while True:
+                self._tcp_idle[writer] = None
                 async with asyncio.timeout(TCP_IDLE):  # (wait_for would start a task per read)
                     (length,) = struct.unpack("!H", await reader.readexactly(2))
+                    self._tcp_idle.pop(writer, None)  # (a message is arriving: not displaced now)
                     wire = await reader.readexactly(length)
                 reply = await self.handle(wire, remote, True)
                 if reply is None:
@@ -109,9 +144,10 @@ class DnsListener:
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             return
         finally:
-            self._tcp_open[remote] -= 1
-            if not self._tcp_open[remote]:
-                del self._tcp_open[remote]
+            self._tcp_idle.pop(writer, None)
+            self._tcp_open[origin] -= 1
+            if not self._tcp_open[origin]:
+                del self._tcp_open[origin]
             if writer.transport.get_write_buffer_size():
                 writer.transport.abort()  # (close() would wait for a reader that never reads)
             else:

@@ -76,6 +76,38 @@ async def test_one_address_cannot_take_every_tcp_slot():
         await listener.close()
 
 
+async def test_idle_connections_from_a_few_sources_cannot_keep_a_client_out():
+    """The review's finding: four addresses holding sixteen idle connections each (a query now
+    and then keeps them open) took every slot, and certbot's TCP UPDATE was refused. A new
+    connection now displaces the one idle longest."""
+    listener, port = DnsListener(echo, Metrics()), free_port()
+    await listener.start("127.0.0.1", port)
+    held = []
+    try:
+        for n in range(dns_listener.MAX_TCP // MAX_TCP_PER_ADDRESS):
+            for _ in range(MAX_TCP_PER_ADDRESS):
+                sock = socket.socket()
+                sock.bind((f"127.0.0.{n + 1}", 0))
+                sock.connect(("127.0.0.1", port))
+                held.append(sock)
+        await until_done(lambda: len(listener._tcp_idle) == dns_listener.MAX_TCP, "every slot held")
+        assert await answered(port, source="127.0.0.9")
+        refused = 'dnsapi_http_connections_refused_total{reason="dns_tcp"}'
+        assert refused not in listener.metrics.render().decode()
+        assert held[0].recv(1) == b""  # the first held, idle longest, was closed
+    finally:
+        for sock in held:
+            sock.close()
+        await listener.close()
+
+
+def test_an_ipv6_client_counts_by_its_64():
+    assert dns_listener.source("2001:db8::1") == dns_listener.source("2001:db8::ffff:1") == "2001:db8::/64"
+    assert dns_listener.source("2001:db8:0:1::1") != dns_listener.source("2001:db8::1")
+    assert dns_listener.source("::ffff:192.0.2.1") == "192.0.2.1"
+    assert dns_listener.source("192.0.2.1") == "192.0.2.1"
+
+
 async def test_a_udp_flood_is_dropped_past_the_messages_being_answered(monkeypatch):
     monkeypatch.setattr(dns_listener, "MAX_UDP_PENDING", 8)
     release = asyncio.Event()
