@@ -407,22 +407,23 @@ class DnsUpdateServer:
         """One prerequisite of class ANY (in use) or NONE (not in use); None when the operator's
         records `held` at its name decide it and it holds."""
         name, rdtype, in_use = rr.name, rr.rdtype, rr.rdclass == dns.rdataclass.ANY
-        if rdtype == dns.rdatatype.ANY:  # the name is (not) in use
+        if rdtype == dns.rdatatype.ANY:  # the name is (not) in use, by any record of anyone's
             if in_use:
-                return None if held else Prerequisite("exists", name, Outcome.NXDOMAIN)
+                return None if held else Prerequisite("exists", name, Outcome.NXDOMAIN, rdtype="ANY")
             if held:
                 raise Refused(dns.rcode.YXDOMAIN, f"{name} is in use")
-            return Prerequisite("absent", name, Outcome.YXDOMAIN)
-        if rdtype != dns.rdatatype.TXT:  # only the operator has other types
+            return Prerequisite("absent", name, Outcome.YXDOMAIN, rdtype="ANY")
+        if rdtype not in (dns.rdatatype.TXT, dns.rdatatype.CNAME):  # only the operator has others
             if (rdtype in held) != in_use:
                 raise Refused(dns.rcode.NXRRSET if in_use else dns.rcode.YXRRSET,
                               f"prerequisite on {name} does not hold")
             return None
+        kind = "TXT" if rdtype == dns.rdatatype.TXT else "CNAME"  # (dnsapi's TXT, acme-dns's CNAMEs)
         if in_use:
-            return None if dns.rdatatype.TXT in held else Prerequisite("exists", name, Outcome.NXRRSET)
-        if dns.rdatatype.TXT in held:
-            raise Refused(dns.rcode.YXRRSET, f"{name} has TXT records")
-        return Prerequisite("absent", name, Outcome.YXRRSET)
+            return None if rdtype in held else Prerequisite("exists", name, Outcome.NXRRSET, rdtype=kind)
+        if rdtype in held:
+            raise Refused(dns.rcode.YXRRSET, f"{name} has {kind} records")
+        return Prerequisite("absent", name, Outcome.YXRRSET, rdtype=kind)
 
     # -- replies and the audit trail ----------------------------------------------------------
 

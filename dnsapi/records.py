@@ -59,7 +59,7 @@ PREREQUISITE_FAILURES = (Outcome.NXDOMAIN, Outcome.YXDOMAIN, Outcome.NXRRSET, Ou
 
 @dataclass(frozen=True)
 class Prerequisite:
-    """An RFC 2136 §2.4 prerequisite on the zone's TXT challenge records at `fqdn`: `exists`,
+    """An RFC 2136 §2.4 prerequisite on dnsapi's records at `fqdn` (of `rdtype`): `exists`,
     `exists_exactly` (the TXT RRset is exactly `values`) or `absent`. Checked against dnsapi's
     records inside the zone's writer, so atomically with the changes; what the operator's own
     records say is decided by the front door before. `failure` is the outcome when it does not
@@ -69,10 +69,11 @@ class Prerequisite:
     fqdn: str
     failure: Outcome
     values: frozenset[str] = frozenset()
+    rdtype: str = "TXT"  # the records it is about: "TXT", "CNAME" (acme-dns's), or "ANY" (the name)
 
     def holds(self, records: dict[Key, Record]) -> bool:
         present = {value for (fqdn, value), record in records.items()
-                   if fqdn == self.fqdn and record.kind == "TXT"}
+                   if fqdn == self.fqdn and self.rdtype in (record.kind, "ANY")}
         if self.kind == "exists":
             return bool(present)
         if self.kind == "absent":

@@ -28,9 +28,10 @@ from dnsapi.config import Config
 from dnsapi.dnsupdate import MAX_RECORDS, DnsUpdateServer
 from dnsapi.errors import ConfigError
 from dnsapi.ratelimit import RateLimiter
+from dnsapi.records import Record
 from dnsapi.service import RecordService
 
-from .helpers import running, service_config, until
+from .helpers import MemoryStore, running, service_config, until
 
 pytestmark = pytest.mark.unit
 
@@ -186,6 +187,27 @@ async def test_another_keys_updates_cannot_push_out_what_makes_a_replay_harmless
         monkeypatch.setattr(dnsupdate.time, "monotonic", lambda: later)
         fresh = signed_by("narrow", other, "add", "F" * 43, other_name)
         assert rcode_of(await door.handle(fresh, "127.0.0.9", False)) == dns.rcode.NOERROR
+
+
+@pytest.mark.parametrize(("in_use", "rcode"), [(True, dns.rcode.NOERROR), (False, dns.rcode.YXDOMAIN)])
+async def test_a_name_holding_an_acme_dns_cname_is_in_use(tmp_path, in_use, rcode):
+    """The review's finding: name prerequisites counted only TXT records, so a name holding only
+    acme-dns's CNAME was "not in use" (and "in use" failed with NXDOMAIN)."""
+    store = MemoryStore()
+    target = "0a8f4c2e-2b4e-4c1a-9f00-0123456789ab.acme.dev.local"  # (an acme-dns account's name)
+    store.put("dev.local", Record(NAME[:-1], target, 60, 1.0, kind="CNAME"))
+    config_, _ = service_config(tmp_path, acme_dns={"zone": "acme.dev.local"}, dns_update={
+        "listen": "127.0.0.1:1", "keys": [{"name": "acme", "algorithm": "hmac-sha256", "secret": SECRET,
+                                          "allow": ["*.dev.local"]}]})
+    async with running(config_, store) as (service, _):
+        door = update_door(service, tmp_path)
+        update = dns.update.UpdateMessage("dev.local.")
+        update.present(NAME) if in_use else update.absent(NAME)
+        other = "_acme-challenge.api.dev.local."
+        update.add(other, 60, "TXT", '"' + "W" * 43 + '"')
+        update.use_tsig(dns.tsigkeyring.from_text(KEYRING), keyname="acme.", algorithm=dns.tsig.HMAC_SHA256)
+        assert rcode_of(await door.handle(update.to_wire(), "127.0.0.1", False)) == rcode
+        assert ((other[:-1], "W" * 43) in store.records()) == (rcode == dns.rcode.NOERROR)
 
 
 def badtime_signed_by_acme(reply_wire: bytes, request_wire: bytes) -> bool:
