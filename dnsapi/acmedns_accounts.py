@@ -15,6 +15,7 @@ account from Vault afresh.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -22,6 +23,7 @@ import secrets
 import string
 import time
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,9 @@ VERIFIED_MAX = 4096  # remembered successful checks; forgotten all at once past 
 # unbounded memory. A check waits this long for a turn, then is refused (429).
 HASHING_MOST = 2
 HASHING_WAIT = 2.0
+# Account reads for a check at once: a made-up username costs a Vault read before its scrypt, and
+# those reads must not fill the threads zone writes use (store.VAULT_THREADS). Same wait.
+LOOKUPS_MOST = 4
 _DUMMY_SALT = bytes(16)  # for unknown usernames: the same work as a real check
 
 
@@ -135,21 +140,28 @@ class Accounts:
         self.store = store
         self._verified: set[str] = set()
         self._hashing = asyncio.Semaphore(HASHING_MOST)
+        self._lookups = asyncio.Semaphore(LOOKUPS_MOST)
         self._hashers = ThreadPoolExecutor(HASHING_MOST, thread_name_prefix="scrypt")
 
-    async def _hash(self, password: str, salt: bytes) -> str:
-        """scrypt in one of the door's own threads, when one is free within HASHING_WAIT."""
+    @contextlib.asynccontextmanager
+    async def _turn(self, semaphore: asyncio.Semaphore) -> AsyncIterator[None]:
+        """One of the checks' limited turns, when one is free within HASHING_WAIT; else 429."""
         try:
             async with asyncio.timeout(HASHING_WAIT):
-                await self._hashing.acquire()
+                await semaphore.acquire()
         except TimeoutError:
             raise TooManyRequests("too many acme-dns password checks at once; retry in 1s", 1.0,
                                   "too_many_password_checks") from None
         try:
+            yield
+        finally:
+            semaphore.release()
+
+    async def _hash(self, password: str, salt: bytes) -> str:
+        """scrypt in one of the door's own threads, when one is free within HASHING_WAIT."""
+        async with self._turn(self._hashing):
             return await asyncio.get_running_loop().run_in_executor(
                 self._hashers, hash_password, password, salt)
-        finally:
-            self._hashing.release()
 
     async def create(self, allowfrom: tuple[str, ...], created_by: str,
                      cnames: tuple[str, ...] = ()) -> tuple[Account, str]:
@@ -172,7 +184,8 @@ class Accounts:
         username = parse_username(user)
         if username is None or not valid_password(password):
             return None
-        account = await self.get(username)
+        async with self._turn(self._lookups):
+            account = await self.get(username)
         if account is None:
             await self._hash(password, _DUMMY_SALT)
             return None

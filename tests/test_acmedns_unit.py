@@ -209,6 +209,36 @@ async def test_password_checks_take_turns_and_a_flood_is_refused_429(tmp_path, m
         assert store.records() == set()
 
 
+async def test_made_up_usernames_cannot_fill_the_vault_threads(tmp_path, monkeypatch):
+    """The review's finding: each check with a made-up username read Vault before it waited for
+    a hashing turn, so a flood queued Vault reads in the threads zone writes use. At most
+    LOOKUPS_MOST reads for checks run at once; past them a check is refused before reading."""
+    monkeypatch.setattr(acmedns_accounts, "HASHING_WAIT", 1.0)  # (time for the held ones' hashing)
+    async with serving(tmp_path) as (client, store):
+        release, reading = asyncio.Event(), []
+
+        async def held(username: str) -> dict[str, Any]:
+            reading.append(username)
+            await release.wait()
+            return {}
+
+        monkeypatch.setattr(store, "read_account", held)
+
+        async def update(user: str) -> tuple[int, str]:
+            response = await client.post("/update", json={"subdomain": "x", "txt": TXT},
+                                         headers={"X-Api-User": user, "X-Api-Key": "k" * 40})
+            return response.status, await response.text()
+
+        made_up = [f"00000000-0000-4000-8000-{i:012d}" for i in range(acmedns_accounts.LOOKUPS_MOST + 1)]
+        first = [asyncio.create_task(update(user)) for user in made_up[:-1]]
+        await until_done(lambda: len(reading) == acmedns_accounts.LOOKUPS_MOST, "the reads held")
+        status, text = await update(made_up[-1])
+        assert status == 429 and json.loads(text)["error"] == "too_many_password_checks"
+        assert len(reading) == acmedns_accounts.LOOKUPS_MOST  # refused before reading
+        release.set()
+        assert [status for status, _ in await asyncio.gather(*first)] == [401] * len(first)
+
+
 async def test_an_update_over_the_quota_is_refused_as_such_not_as_a_storage_error(tmp_path):
     async with serving(tmp_path, {"max_records_per_token": 1},
                        register={"allow_from": ["127.0.0.1/32"]}) as (client, store):
