@@ -232,9 +232,12 @@ def _read_secret_file(path: Path | None, what: str) -> str:
 
 
 # Answers that mean "not the active node, or none yet": a standby's redirect (307), an election
-# in progress or a node that just lost its quorum (500, 502), a sealed or stepping-down node (503).
+# in progress or a node that just lost its quorum (500, 502), a sealed or stepping-down node
+# (503), and any other 5xx (hvac's UnexpectedError: a proxy's 504, say). A 4xx hvac has no class
+# for (409, 412, 413, ...) is the request's fault and would not change: see _check_answer.
 _NOT_ACTIVE = (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway,
                hvac.exceptions.VaultDown, hvac.exceptions.UnexpectedError)
+_HVAC_CLIENT_ERRORS = frozenset({400, 401, 403, 404, 429})  # those hvac has a class for
 PROBE_TIMEOUT = 1.0  # seconds a node may take to say whether it leads
 PROBE_PAUSE = 0.1  # between rounds of probes while no node is active (an election)
 
@@ -243,11 +246,17 @@ class _Standby(Exception):
     """The node answered, but it is not (or no longer) the active one."""
 
 
-def _refuse_redirects(response: requests.Response, *args: object, **kwargs: object) -> None:
-    """requests hook: a redirect (a standby naming the active node) is _Standby, never followed."""
+def _check_answer(response: requests.Response, *args: object, **kwargs: object) -> None:
+    """requests hook: a redirect (a standby naming the active node) is _Standby, never followed;
+    a 4xx hvac would call UnexpectedError, which `run` would retry as if no node led until
+    vault.failover_timeout, is VaultUnavailable at once."""
     if response.is_redirect:
         response.close()
         raise _Standby(f"redirected (HTTP {response.status_code}): not the active node")
+    if 400 <= response.status_code < 500 and response.status_code not in _HVAC_CLIENT_ERRORS \
+            and not response.url.split("?")[0].endswith("/v1/sys/health"):  # (its 472, 473: not_ready)
+        raise VaultUnavailable(f"Vault refused the request (HTTP {response.status_code}: "
+                               f"{response.reason})")
 
 
 class VaultSession:
@@ -274,7 +283,8 @@ class VaultSession:
         self.client.session.headers["X-Vault-No-Request-Forwarding"] = "true"
         # A standby's redirect is not an error to hvac, which hands back the bare response: the
         # caller would take it for an answer. It means "not the active node", whatever the call.
-        self.client.session.hooks["response"].append(_refuse_redirects)
+        # (And a 4xx hvac has no class for is said at once: _check_answer.)
+        self.client.session.hooks["response"].append(_check_answer)
         # Configured, not inherited: no proxy, netrc or CA bundle from the environment
         # (vault.ca_cert names the CA), and no lookup of each on every call.
         self.client.session.trust_env = False

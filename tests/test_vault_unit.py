@@ -382,6 +382,30 @@ def test_a_standbys_redirect_is_a_failover_not_an_answer():
             assert vault.url == active
 
 
+@pytest.mark.parametrize(("status", "retried"), [(409, False), (413, False), (504, True)])
+def test_a_refusal_hvac_has_no_class_for_is_said_at_once_and_a_5xx_waited_out(status, retried):
+    """A 4xx hvac calls UnexpectedError (409, 413, ...) was retried as an election for
+    vault.failover_timeout and only then reported; it will not change, so it is reported at once.
+    Any 5xx (a proxy's 504) still means no active node yet."""
+    calls: list[str] = []
+
+    def answer(method: str, path: str) -> tuple[int, dict[str, str], dict | None]:
+        if path == "/v1/sys/leader":
+            return 200, {}, {"is_self": True, "leader_address": ""}
+        if "lookup-self" in path:
+            return 200, {}, {"data": {"ttl": 0, "renewable": False}}
+        calls.append(path)
+        return status, {}, {"errors": ["refused"]}
+
+    with node(answer) as addr:
+        vault = real_session([addr])
+        with pytest.raises(VaultUnavailable) as info:
+            vault.run(lambda: vault.read_kv("dnsapi/zones/dev.local"))
+    assert (len(calls) > 1) == retried  # (asked again while failover_timeout lasts)
+    if not retried:
+        assert f"Vault refused the request (HTTP {status}" in info.value.message
+
+
 def test_no_token_is_inherited_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("VAULT_TOKEN", "s.inherited")
     monkeypatch.setenv("HOME", str(tmp_path))
