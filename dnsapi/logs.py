@@ -55,9 +55,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class PlainFormatter(logging.Formatter):
+    """One line per message: control characters in it (a newline in a URL-decoded path, say)
+    are written escaped, so no one can forge a line. A traceback keeps its lines."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
