@@ -29,7 +29,7 @@ from .audit import value_hash
 from .auth import Authenticator
 from .config import AcmeDnsConfig, Config, TokenConfig
 from .connections import ConnectionGuard
-from .errors import DnsapiError, TooManyRequests, Unauthorized, VaultUnavailable, ZoneError
+from .errors import DnsapiError, TooManyRecords, TooManyRequests, Unauthorized, VaultUnavailable, ZoneError
 from .names import patterns_allow
 from .records import Outcome
 
@@ -184,6 +184,10 @@ async def register(request: web.Request) -> web.Response:
         _audit(request, "acme_dns_register", who, 400, "refused", parsed)
         return answer(400, {"error": parsed})
     try:
+        if await door.accounts.count() >= door.settings.max_accounts:
+            raise TooManyRecords(f"acme-dns holds acme_dns.max_accounts ({door.settings.max_accounts}) "
+                                 "accounts: remove unused ones (dnsapi acme-dns rm) or raise it",
+                                 "too_many_accounts")
         account, password = await door.accounts.create(parsed, who)
     except VaultUnavailable as exc:
         _audit(request, "acme_dns_register", who, 500, "failed", exc.message)

@@ -201,6 +201,9 @@ class Accounts:
         self._verified.add(remembered)
         return account
 
+    async def count(self) -> int:
+        return sum(parse_username(name) == name for name in await self.store.list_accounts())
+
     async def list(self) -> list[Account]:
         names = await self.store.list_accounts()
         found = await asyncio.gather(*(self.get(name) for name in names if parse_username(name) == name))

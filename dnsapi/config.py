@@ -528,6 +528,9 @@ class AcmeDnsConfig(_Model):
     listen: HostPort | None = None  # None: the routes are served on the main listener
     registration: AcmeDnsRegisterConfig = Field(default_factory=dict, validate_default=True,
                                                 alias="register")
+    # accounts POST /register may make in all (each is a Vault secret and a password hash);
+    # `dnsapi acme-dns register`, the operator's, is not held to it
+    max_accounts: Annotated[int, _between(1, 100_000)] = 1000
 
 
 class PkiConfig(_Model):

@@ -209,6 +209,18 @@ async def test_password_checks_take_turns_and_a_flood_is_refused_429(tmp_path, m
         assert store.records() == set()
 
 
+async def test_registration_stops_at_max_accounts(tmp_path):
+    """From the last notes' list: a registrant could make accounts (each a Vault secret) without
+    end. Past acme_dns.max_accounts /register is refused and makes none."""
+    opened = {"allow_from": ["127.0.0.1/32"]}
+    async with serving(tmp_path, max_accounts=2, register=opened) as (client, store):
+        assert [(await client.post("/register")).status for _ in range(2)] == [201, 201]
+        response = await client.post("/register")
+        body = await response.json()
+        assert (response.status, body["error"]) == (409, "too_many_accounts")
+        assert "acme_dns.max_accounts (2)" in body["message"] and len(store.accounts) == 2
+
+
 async def test_made_up_usernames_cannot_fill_the_vault_threads(tmp_path, monkeypatch):
     """The review's finding: each check with a made-up username read Vault before it waited for
     a hashing turn, so a flood queued Vault reads in the threads zone writes use. At most
