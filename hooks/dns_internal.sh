@@ -80,6 +80,10 @@ _dnsapi_settings() {
       return 1
       ;;
   esac
+  case "$DNSAPI_URL" in
+    http://127.* | http://localhost | http://localhost[:/]* | http://\[::1\]*) ;;
+    http://*) _info "dnsapi: warning: DNSAPI_URL is plain http://, so the token crosses the network unencrypted; use https://" ;;
+  esac
   if _dnsapi_unsafe "$DNSAPI_URL"; then
     _err "dnsapi: DNSAPI_URL may not hold spaces, quotes, backslashes or \$"
     return 1
@@ -113,10 +117,61 @@ _dnsapi_body() {
   printf '{"fqdn":"%s","value":"%s"%s}' "$_dnsapi_fqdn" "$_dnsapi_value" "$3"
 }
 
-# _dnsapi_call METHOD BODY: send it with acme.sh's own _post (curl or wget, acme.sh's proxy and
-# CA settings) and turn every failure into an _err message. _post returns 0 on HTTP errors, so
-# the status is read from $HTTP_HEADER.
+# _dnsapi_call METHOD BODY: send it, and turn every failure into an _err message. A 429 (over a
+# rate limit) or a 503 (Vault unavailable, too many waits, a restart) changed nothing: sent again
+# after the server's Retry-After, up to twice, when that is at most 30 seconds.
 _dnsapi_call() {
+  _dnsapi_tries=0
+  while :; do
+    _dnsapi_send "$1" "$2" || return 1
+    case "$_dnsapi_status" in
+      429 | 503) ;;
+      *) break ;;
+    esac
+    _dnsapi_wait="$(grep -i '^Retry-After:' "$HTTP_HEADER" 2>/dev/null | tail -n 1 | tr -d '\r' | cut -d ':' -f 2 | tr -d ' ')"
+    case "$_dnsapi_wait" in
+      "" | *[!0-9]*) _dnsapi_wait=1 ;;
+    esac
+    _dnsapi_tries=$((_dnsapi_tries + 1))
+    if [ "$_dnsapi_tries" -gt 2 ] || [ "$_dnsapi_wait" -gt 30 ]; then
+      break
+    fi
+    _info "dnsapi: busy ($_dnsapi_status: $_dnsapi_message); trying again in ${_dnsapi_wait}s"
+    _sleep "$_dnsapi_wait"
+  done
+  case "$_dnsapi_status" in
+    2??)
+      return 0
+      ;;
+    401)
+      _err "dnsapi: DNSAPI_TOKEN was refused (401): $_dnsapi_message"
+      ;;
+    403)
+      _err "dnsapi: this token may not change $fulldomain (403): $_dnsapi_message"
+      ;;
+    400)
+      _err "dnsapi: request refused (400): $_dnsapi_message"
+      ;;
+    504)
+      _err "dnsapi: stored, but the DNS servers did not answer it in time (504): $_dnsapi_message"
+      ;;
+    5??)
+      _err "dnsapi: server error ($_dnsapi_status): $_dnsapi_message"
+      ;;
+    "")
+      _err "dnsapi: no HTTP answer from $DNSAPI_URL"
+      ;;
+    *)
+      _err "dnsapi: unexpected HTTP $_dnsapi_status from $DNSAPI_URL: $_dnsapi_message"
+      ;;
+  esac
+  return 1
+}
+
+# _dnsapi_send METHOD BODY: one request with acme.sh's own _post (curl or wget, acme.sh's proxy
+# and CA settings); sets _dnsapi_status and _dnsapi_message. Fails (said with _err) only when no
+# HTTP answer came: _post returns 0 on HTTP errors, so the status is read from $HTTP_HEADER.
+_dnsapi_send() {
   _H1="Authorization: Bearer $DNSAPI_TOKEN" # (not exported: no child needs it in its environment)
   _H2="Accept: application/json"
   _H3=""
@@ -160,31 +215,5 @@ _dnsapi_call() {
   fi
   # (control characters dropped: whatever answered, its text goes to a terminal and a log)
   _dnsapi_message="$(printf '%s' "$_dnsapi_response" | _egrep_o '"message": *"[^"]*"' | cut -d '"' -f 4 | tr -d '\000-\037\177')"
-  case "$_dnsapi_status" in
-    2??)
-      return 0
-      ;;
-    401)
-      _err "dnsapi: DNSAPI_TOKEN was refused (401): $_dnsapi_message"
-      ;;
-    403)
-      _err "dnsapi: this token may not change $fulldomain (403): $_dnsapi_message"
-      ;;
-    400)
-      _err "dnsapi: request refused (400): $_dnsapi_message"
-      ;;
-    504)
-      _err "dnsapi: stored, but the DNS servers did not answer it in time (504): $_dnsapi_message"
-      ;;
-    5??)
-      _err "dnsapi: server error ($_dnsapi_status): $_dnsapi_message"
-      ;;
-    "")
-      _err "dnsapi: no HTTP answer from $DNSAPI_URL"
-      ;;
-    *)
-      _err "dnsapi: unexpected HTTP $_dnsapi_status from $DNSAPI_URL: $_dnsapi_message"
-      ;;
-  esac
-  return 1
+  return 0
 }

@@ -225,6 +225,71 @@ def test_a_500_after_storing_takes_the_value_out_and_prints_no_control_character
     assert seen[1][1] == {"fqdn": NAME, "value": APEX_VALUE}
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_busy_server_is_asked_again_after_its_retry_after(tmp_path, shell):
+    """From the last notes' list: a 429 (rate limit) or a 503 (Vault unavailable, too many
+    waits, a restart) changed nothing, and failed the order at once. The hook sends the request
+    again after Retry-After, up to twice, when that is at most 30 s."""
+    answers = [(429, "1"), (503, "1"), (201, None)]
+    seen: list[float] = []
+
+    class Server(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(time.monotonic())
+            status, retry_after = answers[min(len(seen), len(answers)) - 1]
+            data = json.dumps({"error": "busy", "message": "try later"} if status != 201 else
+                              {"fqdn": NAME, "value": APEX_VALUE, "ttl": 60, "created": True}).encode()
+            self.send_response(status)
+            if retry_after:
+                self.send_header("Retry-After", retry_after)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def run(answer_list: list[tuple[int, str | None]]) -> subprocess.CompletedProcess[str]:
+        answers[:] = answer_list
+        seen.clear()
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            env = {"DNSAPI_URL": f"http://127.0.0.1:{server.server_address[1]}", "DNSAPI_TOKEN": "t"}
+            return hook(shell, "add", NAME, APEX_VALUE, tmp_path / "account.conf", env)
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    result = run([(429, "1"), (503, "1"), (201, None)])
+    assert result.returncode == 0, result.stderr
+    gaps = [later - earlier for earlier, later in zip(seen, seen[1:], strict=False)]
+    assert len(seen) == 3 and min(gaps) >= 0.9  # (Retry-After waited out)
+    assert "busy (429: try later); trying again in 1s" in result.stderr
+    result = run([(503, "1")] * 4)  # still busy after two more tries: said, given up
+    assert result.returncode != 0 and len(seen) == 3 and "server error (503): try later" in result.stderr
+    result = run([(429, "120")])  # longer than an ACME client should sit: not waited out
+    assert result.returncode != 0 and len(seen) == 1
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_plain_http_beyond_loopback_is_warned_of(stack, tmp_path, shell):
+    """From the last notes' list: the token crosses the network in clear over http:// to another
+    host, and nothing said so. (0.0.0.0 reaches this host's loopback listener, but is not a
+    loopback name.)"""
+    port = stack.url.rsplit(":", 1)[1]
+    for url, warned in ((stack.url, False), (f"http://0.0.0.0:{port}", True)):
+        result = hook(shell, "add", NAME, APEX_VALUE, tmp_path / "account.conf",
+                      {"DNSAPI_URL": url, "DNSAPI_TOKEN": stack.token})
+        assert result.returncode == 0, result.stderr
+        assert ("DNSAPI_URL is plain http://, so the token crosses the network unencrypted"
+                in result.stderr) == warned
+        assert hook(shell, "rm", NAME, APEX_VALUE, tmp_path / "account.conf",
+                    {"DNSAPI_URL": url, "DNSAPI_TOKEN": stack.token}).returncode == 0
+
+
 @pytest.mark.parametrize("wget", [False, True])
 def test_a_server_that_never_answers_is_given_up_on(tmp_path, wget):
     """Accepted, never answered (a hung proxy, say): DNSAPI_TIMEOUT bounds the request, once

@@ -31,6 +31,7 @@ _debug2() { if [ -n "$DEBUG" ] && [ "$DEBUG" -ge 2 ]; then _log "debug2: $*"; fi
 _exists() { command -v "$1" >/dev/null 2>&1; }
 _contains() { case "$1" in *"$2"*) return 0 ;; esac; return 1; }
 _egrep_o() { grep -E -o -e "$1" 2>/dev/null; }
+_sleep() { sleep "$1"; } # (acme.sh's, when not interactive)
 
 HTTP_HEADER="$(dirname "$ACCOUNT_CONF_PATH")/http.header"
 __HTTP_INITIALIZED=""
