@@ -7,9 +7,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import os
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -251,11 +254,36 @@ def test_expiry_once_per_threshold_tightest_first_and_not_for_renewed():
 
 
 def test_state_round_trip():
-    state = WatchState(mounts={"pki": MountState({"01"}, {"02": [DAY]}, {"ocsp_unreachable"}, {"01"})},
+    state = WatchState(mounts={"pki": MountState({"01", "03"}, {"02": [DAY]}, {"ocsp_unreachable"},
+                                                 {"01", "04"})},
                        outbox=[Pending({"id": "x"}, "hook", 2, NOW, NOW - 5)], version=3)
     again = WatchState.from_data(state.to_data(), 3)
     assert again == state
     assert set(state.to_data()) == {"format", "state"}  # one string: Vault caps JSON strings
+
+
+def test_a_state_written_before_format_2_is_read():
+    old = {"format": 1, "state": json.dumps({"mounts": {"pki": {
+        "revoked": ["01"], "expiry": {"02": [DAY]}, "alerts": [], "ocsp_agrees": ["01"]}}, "outbox": []})}
+    assert WatchState.from_data(old, 7).mounts["pki"] == MountState({"01"}, {"02": [DAY]}, set(), {"01"})
+
+
+def test_the_state_of_many_revocations_fits_well_within_a_raft_entry(monkeypatch, caplog):
+    """From the last notes' list: the state took ~130 bytes per revoked certificate (its serial
+    twice, JSON in JSON), so ~8,000 revocations passed the 1 MiB a raft entry may hold, and every
+    save, hence every delivery, failed from then on."""
+    serials = {":".join(f"{b:02x}" for b in os.urandom(20)) for _ in range(10_000)}
+    state = WatchState(mounts={"pki": MountState(revoked=set(serials), ocsp_agrees=set(serials))})
+    data = state.to_data()
+    assert len(data["state"]) < 40 * len(serials)
+    assert WatchState.from_data(data, 1).mounts == state.mounts
+
+    saved: list[dict] = []
+    session = SimpleNamespace(config=SimpleNamespace(prefix="dnsapi"), run=lambda call: call(),
+                              write_kv=lambda path, value, version: saved.append(value) or version + 1)
+    monkeypatch.setattr(watch_module, "STATE_WARN_BYTES", 100_000)
+    watch_module.StateStore(session).save(state)  # type: ignore[arg-type]
+    assert saved == [data] and "refuses an entry over 1 MiB" in caplog.text
 
 
 def test_delivery_backoff_then_give_up(monkeypatch):

@@ -13,6 +13,7 @@ once they clear they are re-armed, so a later recurrence is reported again.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import logging
@@ -20,6 +21,7 @@ import random
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +40,12 @@ from .notify import DeliveryError, event, send
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+# 2: the JSON zlib-compressed and base64-encoded, and each mount's OCSP-confirmed serials kept as
+# what differs from its revoked ones; 1 (read still): the JSON as it is.
+STATE_FORMAT = 2
+# Vault's raft storage refuses an entry over 1 MiB (max_entry_size): past this the log says so,
+# while there is room.
+STATE_WARN_BYTES = 512 * 1024
 
 
 def iso(timestamp: float) -> str:
@@ -77,17 +84,28 @@ class WatchState:
 
     def to_data(self) -> dict[str, Any]:
         mounts = {name: {"revoked": sorted(m.revoked), "expiry": m.expiry, "alerts": sorted(m.alerts),
-                         "ocsp_agrees": sorted(m.ocsp_agrees)} for name, m in self.mounts.items()}
-        outbox = [vars(p) for p in self.outbox]
+                         # (nearly every revoked serial is confirmed: kept once, not twice)
+                         "ocsp_pending": sorted(m.revoked - m.ocsp_agrees),
+                         "ocsp_other": sorted(m.ocsp_agrees - m.revoked)}
+                  for name, m in self.mounts.items()}
+        text = json.dumps({"mounts": mounts, "outbox": [vars(p) for p in self.outbox]})
         # One string field: Vault caps the number of JSON strings in a request.
-        return {"format": STATE_FORMAT, "state": json.dumps({"mounts": mounts, "outbox": outbox})}
+        packed = base64.b64encode(zlib.compress(text.encode(), 9)).decode()
+        return {"format": STATE_FORMAT, "state": packed}
 
     @classmethod
     def from_data(cls, data: dict[str, Any], version: int) -> WatchState:
-        raw = json.loads(data.get("state") or "{}")
-        mounts = {name: MountState(revoked=set(m.get("revoked", ())), expiry=dict(m.get("expiry", {})),
-                                   alerts=set(m.get("alerts", ())), ocsp_agrees=set(m.get("ocsp_agrees", ())))
-                  for name, m in raw.get("mounts", {}).items()}
+        text = data.get("state") or "{}"
+        if data.get("format") == STATE_FORMAT:
+            text = zlib.decompress(base64.b64decode(text)).decode()
+        raw = json.loads(text)
+        mounts = {}
+        for name, m in raw.get("mounts", {}).items():
+            revoked = set(m.get("revoked", ()))
+            agrees = set(m["ocsp_agrees"]) if "ocsp_agrees" in m else \
+                revoked - set(m.get("ocsp_pending", ())) | set(m.get("ocsp_other", ()))
+            mounts[name] = MountState(revoked=revoked, expiry=dict(m.get("expiry", {})),
+                                      alerts=set(m.get("alerts", ())), ocsp_agrees=agrees)
         outbox = [Pending(**p) for p in raw.get("outbox", ())]
         return cls(mounts=mounts, outbox=outbox, version=version)
 
@@ -104,8 +122,12 @@ class StateStore:
         return WatchState.from_data(data, version)
 
     def save(self, state: WatchState) -> None:
-        state.version = self.session.run(lambda: self.session.write_kv(self.path, state.to_data(),
-                                                                       state.version))
+        data = state.to_data()
+        if len(data["state"]) > STATE_WARN_BYTES:
+            log.warning("pki-watch: its state in Vault (%s) is %d KiB; Vault's raft storage refuses "
+                        "an entry over 1 MiB (max_entry_size): tidy revoked certificates "
+                        "(tidy_revoked_certs), or watch fewer mounts", self.path, len(data["state"]) // 1024)
+        state.version = self.session.run(lambda: self.session.write_kv(self.path, data, state.version))
 
 
 class MountCheck:
