@@ -1,5 +1,5 @@
 """The files dnsapi ships beside its code: the ACME client hooks, the example config, Corefile
-and zone, the systemd units and the Vault policies.
+and zone, the systemd units, the Vault policies and one raft node's OpenBao config.
 
 In the repository they live where users look for them (hooks/, deploy/, coredns/);
 dnsapi/data/ holds links to them, which the build turns into copies inside the wheel, so an
@@ -19,7 +19,7 @@ DATA = Path(str(files("dnsapi") / "data"))
 HOOKS = {"acme.sh": "hooks/dns_internal.sh", "lego-exec": "hooks/lego-exec.sh"}
 EXAMPLES = {"config": "examples/dnsapi.yaml", "corefile": "examples/Corefile",
             "corefile-push": "examples/Corefile.push", "corefile-forward": "examples/Corefile.forward",
-            "zone": "examples/db.dev.local"}
+            "zone": "examples/db.dev.local", "openbao-raft": "vault/openbao-raft.hcl"}
 UNITS = ("dnsapi", "dnsapi-pki-watch", "coredns")
 POLICIES = ("dnsapi-policy", "dnsapi-pki-watch-policy")
 
@@ -29,8 +29,8 @@ def path(relative: str) -> Path:
 
 
 def example(kind: str, name: str | None = None) -> str:
-    """The text of a shipped example: config, corefile, corefile-push, corefile-forward, zone, systemd [UNIT],
-    policy [NAME]."""
+    """The text of a shipped example: config, corefile, corefile-push, corefile-forward, zone,
+    openbao-raft, systemd [UNIT], policy [NAME]."""
     if kind == "systemd":
         unit = name or "dnsapi"
         if unit not in UNITS:

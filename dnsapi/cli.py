@@ -231,11 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a file dnsapi ships: the commented example config, the Corefile and "
                     "zone it is tested with, the Corefiles that push challenge names (corefile-push: "
                     "transferred on NOTIFY; corefile-forward: forwarded; docs/latency.md), a "
-                    "systemd unit (dnsapi, dnsapi-pki-watch, coredns) "
-                    "or a Vault policy (dnsapi-policy, dnsapi-pki-watch-policy), e.g. "
+                    "systemd unit (dnsapi, dnsapi-pki-watch, coredns), "
+                    "a Vault policy (dnsapi-policy, dnsapi-pki-watch-policy) or one node's config "
+                    "of a 3-node raft OpenBao (openbao-raft: docs/ha.md), e.g. "
                     "`dnsapi example config > /etc/dnsapi/dnsapi.yaml`.")
     example.add_argument("kind", choices=["config", "corefile", "corefile-push", "corefile-forward",
-                                          "zone", "systemd", "policy"])
+                                          "zone", "openbao-raft", "systemd", "policy"])
     example.add_argument("name", nargs="?", help="systemd: the unit (default dnsapi); policy: the "
                                                  "policy (default dnsapi-policy)")
 

@@ -20,6 +20,7 @@ SHIPPED = {
     "examples/db.dev.local": "coredns/db.dev.local",
     **{f"systemd/{u}.service": f"deploy/systemd/{u}.service" for u in assets.UNITS},
     **{f"vault/{p}.hcl": f"deploy/vault/{p}.hcl" for p in assets.POLICIES},
+    "vault/openbao-raft.hcl": "deploy/vault/openbao-raft.hcl",
 }
 
 
@@ -35,6 +36,7 @@ def test_the_package_data_is_the_repositorys_files():
     (["corefile-push"], "coredns/Corefile.push"),
     (["corefile-forward"], "coredns/Corefile.forward"),
     (["zone"], "coredns/db.dev.local"), (["systemd"], "deploy/systemd/dnsapi.service"),
+    (["openbao-raft"], "deploy/vault/openbao-raft.hcl"),
     (["systemd", "coredns"], "deploy/systemd/coredns.service"),
     (["policy", "dnsapi-pki-watch-policy"], "deploy/vault/dnsapi-pki-watch-policy.hcl"),
 ])

@@ -1,0 +1,1 @@
+../../../deploy/vault/openbao-raft.hcl
