@@ -15,6 +15,7 @@ registration is closed unless acme_dns.register opens it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -48,6 +49,7 @@ class AcmeDns:
         self.accounts = accounts
         self.networks = [ipaddress.ip_network(n) for n in self.settings.registration.allow_from]
         self.register_auth = Authenticator(self.settings.registration.tokens, config.challenge_label)
+        self.registering = asyncio.Lock()  # one registration at a time: counted, then made
 
 
 ACME_DNS = web.AppKey("acme_dns", AcmeDns)
@@ -184,11 +186,12 @@ async def register(request: web.Request) -> web.Response:
         _audit(request, "acme_dns_register", who, 400, "refused", parsed)
         return answer(400, {"error": parsed})
     try:
-        if await door.accounts.count() >= door.settings.max_accounts:
-            raise TooManyRecords(f"acme-dns holds acme_dns.max_accounts ({door.settings.max_accounts}) "
-                                 "accounts: remove unused ones (dnsapi acme-dns rm) or raise it",
-                                 "too_many_accounts")
-        account, password = await door.accounts.create(parsed, who)
+        async with door.registering:  # (within this process; another node may make one more)
+            if await door.accounts.count() >= door.settings.max_accounts:
+                raise TooManyRecords(f"acme-dns holds acme_dns.max_accounts ({door.settings.max_accounts}) "
+                                     "accounts: remove unused ones (dnsapi acme-dns rm) or raise it",
+                                     "too_many_accounts")
+            account, password = await door.accounts.create(parsed, who)
     except VaultUnavailable as exc:
         _audit(request, "acme_dns_register", who, 500, "failed", exc.message)
         return answer(500, {"error": "db_error"})

@@ -260,7 +260,8 @@ def caller(request: web.Request) -> TokenConfig:
     """The authenticated token, within its rate limit."""
     token = request.app[RUNTIME].auth.authenticate(request.headers.get("Authorization", ""))
     note(request, token=token.name)
-    wait = request.app[RUNTIME].limiter.allow(token.name)
+    # (buckets by door: "api:", "key:" for RFC 2136, "token:", "address:", "acme-dns:" for acme-dns)
+    wait = request.app[RUNTIME].limiter.allow(f"api:{token.name}")
     if wait:
         raise TooManyRequests(f"token {token.name!r} is over its rate limit; retry in "
                               f"{max(wait, 0.1):.1f}s", wait)

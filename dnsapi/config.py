@@ -388,10 +388,11 @@ class VaultConfig(_Model):
     @model_validator(mode="after")
     def _one_login(self, info: ValidationInfo) -> Self:
         given = [key for key in ("token", "token_file", "approle") if getattr(self, key)]
-        if info.context is None:
-            return self  # a part of a file checked already, put into Config
-        if not given and not info.context.get("service_login", True):
-            return self  # read for pki-watch, which logs in as itself
+        # None given is fine where the service's secrets are not read (for pki-watch, which logs
+        # in as itself); and unknown when a VaultConfig is checked again without a context (as
+        # pydantic does when Config is made from the checked parts), so left to the file's check.
+        if not given and (info.context is None or not info.context.get("service_secrets", True)):
+            return self
         if len(given) != 1:
             raise _Invalid(f"set exactly one of vault.token (or the {ENV_VAULT_TOKEN} environment "
                            "variable), vault.token_file or vault.approle"
@@ -454,6 +455,8 @@ class TsigKeyConfig(_Model):
         given = [key for key in ("secret", "secret_file", "secret_env") if data.get(key)]
         if len(given) != 1:
             raise _Invalid("set exactly one of secret, secret_file or secret_env", "secret")
+        if given != ["secret"] and not (info.context or {}).get("service_secrets", True):
+            return data  # (read for pki-watch: the service's secrets are not its to read)
         if given == ["secret_env"]:
             value = (info.context or {}).get("env", {}).get(data["secret_env"])
             if not value:
@@ -967,13 +970,13 @@ class _ZonesOnly(BaseModel):
 
 
 def load(path: str | os.PathLike[str], env: dict[str, str] | None = None,
-         service_login: bool = True) -> Config:
+         service_secrets: bool = True) -> Config:
     """Read and validate the YAML file at `path`; relative file paths in it are relative to it.
-    `service_login=False` (pki-watch) accepts a `vault:` section without the service's login,
-    whose secret may live in an environment pki-watch is not given."""
+    `service_secrets=False` (pki-watch): the service's secrets are neither needed nor read, its
+    Vault login and TSIG keys' files and environment variables, which pki-watch is not given."""
     env = dict(os.environ) if env is None else env
     path = Path(path)
-    return from_dict(_read_yaml(path), base=path.parent.resolve(), env=env, service_login=service_login)
+    return from_dict(_read_yaml(path), base=path.parent.resolve(), env=env, service_secrets=service_secrets)
 
 
 def load_zones(path: str | os.PathLike[str]) -> tuple[ZoneConfig, ...]:
@@ -998,10 +1001,10 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"config: {path} is not valid YAML: {problem}{where}") from None
 
 
-def from_dict(raw: Any, base: Path, env: dict[str, str], service_login: bool = True) -> Config:
+def from_dict(raw: Any, base: Path, env: dict[str, str], service_secrets: bool = True) -> Config:
     """Validate a parsed file: relative paths are relative to `base`, secrets it leaves out come
     from `env`. An empty file is an empty mapping (so the first required key gets named)."""
-    return _validate(_File, {} if raw is None else raw, base, env, service_login).config()
+    return _validate(_File, {} if raw is None else raw, base, env, service_secrets).config()
 
 
 def _zones(raw: Any, base: Path) -> tuple[ZoneConfig, ...]:
@@ -1013,10 +1016,10 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 def _validate(model: type[_M], raw: Any, base: Path, env: dict[str, str],
-              service_login: bool = True) -> _M:
+              service_secrets: bool = True) -> _M:
     try:
         return model.model_validate(_without_blanks(raw), context={"base": base, "env": env,
-                                                                   "service_login": service_login})
+                                                                   "service_secrets": service_secrets})
     except ValidationError as exc:
         raise _config_error(exc) from None
 

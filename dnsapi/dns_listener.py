@@ -129,11 +129,12 @@ class DnsListener:
         self._tcp_open[origin] += 1
         try:
             while True:
-                self._tcp_idle[writer] = None
+                self._tcp_idle[writer] = None  # (until a whole message is in: a length alone,
+                # then nothing, is as idle as nothing)
                 async with asyncio.timeout(TCP_IDLE):  # (wait_for would start a task per read)
                     (length,) = struct.unpack("!H", await reader.readexactly(2))
-                    self._tcp_idle.pop(writer, None)  # (a message is arriving: not displaced now)
                     wire = await reader.readexactly(length)
+                self._tcp_idle.pop(writer, None)
                 reply = await self.handle(wire, remote, True)
                 if reply is None:
                     return

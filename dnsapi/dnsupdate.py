@@ -64,8 +64,9 @@ MAX_RECORDS = 256
 # Signed UPDATEs answered lately, remembered per key by their MAC for as long as their signature
 # may still be accepted: the same message again, a client's retransmission or someone's replay,
 # gets the same answer and changes nothing. Never forgotten early, or a replay would apply
-# again: a key that sends more than this many within that time is refused until the oldest
-# expire (at the default rate limit it cannot), and no key's UPDATEs push out another's.
+# again: a key that sends more than this many within that time, those its rate limit refused
+# included (one replayed later must not apply then), is refused until the oldest expire; no
+# key's UPDATEs push out another's.
 ANSWERED_PER_KEY = 32768
 
 
@@ -288,7 +289,7 @@ class DnsUpdateServer:
         try:
             if key is None:
                 raise Refused(dns.rcode.NOTAUTH, "unsigned UPDATE")
-            wait = self.limiter().allow(f"key:{key.name}")  # (beside the HTTP tokens' buckets)
+            wait = self.limiter().allow(f"key:{key.name}")  # (beside the other doors': api.caller)
             if wait:
                 raise Refused(dns.rcode.REFUSED, f"key {key.name} is over its rate limit")
             zone, update, names = await self._translate(request, key)

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import uuid
+from typing import Any
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -55,19 +56,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1, line/paragraph separators
+
+
+def _escaped(text: str, keep: str = "") -> str:
+    return _CONTROL.sub(lambda m: m.group() if m.group() in keep else f"\\x{ord(m.group()):02x}"
+                        if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
 
 
 class PlainFormatter(logging.Formatter):
     """One line per message: control characters in it (a newline in a URL-decoded path, say)
-    are written escaped, so no one can forge a line. A traceback keeps its lines."""
+    are written escaped, so no one can forge a line. A traceback keeps its lines, each indented
+    (an exception's message may hold a request's text: its lines cannot pass for records)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", record.message)
+        record.message = _escaped(record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(f"  {line}" for line in _escaped(super().formatException(ei), "\n").split("\n"))
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

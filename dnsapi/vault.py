@@ -202,7 +202,7 @@ class VaultAuth:
                 if granted > self._login_ttl / 2 or self.config.approle is None:
                     self._schedule(granted, auth.get("renewable", False))
                     return
-            except (hvac.exceptions.VaultError, requests.RequestException) as exc:
+            except (hvac.exceptions.VaultError, requests.RequestException, VaultRefused) as exc:
                 log.warning("Vault token renewal failed (%s)", type(exc).__name__)
         if self.config.approle is not None:
             self._approle_login(client)
@@ -255,8 +255,18 @@ def _check_answer(response: requests.Response, *args: object, **kwargs: object) 
         raise _Standby(f"redirected (HTTP {response.status_code}): not the active node")
     if 400 <= response.status_code < 500 and response.status_code not in _HVAC_CLIENT_ERRORS \
             and not response.url.split("?")[0].endswith("/v1/sys/health"):  # (its 472, 473: not_ready)
-        raise VaultUnavailable(f"Vault refused the request (HTTP {response.status_code}: "
-                               f"{response.reason})")
+        errors = _errors_of(response.text)
+        response.close()
+        raise VaultRefused(response.status_code, f"Vault refused the request (HTTP "
+                           f"{response.status_code} {response.reason}{': ' + errors if errors else ''})")
+
+
+class VaultRefused(VaultUnavailable):
+    """A 4xx hvac has no class for (405, 409, 412, 413, ...): the request's fault, said at once."""
+
+    def __init__(self, http_status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 class VaultSession:

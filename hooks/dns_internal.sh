@@ -76,14 +76,13 @@ _dnsapi_settings() {
   case "$DNSAPI_URL" in
     http://* | https://*) ;;
     *)
-      _err "dnsapi: DNSAPI_URL must start with https:// (or http:// on loopback)"
+      _err "dnsapi: DNSAPI_URL must start with https:// (or http://)"
       return 1
       ;;
   esac
-  case "$DNSAPI_URL" in
-    http://127.* | http://localhost | http://localhost[:/]* | http://\[::1\]*) ;;
-    http://*) _info "dnsapi: warning: DNSAPI_URL is plain http://, so the token crosses the network unencrypted; use https://" ;;
-  esac
+  if [ "${DNSAPI_URL#http://}" != "$DNSAPI_URL" ] && ! _dnsapi_loopback "$DNSAPI_URL"; then
+    _info "dnsapi: warning: DNSAPI_URL is plain http://, so the token crosses the network unencrypted; use https://"
+  fi
   if _dnsapi_unsafe "$DNSAPI_URL"; then
     _err "dnsapi: DNSAPI_URL may not hold spaces, quotes, backslashes or \$"
     return 1
@@ -100,6 +99,22 @@ _dnsapi_settings() {
   esac
   DNSAPI_URL="${DNSAPI_URL%/}"
   return 0
+}
+
+# True when the URL $1 names a loopback host: localhost, [::1], or an IPv4 address in 127/8.
+_dnsapi_loopback() {
+  _dnsapi_host="${1#*://}"
+  _dnsapi_host="${_dnsapi_host%%[/?#]*}"
+  case "$_dnsapi_host" in
+    \[::1\] | \[::1\]:*) return 0 ;;
+  esac
+  _dnsapi_host="${_dnsapi_host%:*}"
+  case "$_dnsapi_host" in
+    localhost) return 0 ;;
+    *[!0-9.]*) return 1 ;;
+    127.*.*.*) return 0 ;;
+  esac
+  return 1
 }
 
 # True when $1 holds anything a shell quote or a command line could be broken by.
@@ -131,6 +146,7 @@ _dnsapi_call() {
     _dnsapi_wait="$(grep -i '^Retry-After:' "$HTTP_HEADER" 2>/dev/null | tail -n 1 | tr -d '\r' | cut -d ':' -f 2 | tr -d ' ')"
     case "$_dnsapi_wait" in
       "" | *[!0-9]*) _dnsapi_wait=1 ;;
+      ???*) break ;; # (too long to wait for, and to compare: sh's numbers end somewhere)
     esac
     _dnsapi_tries=$((_dnsapi_tries + 1))
     if [ "$_dnsapi_tries" -gt 2 ] || [ "$_dnsapi_wait" -gt 30 ]; then
@@ -151,6 +167,9 @@ _dnsapi_call() {
       ;;
     400)
       _err "dnsapi: request refused (400): $_dnsapi_message"
+      ;;
+    429)
+      _err "dnsapi: too many requests (429): $_dnsapi_message"
       ;;
     504)
       _err "dnsapi: stored, but the DNS servers did not answer it in time (504): $_dnsapi_message"

@@ -85,10 +85,12 @@ async def test_idle_connections_from_a_few_sources_cannot_keep_a_client_out():
     held = []
     try:
         for n in range(dns_listener.MAX_TCP // MAX_TCP_PER_ADDRESS):
-            for _ in range(MAX_TCP_PER_ADDRESS):
+            for i in range(MAX_TCP_PER_ADDRESS):
                 sock = socket.socket()
                 sock.bind((f"127.0.0.{n + 1}", 0))
                 sock.connect(("127.0.0.1", port))
+                if i % 2:  # half of them announce a message, then send none of it
+                    sock.sendall(b"\xff\xff")
                 held.append(sock)
         await until_done(lambda: len(listener._tcp_idle) == dns_listener.MAX_TCP, "every slot held")
         assert await answered(port, source="127.0.0.9")

@@ -270,8 +270,20 @@ def test_a_busy_server_is_asked_again_after_its_retry_after(tmp_path, shell):
     assert "busy (429: try later); trying again in 1s" in result.stderr
     result = run([(503, "1")] * 4)  # still busy after two more tries: said, given up
     assert result.returncode != 0 and len(seen) == 3 and "server error (503): try later" in result.stderr
-    result = run([(429, "120")])  # longer than an ACME client should sit: not waited out
-    assert result.returncode != 0 and len(seen) == 1
+    for too_long in ("120", "99999999999999999999"):  # longer than an ACME client should sit
+        result = run([(429, too_long)])  # (the second no shell compares: it slept for ever)
+        assert result.returncode != 0 and len(seen) == 1
+        assert "too many requests (429): try later" in result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_what_counts_as_loopback(shell):
+    hosts = {"http://127.0.0.1:8053": 0, "http://127.1.2.3/x": 0, "http://localhost:8053/": 0,
+             "http://[::1]:8053": 0, "http://127.0.0.1.nip.io:8053": 1, "http://127.evil.example": 1,
+             "http://10.0.0.1:8053": 1, "http://localhost.example:8053": 1, "http://[::2]:8053": 1}
+    script = f". {HOOK}; for u in {' '.join(hosts)}; do _dnsapi_loopback \"$u\"; echo $?; done"
+    result = subprocess.run([shell, "-c", script], capture_output=True, text=True, check=True)
+    assert dict(zip(hosts, map(int, result.stdout.split()), strict=True)) == hosts
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -280,7 +292,8 @@ def test_plain_http_beyond_loopback_is_warned_of(stack, tmp_path, shell):
     host, and nothing said so. (0.0.0.0 reaches this host's loopback listener, but is not a
     loopback name.)"""
     port = stack.url.rsplit(":", 1)[1]
-    for url, warned in ((stack.url, False), (f"http://0.0.0.0:{port}", True)):
+    for url, warned in ((stack.url, False), (f"http://localhost:{port}", False),
+                        (f"http://0.0.0.0:{port}", True)):
         result = hook(shell, "add", NAME, APEX_VALUE, tmp_path / "account.conf",
                       {"DNSAPI_URL": url, "DNSAPI_TOKEN": stack.token})
         assert result.returncode == 0, result.stderr
@@ -308,7 +321,7 @@ def test_a_server_that_never_answers_is_given_up_on(tmp_path, wget):
     ("DNSAPI_TOKEN", "abc'; touch pwned; '", "holds characters no Bearer token has"),
     ("DNSAPI_TOKEN", "abc\r\nX-Injected: 1", "holds characters no Bearer token has"),
     ("DNSAPI_URL", "https://x'$(touch pwned)'", "may not hold spaces, quotes"),
-    ("DNSAPI_URL", "dnsapi.dev.local:8053", "must start with https://"),
+    ("DNSAPI_URL", "dnsapi.dev.local:8053", "must start with https:// (or http://)"),
     ("DNSAPI_CA_BUNDLE", "/etc/ssl/my ca.pem", "may not hold spaces, quotes"),
     ("DNSAPI_TIMEOUT", "soon", "must be a whole number of seconds")])
 def test_a_setting_that_would_break_account_conf_or_a_header_is_refused(stack, tmp_path, setting,

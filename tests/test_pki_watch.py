@@ -61,20 +61,37 @@ def test_pki_watch_logs_in_as_itself_never_as_the_service(tmp_path):
         "/etc/dnsapi/pki-watch-token")
 
 
-def test_pki_watch_needs_no_service_login_whose_secret_it_is_not_given(tmp_path):
+def test_pki_watch_neither_needs_nor_reads_the_services_secrets(tmp_path, monkeypatch):
     """Its unit does not read the service's environment file: a config whose service token comes
-    from DNSAPI_VAULT_TOKEN still loads for pki-watch, and still does not for the service."""
-    data = {**BASE, "vault": {"addr": "http://127.0.0.1:8200"}, "pki_watch": WATCH_LOGIN}
+    from DNSAPI_VAULT_TOKEN, and whose TSIG keys come from the environment or from a file it may
+    not read, still loads for pki-watch (none of them read), and still does not for the service."""
+    secret_file = tmp_path / "tsig.key"
+    secret_file.write_text("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0\n")
+    secret_file.chmod(0)
+    keys = [{"name": "env", "secret_env": "DNSAPI_TSIG_ENV", "allow": ["*.dev.local"]},
+            {"name": "file", "secret_file": str(secret_file), "allow": ["*.dev.local"]}]
+    data = {**BASE, "vault": {"addr": "http://127.0.0.1:8200"}, "pki_watch": WATCH_LOGIN,
+            "dns_update": {"listen": "127.0.0.1:5353", "keys": keys}}
+    read = Path.read_text
+
+    def guarded(path: Path, *args: object, **kwargs: object) -> str:
+        assert path != secret_file, "pki-watch read a TSIG secret"  # (root reads a mode 0 file)
+        return read(path, *args, **kwargs)
     path = tmp_path / "dnsapi.yaml"
     path.write_text(yaml.safe_dump(data))
-    assert watch_module.own_login(cfg.load(path, env={}, service_login=False)).token_file == Path(
-        "/etc/dnsapi/pki-watch-token")
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "read_text", guarded)
+        loaded = cfg.load(path, env={}, service_secrets=False)
+    assert watch_module.own_login(loaded).token_file == Path("/etc/dnsapi/pki-watch-token")
+    assert loaded.dns_update is not None and {k.secret for k in loaded.dns_update.keys} == {None}
     with pytest.raises(ConfigError, match=r"^vault.token: set exactly one of vault.token"):
         cfg.load(path, env={})
+    with pytest.raises(ConfigError, match=r"DNSAPI_TSIG_ENV is not set"):
+        cfg.load(path, env={"DNSAPI_VAULT_TOKEN": "t"})
     both = {**data, "vault": {"addr": "http://127.0.0.1:8200", "token": "t", "token_file": "f"}}
     path.write_text(yaml.safe_dump(both))
     with pytest.raises(ConfigError, match=r"got token, token_file"):
-        cfg.load(path, env={}, service_login=False)
+        cfg.load(path, env={}, service_secrets=False)
 
 
 def test_pki_watch_login_settings_are_checked():

@@ -336,11 +336,29 @@ def test_a_replaced_secret_id_stays_the_service_users(tmp_path):
     changes: list = []
     init_in(conf, changes=changes).approle()
     assert ("created", "new secret_id, mode 0640") in [(c.status, c.detail) for c in changes]  # as written
+    # ...and said to be readable by more than its owner: pki-watch's unit joins the group dnsapi
+    assert any(c.status == "warning" and "secret-id is readable by others than its owner" in c.what
+               for c in changes)
     after = {name: (conf / "creds" / name).stat() for name in given}
     kept = {name: (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) for name, info in after.items()}
     assert kept == {"secret-id": (0o640, 0, 65534), "role-id": (0o600, 65534, 65534)}
     assert (conf / "creds" / "secret-id").read_text() == SECRET_ID + "\n"
     assert (conf / "creds" / "role-id").read_text() == ROLE_ID + "\n"
+
+
+def test_a_file_whose_owner_this_user_cannot_give_is_an_error_and_left_alone(tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    (conf / "creds").mkdir(parents=True)
+    (conf / "creds" / "secret-id").write_text("00000000-0000-0000-0000-000000000000\n")
+
+    def refused(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refused)  # (an admin who is not root, a file not theirs)
+    with pytest.raises(InitError, match=r"secret-id: cannot give its new content the file's owner"):
+        init_in(conf).approle()
+    assert (conf / "creds" / "secret-id").read_text() == "00000000-0000-0000-0000-000000000000\n"
+    assert sorted(os.listdir(conf / "creds")) == ["role-id", "secret-id"]  # no temp file left
 
 
 def test_directories_other_users_can_change_are_reported(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ import dnsapi.vault
 from dnsapi.config import VaultConfig
 from dnsapi.errors import VaultUnavailable
 from dnsapi.metrics import Metrics
+from dnsapi.pki.client import PkiClient, Unsupported
 from dnsapi.store import VaultStore, ZoneState
 from dnsapi.vault import CasConflict, Detour, VaultAuth, VaultSession
 
@@ -341,7 +342,7 @@ def node(answer: Answer) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = handle_one
+        do_GET = do_POST = do_PUT = do_LIST = handle_one
 
         def log_message(self, *args: object) -> None:
             pass
@@ -404,6 +405,21 @@ def test_a_refusal_hvac_has_no_class_for_is_said_at_once_and_a_5xx_waited_out(st
     assert (len(calls) > 1) == retried  # (asked again while failover_timeout lasts)
     if not retried:
         assert f"Vault refused the request (HTTP {status}" in info.value.message
+        assert info.value.message.endswith(": refused)")  # (Vault's own words)
+
+
+def test_a_list_this_server_does_not_serve_is_unsupported_not_unavailable():
+    """pki-watch lists certs/detailed, which a server without it (HashiCorp Vault) answers 405
+    on some paths: that is Unsupported (pki-watch then reads the certificates one by one)."""
+    def answer(method: str, path: str) -> tuple[int, dict[str, str], dict | None]:
+        if path == "/v1/sys/leader":
+            return 200, {}, {"is_self": True, "leader_address": ""}
+        if "lookup-self" in path:
+            return 200, {}, {"data": {"ttl": 0, "renewable": False}}
+        return 405, {}, {"errors": ["1 error occurred:\n\t* unsupported operation\n\n"]}
+
+    with node(answer) as addr, pytest.raises(Unsupported, match="pki/certs/detailed: not served"):
+        PkiClient(real_session([addr]), "pki")._list("certs/detailed")
 
 
 def test_no_token_is_inherited_from_the_environment(monkeypatch, tmp_path):

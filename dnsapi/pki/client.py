@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..vault import VaultSession
+from ..vault import VaultRefused, VaultSession
 
 
 class PkiUnavailable(Exception):
@@ -273,7 +273,9 @@ class PkiClient:
                 if "unsupported path" in str(exc):
                     raise Unsupported(f"{self.mount}/{path}: not served by this Vault") from None
                 return {}  # Vault answers an empty listing with 404
-            except hvac.exceptions.UnsupportedOperation:
+            except VaultRefused as exc:  # (405: a path that does not LIST on this server)
+                if exc.http_status != 405:
+                    raise
                 raise Unsupported(f"{self.mount}/{path}: not served by this Vault") from None
         return self.session.run(call)
 

@@ -130,7 +130,11 @@ def write_file(path: Path, text: str, mode: int) -> int:
         return mode
     kept = stat.S_IMODE(before.st_mode)
     mode = kept if not kept & 0o007 else mode
-    files.write_file(path, text.encode(), mode, owner=(before.st_uid, before.st_gid))
+    try:
+        files.write_file(path, text.encode(), mode, owner=(before.st_uid, before.st_gid))
+    except PermissionError:
+        raise InitError(f"{path}: cannot give its new content the file's owner (uid {before.st_uid}, "
+                        f"gid {before.st_gid}) as this user; run vault-init as root") from None
     return mode
 
 
@@ -343,10 +347,15 @@ class VaultInit:
         secret_id = _read_file(approle.secret_id_file)
         if secret_id and self._secret_id_valid(role_path, secret_id):
             self._note("unchanged", f"secret_id file {approle.secret_id_file}")
-            return
-        fresh = self.client.write_data(f"{role_path}/secret-id", data={})["data"]["secret_id"]
-        mode = self._write(approle.secret_id_file, fresh + "\n", 0o600)
-        self._note("created", f"secret_id file {approle.secret_id_file}", f"new secret_id, mode {mode:04o}")
+        else:
+            fresh = self.client.write_data(f"{role_path}/secret-id", data={})["data"]["secret_id"]
+            mode = self._write(approle.secret_id_file, fresh + "\n", 0o600)
+            self._note("created", f"secret_id file {approle.secret_id_file}",
+                       f"new secret_id, mode {mode:04o}")
+        if stat.S_IMODE(approle.secret_id_file.stat().st_mode) & 0o077:
+            self._note("warning", f"{approle.secret_id_file} is readable by others than its owner "
+                                  "(pki-watch's unit joins the group dnsapi): give it to the user "
+                                  "its service runs as, mode 0400 (docs/operations.md)")
 
     def _secret_id_valid(self, role_path: str, secret_id: str) -> bool:
         try:

@@ -443,7 +443,7 @@ def run_program(config_path: Path, once: bool = False) -> int:
     """`dnsapi pki-watch`: run until SIGTERM/SIGINT; SIGHUP re-reads the config (a broken file
     keeps the running one). `once`: one check, then exit."""
     def load() -> PkiWatch:
-        config = config_module.load(config_path, service_login=False)
+        config = config_module.load(config_path, service_secrets=False)
         if not config.pki_watch.sinks:
             raise ConfigError("pki_watch.sinks: no sinks configured: events would go nowhere")
         own_login(config)
