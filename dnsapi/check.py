@@ -82,6 +82,12 @@ def run(path: Path, corefile: Path) -> Checklist:
         return checks
     checks.add(True, f"configuration {path} is valid ({len(config.zones)} zone(s), "
                      f"{len(config.tokens)} token(s))")
+    if config.pki_watch.vault is not None:  # (pki-watch runs beside the service, and reads it too)
+        literal = config_module.literal_secrets(path)
+        checks.add(not literal, "the configuration holds no secret of its own" if not literal else
+                   f"the configuration holds secrets pki-watch can read too: {', '.join(literal)}",
+                   "name a file (token_file, secret_id_file, secret_file) or an environment "
+                   "variable (DNSAPI_VAULT_TOKEN, DNSAPI_VAULT_SECRET_ID, secret_env) instead")
     serials: dict[str, int] = {}
     _vault(config, checks)
     for zone in config.zones:

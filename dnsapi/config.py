@@ -1001,6 +1001,31 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"config: {path} is not valid YAML: {problem}{where}") from None
 
 
+def literal_secrets(path: str | os.PathLike[str]) -> list[str]:
+    """The keys of the file at `path` that hold a secret in the file itself (not in a file it
+    names, nor in the environment): the service's and pki-watch's Vault logins and the TSIG keys.
+    pki-watch reads the file too, so a secret in it is readable by both."""
+    raw = _read_yaml(Path(path))
+    if not isinstance(raw, dict):
+        return []
+
+    def section(*keys: str) -> dict:
+        value: Any = raw
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    logins = {"vault.token": section("vault").get("token"),
+              "vault.approle.secret_id": section("vault", "approle").get("secret_id"),
+              "pki_watch.approle.secret_id": section("pki_watch", "approle").get("secret_id")}
+    found = [name for name, value in logins.items() if value]
+    keys = section("dns_update").get("keys")
+    for index, key in enumerate(keys if isinstance(keys, list) else []):
+        if isinstance(key, dict) and key.get("secret"):
+            found.append(f"dns_update.keys[{index}].secret")
+    return found
+
+
 def from_dict(raw: Any, base: Path, env: dict[str, str], service_secrets: bool = True) -> Config:
     """Validate a parsed file: relative paths are relative to `base`, secrets it leaves out come
     from `env`. An empty file is an empty mapping (so the first required key gets named)."""

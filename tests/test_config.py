@@ -225,3 +225,18 @@ def test_an_allow_pattern_above_a_zone_covers_its_names():
 
 def test_ipv6_listen():
     assert load(changed("listen", "[::1]:8053")).listen_host == "::1"
+
+
+def test_literal_secrets_names_the_keys_that_hold_one_in_the_file(tmp_path):
+    """What `dnsapi check` lists when pki-watch, which reads the file too, is configured."""
+    path = tmp_path / "dnsapi.yaml"
+    path.write_text(yaml.safe_dump({
+        "vault": {"addr": "http://127.0.0.1:8200", "token": "t",
+                  "approle": {"role_id": "r", "secret_id": "s"}},
+        "pki_watch": {"approle": {"role_id_file": "r", "secret_id": "s"}},
+        "dns_update": {"keys": [{"name": "a", "secret_file": "f"}, {"name": "b", "secret": "x"}]}}))
+    assert cfg.literal_secrets(path) == ["vault.token", "vault.approle.secret_id",
+                                         "pki_watch.approle.secret_id", "dns_update.keys[1].secret"]
+    path.write_text(yaml.safe_dump({"vault": {"addr": "http://127.0.0.1:8200", "token_file": "t"},
+                                    "dns_update": {"keys": [{"name": "a", "secret_env": "E"}]}}))
+    assert cfg.literal_secrets(path) == []

@@ -4,6 +4,7 @@ and the OpenAPI document checked against the live service by schemathesis."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from .helpers import (
     FIGURES,
     Receiver,
     add_token,
+    free_port,
     metric_total,
     openbao_server,
     start_stack,
@@ -338,6 +340,21 @@ def test_check_reports_a_missing_audit_device(stack):
     assert failed == ["  ✗ Vault has an audit device (nothing records issuance requests or "
                       "dnsapi's writes)"], result.stdout
     assert "`dnsapi vault-init` prints the stanza" in result.stdout
+
+
+def test_check_says_when_the_config_holds_secrets_pki_watch_can_read(make_stack):
+    """pki-watch reads dnsapi.yaml too (its unit joins the group dnsapi): a secret written into
+    the file is readable by both, and `dnsapi check` says which, once pki-watch is configured."""
+    def literal(config):
+        config["pki_watch"] = {"token_file": "vault-token"}
+        config["dns_update"] = {"listen": f"127.0.0.1:{free_port()}", "keys": [
+            {"name": "acme", "secret": base64.b64encode(b"s" * 32).decode(), "allow": ["*.dev.local"]}]}
+    stack = make_stack(edit=literal)
+    result = run_check(stack)
+    assert ("✗ the configuration holds secrets pki-watch can read too: dns_update.keys[0].secret"
+            in result.stdout), result.stdout
+    stack.edit_config(lambda config: config.pop("dns_update"))
+    assert "✓ the configuration holds no secret of its own" in run_check(stack).stdout
 
 
 def test_check_names_each_problem_with_a_fix(make_stack, openbao):
