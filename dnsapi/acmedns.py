@@ -255,6 +255,11 @@ async def update(request: web.Request) -> web.Response:
     try:
         with service.waits.slot(who):
             outcome = await service.add(record)
+            if await door.accounts.get(account.username) is None:  # (`acme-dns rm` meanwhile)
+                await service.remove(fulldomain, txt)
+                _audit(request, "acme_dns_update", who, 401, "refused", "the account was removed",
+                       fulldomain, txt)
+                return answer(401, {"error": "forbidden"})
             await service.wait_served(record)
     except (VaultUnavailable, ZoneError) as exc:  # storage: acme-dns's own answer
         _audit(request, "acme_dns_update", who, 500, "failed", exc.message, fulldomain, txt)

@@ -266,6 +266,26 @@ async def test_an_update_over_the_quota_is_refused_as_such_not_as_a_storage_erro
         assert store.records() == {(account["fulldomain"], TXT)}
 
 
+async def test_an_update_racing_the_accounts_removal_leaves_no_value_behind(tmp_path, monkeypatch):
+    """From the last notes' list: an update checked just before `dnsapi acme-dns rm` deleted the
+    account could add its value after rm had removed the name, leaving it until max_age. The
+    account is looked up again once the value is in; gone, the value is taken out again."""
+    async with serving(tmp_path, register={"allow_from": ["127.0.0.1/32"]}) as (client, store):
+        account = await (await client.post("/register")).json()
+        real = store.write_zone
+
+        async def removed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+            store.accounts.pop(account["username"], None)  # rm runs between the check and the add
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "write_zone", removed_meanwhile)
+        response = await client.post("/update", json={"subdomain": account["subdomain"], "txt": TXT},
+                                     headers={"X-Api-User": account["username"],
+                                              "X-Api-Key": account["password"]})
+        assert (response.status, await response.text()) == (401, error("forbidden"))
+        assert store.records() == set()
+
+
 def test_a_hand_edited_account_with_a_subdomain_that_is_not_text_is_locked():
     secret = {"subdomain": 5, "password_scrypt": "00" * 32, "salt": "00" * 16,
               "scrypt": "n=16384,r=8,p=1"}
