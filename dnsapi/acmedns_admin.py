@@ -97,19 +97,24 @@ async def register(service: RecordService, accounts: Accounts, names: list[str],
 
 
 async def remove(service: RecordService, accounts: Accounts, username: str) -> None:
-    """Delete the account (it can update nothing from now on), then its CNAMEs and TXT values."""
+    """Take the account's CNAMEs and TXT values away, then the account, then its TXT values
+    once more (an update that was checked before the account went). The account goes last so
+    that a run stopped halfway (Vault down) can be run again: it finds the account and finishes;
+    an update arriving after it is gone takes its own value out again (acmedns.update)."""
     zone = service.config.account_zone
     assert zone is not None
     name = parse_username(username)
     account = await accounts.get(name) if name else None
     if account is None:
         raise AdminError(f"no acme-dns account {username!r}")
-    await accounts.delete(account.username)
     fulldomain = account.fulldomain(zone)
-    for fqdn in account.cnames:
-        await service.remove(fqdn, fulldomain, "CNAME")
     target_zone = zone_for(fulldomain, service.writers)
     assert target_zone is not None
-    await service.update(target_zone, Update((Change("remove_name", Record(fulldomain, "", 0, 0.0)),)))
+    values = Update((Change("remove_name", Record(fulldomain, "", 0, 0.0)),))
+    for fqdn in account.cnames:
+        await service.remove(fqdn, fulldomain, "CNAME")
+    await service.update(target_zone, values)
+    await accounts.delete(account.username)
+    await service.update(target_zone, values)
     print(f"removed account {account.username} ({fulldomain}), its CNAMEs and TXT values",
           file=sys.stderr)

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from dnsapi import acmedns, acmedns_accounts
-from dnsapi.acmedns_accounts import Account
+from dnsapi import acmedns, acmedns_accounts, acmedns_admin
+from dnsapi.acmedns_accounts import Account, Accounts
 from dnsapi.api import create_app
 from dnsapi.block import ManagedBlock, block_entries
-from dnsapi.errors import ConfigError, ZoneError
+from dnsapi.errors import ConfigError, VaultUnavailable, ZoneError
 from dnsapi.records import Change, Outcome, Record, apply_changes
 from dnsapi.service import RecordService
 from dnsapi.store import decode_records, encode_records
 
-from .helpers import MemoryStore, service_config, until_done
+from .helpers import MemoryStore, running, service_config, until_done
 
 ZONE_ACME = "acme.dev.local"
 TXT = "x" * 43
@@ -284,6 +284,22 @@ async def test_an_update_racing_the_accounts_removal_leaves_no_value_behind(tmp_
                                               "X-Api-Key": account["password"]})
         assert (response.status, await response.text()) == (401, error("forbidden"))
         assert store.records() == set()
+
+
+async def test_rm_stopped_halfway_can_be_run_again(tmp_path):
+    """From the last notes' list: rm deleted the account first, so a run stopped by a Vault
+    error left the CNAMEs behind with no account to name them again (`no acme-dns account`)."""
+    config, _ = service_config(tmp_path, acme_dns={"zone": ZONE_ACME})
+    async with running(config) as (service, store):
+        accounts = Accounts(store)  # type: ignore[arg-type]
+        made = await acmedns_admin.register(service, accounts, ["www.dev.local"], ())
+        username = made["www.dev.local"]["username"]
+        store.fail("write_zone", VaultUnavailable("Vault is down"))
+        with pytest.raises(VaultUnavailable):
+            await acmedns_admin.remove(service, accounts, username)
+        assert username in store.accounts and store.records()  # nothing lost that names them
+        await acmedns_admin.remove(service, accounts, username)
+        assert store.accounts == {} and store.records() == set()
 
 
 def test_a_hand_edited_account_with_a_subdomain_that_is_not_text_is_locked():
