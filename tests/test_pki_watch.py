@@ -211,15 +211,25 @@ def test_revocation_once_and_baseline_is_silent():
     assert cycle(pki, state) == []
 
 
-def test_conditions_are_reported_once_and_rearmed_when_they_clear():
+def test_conditions_are_reported_once_and_rearmed_when_they_stay_clear():
+    """From the last notes' list: a condition was re-armed the first cycle it was clear, so a
+    responder that failed every other minute paged every other minute. It is re-armed once it
+    has been clear for CLEAR_CYCLES cycles in a row."""
     pki, state = FakePki(), MountState()
     pki.add("01", "a.dev.local", NOW + 30 * DAY)
     cycle(pki, state, baseline=True)
     pki.ocsp_down = True
     assert cycle(pki, state) == [("ocsp_unreachable", "")]
     assert cycle(pki, state) == []
+    for _ in range(3):  # flickering: down, up, down, ...
+        pki.ocsp_down = False
+        assert cycle(pki, state) == []
+        pki.ocsp_down = True
+        assert cycle(pki, state) == []
     pki.ocsp_down = False
-    assert cycle(pki, state) == []
+    for _ in range(watch_module.CLEAR_CYCLES):
+        assert cycle(pki, state) == []
+    assert state.alerts == {}
     pki.ocsp_down = True
     assert cycle(pki, state) == [("ocsp_unreachable", "")]
 
@@ -271,7 +281,7 @@ def test_expiry_once_per_threshold_tightest_first_and_not_for_renewed():
 
 
 def test_state_round_trip():
-    state = WatchState(mounts={"pki": MountState({"01", "03"}, {"02": [DAY]}, {"ocsp_unreachable"},
+    state = WatchState(mounts={"pki": MountState({"01", "03"}, {"02": [DAY]}, {"ocsp_unreachable": 1},
                                                  {"01", "04"})},
                        outbox=[Pending({"id": "x"}, "hook", 2, NOW, NOW - 5)], version=3)
     again = WatchState.from_data(state.to_data(), 3)
@@ -281,8 +291,10 @@ def test_state_round_trip():
 
 def test_a_state_written_before_format_2_is_read():
     old = {"format": 1, "state": json.dumps({"mounts": {"pki": {
-        "revoked": ["01"], "expiry": {"02": [DAY]}, "alerts": [], "ocsp_agrees": ["01"]}}, "outbox": []})}
-    assert WatchState.from_data(old, 7).mounts["pki"] == MountState({"01"}, {"02": [DAY]}, set(), {"01"})
+        "revoked": ["01"], "expiry": {"02": [DAY]}, "alerts": ["crl_stale"], "ocsp_agrees": ["01"]}},
+        "outbox": []})}
+    assert WatchState.from_data(old, 7).mounts["pki"] == MountState({"01"}, {"02": [DAY]}, {"crl_stale": 0},
+                                                                    {"01"})
 
 
 def test_the_state_of_many_revocations_fits_well_within_a_raft_entry(monkeypatch, caplog):

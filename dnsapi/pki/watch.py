@@ -8,7 +8,8 @@ delivery is attempted: a restart neither repeats an event nor drops one, and an 
 while a receiver is down waits in the outbox, retried with backoff, until it is delivered.
 
 Conditions (a stale CRL, an unreachable OCSP responder, ...) are reported once when they start;
-once they clear they are re-armed, so a later recurrence is reported again.
+once they have been clear for CLEAR_CYCLES cycles in a row they are re-armed, so a later
+recurrence is reported again, and a condition that flickers is not reported at every flicker.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # 2: the JSON zlib-compressed and base64-encoded, and each mount's OCSP-confirmed serials kept as
 # what differs from its revoked ones; 1 (read still): the JSON as it is.
 STATE_FORMAT = 2
+CLEAR_CYCLES = 3  # cycles in a row a condition must be absent before it is reported again
 # Vault's raft storage refuses an entry over 1 MiB (max_entry_size): past this the log says so,
 # while there is room.
 STATE_WARN_BYTES = 512 * 1024
@@ -63,7 +65,8 @@ def days(seconds: float) -> str:
 class MountState:
     revoked: set[str] = field(default_factory=set)  # serials already reported (or seen at start)
     expiry: dict[str, list[float]] = field(default_factory=dict)  # serial → thresholds warned
-    alerts: set[str] = field(default_factory=set)  # conditions reported and still present
+    # conditions reported and not yet cleared: how many cycles in a row each has been absent
+    alerts: dict[str, int] = field(default_factory=dict)
     ocsp_agrees: set[str] = field(default_factory=set)  # revoked serials OCSP confirmed
 
 
@@ -83,7 +86,7 @@ class WatchState:
     version: int = 0  # KV version it was read at (0: not yet written)
 
     def to_data(self) -> dict[str, Any]:
-        mounts = {name: {"revoked": sorted(m.revoked), "expiry": m.expiry, "alerts": sorted(m.alerts),
+        mounts = {name: {"revoked": sorted(m.revoked), "expiry": m.expiry, "alerts": m.alerts,
                          # (nearly every revoked serial is confirmed: kept once, not twice)
                          "ocsp_pending": sorted(m.revoked - m.ocsp_agrees),
                          "ocsp_other": sorted(m.ocsp_agrees - m.revoked)}
@@ -105,9 +108,14 @@ class WatchState:
             agrees = set(m["ocsp_agrees"]) if "ocsp_agrees" in m else \
                 revoked - set(m.get("ocsp_pending", ())) | set(m.get("ocsp_other", ()))
             mounts[name] = MountState(revoked=revoked, expiry=dict(m.get("expiry", {})),
-                                      alerts=set(m.get("alerts", ())), ocsp_agrees=agrees)
+                                      alerts=_alerts(m.get("alerts", {})), ocsp_agrees=agrees)
         outbox = [Pending(**p) for p in raw.get("outbox", ())]
         return cls(mounts=mounts, outbox=outbox, version=version)
+
+
+def _alerts(saved: Any) -> dict[str, int]:
+    """A mount's alerts as saved: by key, the cycles absent (format 1: a list, all present)."""
+    return {key: 0 for key in saved} if isinstance(saved, list) else {k: int(v) for k, v in saved.items()}
 
 
 class StateStore:
@@ -163,10 +171,13 @@ class MountCheck:
         if self.settings.ocsp:
             self._ocsp(issuers, certificates, revoked, in_crls)
         self._expiry(certificates, revoked, {i.serial for i in issuers.values()})
-        self.state.alerts = self.active
+        self.state.alerts = {key: 0 for key in self.active} | {
+            key: absent + 1 for key, absent in self.state.alerts.items()
+            if key not in self.active and absent + 1 < CLEAR_CYCLES}
 
     def _raise(self, key: str, kind: str, summary: str, severity: str = "critical", **details: Any) -> None:
-        """A condition is present: report it if it was not already present last cycle."""
+        """A condition is present: report it unless it is known (present, or clear for fewer
+        than CLEAR_CYCLES cycles)."""
         self.active.add(key)
         if key not in self.state.alerts:
             self.events.append(event(kind, f"{self.mount}:{key}@{self.now}", severity, self.mount,
