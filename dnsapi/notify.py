@@ -28,6 +28,7 @@ import dns.rdatatype
 
 from .config import hostport_text
 from .metrics import Metrics
+from .ratelimit import doubling
 from .service import RecordService, ZoneWriter
 from .transfer import Transfers
 from .zonefile import serial_gt
@@ -249,7 +250,7 @@ def retry_pause(failures: int) -> float | None:
     (None: after none, wait for the next change)."""
     if not failures:
         return None
-    return min(RETRY_MOST, RETRY_FIRST * 2 ** min(failures - 1, 30))  # (2 ** 1024 overflows a float)
+    return doubling(RETRY_FIRST, RETRY_MOST, failures)
 
 
 def nxdomain_serial(reply: bytes) -> int | None:

@@ -1,5 +1,6 @@
 """Token-bucket rate limits: per token (a runaway or stolen token cannot flood Vault) and per
-source address for refused requests (an unauthenticated flood cannot fill the disk)."""
+source address for refused requests (an unauthenticated flood cannot fill the disk). And the
+doubling pause between retries that the NOTIFY follower and pki-watch's deliveries share."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from dataclasses import dataclass, field
 class _Bucket:
     tokens: float
     stamp: float = field(default_factory=time.monotonic)
+
+
+def doubling(first: float, most: float, attempt: int) -> float:
+    """The pause before retry number `attempt` (1: the first): `first`, doubling up to `most`."""
+    return min(most, first * 2 ** min(attempt - 1, 30))  # (2 ** 1024 would overflow a float)
 
 
 MAX_KEYS = 10_000  # past this many buckets, the full ones are dropped (they hold no state)

@@ -35,6 +35,7 @@ from .. import config as config_module
 from .. import systemd
 from ..config import Config, PkiWatchConfig, VaultConfig
 from ..errors import ConfigError, VaultUnavailable
+from ..ratelimit import doubling
 from ..vault import CasConflict, VaultSession
 from .client import Issuer, PkiClient, PkiUnavailable
 from .notify import DeliveryError, event, send
@@ -379,8 +380,8 @@ class PkiWatch:
                     why = exc if isinstance(exc, DeliveryError) else f"sink {sink.name}: {type(exc).__name__}"
                     pending.attempts += 1
                     if now - pending.since < self.settings.give_up:
-                        delay = min(self.settings.retry_max,
-                                    self.settings.retry_initial * 2 ** min(pending.attempts - 1, 30))
+                        delay = doubling(self.settings.retry_initial, self.settings.retry_max,
+                                         pending.attempts)
                         pending.next_at = now + delay * random.uniform(0.8, 1.0)
                         log.warning("pki-watch: %s (attempt %d; next in %.0fs)", why, pending.attempts,
                                     pending.next_at - now)
