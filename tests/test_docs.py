@@ -73,7 +73,8 @@ def test_every_bash_block_of_the_chinese_tutorial_runs(tmp_path):
     out = result.stdout
     assert result.returncode == 0, f"{out[-4000:]}\n{result.stderr[-4000:]}"
     assert "no changes: everything was already in place" in out
-    assert "10 checks, all passed (1 could not be checked)" in out  # AppRole may not list audit devices
+    assert "11 checks, all passed (1 could not be checked)" in out  # AppRole may not list audit devices
+    assert "✓ the configuration holds no secret of its own" in out  # (pki-watch reads it too)
     assert "hello from shop.dev.local" in out  # served over TLS, trusted system-wide
     before, after = (work / "serial-before").read_text(), (work / "serial-after").read_text()
     assert before.startswith("serial=") and before != after  # renewed and reloaded
