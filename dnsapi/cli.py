@@ -235,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "a Vault policy (dnsapi-policy, dnsapi-pki-watch-policy) or one node's config "
                     "of a 3-node raft OpenBao (openbao-raft: docs/ha.md), e.g. "
                     "`dnsapi example config > /etc/dnsapi/dnsapi.yaml`.")
-    example.add_argument("kind", choices=["config", "corefile", "corefile-push", "corefile-forward",
-                                          "zone", "openbao-raft", "systemd", "policy"])
+    example.add_argument("kind", choices=[*assets.EXAMPLES, "systemd", "policy"])
     example.add_argument("name", nargs="?", help="systemd: the unit (default dnsapi); policy: the "
                                                  "policy (default dnsapi-policy)")
 

@@ -107,13 +107,14 @@ def test_a_tsig_secret_that_is_empty_or_short_is_refused(tmp_path, content):
 KEYRING = {"acme.": SECRET}
 
 
-def signed(*changes: tuple[str, str], fudge: int = 300) -> bytes:
-    """An UPDATE of dev.local signed with key acme: ("add" | "delete", value) each."""
+def signed(*changes: tuple[str, str], fudge: int = 300, key: str = "acme", secret: str = SECRET,
+           name: str = NAME) -> bytes:
+    """An UPDATE of dev.local at `name` signed with `key`: ("add" | "delete", value) each."""
     update = dns.update.UpdateMessage("dev.local.")
     for action, value in changes:
-        getattr(update, action)(NAME, 60, "TXT", f'"{value}"') if action == "add" \
-            else update.delete(NAME, "TXT", f'"{value}"')
-    update.use_tsig(dns.tsigkeyring.from_text(KEYRING), keyname="acme.", fudge=fudge,
+        getattr(update, action)(name, 60, "TXT", f'"{value}"') if action == "add" \
+            else update.delete(name, "TXT", f'"{value}"')
+    update.use_tsig(dns.tsigkeyring.from_text({f"{key}.": secret}), keyname=f"{key}.", fudge=fudge,
                     algorithm=dns.tsig.HMAC_SHA256)
     return update.to_wire()
 
@@ -147,15 +148,6 @@ async def test_the_same_signed_update_again_is_answered_as_before_and_changes_no
         assert "repeated" in (tmp_path / "audit.jsonl").read_text()
 
 
-def signed_by(key: str, secret: str, action: str, value: str, name: str = NAME) -> bytes:
-    update = dns.update.UpdateMessage("dev.local.")
-    getattr(update, action)(name, 60, "TXT", f'"{value}"') if action == "add" \
-        else update.delete(name, "TXT", f'"{value}"')
-    update.use_tsig(dns.tsigkeyring.from_text({f"{key}.": secret}), keyname=f"{key}.",
-                    algorithm=dns.tsig.HMAC_SHA256)
-    return update.to_wire()
-
-
 async def test_another_keys_updates_cannot_push_out_what_makes_a_replay_harmless(tmp_path, monkeypatch):
     """The review's finding: every key's UPDATEs shared one memory, its oldest forgotten first,
     so a narrow key could flood it and then a captured add of another key applied again. Each
@@ -169,11 +161,12 @@ async def test_another_keys_updates_cannot_push_out_what_makes_a_replay_harmless
         rate_limit={"per_second": 0})
     async with running(config_) as (service, store):
         door = update_door(service, tmp_path)
-        add = signed_by("acme", SECRET, "add", "V" * 43)
-        for wire in (add, signed_by("acme", SECRET, "delete", "V" * 43)):
+        add = signed(("add", "V" * 43))
+        for wire in (add, signed(("delete", "V" * 43))):
             assert rcode_of(await door.handle(wire, "127.0.0.1", False)) == dns.rcode.NOERROR
         other_name = "_acme-challenge.other.dev.local."
-        flood = [signed_by("narrow", other, "add", f"{i:043d}", other_name) for i in range(8)]
+        flood = [signed(("add", f"{i:043d}"), key="narrow", secret=other, name=other_name)
+                 for i in range(8)]
         answers = [rcode_of(await door.handle(wire, "127.0.0.9", False)) for wire in flood]
         assert answers == [dns.rcode.NOERROR] * 4 + [dns.rcode.REFUSED] * 4
         assert len(store.records()) == 4  # the refused ones changed nothing
@@ -185,7 +178,7 @@ async def test_another_keys_updates_cannot_push_out_what_makes_a_replay_harmless
 
         later = time.monotonic() + 2 * 300 + 1  # every signature above has expired
         monkeypatch.setattr(dnsupdate.time, "monotonic", lambda: later)
-        fresh = signed_by("narrow", other, "add", "F" * 43, other_name)
+        fresh = signed(("add", "F" * 43), key="narrow", secret=other, name=other_name)
         assert rcode_of(await door.handle(fresh, "127.0.0.9", False)) == dns.rcode.NOERROR
 
 

@@ -357,6 +357,17 @@ def node(answer: Answer) -> Iterator[str]:
         server.server_close()
 
 
+def active(rest: Answer) -> Answer:
+    """An active node's answers to sys/leader and the token lookup; `rest` answers the others."""
+    def answer(method: str, path: str) -> tuple[int, dict[str, str], dict | None]:
+        if path == "/v1/sys/leader":
+            return 200, {}, {"is_self": True, "leader_address": ""}
+        if "lookup-self" in path:
+            return 200, {}, {"data": {"ttl": 0, "renewable": False}}
+        return rest(method, path)
+    return answer
+
+
 def real_session(addrs: list[str]) -> VaultSession:
     """A session on real HTTP nodes (`node`), with a configured token."""
     return VaultSession(VaultConfig.model_validate({"addr": addrs, "token": "s.configured",
@@ -367,20 +378,18 @@ def test_a_standbys_redirect_is_a_failover_not_an_answer():
     """hvac hands a 307 back as a bare response: read_kv raised TypeError, a delete reported
     success, and the watch loop died. The redirect's Location is not followed either."""
     seen: list[tuple[str, str, str]] = []
-    with node(lambda method, path: (
-            (200, {}, {"is_self": True, "leader_address": ""}) if path == "/v1/sys/leader"
-            else (200, {}, {"data": {"ttl": 0, "renewable": False}}) if "lookup-self" in path
-            else (200, {}, {"data": {"data": {"a": 1}, "metadata": {"version": 3}}}))) as active:
+    with node(active(lambda method, path: (
+            200, {}, {"data": {"data": {"a": 1}, "metadata": {"version": 3}}}))) as leader:
         def standby(method: str, path: str) -> tuple[int, dict[str, str], dict | None]:
             seen.append(("standby", method, path))
             if path == "/v1/sys/leader":
-                return 200, {}, {"is_self": False, "leader_address": active}
+                return 200, {}, {"is_self": False, "leader_address": leader}
             return 307, {"Location": "http://127.0.0.1:9/elsewhere"}, None
 
         with node(standby) as standby_addr:
             vault = real_session([standby_addr])
             assert vault.run(lambda: vault.read_kv("dnsapi/zones/dev.local")) == ({"a": 1}, 3)
-            assert vault.url == active
+            assert vault.url == leader
 
 
 @pytest.mark.parametrize(("status", "retried"), [(409, False), (413, False), (504, True)])
@@ -391,14 +400,10 @@ def test_a_refusal_hvac_has_no_class_for_is_said_at_once_and_a_5xx_waited_out(st
     calls: list[str] = []
 
     def answer(method: str, path: str) -> tuple[int, dict[str, str], dict | None]:
-        if path == "/v1/sys/leader":
-            return 200, {}, {"is_self": True, "leader_address": ""}
-        if "lookup-self" in path:
-            return 200, {}, {"data": {"ttl": 0, "renewable": False}}
         calls.append(path)
         return status, {}, {"errors": ["refused"]}
 
-    with node(answer) as addr:
+    with node(active(answer)) as addr:
         vault = real_session([addr])
         with pytest.raises(VaultUnavailable) as info:
             vault.run(lambda: vault.read_kv("dnsapi/zones/dev.local"))
@@ -412,13 +417,9 @@ def test_a_list_this_server_does_not_serve_is_unsupported_not_unavailable():
     """pki-watch lists certs/detailed, which a server without it (HashiCorp Vault) answers 405
     on some paths: that is Unsupported (pki-watch then reads the certificates one by one)."""
     def answer(method: str, path: str) -> tuple[int, dict[str, str], dict | None]:
-        if path == "/v1/sys/leader":
-            return 200, {}, {"is_self": True, "leader_address": ""}
-        if "lookup-self" in path:
-            return 200, {}, {"data": {"ttl": 0, "renewable": False}}
         return 405, {}, {"errors": ["1 error occurred:\n\t* unsupported operation\n\n"]}
 
-    with node(answer) as addr, pytest.raises(Unsupported, match="pki/certs/detailed: not served"):
+    with node(active(answer)) as addr, pytest.raises(Unsupported, match="pki/certs/detailed: not served"):
         PkiClient(real_session([addr]), "pki")._list("certs/detailed")
 
 

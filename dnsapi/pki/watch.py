@@ -458,8 +458,7 @@ def run_program(config_path: Path, once: bool = False) -> int:
         config = config_module.load(config_path, service_secrets=False)
         if not config.pki_watch.sinks:
             raise ConfigError("pki_watch.sinks: no sinks configured: events would go nowhere")
-        own_login(config)
-        return PkiWatch(config)
+        return PkiWatch(config)  # (ConfigError without a login of its own: own_login)
 
     watch = load()
     if once:
